@@ -1,0 +1,31 @@
+"""Command line: ``fastnn demo`` (also ``python -m fastnn demo``)."""
+
+import argparse
+import sys
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="fastnn", description="fastnn command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="train a small network on generated data and report "
+                                       "loss, accuracy, device and samples/s")
+    demo.add_argument("--samples", type=int, default=20000, help="training samples (default 20000)")
+    demo.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
+    demo.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "numpy"])
+    demo.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    demo.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from .demo import run
+        try:
+            run(samples=args.samples, epochs=args.epochs, batch_size=args.batch_size,
+                device=args.device, dtype=args.dtype, seed=args.seed)
+        except ValueError as exc:
+            print(f"fastnn demo: error: {exc}", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

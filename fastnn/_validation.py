@@ -1,0 +1,104 @@
+"""Argument checks shared by the public API. Each raises before any state
+changes, with a message that names the argument and what was expected."""
+
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def check_dtype(dtype, name="dtype"):
+    """'float32' | 'float64' (or the NumPy types) -> the NumPy scalar type."""
+    try:
+        key = np.dtype(dtype).name
+    except TypeError:
+        key = None
+    if key not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be 'float32' or 'float64', got {dtype!r}")
+    return FLOAT_DTYPES[key]
+
+
+def check_int(value, name, minimum=1):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_float(value, name, low=None, high=None, low_inclusive=True, high_inclusive=True):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and (value < low or (value == low and not low_inclusive)):
+        op = ">=" if low_inclusive else ">"
+        raise ValueError(f"{name} must be {op} {low}, got {value}")
+    if high is not None and (value > high or (value == high and not high_inclusive)):
+        op = "<=" if high_inclusive else "<"
+        raise ValueError(f"{name} must be {op} {high}, got {value}")
+    return value
+
+
+def check_bool(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_choice(value, name, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def as_float_array(a, name, dtype=None, ndim=None, allow_empty=False, finite=True):
+    """Convert a to a C-contiguous float array, refusing what is not numeric.
+
+    Integer and boolean input is converted; float input keeps its dtype when
+    ``dtype`` is None (never promoted), else is cast to ``dtype``.
+    """
+    if isinstance(a, (str, bytes)):
+        raise TypeError(f"{name} must be a numeric array, got a string")
+    try:
+        arr = np.asarray(a)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"{name} must be a numeric array: {exc}") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if dtype is None:
+        dtype = arr.dtype if arr.dtype.kind == "f" and arr.dtype.itemsize >= 4 else np.float64
+        if arr.dtype == np.float16:
+            dtype = np.float32
+    if ndim is not None and arr.ndim not in ((ndim,) if isinstance(ndim, int) else ndim):
+        raise ValueError(f"{name} must be a {ndim}-D array, got shape {arr.shape}")
+    if not allow_empty and arr.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    if finite and not np.isfinite(arr).all():
+        raise ValueError(f"{name} must contain only finite values (found NaN or inf)")
+    return arr
+
+
+def check_X(X, name, n_features, dtype):
+    X = as_float_array(X, name, dtype=dtype, ndim=2)
+    if X.shape[1] != n_features:
+        raise ValueError(f"{name} must have shape (n_samples, {n_features}), got {X.shape}")
+    return X
+
+
+def check_targets(y, name, n_samples, n_outputs, dtype):
+    """y of shape (n,) or (n, k), values in [0, 1] -> (n, k) array."""
+    y = as_float_array(y, name, dtype=dtype, ndim=(1, 2))
+    if y.ndim == 1:
+        y = y.reshape(-1, 1)
+    if y.shape != (n_samples, n_outputs):
+        want = f"({n_samples},)" if n_outputs == 1 else f"({n_samples}, {n_outputs})"
+        raise ValueError(f"{name} must have shape {want} to match X and the model's "
+                         f"{n_outputs} output(s), got {y.shape}")
+    if y.min() < 0 or y.max() > 1:
+        raise ValueError(f"{name} must hold labels in [0, 1], got values in "
+                         f"[{y.min()}, {y.max()}]")
+    return y

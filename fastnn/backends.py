@@ -1,0 +1,165 @@
+"""The backend registry: the one place that maps a device name to kernels.
+
+A backend provides the functional ops (inputs already validated by
+``fastnn.ops``) and the training engine the Trainer drives. ``Trainer`` and
+``ops`` look a backend up here once; no other module branches on the device.
+
+    numpy : the NumPy reference kernels (slow; the yardstick for the others)
+    cpu   : the @njit kernels, a whole epoch per compiled call
+"""
+
+import os
+
+import numpy as np
+
+from fastnn.kernels import activations, batchnorm, dense, loss, network, optim
+
+
+class NumpyBackend:
+    name = "numpy"
+    engine_train_epoch = staticmethod(network.train_epoch_reference)
+    engine_predict_logits = staticmethod(network.predict_logits_reference)
+    engine_train_step = staticmethod(network.train_step_reference)
+    engine_optimizer_step = staticmethod(network.optimizer_step_reference)
+
+    def describe(self):
+        return "numpy (reference kernels)"
+
+    def batchnorm_forward(self, x, gamma, beta, eps):
+        return batchnorm.batchnorm_forward_reference(x, gamma, beta, eps)
+
+    def batchnorm_backward(self, dy, x, gamma, mean, inv_std):
+        return batchnorm.batchnorm_backward_reference(dy, x, gamma, mean, inv_std)
+
+    def bce(self, z, y):
+        return loss.bce_reference(z, y)
+
+    def bce_with_logits(self, z, y):
+        value, dz = loss.bce_with_logits_reference(z, y)
+        return value, dz.astype(z.dtype, copy=False)
+
+    def dense_forward(self, x, w, b):
+        return dense.dense_forward_reference(x, w, b)
+
+    def dense_backward(self, dy, x, w):
+        return dense.dense_backward_reference(dy, x, w)
+
+    def activation_forward(self, code, x):
+        return activations.activation_forward_reference(code, x)
+
+    def activation_backward(self, code, y, dy):
+        return activations.activation_backward_reference(code, y, dy)
+
+    def optimizer_update(self, kind, hyper, step, w, g, state):
+        optim.optimizer_update_reference(kind, hyper, step, w, g, state)
+
+    def workspace(self, model, batch, n_outputs):
+        return new_workspace(model, batch, n_outputs)
+
+
+class CpuBackend(NumpyBackend):
+    name = "cpu"
+    engine_train_epoch = staticmethod(network.train_epoch)
+    engine_predict_logits = staticmethod(network.predict_logits)
+    engine_train_step = staticmethod(network.train_step)
+    engine_optimizer_step = staticmethod(network.optimizer_step)
+
+    def describe(self):
+        import numba
+        return f"cpu (numba {numba.__version__}, {numba.get_num_threads()} threads)"
+
+    def batchnorm_forward(self, x, gamma, beta, eps):
+        f = x.shape[1]
+        y = np.empty_like(x)
+        mean, var, inv_std = (np.empty(f, x.dtype) for _ in range(3))
+        batchnorm.batchnorm_forward(x, gamma, beta, eps, y, mean, var, inv_std)
+        return y, mean, inv_std
+
+    def batchnorm_backward(self, dy, x, gamma, mean, inv_std):
+        dx, dgamma, dbeta = np.empty_like(x), np.empty_like(gamma), np.empty_like(gamma)
+        batchnorm.batchnorm_backward(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta)
+        return dx, dgamma, dbeta
+
+    def bce(self, z, y):
+        return float(loss.bce(z, y))
+
+    def bce_with_logits(self, z, y):
+        dz = np.empty_like(z)
+        return float(loss.bce_with_logits(z, y, dz)), dz
+
+    def dense_forward(self, x, w, b):
+        y = np.empty((x.shape[0], w.shape[0]), x.dtype)
+        dense.dense_forward(x, w, b if b is not None else w[0, :0], y)
+        return y
+
+    def dense_backward(self, dy, x, w):
+        dx, dw, db = np.empty_like(x), np.empty_like(w), np.empty(w.shape[0], w.dtype)
+        dense.dense_backward(dy, x, w, dx, dw, db)
+        return dx, dw, db
+
+    def activation_forward(self, code, x):
+        y = np.empty_like(x)
+        activations.activation_forward(code, x, y)
+        return y
+
+    def activation_backward(self, code, y, dy):
+        dx = np.empty_like(dy)
+        activations.activation_backward(code, y, dy, dx)
+        return dx
+
+    def optimizer_update(self, kind, hyper, step, w, g, state):
+        optim.optimizer_update(kind, hyper, step, w, g, state)
+
+
+def new_workspace(model, batch, n_outputs):
+    """Buffers for training or inference on batches of up to ``batch`` rows,
+    in the model's dtype (layout in kernels/network.py)."""
+    act_off, work_size, gbuf_width, cache_size = network.workspace_layout(model.table, batch)
+    dtype = model.dtype
+    return (np.zeros(work_size, dtype), np.zeros((2, gbuf_width), dtype),
+            np.zeros(max(cache_size, 1), dtype), act_off, np.zeros((batch, n_outputs), dtype))
+
+
+BACKENDS = {"numpy": NumpyBackend(), "cpu": CpuBackend()}
+DEVICES = ("auto", "cpu", "cuda", "numpy")
+
+
+def cuda_available():
+    """True when numba sees a usable NVIDIA GPU."""
+    try:
+        from numba import cuda
+        return bool(cuda.is_available())
+    except Exception:  # numba-cuda missing or broken driver: no GPU for us
+        return False
+
+
+def resolve_device(device):
+    """'auto' | 'cpu' | 'cuda' | 'numpy' -> the name of the backend to use.
+
+    'auto' honours the FASTNN_DEVICE environment variable, else picks 'cuda'
+    when a GPU is usable and 'cpu' otherwise.
+    """
+    if not isinstance(device, str) or device not in DEVICES:
+        raise ValueError(f"device must be one of {list(DEVICES)}, got {device!r}")
+    if device == "auto":
+        override = os.environ.get("FASTNN_DEVICE", "").strip()
+        if override:
+            if override not in DEVICES or override == "auto":
+                raise ValueError(f"FASTNN_DEVICE must be 'cpu', 'cuda' or 'numpy', got {override!r}")
+            device = override
+        else:
+            device = "cuda" if "cuda" in BACKENDS and cuda_available() else "cpu"
+    if device not in BACKENDS:
+        raise ValueError(f"device={device!r}: the CUDA backend is not part of fastnn "
+                         f"{_version()} yet; use device='cpu'")
+    return device
+
+
+def get_backend(device):
+    """The backend object for a device name (after ``resolve_device``)."""
+    return BACKENDS[resolve_device(device)]
+
+
+def _version():
+    from fastnn import __version__
+    return __version__

@@ -1,0 +1,387 @@
+"""Layers and the Sequential model.
+
+A layer is a description until it is placed in a ``Sequential``; the model
+then owns every parameter in one flat buffer (``model.params``) and every
+running statistic in another (``model.buffers``), and each layer's arrays
+(``dense.weight``, ``bn.running_mean``, ...) are views into them. The
+compiled training loop walks that flat description (see kernels/network.py).
+"""
+
+import math
+
+import numpy as np
+
+from fastnn.kernels import network as nw
+from fastnn.kernels.activations import RELU, SIGMOID, TANH
+
+from ._validation import check_bool, check_choice, check_dtype, check_float, check_int
+
+
+class Layer:
+    """Base class: a layer belongs to at most one model."""
+
+    def __init__(self):
+        self._model = None
+        self._index = None
+
+    def _view(self, buffer, offset, shape):
+        arr = getattr(self._model, buffer)
+        size = int(np.prod(shape))
+        return arr[offset:offset + size].reshape(shape)
+
+    def _param_shapes(self):
+        return []
+
+    def _buffer_shapes(self):
+        return []
+
+    def _config(self):
+        return {}
+
+
+class Dense(Layer):
+    """Fully connected layer: y = x @ weight.T + bias.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    bias : bool, default True
+    init : {'default', 'xavier', 'he'}
+        'default' is torch.nn.Linear's: weight and bias uniform on
+        [-1/sqrt(in_features), 1/sqrt(in_features)]. 'xavier': weight uniform
+        on +-sqrt(6 / (in + out)), bias 0. 'he': weight normal with std
+        sqrt(2 / in), bias 0.
+
+    Attributes (once in a model)
+    ----------------------------
+    weight : ndarray (out_features, in_features)
+    bias : ndarray (out_features,) or None
+    """
+
+    kind = nw.DENSE
+
+    def __init__(self, in_features, out_features, bias=True, init="default"):
+        super().__init__()
+        self.in_features = check_int(in_features, "in_features")
+        self.out_features = check_int(out_features, "out_features")
+        self.use_bias = check_bool(bias, "bias")
+        self.init = check_choice(init, "init", {"default", "xavier", "he"})
+
+    def _param_shapes(self):
+        shapes = [("weight", (self.out_features, self.in_features))]
+        if self.use_bias:
+            shapes.append(("bias", (self.out_features,)))
+        return shapes
+
+    def _initialize(self, rng, weight, bias):
+        fan_in, fan_out = self.in_features, self.out_features
+        if self.init == "default":
+            bound = 1.0 / math.sqrt(fan_in)
+            weight[:] = rng.uniform(-bound, bound, weight.shape)
+            if bias is not None:
+                bias[:] = rng.uniform(-bound, bound, bias.shape)
+            return
+        if self.init == "xavier":
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            weight[:] = rng.uniform(-bound, bound, weight.shape)
+        else:
+            weight[:] = rng.normal(0.0, math.sqrt(2.0 / fan_in), weight.shape)
+        if bias is not None:
+            bias[:] = 0.0
+
+    @property
+    def weight(self):
+        return self._model._param(self, "weight")
+
+    @property
+    def bias(self):
+        return self._model._param(self, "bias") if self.use_bias else None
+
+    def _config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.use_bias, "init": self.init}
+
+    def __repr__(self):
+        return f"Dense({self.in_features}, {self.out_features}, bias={self.use_bias})"
+
+
+class BatchNorm(Layer):
+    """Batch normalization over the batch axis, as torch.nn.BatchNorm1d.
+
+    Training: y = weight * (x - mean_B) / sqrt(var_B + eps) + bias, with the
+    batch mean and biased batch variance; the running statistics follow
+    running <- (1 - momentum) * running + momentum * batch_statistic, with the
+    unbiased variance. Inference uses the running statistics.
+
+    Parameters
+    ----------
+    num_features : int
+    eps : float, default 1e-5
+    momentum : float in [0, 1] or None, default 0.1
+        None keeps a cumulative average of the batch statistics.
+    """
+
+    kind = nw.BATCHNORM
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        super().__init__()
+        self.num_features = check_int(num_features, "num_features")
+        self.eps = check_float(eps, "eps", low=0.0, low_inclusive=False)
+        self.momentum = None if momentum is None else check_float(momentum, "momentum", 0.0, 1.0)
+        self.in_features = self.out_features = self.num_features
+
+    def _param_shapes(self):
+        return [("weight", (self.num_features,)), ("bias", (self.num_features,))]
+
+    def _buffer_shapes(self):
+        return [("running_mean", (self.num_features,)), ("running_var", (self.num_features,))]
+
+    weight = property(lambda self: self._model._param(self, "weight"))
+    bias = property(lambda self: self._model._param(self, "bias"))
+    running_mean = property(lambda self: self._model._buffer(self, "running_mean"))
+    running_var = property(lambda self: self._model._buffer(self, "running_var"))
+
+    @property
+    def num_batches_tracked(self):
+        return int(self._model.counts[self._index])
+
+    def _config(self):
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}
+
+    def __repr__(self):
+        return f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum})"
+
+
+class _Activation(Layer):
+    kind = nw.ACTIVATION
+    code = None
+    in_features = out_features = None
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class ReLU(_Activation):
+    """max(x, 0), element-wise."""
+    code = RELU
+
+
+class Sigmoid(_Activation):
+    """1 / (1 + exp(-x)), element-wise."""
+    code = SIGMOID
+
+
+class Tanh(_Activation):
+    """tanh(x), element-wise."""
+    code = TANH
+
+
+LAYER_TYPES = {cls.__name__: cls for cls in (Dense, BatchNorm, ReLU, Sigmoid, Tanh)}
+
+
+class Sequential:
+    """A stack of layers; the last one gives the logits.
+
+    Parameters
+    ----------
+    *layers : Layer
+        Widths must chain: each Dense's in_features (and each BatchNorm's
+        num_features) equals the width coming out of the layer before. The
+        first layer must be Dense or BatchNorm, which fixes the input width.
+    seed : int or None
+        Every layer's initial weights are drawn, in order, from
+        ``np.random.default_rng(seed)``.
+
+    Attributes
+    ----------
+    params : ndarray (n_params,)
+        Every trainable parameter, in state_dict order.
+    buffers : ndarray (n_buffers,)
+        Every BatchNorm running_mean and running_var.
+    counts : ndarray (n_layers,) int64
+        BatchNorm num_batches_tracked (0 for other layers).
+    in_features, out_features : int
+    dtype : numpy dtype of params and buffers (float64 until a Trainer or
+        ``astype`` changes it).
+    """
+
+    def __init__(self, *layers, seed=None):
+        if not layers:
+            raise ValueError("layers: a Sequential needs at least one layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layers[{i}] must be a fastnn layer, got {type(layer).__name__}")
+            if layer._model is not None:
+                raise ValueError(f"layers[{i}] ({layer!r}) already belongs to a model")
+        if len(set(map(id, layers))) != len(layers):
+            raise ValueError("layers: the same layer object appears twice")
+        if seed is not None:
+            check_int(seed, "seed", minimum=0)
+        if isinstance(layers[0], _Activation):
+            raise ValueError("layers[0] must be Dense or BatchNorm, which fix the input width")
+        width = layers[0].in_features
+        for i, layer in enumerate(layers):
+            if layer.in_features is not None and layer.in_features != width:
+                what = "num_features" if isinstance(layer, BatchNorm) else "in_features"
+                raise ValueError(f"layers[{i}] ({layer!r}): {what} must be {width}, the width "
+                                 f"of the layer before, got {layer.in_features}")
+            if layer.out_features is not None:
+                width = layer.out_features
+        self.layers = list(layers)
+        self.in_features = layers[0].in_features
+        self.out_features = width
+        self._build_table()
+        self.params = np.zeros(self._n_params, np.float64)
+        self.buffers = np.zeros(self._n_buffers, np.float64)
+        self.counts = np.zeros(len(layers), np.int64)
+        for i, layer in enumerate(layers):
+            layer._model, layer._index = self, i
+        rng = np.random.default_rng(seed)
+        for layer in layers:
+            if isinstance(layer, Dense):
+                layer._initialize(rng, layer.weight, layer.bias)
+            elif isinstance(layer, BatchNorm):
+                layer.weight[:] = 1.0
+                layer.running_var[:] = 1.0
+
+    def _build_table(self):
+        """Lay out the flat buffers and the int/float tables the kernels walk."""
+        table = np.full((len(self.layers), nw.N_COLUMNS), -1, np.int64)
+        layer_f = np.zeros((len(self.layers), 2), np.float64)
+        self._slots = {}  # (layer index, name) -> (buffer name, offset, shape)
+        p = r = c = 0
+        width = self.layers[0].in_features
+        for i, layer in enumerate(self.layers):
+            n_out = layer.out_features if layer.out_features is not None else width
+            table[i, nw.KIND], table[i, nw.N_IN], table[i, nw.N_OUT] = layer.kind, width, n_out
+            for j, (name, shape) in enumerate(layer._param_shapes()):
+                self._slots[i, name] = ("params", p, shape)
+                table[i, nw.P_WEIGHT if j == 0 else nw.P_BIAS] = p
+                p += int(np.prod(shape))
+            for j, (name, shape) in enumerate(layer._buffer_shapes()):
+                self._slots[i, name] = ("buffers", r, shape)
+                if j == 0:
+                    table[i, nw.BUFFER] = r
+                r += int(np.prod(shape))
+            if isinstance(layer, BatchNorm):
+                table[i, nw.CACHE] = c
+                c += 3 * n_out
+                layer_f[i] = layer.eps, -1.0 if layer.momentum is None else layer.momentum
+            if isinstance(layer, _Activation):
+                table[i, nw.ACT] = layer.code
+            width = n_out
+        self.table, self.layer_f = table, layer_f
+        self._n_params, self._n_buffers = p, r
+
+    def _param(self, layer, name):
+        buf, offset, shape = self._slots[layer._index, name]
+        return layer._view(buf, offset, shape)
+
+    _buffer = _param
+
+    # ---- properties ----
+    @property
+    def dtype(self):
+        return self.params.dtype
+
+    @property
+    def n_params(self):
+        return self.params.size
+
+    @property
+    def has_batchnorm(self):
+        return any(isinstance(layer, BatchNorm) for layer in self.layers)
+
+    def net(self):
+        """The flat description the kernels take: (table, layer_f, params, buffers, counts)."""
+        return self.table, self.layer_f, self.params, self.buffers, self.counts
+
+    def astype(self, dtype):
+        """Convert parameters and running statistics to dtype, in place; returns self."""
+        dtype = check_dtype(dtype)
+        if self.params.dtype != dtype:
+            self.params = self.params.astype(dtype)
+            self.buffers = self.buffers.astype(dtype)
+        return self
+
+    # ---- state dict (torch.nn.Sequential names and shapes) ----
+    def _entries(self):
+        for i, layer in enumerate(self.layers):
+            for name, shape in layer._param_shapes() + layer._buffer_shapes():
+                yield f"{i}.{name}", shape, self._slots[i, name]
+            if isinstance(layer, BatchNorm):
+                yield f"{i}.num_batches_tracked", (), None
+
+    def state_dict(self):
+        """Copies of every parameter and buffer, keyed as torch.nn.Sequential's.
+
+        Returns
+        -------
+        dict of str -> ndarray
+            '{i}.weight' (out, in) and '{i}.bias' for Dense layer i;
+            '{i}.weight', '{i}.bias', '{i}.running_mean', '{i}.running_var'
+            (num_features,) and '{i}.num_batches_tracked' (int64 scalar) for
+            BatchNorm layer i.
+        """
+        out = {}
+        for key, shape, slot in self._entries():
+            if slot is None:
+                out[key] = np.array(self.counts[int(key.split(".")[0])], dtype=np.int64)
+            else:
+                buf, offset, shape = slot
+                out[key] = getattr(self, buf)[offset:offset + int(np.prod(shape))].reshape(shape).copy()
+        return out
+
+    def load_state_dict(self, state_dict):
+        """Copy values in from a dict shaped like ``state_dict()``.
+
+        Accepts NumPy arrays or anything ``np.asarray`` takes (e.g. a torch
+        state_dict with ``.numpy()`` applied). Missing, unexpected, mis-shaped
+        or non-finite entries raise ``ValueError`` before anything is changed.
+        """
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+        expected = {key: (shape, slot) for key, shape, slot in self._entries()}
+        missing = sorted(set(expected) - set(state_dict))
+        extra = sorted(set(state_dict) - set(expected))
+        if missing or extra:
+            raise ValueError(f"state_dict: missing keys {missing}, unexpected keys {extra}")
+        staged = {}
+        for key, (shape, slot) in expected.items():
+            value = np.asarray(state_dict[key])
+            if value.dtype.kind not in "biuf":
+                raise ValueError(f"state_dict[{key!r}] must be numeric, got dtype {value.dtype}")
+            if value.shape != tuple(shape):
+                raise ValueError(f"state_dict[{key!r}] must have shape {tuple(shape)}, got {value.shape}")
+            if not np.isfinite(value).all():
+                raise ValueError(f"state_dict[{key!r}] holds NaN or inf")
+            if slot is None and (value < 0 or value != np.round(value)):
+                raise ValueError(f"state_dict[{key!r}] must be a non-negative integer, got {value}")
+            staged[key] = value
+        for key, (shape, slot) in expected.items():
+            if slot is None:
+                self.counts[int(key.split(".")[0])] = int(staged[key])
+            else:
+                buf, offset, shape = slot
+                getattr(self, buf)[offset:offset + int(np.prod(shape))] = staged[key].ravel()
+
+    def config(self):
+        """JSON-ready description of the architecture."""
+        return [{"type": type(layer).__name__, **layer._config()} for layer in self.layers]
+
+    @classmethod
+    def from_config(cls, config):
+        layers = []
+        for i, spec in enumerate(config):
+            if not isinstance(spec, dict) or spec.get("type") not in LAYER_TYPES:
+                raise ValueError(f"architecture[{i}]: unknown layer {spec!r}")
+            kwargs = {k: v for k, v in spec.items() if k != "type"}
+            try:
+                layers.append(LAYER_TYPES[spec["type"]](**kwargs))
+            except TypeError as exc:
+                raise ValueError(f"architecture[{i}]: {exc}") from None
+        return cls(*layers)
+
+    def __repr__(self):
+        inner = ",\n  ".join(repr(layer) for layer in self.layers)
+        return f"Sequential(\n  {inner}\n)  # {self.n_params} parameters, {self.dtype}"

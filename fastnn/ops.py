@@ -1,0 +1,213 @@
+"""The functional API: one op at a time, on NumPy arrays, on any backend.
+
+Every function validates its inputs (shapes, dtypes, finiteness), then hands
+them to ``backend`` ('cpu' by default, 'numpy' for the reference kernels).
+Float32 and float64 inputs keep their dtype; integer input becomes float64.
+"""
+
+import numpy as np
+
+from fastnn.kernels.activations import ACTIVATION_CODES
+
+from . import _validation as v
+from .backends import get_backend
+
+__all__ = ["batchnorm_forward", "batchnorm_backward", "bce", "bce_with_logits", "sgd_step",
+           "dense_forward", "dense_backward", "activation_forward", "activation_backward"]
+
+
+def _vector(a, name, n, dtype):
+    a = v.as_float_array(a, name, dtype=dtype, ndim=1)
+    if a.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {a.shape}")
+    return a
+
+
+def _like(a, name, shape, dtype):
+    a = v.as_float_array(a, name, dtype=dtype, ndim=len(shape))
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    return a
+
+
+def _pair(z, y, zname):
+    z = v.as_float_array(z, zname, ndim=(1, 2))
+    y = v.as_float_array(y, "y", dtype=z.dtype, ndim=(1, 2))
+    if y.shape != z.shape:
+        raise ValueError(f"y must have the shape of {zname}, {z.shape}, got {y.shape}")
+    if y.min() < 0 or y.max() > 1:
+        raise ValueError(f"y must hold labels in [0, 1], got values in [{y.min()}, {y.max()}]")
+    return z, y
+
+
+def batchnorm_forward(x, gamma, beta, eps=1e-5, backend="cpu"):
+    """Training-mode batch normalization.
+
+    Parameters
+    ----------
+    x : array (batch, features), batch >= 2
+    gamma, beta : array (features,)
+    eps : float > 0
+
+    Returns
+    -------
+    y : ndarray (batch, features), x's dtype
+    mean, inv_std : ndarray (features,)
+        The batch mean and 1 / sqrt(var + eps) (biased variance): the cache
+        that ``batchnorm_backward`` takes.
+    """
+    x = v.as_float_array(x, "x", ndim=2)
+    if x.shape[0] < 2:
+        raise ValueError(f"x must have at least 2 rows in training mode (batch statistics "
+                         f"of one sample are undefined), got shape {x.shape}")
+    gamma = _vector(gamma, "gamma", x.shape[1], x.dtype)
+    beta = _vector(beta, "beta", x.shape[1], x.dtype)
+    eps = v.check_float(eps, "eps", low=0.0, low_inclusive=False)
+    return get_backend(backend).batchnorm_forward(x, gamma, beta, eps)
+
+
+def batchnorm_backward(dy, x, gamma, mean, inv_std, backend="cpu"):
+    """Gradients of training-mode batch normalization.
+
+    Parameters
+    ----------
+    dy, x : array (batch, features)
+    gamma, mean, inv_std : array (features,); mean and inv_std as returned
+        by ``batchnorm_forward``
+
+    Returns
+    -------
+    dx : ndarray (batch, features)
+    dgamma, dbeta : ndarray (features,)
+    """
+    x = v.as_float_array(x, "x", ndim=2)
+    if x.shape[0] < 2:
+        raise ValueError(f"x must have at least 2 rows, got shape {x.shape}")
+    dy = _like(dy, "dy", x.shape, x.dtype)
+    f = x.shape[1]
+    gamma, mean, inv_std = (_vector(a, n, f, x.dtype) for a, n in
+                            ((gamma, "gamma"), (mean, "mean"), (inv_std, "inv_std")))
+    return get_backend(backend).batchnorm_backward(dy, x, gamma, mean, inv_std)
+
+
+def bce(z, y, backend="cpu"):
+    """Binary cross-entropy on probabilities, mean over all elements.
+
+    ``-[y log z + (1 - y) log(1 - z)]`` with each log clamped at -100 (as
+    torch.nn.functional.binary_cross_entropy).
+
+    Parameters
+    ----------
+    z : array (batch,) or (batch, k), probabilities in [0, 1]
+    y : array, z's shape, targets in [0, 1]
+
+    Returns
+    -------
+    float
+    """
+    z, y = _pair(z, y, "z")
+    if z.min() < 0 or z.max() > 1:
+        raise ValueError(f"z must hold probabilities in [0, 1], got values in [{z.min()}, {z.max()}]")
+    return get_backend(backend).bce(z.reshape(z.shape[0], -1), y.reshape(z.shape[0], -1))
+
+
+def bce_with_logits(logits, y, backend="cpu"):
+    """Binary cross-entropy on logits, computed without overflow.
+
+    Parameters
+    ----------
+    logits : array (batch,) or (batch, k)
+    y : array, logits' shape, targets in [0, 1]
+
+    Returns
+    -------
+    loss : float
+        mean over all elements of max(z, 0) - z y + log(1 + exp(-|z|))
+    dlogits : ndarray, logits' shape and dtype
+        (sigmoid(z) - y) / logits.size
+    """
+    z, y = _pair(logits, y, "logits")
+    shape = z.shape
+    value, dz = get_backend(backend).bce_with_logits(z.reshape(shape[0], -1),
+                                                     y.reshape(shape[0], -1))
+    return value, dz.reshape(shape)
+
+
+def sgd_step(w, grad, lr, backend="cpu"):
+    """Plain gradient descent, in place: ``w <- w - lr * grad``.
+
+    Parameters
+    ----------
+    w : ndarray, float32 or float64, C-contiguous, any shape (modified)
+    grad : array, w's shape
+    lr : float > 0
+    """
+    if not isinstance(w, np.ndarray) or w.dtype not in (np.float32, np.float64):
+        raise TypeError("w must be a float32 or float64 NumPy array (it is updated in place)")
+    if not w.flags.c_contiguous or not w.flags.writeable:
+        raise ValueError("w must be C-contiguous and writeable (it is updated in place)")
+    if w.size == 0:
+        raise ValueError("w must not be empty")
+    grad = _like(grad, "grad", w.shape, w.dtype)
+    lr = v.check_float(lr, "lr", low=0.0, low_inclusive=False)
+    if not np.isfinite(w).all():
+        raise ValueError("w must contain only finite values (found NaN or inf)")
+    hyper = np.zeros(8)
+    hyper[0] = lr
+    flat = w.reshape(-1)
+    get_backend(backend).optimizer_update(0, hyper, 1, flat, grad.reshape(-1),
+                                          np.zeros((3, flat.size), w.dtype))
+
+
+def dense_forward(x, w, b=None, backend="cpu"):
+    """y = x @ w.T + b.
+
+    Parameters
+    ----------
+    x : array (batch, n_in)
+    w : array (n_out, n_in)
+    b : array (n_out,) or None
+
+    Returns
+    -------
+    y : ndarray (batch, n_out)
+    """
+    x = v.as_float_array(x, "x", ndim=2)
+    w = v.as_float_array(w, "w", dtype=x.dtype, ndim=2)
+    if w.shape[1] != x.shape[1]:
+        raise ValueError(f"w must have shape (n_out, {x.shape[1]}), got {w.shape}")
+    if b is not None:
+        b = _vector(b, "b", w.shape[0], x.dtype)
+    return get_backend(backend).dense_forward(x, w, b)
+
+
+def dense_backward(dy, x, w, backend="cpu"):
+    """Gradients of y = x @ w.T + b.
+
+    Returns
+    -------
+    dx : ndarray (batch, n_in) = dy @ w
+    dw : ndarray (n_out, n_in) = dy.T @ x
+    db : ndarray (n_out,) = dy summed over the batch
+    """
+    x = v.as_float_array(x, "x", ndim=2)
+    w = v.as_float_array(w, "w", dtype=x.dtype, ndim=2)
+    if w.shape[1] != x.shape[1]:
+        raise ValueError(f"w must have shape (n_out, {x.shape[1]}), got {w.shape}")
+    dy = _like(dy, "dy", (x.shape[0], w.shape[0]), x.dtype)
+    return get_backend(backend).dense_backward(dy, x, w)
+
+
+def activation_forward(x, activation, backend="cpu"):
+    """y = f(x) for activation 'relu' | 'sigmoid' | 'tanh'; x (batch, features)."""
+    code = ACTIVATION_CODES[v.check_choice(activation, "activation", ACTIVATION_CODES)]
+    x = v.as_float_array(x, "x", ndim=2)
+    return get_backend(backend).activation_forward(code, x)
+
+
+def activation_backward(y, dy, activation, backend="cpu"):
+    """dx = dy * f'(x), from the forward output y; y, dy (batch, features)."""
+    code = ACTIVATION_CODES[v.check_choice(activation, "activation", ACTIVATION_CODES)]
+    y = v.as_float_array(y, "y", ndim=2)
+    dy = _like(dy, "dy", y.shape, y.dtype)
+    return get_backend(backend).activation_backward(code, y, dy)

@@ -1,0 +1,86 @@
+"""Element-wise activations: ReLU, sigmoid, tanh.
+
+Contract, shared by every version of the op:
+    x, y, dy, dx : any shape, same shape and dtype
+    forward:  y = f(x)
+    backward: dx = dy * f'(x), with f' written in terms of the output y
+              (relu: y > 0; sigmoid: y (1 - y); tanh: 1 - y^2), so the
+              backward pass caches only the layer's output.
+The cpu kernels take 2-D arrays and write the outputs passed last; the codes
+below name the activations inside the compiled network description.
+"""
+
+import math
+
+import numpy as np
+from numba import njit
+
+from .elementwise import (
+    relu, relu_grad_from_output, sigmoid, sigmoid_grad_from_output,
+    tanh_grad_from_output,
+)
+
+_jit = njit(cache=True, error_model="numpy")
+
+RELU, SIGMOID, TANH = 0, 1, 2
+ACTIVATION_CODES = {"relu": RELU, "sigmoid": SIGMOID, "tanh": TANH}
+
+
+# ---- reference (NumPy) ----
+
+def _sigmoid_reference(x):
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def activation_forward_reference(kind, x):
+    if kind == RELU:
+        return np.maximum(x, 0)
+    if kind == SIGMOID:
+        return _sigmoid_reference(x)
+    return np.tanh(x)
+
+
+def activation_backward_reference(kind, y, dy):
+    if kind == RELU:
+        return dy * (y > 0)
+    if kind == SIGMOID:
+        return dy * y * (1 - y)
+    return dy * (1 - y * y)
+
+
+# ---- cpu ----
+
+@_jit
+def activation_forward(kind, x, y):
+    """y = f(x) for the activation code ``kind``."""
+    for i in range(x.shape[0]):
+        xr = x[i]
+        yr = y[i]
+        if kind == RELU:
+            for j in range(xr.shape[0]):
+                yr[j] = relu(xr[j])
+        elif kind == SIGMOID:
+            for j in range(xr.shape[0]):
+                yr[j] = sigmoid(xr[j])
+        else:
+            for j in range(xr.shape[0]):
+                yr[j] = math.tanh(xr[j])
+
+
+@_jit
+def activation_backward(kind, y, dy, dx):
+    """dx = dy * f'(x), from the forward output y. dx may alias dy."""
+    for i in range(y.shape[0]):
+        yr = y[i]
+        dyr = dy[i]
+        dxr = dx[i]
+        if kind == RELU:
+            for j in range(yr.shape[0]):
+                dxr[j] = dyr[j] * relu_grad_from_output(yr[j])
+        elif kind == SIGMOID:
+            for j in range(yr.shape[0]):
+                dxr[j] = dyr[j] * sigmoid_grad_from_output(yr[j])
+        else:
+            for j in range(yr.shape[0]):
+                dxr[j] = dyr[j] * tanh_grad_from_output(yr[j])

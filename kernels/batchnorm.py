@@ -1,0 +1,155 @@
+"""Batch normalization over the batch axis (PyTorch's BatchNorm1d on 2-D input).
+
+Contract, shared by every version of the op:
+    x, y, dy, dx  : (batch, features)
+    gamma, beta   : (features,)
+    mean, inv_std : (features,)  batch mean and 1 / sqrt(var + eps), where var
+                                 is the biased batch variance; the forward pass
+                                 returns them and the backward pass takes them
+                                 (with x) as its cache.
+    var           : (features,)  biased batch variance (cpu kernels also
+                                 return it, for the running statistics)
+Training mode:  y = gamma * (x - mean) * inv_std + beta
+Inference mode: y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta
+Running statistics, as PyTorch updates them:
+    running_mean <- (1 - momentum) * running_mean + momentum * mean
+    running_var  <- (1 - momentum) * running_var  + momentum * var * n / (n - 1)
+(momentum None in the API means a cumulative average: momentum = 1 / batches seen.)
+CPU kernels accumulate the batch sums in float64 whatever the input dtype and
+write the outputs passed last.
+"""
+
+import numpy as np
+from numba import njit
+
+_jit = njit(cache=True, error_model="numpy")
+
+
+# ---- reference (NumPy, any float dtype; the tests run it in float64) ----
+
+def batchnorm_forward_reference(x, gamma, beta, eps):
+    mean = x.mean(axis=0)
+    var = ((x - mean) ** 2).mean(axis=0)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    y = gamma * (x - mean) * inv_std + beta
+    return y, mean, inv_std
+
+
+def batchnorm_inference_reference(x, gamma, beta, running_mean, running_var, eps):
+    return gamma * (x - running_mean) / np.sqrt(running_var + eps) + beta
+
+
+def batchnorm_backward_reference(dy, x, gamma, mean, inv_std):
+    n = x.shape[0]
+    x_hat = (x - mean) * inv_std
+    dbeta = dy.sum(axis=0)
+    dgamma = (dy * x_hat).sum(axis=0)
+    dx = gamma * inv_std / n * (n * dy - dbeta - x_hat * dgamma)
+    return dx, dgamma, dbeta
+
+
+def batchnorm_update_running_reference(running_mean, running_var, mean, var, n, momentum):
+    """In place, as torch.nn.BatchNorm1d does in training mode."""
+    running_mean *= 1.0 - momentum
+    running_mean += momentum * mean
+    running_var *= 1.0 - momentum
+    running_var += momentum * var * (n / (n - 1.0))
+
+
+# ---- cpu ----
+
+@_jit
+def batchnorm_forward(x, gamma, beta, eps, y, mean, var, inv_std):
+    """Training-mode forward; writes y and the batch mean, var, inv_std."""
+    n, f = x.shape
+    acc = np.zeros(f, np.float64)
+    for i in range(n):
+        row = x[i]
+        for j in range(f):
+            acc[j] += row[j]
+    for j in range(f):
+        acc[j] /= n
+        mean[j] = acc[j]
+    sq = np.zeros(f, np.float64)
+    for i in range(n):
+        row = x[i]
+        for j in range(f):
+            d = row[j] - acc[j]
+            sq[j] += d * d
+    for j in range(f):
+        v = sq[j] / n
+        var[j] = v
+        inv_std[j] = 1.0 / np.sqrt(v + eps)
+    _scale_shift(x, gamma, beta, acc, inv_std, y)
+
+
+@_jit
+def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps, y):
+    """Inference-mode forward with the running statistics; writes y."""
+    f = x.shape[1]
+    mean = np.empty(f, np.float64)
+    inv_std = np.empty(f, np.float64)
+    for j in range(f):
+        mean[j] = running_mean[j]
+        inv_std[j] = 1.0 / np.sqrt(running_var[j] + eps)
+    _scale_shift(x, gamma, beta, mean, inv_std, y)
+
+
+@_jit
+def _scale_shift(x, gamma, beta, mean, inv_std, y):
+    # y = x * scale + shift with scale = gamma * inv_std, shift = beta - mean * scale
+    # (PyTorch's CPU kernel folds the affine transform the same way).
+    f = x.shape[1]
+    scale = np.empty(f, y.dtype)
+    shift = np.empty(f, y.dtype)
+    for j in range(f):
+        s = gamma[j] * inv_std[j]
+        scale[j] = s
+        shift[j] = beta[j] - mean[j] * s
+    for i in range(x.shape[0]):
+        xr = x[i]
+        yr = y[i]
+        for j in range(f):
+            yr[j] = xr[j] * scale[j] + shift[j]
+
+
+@_jit
+def batchnorm_backward(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta):
+    """Writes dx, dgamma, dbeta given the forward cache (x, mean, inv_std)."""
+    n, f = x.shape
+    sum_dy = np.zeros(f, np.float64)
+    sum_dy_xc = np.zeros(f, np.float64)
+    for i in range(n):
+        xr = x[i]
+        dyr = dy[i]
+        for j in range(f):
+            sum_dy[j] += dyr[j]
+            sum_dy_xc[j] += dyr[j] * (xr[j] - mean[j])
+    # dx = gamma * inv_std * (dy - mean(dy) - (x - mean) * inv_std^2 * mean(dy * (x - mean)))
+    a = np.empty(f, dx.dtype)
+    c = np.empty(f, dx.dtype)
+    m = np.empty(f, dx.dtype)
+    for j in range(f):
+        k = gamma[j] * inv_std[j]
+        a[j] = k
+        c[j] = k * inv_std[j] * inv_std[j] * (sum_dy_xc[j] / n)
+        m[j] = mean[j]
+        dgamma[j] = sum_dy_xc[j] * inv_std[j]
+        dbeta[j] = sum_dy[j]
+    for j in range(f):
+        sum_dy[j] = sum_dy[j] / n
+    for i in range(n):
+        xr = x[i]
+        dyr = dy[i]
+        dxr = dx[i]
+        for j in range(f):
+            dxr[j] = a[j] * (dyr[j] - sum_dy[j]) - c[j] * (xr[j] - m[j])
+
+
+@_jit
+def batchnorm_update_running(running_mean, running_var, mean, var, n, momentum):
+    """In-place running-statistics update (unbiased variance, as PyTorch)."""
+    unbias = n / (n - 1.0)
+    for j in range(running_mean.shape[0]):
+        running_mean[j] = (1.0 - momentum) * running_mean[j] + momentum * mean[j]
+        running_var[j] = (1.0 - momentum) * running_var[j] + momentum * var[j] * unbias

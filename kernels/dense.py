@@ -1,0 +1,72 @@
+"""Dense (fully connected) layer: y = x @ W.T + b.
+
+Contract, shared by every version of the op:
+    x  : (batch, n_in)        input
+    w  : (n_out, n_in)        weight, PyTorch's nn.Linear layout
+    b  : (n_out,)             bias, or an empty array for a layer without one
+    y  : (batch, n_out)       output
+    dy : (batch, n_out)       gradient of the loss w.r.t. y
+    dx : (batch, n_in)        = dy @ W
+    dw : (n_out, n_in)        = dy.T @ x
+    db : (n_out,)             = sum of dy over the batch
+Nothing is cached for the backward pass beyond the input x itself.
+CPU kernels write into the output arrays passed last; the matrix products go
+to BLAS through ``np.dot`` with transposed views, never explicit copies.
+"""
+
+import numpy as np
+from numba import njit
+
+_jit = njit(cache=True, error_model="numpy")
+
+
+# ---- reference (NumPy, any float dtype; the tests run it in float64) ----
+
+def dense_forward_reference(x, w, b):
+    y = x @ w.T
+    if b is not None and b.size:
+        y = y + b
+    return y
+
+
+def dense_backward_reference(dy, x, w):
+    return dy @ w, dy.T @ x, dy.sum(axis=0)
+
+
+# ---- cpu ----
+
+@_jit
+def dense_forward(x, w, b, y):
+    """y = x @ w.T + b, written into y. b may be empty (no bias)."""
+    np.dot(x, w.T, y)
+    if b.size:
+        for i in range(y.shape[0]):
+            row = y[i]
+            for j in range(row.shape[0]):
+                row[j] += b[j]
+
+
+@_jit
+def dense_backward(dy, x, w, dx, dw, db):
+    """Gradients of a dense layer, written into dx, dw and db.
+
+    dx may be empty: the first layer of a network needs no input gradient.
+    db may be empty (no bias).
+    """
+    if dx.size:
+        np.dot(dy, w, dx)
+    np.dot(dy.T, x, dw)
+    if db.size:
+        column_sums(dy, db)
+
+
+@_jit
+def column_sums(a, out):
+    """out[j] = sum_i a[i, j], accumulated in float64."""
+    acc = np.zeros(a.shape[1], np.float64)
+    for i in range(a.shape[0]):
+        row = a[i]
+        for j in range(acc.shape[0]):
+            acc[j] += row[j]
+    for j in range(acc.shape[0]):
+        out[j] = acc[j]

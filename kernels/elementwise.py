@@ -1,0 +1,120 @@
+"""Element math written once, shared by every backend.
+
+Contract: each function takes and returns scalars. They are ``@njit`` with
+``inline="always"`` so that numba inlines them into the CPU kernels and, in the
+CUDA backend, into ``@cuda.jit`` kernels (numba-cuda accepts inlined CPU
+dispatchers without asking a GPU for its compute capability, so the kernels
+still compile to PTX on a machine without one). ``error_model="numpy"``: a
+division by zero gives inf/nan as in NumPy instead of a Python exception,
+which also lets the loops that call them vectorize.
+"""
+
+import math
+
+from numba import njit
+
+_jit = njit(inline="always", error_model="numpy", cache=True)
+
+#: PyTorch clamps log(z) and log(1 - z) at -100 in binary_cross_entropy.
+LOG_CLAMP = -100.0
+
+
+@_jit
+def sigmoid(z):
+    """Logistic function, evaluated without overflow for any finite z."""
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+@_jit
+def bce_with_logits_term(z, y):
+    """One element of BCE on a logit: -[y log s(z) + (1-y) log(1-s(z))].
+
+    Written as max(z, 0) - z*y + log1p(exp(-|z|)), which never overflows.
+    """
+    return max(z, 0.0) - z * y + math.log1p(math.exp(-abs(z)))
+
+
+@_jit
+def bce_term(p, y):
+    """One element of BCE on a probability, logs clamped at -100 like PyTorch."""
+    log_p = max(math.log(p), LOG_CLAMP) if p > 0.0 else LOG_CLAMP
+    log_q = max(math.log1p(-p), LOG_CLAMP) if p < 1.0 else LOG_CLAMP
+    return -(y * log_p + (1.0 - y) * log_q)
+
+
+@_jit
+def relu(x):
+    return x if x > 0.0 else 0.0
+
+
+@_jit
+def relu_grad_from_output(y):
+    """d relu / dx written in terms of the output y = relu(x)."""
+    return 1.0 if y > 0 else 0.0
+
+
+@_jit
+def sigmoid_grad_from_output(y):
+    return y * (1.0 - y)
+
+
+@_jit
+def tanh_grad_from_output(y):
+    return 1.0 - y * y
+
+
+# ---- optimizer element updates (PyTorch's single-tensor formulas) ----
+# Each takes one parameter element w, its gradient g and its state, and
+# returns the new values; the kernels map them over whole flat buffers.
+
+@_jit
+def sgd_element(w, g, buf, lr, momentum, dampening, nesterov, weight_decay, first_step):
+    """torch.optim.SGD: returns (w, momentum_buffer)."""
+    d = g + weight_decay * w
+    if momentum != 0.0:
+        if first_step:
+            buf = d
+        else:
+            buf = momentum * buf + (1.0 - dampening) * d
+        if nesterov:
+            d = d + momentum * buf
+        else:
+            d = buf
+    return w - lr * d, buf
+
+
+@_jit
+def rmsprop_element(w, g, square_avg, grad_avg, buf, lr, alpha, eps, momentum,
+                    weight_decay, centered):
+    """torch.optim.RMSprop: returns (w, square_avg, grad_avg, momentum_buffer)."""
+    d = g + weight_decay * w
+    square_avg = alpha * square_avg + (1.0 - alpha) * d * d
+    if centered:
+        grad_avg = grad_avg + (1.0 - alpha) * (d - grad_avg)
+        avg = math.sqrt(square_avg - grad_avg * grad_avg) + eps
+    else:
+        avg = math.sqrt(square_avg) + eps
+    if momentum > 0.0:
+        buf = momentum * buf + d / avg
+        w = w - lr * buf
+    else:
+        w = w - lr * d / avg
+    return w, square_avg, grad_avg, buf
+
+
+@_jit
+def adam_element(w, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled,
+                 step_size, bias_correction2_sqrt):
+    """torch.optim.Adam (AdamW when decoupled): returns (w, exp_avg, exp_avg_sq)."""
+    if decoupled:
+        w = w * (1.0 - lr * weight_decay)
+        d = g
+    else:
+        d = g + weight_decay * w
+    m = m + (1.0 - beta1) * (d - m)
+    v = beta2 * v + (1.0 - beta2) * d * d
+    w = w - step_size * m / (math.sqrt(v) / bias_correction2_sqrt + eps)
+    return w, m, v
