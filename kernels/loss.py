@@ -22,8 +22,9 @@ _jit = njit(cache=True, error_model="numpy")
 # ---- reference (NumPy) ----
 
 def bce_reference(z, y):
-    log_z = np.maximum(np.log(z), -100.0)
-    log_1mz = np.maximum(np.log1p(-z), -100.0)
+    with np.errstate(divide="ignore"):
+        log_z = np.maximum(np.log(z), -100.0)
+        log_1mz = np.maximum(np.log1p(-z), -100.0)
     return float(np.mean(-(y * log_z + (1 - y) * log_1mz)))
 
 

@@ -1,0 +1,175 @@
+"""One table of kernel cases, shared by the tests and the benchmarks.
+
+Every (op, shape) here is checked against the float64 NumPy reference in
+tests/test_kernels.py on every backend, and timed by bench/bench_kernels.py:
+whatever is benchmarked is also tested.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastnn import ops
+from fastnn.kernels import optim as kopt
+
+BACKENDS = ("numpy", "cpu")
+DTYPES = (np.float32, np.float64)
+
+# A small multiple of each dtype's machine epsilon (2.2e-16 and 1.2e-7).
+RTOL = {np.float64: 64 * np.finfo(np.float64).eps, np.float32: 64 * np.finfo(np.float32).eps}
+
+
+@dataclass(frozen=True)
+class Case:
+    op: str
+    shape: tuple  # (batch, features) or, for dense, (batch, n_in, n_out); (n,) for optimizers
+
+    @property
+    def id(self):
+        return f"{self.op}-{'x'.join(map(str, self.shape))}"
+
+
+# Awkward shapes first (batch 2, odd widths, sizes that are not multiples of a
+# SIMD width or a block size); the last shape of each op is a "large" one.
+TEST_SHAPES = {
+    "batchnorm_forward": [(2, 1), (2, 7), (33, 13), (1000, 3), (256, 256)],
+    "batchnorm_backward": [(2, 1), (2, 7), (33, 13), (1000, 3), (256, 256)],
+    "bce": [(2, 1), (37, 3), (1000, 1)],
+    "bce_with_logits": [(2, 1), (37, 3), (1000, 1), (4096, 1)],
+    "dense_forward": [(2, 1, 1), (2, 7, 5), (33, 13, 17), (256, 256, 256)],
+    "dense_backward": [(2, 1, 1), (2, 7, 5), (33, 13, 17), (256, 256, 256)],
+    "relu": [(2, 7), (33, 13)],
+    "sigmoid": [(2, 7), (33, 13)],
+    "tanh": [(2, 7), (33, 13)],
+    "sgd": [(1,), (7,), (1001,)],
+    "sgd_momentum": [(1,), (7,), (1001,)],
+    "sgd_nesterov": [(7,), (1001,)],
+    "rmsprop": [(1,), (7,), (1001,)],
+    "rmsprop_centered": [(7,), (1001,)],
+    "adam": [(1,), (7,), (1001,)],
+    "adamw": [(7,), (1001,)],
+}
+
+# Sizes timed by the benchmarks (small, medium, large).
+BENCH_SHAPES = {
+    "batchnorm_forward": [(64, 64), (256, 256), (1024, 1024)],
+    "batchnorm_backward": [(64, 64), (256, 256), (1024, 1024)],
+    "bce_with_logits": [(64, 1), (1024, 1), (65536, 1)],
+    "dense_forward": [(64, 64, 64), (256, 256, 256), (1024, 1024, 1024)],
+    "dense_backward": [(64, 64, 64), (256, 256, 256), (1024, 1024, 1024)],
+    "sgd": [(4096,), (65536,), (1 << 20,)],
+    "sgd_momentum": [(4096,), (65536,), (1 << 20,)],
+    "rmsprop": [(4096,), (65536,), (1 << 20,)],
+    "adam": [(4096,), (65536,), (1 << 20,)],
+}
+
+TEST_CASES = [Case(op, s) for op, shapes in TEST_SHAPES.items() for s in shapes]
+BENCH_CASES = [Case(op, s) for op, shapes in BENCH_SHAPES.items() for s in shapes]
+
+# optimizer cases: (kind, hyper-parameters in the kernels' layout)
+OPTIMIZERS = {
+    "sgd": (kopt.SGD, [0.1, 0.0, 0.0, 0.0, 0.0]),
+    "sgd_momentum": (kopt.SGD, [0.1, 0.9, 0.1, 0.0, 1e-2]),
+    "sgd_nesterov": (kopt.SGD, [0.1, 0.9, 0.0, 1.0, 0.0]),
+    "rmsprop": (kopt.RMSPROP, [0.01, 0.99, 1e-8, 0.0, 0.0, 0.0]),
+    "rmsprop_centered": (kopt.RMSPROP, [0.01, 0.9, 1e-8, 0.5, 1e-2, 1.0]),
+    "adam": (kopt.ADAM, [1e-3, 0.9, 0.999, 1e-8, 1e-2, 0.0]),
+    "adamw": (kopt.ADAM, [1e-3, 0.9, 0.999, 1e-8, 1e-2, 1.0]),
+}
+OPTIMIZER_STEPS = 3
+
+
+def make_inputs(case, dtype, seed=0):
+    """Fresh random inputs for a case, in dtype."""
+    rng = np.random.default_rng(seed)
+    op, shape = case.op, case.shape
+
+    def normal(*s):
+        return rng.standard_normal(s).astype(dtype)
+
+    if op == "batchnorm_forward":
+        n, f = shape
+        return dict(x=normal(n, f) * 3 + 1, gamma=normal(f), beta=normal(f))
+    if op == "batchnorm_backward":
+        n, f = shape
+        x = normal(n, f) * 2 - 1
+        mean = x.astype(np.float64).mean(0)
+        inv_std = 1 / np.sqrt(x.astype(np.float64).var(0) + 1e-5)
+        return dict(dy=normal(n, f), x=x, gamma=normal(f), mean=mean.astype(dtype),
+                    inv_std=inv_std.astype(dtype))
+    if op == "bce":
+        return dict(z=rng.uniform(0.001, 0.999, shape).astype(dtype),
+                    y=rng.uniform(0, 1, shape).astype(dtype))
+    if op == "bce_with_logits":
+        return dict(logits=normal(*shape) * 4, y=(rng.uniform(size=shape) > 0.5).astype(dtype))
+    if op in ("dense_forward", "dense_backward"):
+        n, n_in, n_out = shape
+        inputs = dict(x=normal(n, n_in), w=normal(n_out, n_in) / np.sqrt(n_in).astype(dtype))
+        if op == "dense_forward":
+            inputs["b"] = normal(n_out)
+        else:
+            inputs["dy"] = normal(n, n_out)
+        return inputs
+    if op in ("relu", "sigmoid", "tanh"):
+        x = normal(*shape) * 3
+        y = ops.activation_forward(x.astype(np.float64), op, backend="numpy").astype(dtype)
+        return dict(x=x, y=y, dy=normal(*shape))
+    # optimizers
+    (n,) = shape
+    return dict(w=normal(n), grads=[normal(n) for _ in range(OPTIMIZER_STEPS)])
+
+
+def run(case, backend, inputs):
+    """Run the case on a backend; returns a tuple of outputs (arrays or floats)."""
+    op, a = case.op, inputs
+    if op == "batchnorm_forward":
+        return ops.batchnorm_forward(a["x"], a["gamma"], a["beta"], backend=backend)
+    if op == "batchnorm_backward":
+        return ops.batchnorm_backward(a["dy"], a["x"], a["gamma"], a["mean"], a["inv_std"],
+                                      backend=backend)
+    if op == "bce":
+        return (ops.bce(a["z"], a["y"], backend=backend),)
+    if op == "bce_with_logits":
+        return ops.bce_with_logits(a["logits"], a["y"], backend=backend)
+    if op == "dense_forward":
+        return (ops.dense_forward(a["x"], a["w"], a["b"], backend=backend),)
+    if op == "dense_backward":
+        return ops.dense_backward(a["dy"], a["x"], a["w"], backend=backend)
+    if op in ("relu", "sigmoid", "tanh"):
+        return (ops.activation_forward(a["x"], op, backend=backend),
+                ops.activation_backward(a["y"], a["dy"], op, backend=backend))
+    return (run_optimizer(case.op, backend, a["w"], a["grads"]),)
+
+
+def run_optimizer(name, backend, w, grads):
+    """OPTIMIZER_STEPS in-place updates of a copy of w; returns it."""
+    from fastnn.backends import get_backend
+    kind, values = OPTIMIZERS[name]
+    hyper = np.zeros(kopt.HYPER_SIZE)
+    hyper[:len(values)] = values
+    w = w.copy()
+    state = np.zeros((3, w.size), w.dtype)
+    for step, g in enumerate(grads, start=1):
+        get_backend(backend).optimizer_update(kind, hyper, step, w, g, state)
+    return w
+
+
+def as_float64(inputs):
+    return {k: ([g.astype(np.float64) for g in v] if isinstance(v, list) else v.astype(np.float64))
+            for k, v in inputs.items()}
+
+
+def tolerance(case, dtype, inputs):
+    """(rtol, atol) for comparing a dtype result with the float64 reference.
+
+    rtol is a small multiple of the dtype's eps; atol covers sums whose terms
+    cancel, scaled by the length of the reduction the op performs.
+    """
+    rtol = RTOL[dtype]
+    if case.op.startswith("dense"):
+        length = max(case.shape)
+    elif case.op.startswith("batchnorm"):
+        length = case.shape[0]
+    else:
+        length = 1
+    return rtol, rtol * np.sqrt(length) * 4

@@ -1,0 +1,74 @@
+"""Every kernel on every backend against the float64 NumPy reference.
+
+Inputs are drawn in the tested dtype; the reference runs on the same values
+cast to float64; the comparison is |out - ref| <= atol + rtol * |ref| with
+rtol a small multiple of the dtype's eps (see cases.tolerance).
+"""
+
+import zlib
+
+import numpy as np
+import pytest
+
+from cases import BACKENDS, DTYPES, TEST_CASES, as_float64, make_inputs, run, tolerance
+
+
+def assert_close(out, ref, rtol, atol, what):
+    out, ref = np.asarray(out), np.asarray(ref)
+    assert out.shape == ref.shape, f"{what}: shape {out.shape} != {ref.shape}"
+    assert np.isfinite(out).all(), f"{what}: non-finite output"
+    err = np.abs(out.astype(np.float64) - ref)
+    bound = atol + rtol * np.abs(ref)
+    worst = np.unravel_index(np.argmax(err - bound), err.shape) if err.ndim else ()
+    assert (err <= bound).all(), (f"{what}: |out - ref| = {err[worst]:.3g} > {bound[worst]:.3g} "
+                                  f"at {worst} (out {out[worst]}, ref {ref[worst]})")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", TEST_CASES, ids=lambda c: c.id)
+def test_kernel_matches_float64_reference(case, dtype, backend):
+    inputs = make_inputs(case, dtype, seed=zlib.crc32(case.id.encode()))
+    expected = run(case, "numpy", as_float64(inputs))
+    outputs = run(case, backend, inputs)
+    rtol, atol = tolerance(case, dtype, inputs)
+    for i, (out, ref) in enumerate(zip(outputs, expected, strict=True)):
+        if isinstance(out, np.ndarray):
+            assert out.dtype == dtype, f"output {i} promoted to {out.dtype}"
+        assert_close(out, ref, rtol, atol, f"{case.id} output {i}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_bce_with_logits_extreme_logits_stay_finite(dtype):
+    from fastnn import ops
+    z = np.array([[-1e4], [-50.0], [0.0], [50.0], [1e4]], dtype)
+    y = np.array([[1.0], [0.0], [1.0], [1.0], [0.0]], dtype)
+    for backend in BACKENDS:
+        loss, dz = ops.bce_with_logits(z, y, backend=backend)
+        # -log sigmoid(-1e4) = 1e4 for the first and last rows; exact in float64
+        assert loss == pytest.approx((1e4 + np.log1p(np.exp(-50.0)) + np.log(2) + 1e4 +
+                                      np.log1p(np.exp(-50.0))) / 5, rel=1e-6)
+        assert np.isfinite(dz).all()
+        assert dz[0, 0] == pytest.approx(-0.2) and dz[4, 0] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bce_clamps_logs_at_minus_100_like_pytorch(backend):
+    from fastnn import ops
+    z = np.array([0.0, 1.0, 0.5])
+    y = np.array([1.0, 0.0, 1.0])
+    # log(0) and log(1 - 1) are clamped to -100: (100 + 100 + log 2) / 3
+    assert ops.bce(z, y, backend=backend) == pytest.approx((200 + np.log(2)) / 3, rel=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batchnorm_forward_normalizes_each_feature(backend):
+    from fastnn import ops
+    rng = np.random.default_rng(1)
+    x = rng.normal(5.0, 3.0, (50, 4))
+    y, mean, inv_std = ops.batchnorm_forward(x, np.ones(4), np.zeros(4), eps=0.0 + 1e-12,
+                                             backend=backend)
+    np.testing.assert_allclose(y.mean(0), 0, atol=1e-12)
+    np.testing.assert_allclose(y.var(0), 1, rtol=1e-9)
+    np.testing.assert_allclose(mean, x.mean(0), rtol=1e-14)
+    np.testing.assert_allclose(inv_std, 1 / x.std(0), rtol=1e-9)

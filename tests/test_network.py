@@ -1,0 +1,115 @@
+"""The whole network: finite-difference gradients, a step worked by hand,
+and the cpu engine against the reference engine."""
+
+import numpy as np
+import pytest
+
+import fastnn as fn
+from fastnn.backends import get_backend, new_workspace
+from fastnn.kernels import network as nw
+
+
+def make_model(activation=fn.ReLU, seed=0, n_in=5, n_out=2):
+    return fn.Sequential(fn.Dense(n_in, 7), fn.BatchNorm(7), activation(),
+                         fn.Dense(7, 6, bias=False), fn.BatchNorm(6, momentum=None), activation(),
+                         fn.Dense(6, n_out), seed=seed)
+
+
+def batch_loss(model, X, Y):
+    """Training-mode loss of one batch, without touching the model."""
+    net = model.net()
+    net = (net[0], net[1], net[2], net[3].copy(), net[4].copy())
+    acts, _ = nw.forward_reference(net, X, True)
+    loss, _ = fn.ops.bce_with_logits(acts[-1], Y, backend="numpy")
+    return loss
+
+
+def engine_gradient(model, X, Y, device):
+    """(loss, grads) from one engine train_step over the whole of X."""
+    backend = get_backend(device)
+    ws = new_workspace(model, X.shape[0], Y.shape[1])
+    grads = np.zeros_like(model.params)
+    loss = backend.engine_train_step(model.net(), ws, grads, X, Y, np.arange(X.shape[0]), 0,
+                                     X.shape[0])
+    return loss, grads
+
+
+@pytest.mark.parametrize("device", ["numpy", "cpu"])
+@pytest.mark.parametrize("activation", [fn.ReLU, fn.Sigmoid, fn.Tanh])
+def test_gradients_match_central_finite_differences(activation, device):
+    rng = np.random.default_rng(3)
+    model = make_model(activation)
+    X = rng.normal(size=(9, 5))
+    Y = rng.uniform(size=(9, 2))
+    loss, grads = engine_gradient(model, X, Y, device)
+    assert loss == pytest.approx(batch_loss(model, X, Y), rel=1e-12)
+    h = 1e-6
+    numeric = np.empty_like(grads)
+    for i in range(model.n_params):
+        saved = model.params[i]
+        model.params[i] = saved + h
+        up = batch_loss(model, X, Y)
+        model.params[i] = saved - h
+        down = batch_loss(model, X, Y)
+        model.params[i] = saved
+        numeric[i] = (up - down) / (2 * h)
+    # central differences: truncation O(h^2) ~ 1e-12, rounding ~ 1e-16 / h ~ 1e-10
+    np.testing.assert_allclose(grads, numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_one_sgd_step_worked_by_hand():
+    # Dense(2, 1) with w = [0.5, -0.25], b = 0.1, two samples, SGD lr = 0.1:
+    #   z = X w + b                = [0.5 - 0.5 + 0.1, 1.5 + 0.25 + 0.1] = [0.1, 1.85]
+    #   loss = mean(softplus(-z1), softplus(z2))      (y = [1, 0])
+    #        = (log(1 + e^-0.1) + log(1 + e^1.85)) / 2 = (0.64439666 + 1.99603541) / 2
+    #   dz = (sigmoid(z) - y) / 2  = ([0.52497919 - 1, 0.86412710 - 0]) / 2
+    #                              = [-0.23751041, 0.43206355]
+    #   dw = dz @ X = [-0.23751041 * 1 + 0.43206355 * 3, -0.23751041 * 2 + 0.43206355 * -1]
+    #               = [1.05868025, -0.90708436];   db = -0.23751041 + 0.43206355 = 0.19455315
+    #   w <- w - 0.1 dw = [0.39413198, -0.15929156];   b <- 0.1 - 0.1 db = 0.08054469
+    model = fn.Sequential(fn.Dense(2, 1))
+    model.load_state_dict({"0.weight": np.array([[0.5, -0.25]]), "0.bias": np.array([0.1])})
+    trainer = fn.Trainer(model, optimizer=fn.SGD(lr=0.1), device="cpu", dtype="float64")
+    history = trainer.fit([[1.0, 2.0], [3.0, -1.0]], [1.0, 0.0], epochs=1, batch_size=2,
+                          shuffle=False)
+    assert history["loss"][0] == pytest.approx(1.3202160355640404, rel=1e-14)
+    np.testing.assert_allclose(model.layers[0].weight, [[0.39413197517741716, -0.1592915635983487]],
+                               rtol=1e-14)
+    np.testing.assert_allclose(model.layers[0].bias, [0.08054468547650771], rtol=1e-14)
+
+
+def test_batchnorm_of_two_samples_worked_by_hand():
+    # x = [1, 3]: mean 2, biased var 1, inv_std = 1 / sqrt(1 + 1e-5); y = [-1, 1] * inv_std.
+    # running_mean = 0.9 * 0 + 0.1 * 2 = 0.2;
+    # running_var  = 0.9 * 1 + 0.1 * (unbiased var 2) = 1.1
+    model = fn.Sequential(fn.BatchNorm(1))
+    net = model.net()
+    acts, caches = nw.forward_reference(net, np.array([[1.0], [3.0]]), True)
+    inv_std = 1 / np.sqrt(1 + 1e-5)
+    np.testing.assert_allclose(acts[-1][:, 0], [-inv_std, inv_std], rtol=1e-15)
+    assert model.layers[0].running_mean[0] == pytest.approx(0.2, rel=1e-15)
+    assert model.layers[0].running_var[0] == pytest.approx(1.1, rel=1e-15)
+    assert model.layers[0].num_batches_tracked == 1
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("optimizer", [lambda: fn.SGD(lr=0.05, momentum=0.9, nesterov=True),
+                                       lambda: fn.RMSprop(lr=0.01, centered=True),
+                                       lambda: fn.Adam(lr=0.01, weight_decay=1e-3)],
+                         ids=["sgd", "rmsprop", "adam"])
+def test_cpu_training_matches_reference_engine(optimizer, dtype):
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(45, 5))
+    Y = rng.uniform(size=(45, 2))
+    results = {}
+    for device in ("numpy", "cpu"):
+        model = fn.Sequential(fn.Dense(5, 8, bias=False), fn.BatchNorm(8), fn.Tanh(),
+                              fn.Dense(8, 2), seed=1)
+        trainer = fn.Trainer(model, optimizer=optimizer(), device=device, dtype=dtype, seed=2)
+        history = trainer.fit(X, Y, epochs=3, batch_size=8)
+        results[device] = history["loss"], model.state_dict()
+    rtol = 1e-10 if dtype == "float64" else 1e-4
+    np.testing.assert_allclose(results["cpu"][0], results["numpy"][0], rtol=rtol)
+    for key, value in results["numpy"][1].items():
+        np.testing.assert_allclose(results["cpu"][1][key], value, rtol=rtol, atol=rtol,
+                                   err_msg=key)
