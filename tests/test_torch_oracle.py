@@ -1,0 +1,323 @@
+"""PyTorch as the oracle for fastnn's training and inference.
+
+Each training test builds the same network in fastnn and in torch.nn, starts
+both from fastnn's initial weights, and trains them over the same data in the
+same order (``fit(..., shuffle=False)`` against a hand-written torch loop with
+consecutive mini-batches, the last one smaller). Afterwards the per-epoch
+losses, every parameter, BatchNorm's running statistics and batch counts, and
+the optimizer's moment buffers must agree:
+
+    float64: |fastnn - torch| <= 1e-12 + 1e-9 * |torch|
+    float32: |fastnn - torch| <= 1e-5  + 1e-4 * |torch|
+
+The largest error seen per dtype, as |fastnn - torch| / (atol / rtol + |torch|)
+(comparable to rtol: the check passes while it is <= rtol), is printed at the
+end of the module (run pytest with -s) and, when the environment variable
+FASTNN_ORACLE_REPORT names a path, written there as JSON.
+
+Numerical trap avoided on purpose: a Dense bias right before a BatchNorm has a
+true gradient of exactly zero, so its computed gradient is rounding noise, and
+RMSprop and Adam, which divide by sqrt(v) + eps, turn that noise into steps of
+size ~lr * noise / eps: about lr in float32 and still ~1e-11 in float64, above
+the tolerance on small values. Both libraries are right; the steps are just
+noise. Such biases are therefore kept only with SGD (steps of lr * noise); with
+RMSprop and Adam those Dense layers have bias=False.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import fastnn as fn
+
+torch = pytest.importorskip("torch")
+
+TOLERANCES = {"float64": (1e-9, 1e-12), "float32": (1e-4, 1e-5)}  # (rtol, atol)
+EPOCHS = 2
+
+# Largest normalized error seen per dtype, and where.
+MAX_ERR = {dtype: {"max_rel_err": 0.0, "where": None, "checks": 0} for dtype in TOLERANCES}
+
+
+# ---- architectures ----
+# A layer spec is ("dense", in, out, bias), ("bn", n, momentum, eps), or an
+# activation name. bias=None marks a Dense directly before a BatchNorm: it has a
+# bias only when the optimizer is SGD (see the module docstring).
+
+ARCHS = {
+    # Dense-BN-ReLU twice, one logit; 75 = 4 * 16 + 11.
+    "bn_relu": dict(
+        layers=[("dense", 12, 24, None), ("bn", 24, 0.1, 1e-5), "relu",
+                ("dense", 24, 16, None), ("bn", 16, 0.1, 1e-5), "relu",
+                ("dense", 16, 1, True)],
+        n=75, batch_size=16, targets="binary"),
+    # Tanh and Sigmoid, odd widths, no BatchNorm, soft targets. 65 = 4 * 16 + 1:
+    # without BatchNorm the trailing single-sample batch is trained on.
+    "tanh_sigmoid_odd": dict(
+        layers=[("dense", 9, 13, True), "tanh", ("dense", 13, 7, True), "sigmoid",
+                ("dense", 7, 1, True)],
+        n=65, batch_size=16, targets="soft"),
+    # Three multi-label outputs; 70 = 4 * 16 + 6.
+    "multilabel_head": dict(
+        layers=[("dense", 10, 20, None), ("bn", 20, 0.1, 1e-5), "relu",
+                ("dense", 20, 3, True)],
+        n=70, batch_size=16, targets="multilabel"),
+    # No bias anywhere before a BatchNorm, custom momentum; 49 = 3 * 16 + 1:
+    # with BatchNorm the trailing single-sample batch is skipped (by both).
+    "no_bias_before_bn": dict(
+        layers=[("dense", 8, 16, False), ("bn", 16, 0.3, 1e-5), "relu",
+                ("dense", 16, 8, False), ("bn", 8, 0.1, 1e-5), "tanh",
+                ("dense", 8, 1, True)],
+        n=49, batch_size=16, targets="binary"),
+    # BatchNorm first, cumulative averages (momentum=None), a larger eps; 58 = 5 * 10 + 8.
+    # (The Tanh matters: a BatchNorm's beta feeding Dense-BatchNorm linearly would
+    # have a zero gradient too.)
+    "bn_cumulative": dict(
+        layers=[("bn", 6, None, 1e-5), "tanh", ("dense", 6, 11, None), ("bn", 11, None, 1e-3),
+                "sigmoid", ("dense", 11, 1, True)],
+        n=58, batch_size=10, targets="binary"),
+}
+
+
+def _bias(bias, bias_before_bn):
+    return bias_before_bn if bias is None else bias
+
+
+def build_fastnn(layers, bias_before_bn, seed=0):
+    out = []
+    for spec in layers:
+        if spec == "relu":
+            out.append(fn.ReLU())
+        elif spec == "tanh":
+            out.append(fn.Tanh())
+        elif spec == "sigmoid":
+            out.append(fn.Sigmoid())
+        elif spec[0] == "dense":
+            out.append(fn.Dense(spec[1], spec[2], bias=_bias(spec[3], bias_before_bn)))
+        else:
+            out.append(fn.BatchNorm(spec[1], momentum=spec[2], eps=spec[3]))
+    return fn.Sequential(*out, seed=seed)
+
+
+def build_torch(layers, bias_before_bn, dtype):
+    nn = torch.nn
+    out = []
+    for spec in layers:
+        if spec == "relu":
+            out.append(nn.ReLU())
+        elif spec == "tanh":
+            out.append(nn.Tanh())
+        elif spec == "sigmoid":
+            out.append(nn.Sigmoid())
+        elif spec[0] == "dense":
+            out.append(nn.Linear(spec[1], spec[2], bias=_bias(spec[3], bias_before_bn)))
+        else:
+            out.append(nn.BatchNorm1d(spec[1], momentum=spec[2], eps=spec[3]))
+    return nn.Sequential(*out).to(getattr(torch, dtype))
+
+
+def make_data(arch, dtype, seed):
+    rng = np.random.default_rng(seed)
+    n, n_in = arch["n"], arch["layers"][0][1]
+    X = rng.normal(0.0, 1.0, (n, n_in)) * rng.uniform(0.5, 2.0, n_in) + rng.normal(0, 0.5, n_in)
+    if arch["targets"] == "binary":
+        Y = (X[:, :1] + 0.5 * X[:, 1:2] + rng.normal(0, 0.5, (n, 1)) > 0).astype(float)
+    elif arch["targets"] == "soft":
+        Y = rng.uniform(0.0, 1.0, (n, 1))
+    else:
+        Y = (X[:, :3] + rng.normal(0, 0.7, (n, 3)) > 0).astype(float)
+    return X.astype(dtype), Y.astype(dtype)
+
+
+# ---- optimizers: (fastnn optimizer, torch optimizer factory, torch state names per fastnn row) ----
+
+OPTIMIZERS = {
+    "sgd": (lambda: fn.SGD(lr=0.1),
+            lambda p: torch.optim.SGD(p, lr=0.1, foreach=False), {}),
+    "sgd_momentum_dampening": (
+        lambda: fn.SGD(lr=0.05, momentum=0.9, dampening=0.3),
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, dampening=0.3, foreach=False),
+        {0: "momentum_buffer"}),
+    "sgd_nesterov": (
+        lambda: fn.SGD(lr=0.05, momentum=0.8, nesterov=True),
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.8, nesterov=True, foreach=False),
+        {0: "momentum_buffer"}),
+    "sgd_weight_decay": (
+        lambda: fn.SGD(lr=0.1, weight_decay=0.05),
+        lambda p: torch.optim.SGD(p, lr=0.1, weight_decay=0.05, foreach=False), {}),
+    "rmsprop": (
+        lambda: fn.RMSprop(lr=0.01),
+        lambda p: torch.optim.RMSprop(p, lr=0.01, foreach=False), {0: "square_avg"}),
+    "rmsprop_momentum_centered_wd": (
+        lambda: fn.RMSprop(lr=0.005, alpha=0.9, eps=1e-6, weight_decay=0.01, momentum=0.5,
+                           centered=True),
+        lambda p: torch.optim.RMSprop(p, lr=0.005, alpha=0.9, eps=1e-6, weight_decay=0.01,
+                                      momentum=0.5, centered=True, foreach=False),
+        {0: "square_avg", 1: "momentum_buffer", 2: "grad_avg"}),
+    "adam": (
+        lambda: fn.Adam(lr=0.01),
+        lambda p: torch.optim.Adam(p, lr=0.01, foreach=False), {0: "exp_avg", 1: "exp_avg_sq"}),
+    "adam_weight_decay": (
+        lambda: fn.Adam(lr=0.01, betas=(0.8, 0.99), eps=1e-7, weight_decay=0.02),
+        lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.8, 0.99), eps=1e-7, weight_decay=0.02,
+                                   foreach=False),
+        {0: "exp_avg", 1: "exp_avg_sq"}),
+    "adamw": (
+        lambda: fn.AdamW(lr=0.01, weight_decay=0.1),
+        lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1, foreach=False),
+        {0: "exp_avg", 1: "exp_avg_sq"}),
+}
+
+
+# ---- comparison ----
+
+def assert_close(actual, expected, dtype, where):
+    """|actual - expected| <= atol + rtol * |expected|, elementwise; records the
+    largest normalized error |actual - expected| / (atol / rtol + |expected|)."""
+    rtol, atol = TOLERANCES[dtype]
+    actual = np.asarray(actual, np.float64)
+    expected = np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, f"{where}: shape {actual.shape} != {expected.shape}"
+    diff = np.abs(actual - expected)
+    err = float(np.max(diff / (atol / rtol + np.abs(expected)), initial=0.0))
+    record = MAX_ERR[dtype]
+    record["checks"] += 1
+    if not err <= record["max_rel_err"]:  # also records NaN
+        record["max_rel_err"], record["where"] = err, where
+    bad = ~(diff <= atol + rtol * np.abs(expected))
+    assert not bad.any(), (
+        f"{where} ({dtype}): {int(bad.sum())}/{bad.size} elements differ; worst |diff| "
+        f"{float(np.nanmax(diff)):.3e}, normalized error {err:.3e} > rtol {rtol:g}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def error_report():
+    yield
+    for dtype, record in MAX_ERR.items():
+        print(f"\n[torch oracle] {dtype}: max normalized error {record['max_rel_err']:.3e} "
+              f"over {record['checks']} checks (worst at {record['where']})")
+    path = os.environ.get("FASTNN_ORACLE_REPORT")
+    if path:
+        with open(path, "w") as f:
+            json.dump(MAX_ERR, f, indent=2)
+
+
+def torch_fit(model, opt, X, Y, epochs, batch_size, skip_single):
+    """The loop fit(shuffle=False) runs: consecutive batches, in order. Returns
+    per epoch the list of (batch mean loss, batch size)."""
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    model.train()
+    history = []
+    for _ in range(epochs):
+        batches = []
+        for start in range(0, X.shape[0], batch_size):
+            xb, yb = X[start:start + batch_size], Y[start:start + batch_size]
+            if xb.shape[0] == 1 and skip_single:
+                continue
+            opt.zero_grad()
+            loss = loss_fn(model(xb), yb)
+            loss.backward()
+            opt.step()
+            batches.append((loss.item(), xb.shape[0]))
+        history.append(batches)
+    return history
+
+
+# ---- training against torch ----
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
+@pytest.mark.parametrize("arch_name", list(ARCHS))
+def test_training_matches_torch(arch_name, opt_name, dtype):
+    arch = ARCHS[arch_name]
+    make_fn_opt, make_torch_opt, state_rows = OPTIMIZERS[opt_name]
+    where = f"{arch_name}/{opt_name}"
+    seed = sorted(ARCHS).index(arch_name) * 100 + sorted(OPTIMIZERS).index(opt_name)
+    X, Y = make_data(arch, dtype, seed)
+
+    bias_before_bn = opt_name.startswith("sgd")
+    model = build_fastnn(arch["layers"], bias_before_bn, seed=seed)
+    trainer = fn.Trainer(model, optimizer=make_fn_opt(), loss="bce", device="cpu",
+                         dtype=dtype, seed=0)
+    initial = model.state_dict()
+
+    tmodel = build_torch(arch["layers"], bias_before_bn, dtype)
+    assert set(tmodel.state_dict()) == set(initial)
+    tmodel.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in initial.items()})
+    topt = make_torch_opt(list(tmodel.parameters()))
+
+    y_fit = Y[:, 0] if Y.shape[1] == 1 else Y  # single output: 1-D targets
+    history = trainer.fit(X, y_fit, epochs=EPOCHS, batch_size=arch["batch_size"], shuffle=False)
+    t_history = torch_fit(tmodel, topt, torch.from_numpy(X), torch.from_numpy(Y), EPOCHS,
+                          arch["batch_size"], model.has_batchnorm)
+
+    # losses: fastnn reports each epoch's batch losses averaged with the batch sizes
+    expected_loss = [sum(l * n for l, n in b) / sum(n for _, n in b) for b in t_history]
+    assert len(history["loss"]) == EPOCHS
+    assert_close(history["loss"], expected_loss, dtype, f"{where}: history loss")
+
+    # parameters, running statistics, batch counts
+    final, t_final = model.state_dict(), tmodel.state_dict()
+    assert set(final) == set(t_final)
+    for key, t_value in t_final.items():
+        if key.endswith("num_batches_tracked"):
+            assert int(final[key]) == int(t_value), f"{where}: {key}"
+            n_steps = sum(len(b) for b in t_history)
+            assert int(final[key]) == n_steps
+        else:
+            assert final[key].dtype == np.dtype(dtype), f"{where}: {key} dtype"
+            assert_close(final[key], t_value.numpy(), dtype, f"{where}: {key}")
+
+    # optimizer state: fastnn's (3, n_params) rows, in the order of the parameters
+    opt = trainer.optimizer
+    params = list(tmodel.parameters())
+    assert int(opt.step_count[0]) == sum(len(b) for b in t_history)
+    for row, name in state_rows.items():
+        expected = np.concatenate([topt.state[p][name].detach().numpy().ravel()
+                                   for p in params])
+        assert_close(opt.state[row], expected, dtype, f"{where}: optimizer {name}")
+
+
+# ---- inference from a torch state_dict ----
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("arch_name", ["bn_relu", "multilabel_head", "bn_cumulative",
+                                       "tanh_sigmoid_odd"])
+def test_load_torch_state_dict_and_predict(arch_name, dtype):
+    arch = ARCHS[arch_name]
+    torch.manual_seed(1234)
+    tmodel = build_torch(arch["layers"], True, dtype)
+    # non-trivial BatchNorm parameters and running statistics
+    gen = torch.Generator().manual_seed(99)
+    with torch.no_grad():
+        for module in tmodel:
+            if isinstance(module, torch.nn.BatchNorm1d):
+                f = module.num_features
+                module.weight.copy_(torch.rand(f, generator=gen) + 0.5)
+                module.bias.copy_(torch.randn(f, generator=gen) * 0.3)
+                module.running_mean.copy_(torch.randn(f, generator=gen) * 0.5)
+                module.running_var.copy_(torch.rand(f, generator=gen) * 1.5 + 0.25)
+                module.num_batches_tracked.fill_(7)
+    tmodel.eval()
+
+    t_state = {k: v.numpy() for k, v in tmodel.state_dict().items()}
+    model = build_fastnn(arch["layers"], True, seed=5)  # different weights until loaded
+    model.load_state_dict(t_state)
+    trainer = fn.Trainer(model, device="cpu", dtype=dtype)
+
+    loaded = model.state_dict()
+    assert set(loaded) == set(t_state)
+    for key, value in t_state.items():
+        np.testing.assert_array_equal(loaded[key], value, err_msg=key)
+
+    X, _ = make_data(dict(arch, n=203), dtype, seed=7)
+    proba = trainer.predict_proba(X)
+    with torch.no_grad():
+        expected = torch.sigmoid(tmodel(torch.from_numpy(X))).numpy()
+    out_features = expected.shape[1]
+    assert proba.shape == ((X.shape[0],) if out_features == 1 else (X.shape[0], out_features))
+    assert proba.dtype == np.dtype(dtype)
+    assert_close(proba, expected[:, 0] if out_features == 1 else expected, dtype,
+                 f"{arch_name}: predict_proba")
