@@ -11,7 +11,7 @@ FLOAT_DTYPES = {"float32": np.float32, "float64": np.float64}
 def check_dtype(dtype, name="dtype"):
     """'float32' | 'float64' (or the NumPy types) -> the NumPy scalar type."""
     try:
-        key = np.dtype(dtype).name
+        key = None if dtype is None else np.dtype(dtype).name
     except TypeError:
         key = None
     if key not in FLOAT_DTYPES:
@@ -76,9 +76,12 @@ def as_float_array(a, name, dtype=None, ndim=None, allow_empty=False, finite=Tru
         raise ValueError(f"{name} must be a {ndim}-D array, got shape {arr.shape}")
     if not allow_empty and arr.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
-    arr = np.ascontiguousarray(arr, dtype=dtype)
-    if finite and not np.isfinite(arr).all():
-        raise ValueError(f"{name} must contain only finite values (found NaN or inf)")
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = np.asarray(arr, dtype=dtype, order="C")
+    if finite and not np.isfinite(converted).all():
+        where = "" if converted.dtype == arr.dtype else f" after conversion to {converted.dtype}"
+        raise ValueError(f"{name} must contain only finite values (found NaN or inf{where})")
+    arr = converted
     return arr
 
 

@@ -133,14 +133,14 @@ def cuda_available():
         return False
 
 
-def resolve_device(device):
+def resolve_device(device, name="device"):
     """'auto' | 'cpu' | 'cuda' | 'numpy' -> the name of the backend to use.
 
     'auto' honours the FASTNN_DEVICE environment variable, else picks 'cuda'
     when a GPU is usable and 'cpu' otherwise.
     """
     if not isinstance(device, str) or device not in DEVICES:
-        raise ValueError(f"device must be one of {list(DEVICES)}, got {device!r}")
+        raise ValueError(f"{name} must be one of {list(DEVICES)}, got {device!r}")
     if device == "auto":
         override = os.environ.get("FASTNN_DEVICE", "").strip()
         if override:
@@ -150,14 +150,14 @@ def resolve_device(device):
         else:
             device = "cuda" if "cuda" in BACKENDS and cuda_available() else "cpu"
     if device not in BACKENDS:
-        raise ValueError(f"device={device!r}: the CUDA backend is not part of fastnn "
+        raise ValueError(f"{name}={device!r}: the CUDA backend is not part of fastnn "
                          f"{_version()} yet; use device='cpu'")
     return device
 
 
-def get_backend(device):
+def get_backend(device, name="device"):
     """The backend object for a device name (after ``resolve_device``)."""
-    return BACKENDS[resolve_device(device)]
+    return BACKENDS[resolve_device(device, name)]
 
 
 def _version():

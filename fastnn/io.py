@@ -68,7 +68,8 @@ def load(path):
             files = data.files
             meta_text = str(data[_META][()]) if _META in files else None
             arrays = {key: data[key] for key in files if key != _META}
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, EOFError, ValueError, KeyError, NotImplementedError, RuntimeError,
+            zipfile.BadZipFile) as exc:  # whatever a damaged zip archive raises
         raise ValueError(f"{path}: not a readable fastnn model file ({exc})") from None
     if meta_text is None:
         raise ValueError(f"{path}: not a fastnn model file (no {_META} entry)")

@@ -353,14 +353,20 @@ class Sequential:
                 raise ValueError(f"state_dict[{key!r}] must be numeric, got dtype {value.dtype}")
             if value.shape != tuple(shape):
                 raise ValueError(f"state_dict[{key!r}] must have shape {tuple(shape)}, got {value.shape}")
-            if not np.isfinite(value).all():
-                raise ValueError(f"state_dict[{key!r}] holds NaN or inf")
-            if slot is None and (value < 0 or value != np.round(value)):
-                raise ValueError(f"state_dict[{key!r}] must be a non-negative integer, got {value}")
+            if slot is None:
+                if not (np.isfinite(value) and 0 <= value < 2**62 and value == np.round(value)):
+                    raise ValueError(f"state_dict[{key!r}] must be a non-negative integer "
+                                     f"below 2**62, got {value}")
+                value = int(value)
+            else:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    value = value.astype(self.dtype)
+                if not np.isfinite(value).all():
+                    raise ValueError(f"state_dict[{key!r}] holds NaN or inf (in {self.dtype})")
             staged[key] = value
         for key, (shape, slot) in expected.items():
             if slot is None:
-                self.counts[int(key.split(".")[0])] = int(staged[key])
+                self.counts[int(key.split(".")[0])] = staged[key]
             else:
                 buf, offset, shape = slot
                 getattr(self, buf)[offset:offset + int(np.prod(shape))] = staged[key].ravel()
@@ -371,6 +377,8 @@ class Sequential:
 
     @classmethod
     def from_config(cls, config):
+        if not isinstance(config, (list, tuple)) or not config:
+            raise ValueError(f"architecture must be a non-empty list of layers, got {config!r}")
         layers = []
         for i, spec in enumerate(config):
             if not isinstance(spec, dict) or spec.get("type") not in LAYER_TYPES:

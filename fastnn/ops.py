@@ -63,7 +63,7 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5, backend="cpu"):
     gamma = _vector(gamma, "gamma", x.shape[1], x.dtype)
     beta = _vector(beta, "beta", x.shape[1], x.dtype)
     eps = v.check_float(eps, "eps", low=0.0, low_inclusive=False)
-    return get_backend(backend).batchnorm_forward(x, gamma, beta, eps)
+    return get_backend(backend, "backend").batchnorm_forward(x, gamma, beta, eps)
 
 
 def batchnorm_backward(dy, x, gamma, mean, inv_std, backend="cpu"):
@@ -87,7 +87,7 @@ def batchnorm_backward(dy, x, gamma, mean, inv_std, backend="cpu"):
     f = x.shape[1]
     gamma, mean, inv_std = (_vector(a, n, f, x.dtype) for a, n in
                             ((gamma, "gamma"), (mean, "mean"), (inv_std, "inv_std")))
-    return get_backend(backend).batchnorm_backward(dy, x, gamma, mean, inv_std)
+    return get_backend(backend, "backend").batchnorm_backward(dy, x, gamma, mean, inv_std)
 
 
 def bce(z, y, backend="cpu"):
@@ -108,7 +108,7 @@ def bce(z, y, backend="cpu"):
     z, y = _pair(z, y, "z")
     if z.min() < 0 or z.max() > 1:
         raise ValueError(f"z must hold probabilities in [0, 1], got values in [{z.min()}, {z.max()}]")
-    return get_backend(backend).bce(z.reshape(z.shape[0], -1), y.reshape(z.shape[0], -1))
+    return get_backend(backend, "backend").bce(z.reshape(z.shape[0], -1), y.reshape(z.shape[0], -1))
 
 
 def bce_with_logits(logits, y, backend="cpu"):
@@ -128,7 +128,7 @@ def bce_with_logits(logits, y, backend="cpu"):
     """
     z, y = _pair(logits, y, "logits")
     shape = z.shape
-    value, dz = get_backend(backend).bce_with_logits(z.reshape(shape[0], -1),
+    value, dz = get_backend(backend, "backend").bce_with_logits(z.reshape(shape[0], -1),
                                                      y.reshape(shape[0], -1))
     return value, dz.reshape(shape)
 
@@ -155,7 +155,7 @@ def sgd_step(w, grad, lr, backend="cpu"):
     hyper = np.zeros(8)
     hyper[0] = lr
     flat = w.reshape(-1)
-    get_backend(backend).optimizer_update(0, hyper, 1, flat, grad.reshape(-1),
+    get_backend(backend, "backend").optimizer_update(0, hyper, 1, flat, grad.reshape(-1),
                                           np.zeros((3, flat.size), w.dtype))
 
 
@@ -178,7 +178,7 @@ def dense_forward(x, w, b=None, backend="cpu"):
         raise ValueError(f"w must have shape (n_out, {x.shape[1]}), got {w.shape}")
     if b is not None:
         b = _vector(b, "b", w.shape[0], x.dtype)
-    return get_backend(backend).dense_forward(x, w, b)
+    return get_backend(backend, "backend").dense_forward(x, w, b)
 
 
 def dense_backward(dy, x, w, backend="cpu"):
@@ -195,14 +195,14 @@ def dense_backward(dy, x, w, backend="cpu"):
     if w.shape[1] != x.shape[1]:
         raise ValueError(f"w must have shape (n_out, {x.shape[1]}), got {w.shape}")
     dy = _like(dy, "dy", (x.shape[0], w.shape[0]), x.dtype)
-    return get_backend(backend).dense_backward(dy, x, w)
+    return get_backend(backend, "backend").dense_backward(dy, x, w)
 
 
 def activation_forward(x, activation, backend="cpu"):
     """y = f(x) for activation 'relu' | 'sigmoid' | 'tanh'; x (batch, features)."""
     code = ACTIVATION_CODES[v.check_choice(activation, "activation", ACTIVATION_CODES)]
     x = v.as_float_array(x, "x", ndim=2)
-    return get_backend(backend).activation_forward(code, x)
+    return get_backend(backend, "backend").activation_forward(code, x)
 
 
 def activation_backward(y, dy, activation, backend="cpu"):
@@ -210,4 +210,4 @@ def activation_backward(y, dy, activation, backend="cpu"):
     code = ACTIVATION_CODES[v.check_choice(activation, "activation", ACTIVATION_CODES)]
     y = v.as_float_array(y, "y", ndim=2)
     dy = _like(dy, "dy", y.shape, y.dtype)
-    return get_backend(backend).activation_backward(code, y, dy)
+    return get_backend(backend, "backend").activation_backward(code, y, dy)

@@ -102,7 +102,7 @@ class Trainer:
             val = (Xv, Yv)
 
         backend, n = self.backend, X.shape[0]
-        batch = min(batch_size, n)
+        batch_size = batch = min(batch_size, n)  # one batch of everything at most
         net = model.net()
         ws = backend.workspace(model, batch, model.out_features)
         grads = np.zeros_like(model.params)
