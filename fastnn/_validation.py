@@ -62,6 +62,8 @@ def as_float_array(a, name, dtype=None, ndim=None, allow_empty=False, finite=Tru
     """
     if isinstance(a, (str, bytes)):
         raise TypeError(f"{name} must be a numeric array, got a string")
+    if is_device_array(a):
+        return _check_device_array(a, name, dtype, ndim, allow_empty)
     try:
         arr = np.asarray(a)
     except (ValueError, TypeError) as exc:
@@ -83,6 +85,30 @@ def as_float_array(a, name, dtype=None, ndim=None, allow_empty=False, finite=Tru
         raise ValueError(f"{name} must contain only finite values (found NaN or inf{where})")
     arr = converted
     return arr
+
+
+def _check_device_array(a, name, dtype, ndim, allow_empty):
+    """Device arrays are checked for dtype, shape and layout only: looking at
+    their values (NaN, ranges) would cost a copy to the host."""
+    kind = np.dtype(a.dtype)
+    if kind not in (np.float32, np.float64):
+        raise TypeError(f"{name} must be a float32 or float64 device array, got {kind}")
+    if dtype is not None and kind != np.dtype(dtype):
+        raise TypeError(f"{name} must be a {np.dtype(dtype).name} device array (device arrays "
+                        f"are not converted), got {kind}")
+    if ndim is not None and a.ndim not in ((ndim,) if isinstance(ndim, int) else ndim):
+        raise ValueError(f"{name} must be a {ndim}-D array, got shape {a.shape}")
+    if not allow_empty and a.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {a.shape}")
+    if not a.is_c_contiguous():
+        raise ValueError(f"{name} must be a C-contiguous device array")
+    return a
+
+
+def is_device_array(a):
+    """A numba device array (real or simulated) or any CUDA Array Interface
+    object (CuPy, PyTorch CUDA tensors...)."""
+    return hasattr(a, "__cuda_array_interface__") or getattr(a, "__cuda_ndarray__", False)
 
 
 def check_X(X, name, n_features, dtype):

@@ -1,11 +1,19 @@
 """The backend registry: the one place that maps a device name to kernels.
 
 A backend provides the functional ops (inputs already validated by
-``fastnn.ops``) and the training engine the Trainer drives. ``Trainer`` and
-``ops`` look a backend up here once; no other module branches on the device.
+``fastnn.ops``) and the training engine the Trainer drives:
+
+    session = backend.start_fit(model, opt, X, Y, batch)
+    n_batches = session.train_epoch(index, batch_size, skip_single, losses, sizes)
+    session.logits(X_val); session.finish()
+    backend.predict_logits(model, X)
+
+``Trainer`` and ``ops`` look a backend up here once; no other module branches
+on the device.
 
     numpy : the NumPy reference kernels (slow; the yardstick for the others)
     cpu   : the @njit kernels, a whole epoch per compiled call
+    cuda  : the @cuda.jit kernels, data and model resident on the GPU
 """
 
 import os
@@ -14,6 +22,29 @@ import numpy as np
 
 from fastnn.kernels import activations, batchnorm, dense, loss, network, optim
 
+from .cuda_backend import CudaBackend
+
+
+class HostSession:
+    """One ``fit`` on a host backend: the workspace is allocated once, then
+    each epoch is one engine call over the host arrays."""
+
+    def __init__(self, backend, model, opt, X, Y, batch):
+        self.backend, self.model, self.opt, self.X, self.Y = backend, model, opt, X, Y
+        self.ws = new_workspace(model, batch, Y.shape[1])
+        self.grads = np.zeros_like(model.params)
+
+    def train_epoch(self, index, batch_size, skip_single, losses, sizes):
+        return self.backend.engine_train_epoch(self.model.net(), self.ws, self.grads, self.opt,
+                                               self.X, self.Y, index, batch_size, skip_single,
+                                               losses, sizes)
+
+    def logits(self, X):
+        return self.backend.predict_logits(self.model, X)
+
+    def finish(self):
+        """Nothing to copy back: the engine trained the model's own arrays."""
+
 
 class NumpyBackend:
     name = "numpy"
@@ -21,6 +52,16 @@ class NumpyBackend:
     engine_predict_logits = staticmethod(network.predict_logits_reference)
     engine_train_step = staticmethod(network.train_step_reference)
     engine_optimizer_step = staticmethod(network.optimizer_step_reference)
+
+    def start_fit(self, model, opt, X, Y, batch):
+        return HostSession(self, model, opt, X, Y, batch)
+
+    def predict_logits(self, model, X):
+        """Inference-mode logits (n, k) of host X, in chunks of 4096 rows."""
+        ws = new_workspace(model, min(X.shape[0], 4096), model.out_features)
+        out = np.empty((X.shape[0], model.out_features), model.dtype)
+        self.engine_predict_logits(model.net(), ws, X, out)
+        return out
 
     def describe(self):
         return "numpy (reference kernels)"
@@ -53,8 +94,6 @@ class NumpyBackend:
     def optimizer_update(self, kind, hyper, step, w, g, state):
         optim.optimizer_update_reference(kind, hyper, step, w, g, state)
 
-    def workspace(self, model, batch, n_outputs):
-        return new_workspace(model, batch, n_outputs)
 
 
 class CpuBackend(NumpyBackend):
@@ -120,7 +159,7 @@ def new_workspace(model, batch, n_outputs):
             np.zeros(max(cache_size, 1), dtype), act_off, np.zeros((batch, n_outputs), dtype))
 
 
-BACKENDS = {"numpy": NumpyBackend(), "cpu": CpuBackend()}
+BACKENDS = {"numpy": NumpyBackend(), "cpu": CpuBackend(), "cuda": CudaBackend()}
 DEVICES = ("auto", "cpu", "cuda", "numpy")
 
 
@@ -148,10 +187,10 @@ def resolve_device(device, name="device"):
                 raise ValueError(f"FASTNN_DEVICE must be 'cpu', 'cuda' or 'numpy', got {override!r}")
             device = override
         else:
-            device = "cuda" if "cuda" in BACKENDS and cuda_available() else "cpu"
-    if device not in BACKENDS:
-        raise ValueError(f"{name}={device!r}: the CUDA backend is not part of fastnn "
-                         f"{_version()} yet; use device='cpu'")
+            device = "cuda" if cuda_available() else "cpu"
+    if device == "cuda" and not cuda_available():
+        raise ValueError(f"{name}='cuda' needs an NVIDIA GPU that numba can use, and "
+                         f"numba.cuda.is_available() is False here; use 'cpu' or 'auto'")
     return device
 
 
@@ -159,7 +198,3 @@ def get_backend(device, name="device"):
     """The backend object for a device name (after ``resolve_device``)."""
     return BACKENDS[resolve_device(device, name)]
 
-
-def _version():
-    from fastnn import __version__
-    return __version__

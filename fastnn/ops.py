@@ -25,6 +25,7 @@ def _vector(a, name, n, dtype):
 
 def _like(a, name, shape, dtype):
     a = v.as_float_array(a, name, dtype=dtype, ndim=len(shape))
+    shape = tuple(shape)
     if a.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
     return a
@@ -35,7 +36,7 @@ def _pair(z, y, zname):
     y = v.as_float_array(y, "y", dtype=z.dtype, ndim=(1, 2))
     if y.shape != z.shape:
         raise ValueError(f"y must have the shape of {zname}, {z.shape}, got {y.shape}")
-    if y.min() < 0 or y.max() > 1:
+    if not v.is_device_array(y) and (y.min() < 0 or y.max() > 1):
         raise ValueError(f"y must hold labels in [0, 1], got values in [{y.min()}, {y.max()}]")
     return z, y
 
@@ -106,9 +107,10 @@ def bce(z, y, backend="cpu"):
     float
     """
     z, y = _pair(z, y, "z")
-    if z.min() < 0 or z.max() > 1:
+    if not v.is_device_array(z) and (z.min() < 0 or z.max() > 1):
         raise ValueError(f"z must hold probabilities in [0, 1], got values in [{z.min()}, {z.max()}]")
-    return get_backend(backend, "backend").bce(z.reshape(z.shape[0], -1), y.reshape(z.shape[0], -1))
+    shape = (z.shape[0], z.size // z.shape[0])
+    return get_backend(backend, "backend").bce(z.reshape(shape), y.reshape(shape))
 
 
 def bce_with_logits(logits, y, backend="cpu"):
@@ -127,9 +129,8 @@ def bce_with_logits(logits, y, backend="cpu"):
         (sigmoid(z) - y) / logits.size
     """
     z, y = _pair(logits, y, "logits")
-    shape = z.shape
-    value, dz = get_backend(backend, "backend").bce_with_logits(z.reshape(shape[0], -1),
-                                                     y.reshape(shape[0], -1))
+    shape, flat = z.shape, (z.shape[0], z.size // z.shape[0])
+    value, dz = get_backend(backend, "backend").bce_with_logits(z.reshape(flat), y.reshape(flat))
     return value, dz.reshape(shape)
 
 
@@ -142,21 +143,25 @@ def sgd_step(w, grad, lr, backend="cpu"):
     grad : array, w's shape
     lr : float > 0
     """
-    if not isinstance(w, np.ndarray) or w.dtype not in (np.float32, np.float64):
-        raise TypeError("w must be a float32 or float64 NumPy array (it is updated in place)")
-    if not w.flags.c_contiguous or not w.flags.writeable:
-        raise ValueError("w must be C-contiguous and writeable (it is updated in place)")
-    if w.size == 0:
-        raise ValueError("w must not be empty")
+    if v.is_device_array(w):
+        w = v.as_float_array(w, "w", ndim=None)
+    else:
+        if not isinstance(w, np.ndarray) or w.dtype not in (np.float32, np.float64):
+            raise TypeError("w must be a float32 or float64 NumPy array (it is updated in place)")
+        if not w.flags.c_contiguous or not w.flags.writeable:
+            raise ValueError("w must be C-contiguous and writeable (it is updated in place)")
+        if w.size == 0:
+            raise ValueError("w must not be empty")
     grad = _like(grad, "grad", w.shape, w.dtype)
     lr = v.check_float(lr, "lr", low=0.0, low_inclusive=False)
-    if not np.isfinite(w).all():
+    if not v.is_device_array(w) and not np.isfinite(w).all():
         raise ValueError("w must contain only finite values (found NaN or inf)")
     hyper = np.zeros(8)
     hyper[0] = lr
-    flat = w.reshape(-1)
-    get_backend(backend, "backend").optimizer_update(0, hyper, 1, flat, grad.reshape(-1),
-                                          np.zeros((3, flat.size), w.dtype))
+    chosen = get_backend(backend, "backend")
+    flat = w.reshape(w.size)
+    state = np.zeros((3, flat.size), w.dtype)
+    chosen.optimizer_update(0, hyper, 1, flat, grad.reshape(w.size), state)
 
 
 def dense_forward(x, w, b=None, backend="cpu"):

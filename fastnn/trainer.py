@@ -5,6 +5,8 @@ import time
 import numpy as np
 
 from . import _validation as v
+from fastnn.kernels.loss import bce_with_logits_reference
+
 from .backends import get_backend, resolve_device
 from .layers import Sequential
 from .optim import Adam, Optimizer
@@ -101,37 +103,34 @@ class Trainer:
                                  model.out_features, self.dtype)
             val = (Xv, Yv)
 
-        backend, n = self.backend, X.shape[0]
-        batch_size = batch = min(batch_size, n)  # one batch of everything at most
-        net = model.net()
-        ws = backend.workspace(model, batch, model.out_features)
-        grads = np.zeros_like(model.params)
+        n = X.shape[0]
+        batch_size = min(batch_size, n)  # one batch of everything at most
         opt = self.optimizer.engine_state(model.n_params, model.dtype)
         n_batches = -(-n // batch_size)
         losses, sizes = np.zeros(n_batches), np.zeros(n_batches, np.int64)
         history = {"loss": [], "time": []}
         if val is not None:
             history.update(val_loss=[], val_accuracy=[])
-        for _ in range(epochs):
-            start = time.perf_counter()
-            index = self.rng.permutation(n) if shuffle else np.arange(n)
-            done = backend.engine_train_epoch(net, ws, grads, opt, X, Y, index, batch_size,
-                                              model.has_batchnorm, losses, sizes)
-            history["loss"].append(float(np.dot(losses[:done], sizes[:done]) / sizes[:done].sum()))
-            history["time"].append(time.perf_counter() - start)
-            if val is not None:
-                scores = self._evaluate(*val)
-                history["val_loss"].append(scores["loss"])
-                history["val_accuracy"].append(scores["accuracy"])
+        session = self.backend.start_fit(model, opt, X, Y, batch_size)
+        try:
+            for _ in range(epochs):
+                start = time.perf_counter()
+                index = self.rng.permutation(n) if shuffle else np.arange(n)
+                done = session.train_epoch(index, batch_size, model.has_batchnorm, losses, sizes)
+                history["loss"].append(float(np.dot(losses[:done], sizes[:done]) /
+                                             sizes[:done].sum()))
+                history["time"].append(time.perf_counter() - start)
+                if val is not None:
+                    scores = self._scores(session.logits(val[0]), val[1])
+                    history["val_loss"].append(scores["loss"])
+                    history["val_accuracy"].append(scores["accuracy"])
+        finally:
+            session.finish()
         return history
 
     # ---- inference ----
     def _logits(self, X):
-        model = self.model
-        ws = self.backend.workspace(model, min(X.shape[0], 4096), model.out_features)
-        out = np.empty((X.shape[0], model.out_features), model.dtype)
-        self.backend.engine_predict_logits(model.net(), ws, X, out)
-        return out
+        return self.backend.predict_logits(self.model, X)
 
     def decision_function(self, X):
         """Logits in inference mode (running statistics): (n,) or (n, k)."""
@@ -167,11 +166,11 @@ class Trainer:
         """
         X = v.check_X(X, "X", self.model.in_features, self.dtype)
         Y = v.check_targets(y, "y", X.shape[0], self.model.out_features, self.dtype)
-        return self._evaluate(X, Y)
+        return self._scores(self._logits(X), Y)
 
-    def _evaluate(self, X, Y):
-        logits = self._logits(X)
-        loss, _ = self.backend.bce_with_logits(logits, Y)
+    @staticmethod
+    def _scores(logits, Y):
+        loss, _ = bce_with_logits_reference(logits.astype(np.float64), Y.astype(np.float64))
         accuracy = float(np.mean((logits >= 0) == (Y >= 0.5)))
         return {"loss": float(loss), "accuracy": accuracy}
 

@@ -19,7 +19,7 @@ as zeros, so any M, N, K works; the grid is computed from the shapes.
 
 import math
 
-from numba import cuda, float32, float64
+from numba import cuda, float32, float64, int64
 
 TILE_M = TILE_N = 64
 TILE_K = 16
@@ -102,10 +102,15 @@ def gemm_kernel(trans_a, trans_b, dtype):
     return _KERNELS[key]
 
 
-def gemm(a, b, c, m, trans_a=False, trans_b=False, bias=None, stream=0):
-    """Launch C[:m] = op(A) @ op(B) (+ bias) on device arrays (see the contract)."""
+def gemm(a, b, c, m, k=None, trans_a=False, trans_b=False, bias=None, stream=0):
+    """Launch C[:m] = op(A) @ op(B) (+ bias) on device arrays (see the contract).
+
+    k, the length of the products, defaults to op(A)'s column count; pass it
+    when only the first k rows of a transposed A are live (dw = dy.T @ x).
+    """
     n = c.shape[1]
-    k = a.shape[0] if trans_a else a.shape[1]
+    if k is None:
+        k = a.shape[0] if trans_a else a.shape[1]
     dtype = float32 if c.dtype.itemsize == 4 else float64
     if bias is None:
         bias = c[0, :0]
@@ -119,7 +124,7 @@ def signatures():
     for dtype in (float32, float64):
         for trans_a, trans_b in ((False, True), (False, False), (True, False)):
             arr = dtype[:, ::1]
-            out.append((f"gemm_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}",
+            out.append((f"gemm_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}[{dtype}]",
                         gemm_kernel(trans_a, trans_b, dtype),
-                        (arr, arr, arr, dtype[::1], "int64", "int64", "int64")))
+                        (arr, arr, arr, dtype[::1], int64, int64, int64)))
     return out

@@ -1,0 +1,251 @@
+"""Device-resident training on the GPU: the CUDA counterpart of network.py.
+
+Contract: the same flat description as network.py (layers table, params in
+state_dict order, buffers, counts) and the same optimizer layout (optim.py).
+``CudaTrainingSession`` copies the model, the optimizer state and the whole
+training set to the GPU once, allocates every buffer once, and then for each
+batch only launches kernels: gather, forward, loss, backward, update. Batch
+losses accumulate in a device array that is copied back once per epoch (the
+only synchronization); ``finish`` copies weights, running statistics and
+optimizer state back to the host arrays.
+
+The host keeps what it can know without asking the GPU: the batch sizes, the
+optimizer step count (so Adam's bias corrections are computed on the host)
+and BatchNorm's num_batches_tracked (for momentum=None).
+"""
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from . import cuda_ops as k
+from .cuda_gemm import gemm
+from .network import ACT, ACTIVATION, BATCHNORM, BUFFER, CACHE, DENSE, EPS, KIND, MOMENTUM
+from .network import N_IN, N_OUT, P_BIAS, P_WEIGHT
+from .optim import ADAM, RMSPROP, SGD, adam_scalars
+
+
+class DeviceModel:
+    """The model's flat buffers on the device, with per-layer views."""
+
+    def __init__(self, model, stream=0):
+        self.table = model.table
+        self.layer_f = model.layer_f
+        self.counts = model.counts.copy()
+        self.dtype = model.dtype
+        self.params = cuda.to_device(model.params, stream=stream)
+        self.buffers = cuda.to_device(model.buffers, stream=stream)
+        self.layers = [self._views(l) for l in range(self.table.shape[0])]
+
+    def _views(self, l):
+        t = self.table[l]
+        kind, n_in, n_out = int(t[KIND]), int(t[N_IN]), int(t[N_OUT])
+        pw, pb, r = int(t[P_WEIGHT]), int(t[P_BIAS]), int(t[BUFFER])
+        views = {"kind": kind, "n_in": n_in, "n_out": n_out, "act": int(t[ACT]),
+                 "eps": float(self.layer_f[l, EPS]), "momentum": float(self.layer_f[l, MOMENTUM])}
+        if kind == DENSE:
+            views["w"] = self.params[pw:pw + n_out * n_in].reshape(n_out, n_in)
+            views["b"] = self.params[pb:pb + n_out] if pb >= 0 else None
+            views["pw"], views["pb"] = pw, pb
+        elif kind == BATCHNORM:
+            views["gamma"] = self.params[pw:pw + n_out]
+            views["beta"] = self.params[pb:pb + n_out]
+            views["running_mean"] = self.buffers[r:r + n_out]
+            views["running_var"] = self.buffers[r + n_out:r + 2 * n_out]
+            views["pw"], views["pb"] = pw, pb
+        return views
+
+    def copy_to_host(self, model, stream=0):
+        self.params.copy_to_host(model.params, stream=stream)
+        self.buffers.copy_to_host(model.buffers, stream=stream)
+        cuda.synchronize()
+        model.counts[:] = self.counts
+
+
+class Workspace:
+    """Activations, gradients and scratch for batches of up to ``batch`` rows."""
+
+    def __init__(self, dm, batch, n_outputs):
+        dtype = dm.dtype
+        widths = [dm.layers[0]["n_in"]] + [v["n_out"] for v in dm.layers]
+        self.batch = batch
+        self.acts = [cuda.device_array((batch, w), dtype) for w in widths]
+        width = max(widths)
+        self.gbuf = [cuda.device_array(batch * width, dtype) for _ in range(2)]
+        self.yb = cuda.device_array((batch, n_outputs), dtype)
+        groups = k.row_groups(batch)
+        self.partial = [cuda.device_array((groups, width), np.float64) for _ in range(2)]
+        self.bn = {}
+        for l, v in enumerate(dm.layers):
+            if v["kind"] == BATCHNORM:
+                self.bn[l] = tuple(cuda.device_array(v["n_out"], dtype) for _ in range(3))
+
+    def grad(self, which, width):
+        """Gradient buffer ``which`` viewed as (batch, width)."""
+        return self.gbuf[which][:self.batch * width].reshape(self.batch, width)
+
+
+def forward(dm, ws, n, training, stream=0):
+    """Forward pass over the first n rows of ws.acts[0]."""
+    for l, v in enumerate(dm.layers):
+        x, y = ws.acts[l], ws.acts[l + 1]
+        kind, n_out = v["kind"], v["n_out"]
+        if kind == DENSE:
+            gemm(x, v["w"], y, n, trans_a=False, trans_b=True, bias=v["b"], stream=stream)
+        elif kind == BATCHNORM:
+            if training:
+                mean, var, inv_std = ws.bn[l]
+                dm.counts[l] += 1
+                momentum = v["momentum"] if v["momentum"] >= 0 else 1.0 / dm.counts[l]
+                p1, p2 = ws.partial
+                groups = k.launch_column_sums(x, x, mean, n, k.SUM, p1, p2, stream)
+                grid = k.grid_1d(n_out)
+                k.batchnorm_mean_finalize[grid, k.THREADS, stream](p1, groups, n, mean)
+                groups = k.launch_column_sums(x, x, mean, n, k.SUM_SQUARED_DEVIATION, p1, p2,
+                                              stream)
+                k.batchnorm_var_finalize[grid, k.THREADS, stream](
+                    p1, groups, n, v["eps"], momentum, True, mean, var, inv_std,
+                    v["running_mean"], v["running_var"])
+                k.batchnorm_normalize[k.grid_1d(n * n_out), k.THREADS, stream](
+                    x, v["gamma"], v["beta"], mean, inv_std, n, y)
+            else:
+                k.batchnorm_inference[k.grid_1d(n * n_out), k.THREADS, stream](
+                    x, v["gamma"], v["beta"], v["running_mean"], v["running_var"], v["eps"], n, y)
+        else:
+            k.activation_forward[k.grid_1d(n * n_out), k.THREADS, stream](v["act"], x, n, y)
+
+
+def backward(dm, ws, grads, n, stream=0):
+    """Backward pass; d loss / d output must be in ws.grad(0, k). Writes grads."""
+    cur = 0
+    p1, p2 = ws.partial
+    for l in range(len(dm.layers) - 1, -1, -1):
+        v = dm.layers[l]
+        kind, n_in, n_out = v["kind"], v["n_in"], v["n_out"]
+        x = ws.acts[l]
+        dy, dx = ws.grad(cur, n_out), ws.grad(1 - cur, n_in)
+        if kind == DENSE:
+            pw, pb = v["pw"], v["pb"]
+            dw = grads[pw:pw + n_out * n_in].reshape(n_out, n_in)
+            gemm(dy, x, dw, n_out, k=n, trans_a=True, trans_b=False, stream=stream)
+            if pb >= 0:
+                groups = k.launch_column_sums(dy, dy, dy[0], n, k.SUM, p1, p2, stream)
+                k.column_sums_finalize[k.grid_1d(n_out), k.THREADS, stream](
+                    p1, groups, grads[pb:pb + n_out])
+            if l > 0:
+                gemm(dy, v["w"], dx, n, trans_a=False, trans_b=False, stream=stream)
+        elif kind == BATCHNORM:
+            mean, var, inv_std = ws.bn[l]
+            dgamma = grads[v["pw"]:v["pw"] + n_out]
+            dbeta = grads[v["pb"]:v["pb"] + n_out]
+            groups = k.launch_column_sums(x, dy, mean, n, k.BATCHNORM_BACKWARD, p1, p2, stream)
+            k.batchnorm_backward_finalize[k.grid_1d(n_out), k.THREADS, stream](
+                p1, p2, groups, inv_std, dgamma, dbeta)
+            k.batchnorm_backward_dx[k.grid_1d(n * n_out), k.THREADS, stream](
+                dy, x, v["gamma"], mean, inv_std, dgamma, dbeta, n, dx)
+        elif l > 0:
+            k.activation_backward[k.grid_1d(n * n_out), k.THREADS, stream](
+                v["act"], ws.acts[l + 1], dy, n, dx)
+        cur = 1 - cur
+
+
+def optimizer_update(kind, hyper, step, w, g, state, stream=0):
+    """One fused launch updating every element of the flat buffer w (device
+    arrays; scalars cast to w's dtype on the host, Adam's bias corrections
+    computed there in float64)."""
+    t = w.dtype.type
+    h = hyper
+    grid = k.grid_1d(w.shape[0])
+    if kind == SGD:
+        k.sgd_update[grid, k.THREADS, stream](w, g, state[0], t(h[0]), t(h[1]), t(h[2]),
+                                              h[3] != 0, t(h[4]), step == 1)
+    elif kind == RMSPROP:
+        k.rmsprop_update[grid, k.THREADS, stream](w, g, state[0], state[2], state[1], t(h[0]),
+                                                  t(h[1]), t(h[2]), t(h[3]), t(h[4]), h[5] != 0)
+    else:
+        step_size, bc2_sqrt = adam_scalars(h[0], h[1], h[2], step)
+        k.adam_update[grid, k.THREADS, stream](w, g, state[0], state[1], t(h[0]), t(h[1]),
+                                               t(h[2]), t(h[3]), t(h[4]), h[5] != 0,
+                                               t(step_size), t(bc2_sqrt))
+
+
+class DeviceOptimizer:
+    """Optimizer state on the device; the step count stays on the host."""
+
+    def __init__(self, opt, stream=0):
+        kind, hyper, state, step = opt
+        self.kind, self.hyper, self.host_state, self.host_step = kind, hyper, state, step
+        self.state = cuda.to_device(state, stream=stream)
+        self.step = int(step[0])
+
+    def update(self, params, grads, stream=0):
+        self.step += 1
+        optimizer_update(self.kind, self.hyper, self.step, params, grads, self.state, stream)
+
+    def copy_to_host(self, stream=0):
+        self.state.copy_to_host(self.host_state, stream=stream)
+        self.host_step[0] = self.step
+
+
+class CudaTrainingSession:
+    """One ``fit`` on the GPU: everything on the device from start to finish."""
+
+    def __init__(self, model, opt, X, Y, batch):
+        self.model = model
+        self.dm = DeviceModel(model)
+        self.opt = DeviceOptimizer(opt)
+        self.X = cuda.to_device(X)
+        self.Y = cuda.to_device(Y)
+        self.ws = Workspace(self.dm, batch, Y.shape[1])
+        self.grads = cuda.device_array(model.params.shape[0], model.dtype)
+        self.losses = cuda.device_array(math.ceil(X.shape[0] / batch), np.float64)
+
+    def train_epoch(self, index, batch_size, skip_single, losses, sizes):
+        dm, ws = self.dm, self.ws
+        d_index = cuda.to_device(index.astype(np.int64, copy=False))
+        n_total = index.shape[0]
+        k.fill[k.grid_1d(self.losses.shape[0]), k.THREADS](self.losses, 0.0)
+        n_batches = 0
+        n_out = self.Y.shape[1]
+        for start in range(0, n_total, batch_size):
+            n = min(batch_size, n_total - start)
+            if n == 1 and skip_single:
+                continue
+            cols = max(self.X.shape[1], n_out)
+            k.gather_rows[k.grid_1d(n * cols), k.THREADS](self.X, self.Y, d_index, start, n,
+                                                          ws.acts[0], ws.yb)
+            forward(dm, ws, n, True)
+            logits = ws.acts[-1]
+            k.bce_with_logits[k.grid_1d(n * n_out), k.THREADS](
+                logits, ws.yb, n, 1.0 / (n * n_out), ws.grad(0, n_out), self.losses, n_batches)
+            backward(dm, ws, self.grads, n)
+            self.opt.update(dm.params, self.grads)
+            sizes[n_batches] = n
+            n_batches += 1
+        if n_batches:  # the one synchronization of the epoch
+            self.losses[:n_batches].copy_to_host(losses[:n_batches])
+        return n_batches
+
+    def logits(self, X):
+        return predict_logits(self.dm, X)
+
+    def finish(self):
+        """Copy weights, running statistics and optimizer state back to the host."""
+        self.opt.copy_to_host()
+        self.dm.copy_to_host(self.model)
+
+
+def predict_logits(dm, X, chunk=8192):
+    """Inference-mode logits of host X (n, d) -> host (n, k), in chunks."""
+    n_out = dm.layers[-1]["n_out"]
+    ws = Workspace(dm, max(1, min(chunk, X.shape[0])), n_out)
+    out = np.empty((X.shape[0], n_out), dm.dtype)
+    for start in range(0, X.shape[0], ws.batch):
+        n = min(ws.batch, X.shape[0] - start)
+        block = np.zeros((ws.batch, X.shape[1]), dm.dtype)
+        block[:n] = X[start:start + n]
+        ws.acts[0].copy_to_device(block)
+        forward(dm, ws, n, False)
+        out[start:start + n] = ws.acts[-1].copy_to_host()[:n]
+    return out

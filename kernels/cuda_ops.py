@@ -1,0 +1,339 @@
+"""CUDA kernels for batch normalization, activations, BCE, the optimizer
+updates and the mini-batch gather, with their launchers.
+
+Contract: the same as the cpu kernels of each op family (see batchnorm.py,
+activations.py, loss.py, optim.py); all arrays are device arrays, 2-D ones
+row-major with capacity for a full batch, of which the first ``n`` rows are
+live (so a last short batch reuses the buffers of a full one). Outputs are
+passed last. The element math comes from ``elementwise`` (inlined, the same
+code the cpu kernels run).
+
+Reductions over the batch (BatchNorm statistics and gradients, bias
+gradients) are two-stage: a grid of (feature chunk x row group) blocks of
+32 x 8 threads, each thread striding over the rows of its group so that a
+warp reads 32 consecutive features of a row (coalesced), accumulates in
+float64, reduces the 8 row lanes in shared memory and writes one partial sum
+per (group, feature); a finalize kernel, one thread per feature, adds the
+groups. The loss is reduced per block in shared memory, then added to a
+float64 slot on the device with one atomic per block.
+"""
+
+import math
+
+from numba import cuda, float64
+
+from .elementwise import (
+    adam_element, bce_term, bce_with_logits_term, relu, relu_grad_from_output,
+    rmsprop_element, sgd_element, sigmoid, sigmoid_grad_from_output,
+    tanh_grad_from_output,
+)
+from .activations import RELU, SIGMOID
+
+THREADS = 256              # threads per block of the 1-D element-wise kernels
+COL_THREADS = 32           # features per reduction block
+ROW_THREADS = 8            # row lanes per reduction block
+ROWS_PER_GROUP = 256       # rows one reduction block covers, before the grid stops growing
+MAX_GROUPS = 64            # the partial-sum scratch holds at most this many groups
+
+# column reduction modes
+SUM, SUM_SQUARED_DEVIATION, BATCHNORM_BACKWARD = 0, 1, 2
+
+
+def grid_1d(total):
+    return max(1, math.ceil(total / THREADS))
+
+
+def row_groups(n):
+    return max(1, min(MAX_GROUPS, math.ceil(n / ROWS_PER_GROUP)))
+
+
+# ---- reductions over the batch ----
+
+@cuda.jit
+def column_partial_sums(a, b, center, n, mode, partial1, partial2):
+    """Per (row group, feature) partial sums of: a (SUM), (a - center)^2
+    (SUM_SQUARED_DEVIATION), or b and b * (a - center) (BATCHNORM_BACKWARD)."""
+    lane1 = cuda.shared.array((ROW_THREADS, COL_THREADS), float64)
+    lane2 = cuda.shared.array((ROW_THREADS, COL_THREADS), float64)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    f = cuda.blockIdx.x * COL_THREADS + tx
+    group, groups = cuda.blockIdx.y, cuda.gridDim.y
+    s1 = 0.0
+    s2 = 0.0
+    if f < a.shape[1]:
+        for r in range(group * ROW_THREADS + ty, n, groups * ROW_THREADS):
+            x = float64(a[r, f])
+            if mode == SUM:
+                s1 += x
+            elif mode == SUM_SQUARED_DEVIATION:
+                d = x - center[f]
+                s1 += d * d
+            else:
+                dy = float64(b[r, f])
+                s1 += dy
+                s2 += dy * (x - center[f])
+    lane1[ty, tx] = s1
+    lane2[ty, tx] = s2
+    cuda.syncthreads()
+    step = ROW_THREADS // 2
+    while step > 0:
+        if ty < step:
+            lane1[ty, tx] += lane1[ty + step, tx]
+            lane2[ty, tx] += lane2[ty + step, tx]
+        cuda.syncthreads()
+        step //= 2
+    if ty == 0 and f < a.shape[1]:
+        partial1[group, f] = lane1[0, tx]
+        partial2[group, f] = lane2[0, tx]
+
+
+def launch_column_sums(a, b, center, n, mode, partial1, partial2, stream=0):
+    """Fill partial1/partial2[:groups, :features]; returns the number of groups."""
+    groups = row_groups(n)
+    grid = (math.ceil(a.shape[1] / COL_THREADS), groups)
+    column_partial_sums[grid, (COL_THREADS, ROW_THREADS), stream](a, b, center, n, mode,
+                                                                  partial1, partial2)
+    return groups
+
+
+@cuda.jit
+def column_sums_finalize(partial, groups, out):
+    """out[f] = sum over groups of partial[g, f] (bias gradients)."""
+    f = cuda.grid(1)
+    if f < out.shape[0]:
+        s = 0.0
+        for g in range(groups):
+            s += partial[g, f]
+        out[f] = s
+
+
+@cuda.jit
+def batchnorm_mean_finalize(partial, groups, n, mean):
+    f = cuda.grid(1)
+    if f < mean.shape[0]:
+        s = 0.0
+        for g in range(groups):
+            s += partial[g, f]
+        mean[f] = s / n
+
+
+@cuda.jit
+def batchnorm_var_finalize(partial, groups, n, eps, momentum, update_running, mean, var,
+                           inv_std, running_mean, running_var):
+    """Biased variance and inv_std; running statistics as PyTorch updates them."""
+    f = cuda.grid(1)
+    if f < var.shape[0]:
+        s = 0.0
+        for g in range(groups):
+            s += partial[g, f]
+        v = s / n
+        var[f] = v
+        inv_std[f] = 1.0 / math.sqrt(v + eps)
+        if update_running:
+            running_mean[f] = (1.0 - momentum) * running_mean[f] + momentum * mean[f]
+            running_var[f] = (1.0 - momentum) * running_var[f] + momentum * v * (n / (n - 1.0))
+
+
+@cuda.jit
+def batchnorm_backward_finalize(partial1, partial2, groups, inv_std, dgamma, dbeta):
+    f = cuda.grid(1)
+    if f < dgamma.shape[0]:
+        s1 = 0.0
+        s2 = 0.0
+        for g in range(groups):
+            s1 += partial1[g, f]
+            s2 += partial2[g, f]
+        dbeta[f] = s1
+        dgamma[f] = s2 * inv_std[f]
+
+
+# ---- element-wise over (n, features) ----
+
+@cuda.jit
+def batchnorm_normalize(x, gamma, beta, mean, inv_std, n, y):
+    i = cuda.grid(1)
+    f = x.shape[1]
+    if i < n * f:
+        r, c = i // f, i % f
+        scale = gamma[c] * inv_std[c]
+        y[r, c] = x[r, c] * scale + (beta[c] - mean[c] * scale)
+
+
+@cuda.jit
+def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps, n, y):
+    i = cuda.grid(1)
+    f = x.shape[1]
+    if i < n * f:
+        r, c = i // f, i % f
+        scale = gamma[c] / math.sqrt(running_var[c] + eps)
+        y[r, c] = x[r, c] * scale + (beta[c] - running_mean[c] * scale)
+
+
+@cuda.jit
+def batchnorm_backward_dx(dy, x, gamma, mean, inv_std, dgamma, dbeta, n, dx):
+    """dx = gamma * inv_std * (dy - (dbeta + x_hat * dgamma) / n)."""
+    i = cuda.grid(1)
+    f = x.shape[1]
+    if i < n * f:
+        r, c = i // f, i % f
+        x_hat = (x[r, c] - mean[c]) * inv_std[c]
+        dx[r, c] = gamma[c] * inv_std[c] * (dy[r, c] - (dbeta[c] + x_hat * dgamma[c]) / n)
+
+
+@cuda.jit
+def activation_forward(kind, x, n, y):
+    i = cuda.grid(1)
+    f = x.shape[1]
+    if i < n * f:
+        r, c = i // f, i % f
+        v = x[r, c]
+        if kind == RELU:
+            y[r, c] = relu(v)
+        elif kind == SIGMOID:
+            y[r, c] = sigmoid(v)
+        else:
+            y[r, c] = math.tanh(v)
+
+
+@cuda.jit
+def activation_backward(kind, y, dy, n, dx):
+    i = cuda.grid(1)
+    f = y.shape[1]
+    if i < n * f:
+        r, c = i // f, i % f
+        v = y[r, c]
+        if kind == RELU:
+            d = relu_grad_from_output(v)
+        elif kind == SIGMOID:
+            d = sigmoid_grad_from_output(v)
+        else:
+            d = tanh_grad_from_output(v)
+        dx[r, c] = dy[r, c] * d
+
+
+# ---- loss ----
+
+@cuda.jit(device=True, inline="always")
+def _block_sum_into(value, total, slot):
+    """Sum ``value`` over the block in shared memory; one atomic add per block."""
+    lane = cuda.shared.array(THREADS, float64)
+    t = cuda.threadIdx.x
+    lane[t] = value
+    cuda.syncthreads()
+    step = THREADS // 2
+    while step > 0:
+        if t < step:
+            lane[t] += lane[t + step]
+        cuda.syncthreads()
+        step //= 2
+    if t == 0:
+        cuda.atomic.add(total, slot, lane[0])
+
+
+@cuda.jit
+def bce_with_logits(z, y, n, scale, dz, total, slot):
+    """dz = (sigmoid(z) - y) * scale; total[slot] += scale * sum of the loss terms."""
+    i = cuda.grid(1)
+    k = z.shape[1]
+    value = 0.0
+    if i < n * k:
+        r, c = i // k, i % k
+        value = bce_with_logits_term(float64(z[r, c]), float64(y[r, c])) * scale
+        dz[r, c] = (sigmoid(z[r, c]) - y[r, c]) * scale
+    _block_sum_into(value, total, slot)
+
+
+@cuda.jit
+def bce(z, y, n, scale, total, slot):
+    i = cuda.grid(1)
+    k = z.shape[1]
+    value = 0.0
+    if i < n * k:
+        value = bce_term(float64(z[i // k, i % k]), float64(y[i // k, i % k])) * scale
+    _block_sum_into(value, total, slot)
+
+
+# ---- optimizer updates: one launch for every parameter of a model ----
+
+@cuda.jit
+def sgd_update(w, g, buf, lr, momentum, dampening, nesterov, weight_decay, first_step):
+    i = cuda.grid(1)
+    if i < w.shape[0]:
+        w[i], buf[i] = sgd_element(w[i], g[i], buf[i], lr, momentum, dampening, nesterov,
+                                   weight_decay, first_step)
+
+
+@cuda.jit
+def rmsprop_update(w, g, square_avg, grad_avg, buf, lr, alpha, eps, momentum, weight_decay,
+                   centered):
+    i = cuda.grid(1)
+    if i < w.shape[0]:
+        w[i], square_avg[i], grad_avg[i], buf[i] = rmsprop_element(
+            w[i], g[i], square_avg[i], grad_avg[i], buf[i], lr, alpha, eps, momentum,
+            weight_decay, centered)
+
+
+@cuda.jit
+def adam_update(w, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step_size,
+                bias_correction2_sqrt):
+    i = cuda.grid(1)
+    if i < w.shape[0]:
+        w[i], m[i], v[i] = adam_element(w[i], g[i], m[i], v[i], lr, beta1, beta2, eps,
+                                        weight_decay, decoupled, step_size,
+                                        bias_correction2_sqrt)
+
+
+# ---- mini-batch gather ----
+
+@cuda.jit
+def gather_rows(X, Y, index, start, n, xb, yb):
+    """xb[i] = X[index[start + i]], yb[i] = Y[index[start + i]] for i < n."""
+    i = cuda.grid(1)
+    d, k = X.shape[1], Y.shape[1]
+    if i < n * d:
+        r = i // d
+        xb[r, i % d] = X[index[start + r], i % d]
+    if i < n * k:
+        r = i // k
+        yb[r, i % k] = Y[index[start + r], i % k]
+
+
+@cuda.jit
+def fill(a, value):
+    i = cuda.grid(1)
+    if i < a.shape[0]:
+        a[i] = value
+
+
+def signatures():
+    """(name, kernel, argument types) of every kernel above at float32 and
+    float64, as the launchers call them; the PTX test compiles each one."""
+    from numba import boolean, float32, int64
+    out = []
+    for dt in (float32, float64):
+        m, v, f64m, f64v = dt[:, ::1], dt[::1], float64[:, ::1], float64[::1]
+        table = {
+            "column_partial_sums": (column_partial_sums, (m, m, v, int64, int64, f64m, f64m)),
+            "column_sums_finalize": (column_sums_finalize, (f64m, int64, v)),
+            "batchnorm_mean_finalize": (batchnorm_mean_finalize, (f64m, int64, int64, v)),
+            "batchnorm_var_finalize": (batchnorm_var_finalize,
+                                       (f64m, int64, int64, float64, float64, boolean,
+                                        v, v, v, v, v)),
+            "batchnorm_backward_finalize": (batchnorm_backward_finalize,
+                                            (f64m, f64m, int64, v, v, v)),
+            "batchnorm_normalize": (batchnorm_normalize, (m, v, v, v, v, int64, m)),
+            "batchnorm_inference": (batchnorm_inference, (m, v, v, v, v, float64, int64, m)),
+            "batchnorm_backward_dx": (batchnorm_backward_dx, (m, m, v, v, v, v, v, int64, m)),
+            "activation_forward": (activation_forward, (int64, m, int64, m)),
+            "activation_backward": (activation_backward, (int64, m, m, int64, m)),
+            "bce_with_logits": (bce_with_logits, (m, m, int64, float64, m, f64v, int64)),
+            "bce": (bce, (m, m, int64, float64, f64v, int64)),
+            "sgd_update": (sgd_update, (v, v, v, dt, dt, dt, boolean, dt, boolean)),
+            "rmsprop_update": (rmsprop_update, (v, v, v, v, v, dt, dt, dt, dt, dt, boolean)),
+            "adam_update": (adam_update, (v, v, v, v, dt, dt, dt, dt, dt, boolean, dt, dt)),
+            "gather_rows": (gather_rows, (m, m, int64[::1], int64, int64, m, m)),
+        }
+        for name, (kernel, types) in table.items():
+            out.append((f"{name}[{dt}]", kernel, types))
+    out.append(("fill[float64]", fill, (f64v, float64)))
+    return out

@@ -1,0 +1,58 @@
+"""Every cuda kernel against the float64 NumPy reference, from the case table
+shared with the cpu tests and the benchmarks; with host arrays (copied in and
+out) and with device arrays (results stay on the device)."""
+
+import zlib
+
+import numpy as np
+import pytest
+from numba import cuda
+
+from cases import DTYPES, TEST_CASES, as_float64, make_inputs, run, tolerance
+from conftest import SIMULATOR
+from test_kernels import assert_close
+
+import fastnn as fn
+from fastnn._validation import is_device_array
+
+# The simulator runs every GPU thread as a Python thread: keep to small shapes there.
+CASES = [c for c in TEST_CASES if not SIMULATOR or max(c.shape) <= 64]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_cuda_kernel_matches_float64_reference(case, dtype):
+    inputs = make_inputs(case, dtype, seed=zlib.crc32(case.id.encode()))
+    expected = run(case, "numpy", as_float64(inputs))
+    outputs = run(case, "cuda", inputs)
+    rtol, atol = tolerance(case, dtype, inputs)
+    for i, (out, ref) in enumerate(zip(outputs, expected, strict=True)):
+        if isinstance(out, np.ndarray):
+            assert out.dtype == dtype, f"output {i} promoted to {out.dtype}"
+        assert_close(out, ref, rtol, atol, f"{case.id} output {i}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_device_arrays_stay_on_the_device(dtype):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 5)).astype(dtype)
+    gamma, beta = np.ones(5, dtype), np.zeros(5, dtype)
+    y, mean, inv_std = fn.ops.batchnorm_forward(cuda.to_device(x), cuda.to_device(gamma),
+                                                cuda.to_device(beta), backend="cuda")
+    assert is_device_array(y) and is_device_array(mean)
+    ref = fn.ops.batchnorm_forward(x, gamma, beta, backend="numpy")
+    np.testing.assert_allclose(y.copy_to_host(), ref[0], rtol=1e-5, atol=1e-5)
+    loss, dz = fn.ops.bce_with_logits(cuda.to_device(x), cuda.to_device((x > 0).astype(dtype)),
+                                      backend="cuda")
+    assert isinstance(loss, float) and is_device_array(dz)
+    w = cuda.to_device(np.ones(7, dtype))
+    fn.ops.sgd_step(w, cuda.to_device(np.full(7, 2, dtype)), 0.25, backend="cuda")
+    np.testing.assert_array_equal(w.copy_to_host(), np.full(7, 0.5, dtype))
+
+
+def test_gemm_handles_shapes_that_are_not_multiples_of_the_tile():
+    # 70 x 3 times 3 x 67: partial tiles on every side, K smaller than a K-chunk
+    rng = np.random.default_rng(1)
+    x, w, b = rng.normal(size=(70, 3)), rng.normal(size=(67, 3)), rng.normal(size=67)
+    np.testing.assert_allclose(fn.ops.dense_forward(x, w, b, backend="cuda"), x @ w.T + b,
+                               rtol=1e-12)
