@@ -46,12 +46,12 @@ class CudaBackend:
 
     # ---- ops ----
     def batchnorm_forward(self, x, gamma, beta, eps):
-        cuda, k, _, _ = _modules()
+        _, k, _, net = _modules()
         on_device, (x, gamma, beta) = self._in(x, gamma, beta)
         n, f = x.shape
-        y = cuda.device_array_like(x)
-        mean, var, inv_std = (cuda.device_array(f, x.dtype) for _ in range(3))
-        p1, p2 = (cuda.device_array((k.row_groups(n), f), np.float64) for _ in range(2))
+        y = net.empty(x.shape, x.dtype)
+        mean, var, inv_std = (net.empty(f, x.dtype) for _ in range(3))
+        p1, p2 = (net.empty((k.row_groups(n), f), np.float64) for _ in range(2))
         groups = k.launch_column_sums(x, x, mean, n, k.SUM, p1, p2)
         k.batchnorm_mean_finalize[k.grid_1d(f), k.THREADS](p1, groups, n, mean)
         groups = k.launch_column_sums(x, x, mean, n, k.SUM_SQUARED_DEVIATION, p1, p2)
@@ -61,12 +61,12 @@ class CudaBackend:
         return self._out(on_device, y, mean, inv_std)
 
     def batchnorm_backward(self, dy, x, gamma, mean, inv_std):
-        cuda, k, _, _ = _modules()
+        _, k, _, net = _modules()
         on_device, (dy, x, gamma, mean, inv_std) = self._in(dy, x, gamma, mean, inv_std)
         n, f = x.shape
-        dx = cuda.device_array_like(x)
-        dgamma, dbeta = cuda.device_array(f, x.dtype), cuda.device_array(f, x.dtype)
-        p1, p2 = (cuda.device_array((k.row_groups(n), f), np.float64) for _ in range(2))
+        dx = net.empty(x.shape, x.dtype)
+        dgamma, dbeta = net.empty(f, x.dtype), net.empty(f, x.dtype)
+        p1, p2 = (net.empty((k.row_groups(n), f), np.float64) for _ in range(2))
         groups = k.launch_column_sums(x, dy, mean, n, k.BATCHNORM_BACKWARD, p1, p2)
         k.batchnorm_backward_finalize[k.grid_1d(f), k.THREADS](p1, p2, groups, inv_std, dgamma,
                                                               dbeta)
@@ -74,14 +74,14 @@ class CudaBackend:
                                                             dbeta, n, dx)
         return self._out(on_device, dx, dgamma, dbeta)
 
-    def _loss(self, kernel_name, z, y, with_grad):
-        cuda, k, _, _ = _modules()
+    def _loss(self, z, y, with_grad):
+        cuda, k, _, net = _modules()
         on_device, (z, y) = self._in(z, y)
         n, cols = z.shape
         total = cuda.to_device(np.zeros(1))
         scale = 1.0 / (n * cols)
         if with_grad:
-            dz = cuda.device_array_like(z)
+            dz = net.empty(z.shape, z.dtype)
             k.bce_with_logits[k.grid_1d(n * cols), k.THREADS](z, y, n, scale, dz, total, 0)
         else:
             k.bce[k.grid_1d(n * cols), k.THREADS](z, y, n, scale, total, 0)
@@ -91,58 +91,54 @@ class CudaBackend:
         return value, (dz if on_device else dz.copy_to_host())
 
     def bce(self, z, y):
-        return self._loss("bce", z, y, False)
+        return self._loss(z, y, False)
 
     def bce_with_logits(self, z, y):
-        return self._loss("bce_with_logits", z, y, True)
+        return self._loss(z, y, True)
 
     def dense_forward(self, x, w, b):
-        cuda, _, g, _ = _modules()
+        _, _, g, net = _modules()
         on_device, (x, w, b) = self._in(x, w, b)
-        y = cuda.device_array((x.shape[0], w.shape[0]), x.dtype)
+        y = net.empty((x.shape[0], w.shape[0]), x.dtype)
         g.gemm(x, w, y, x.shape[0], trans_a=False, trans_b=True, bias=b)
         return self._out(on_device, y)
 
     def dense_backward(self, dy, x, w):
-        cuda, k, g, _ = _modules()
+        _, k, g, net = _modules()
         on_device, (dy, x, w) = self._in(dy, x, w)
         n, n_out = dy.shape
-        dx = cuda.device_array_like(x)
-        dw = cuda.device_array_like(w)
-        db = cuda.device_array(n_out, x.dtype)
+        dx = net.empty(x.shape, x.dtype)
+        dw = net.empty(w.shape, w.dtype)
+        db = net.empty(n_out, x.dtype)
         g.gemm(dy, w, dx, n)
         g.gemm(dy, x, dw, n_out, k=n, trans_a=True)
-        p1, p2 = (cuda.device_array((k.row_groups(n), n_out), np.float64) for _ in range(2))
+        p1, p2 = (net.empty((k.row_groups(n), n_out), np.float64) for _ in range(2))
         groups = k.launch_column_sums(dy, dy, db, n, k.SUM, p1, p2)
         k.column_sums_finalize[k.grid_1d(n_out), k.THREADS](p1, groups, db)
         return self._out(on_device, dx, dw, db)
 
     def activation_forward(self, code, x):
-        cuda, k, _, _ = _modules()
+        _, k, _, net = _modules()
         on_device, (x,) = self._in(x)
-        y = cuda.device_array_like(x)
+        y = net.empty(x.shape, x.dtype)
         k.activation_forward[k.grid_1d(x.size), k.THREADS](code, x, x.shape[0], y)
         return self._out(on_device, y)
 
     def activation_backward(self, code, y, dy):
-        cuda, k, _, _ = _modules()
+        _, k, _, net = _modules()
         on_device, (y, dy) = self._in(y, dy)
-        dx = cuda.device_array_like(dy)
+        dx = net.empty(dy.shape, dy.dtype)
         k.activation_backward[k.grid_1d(y.size), k.THREADS](code, y, dy, y.shape[0], dx)
         return self._out(on_device, dx)
 
     def optimizer_update(self, kind, hyper, step, w, g, state):
         """In place on w and state, host or device arrays."""
-        cuda, _, _, net = _modules()
-        if is_device_array(w):
-            net.optimizer_update(kind, hyper, step, w, cuda.to_device(g) if not
-                                 is_device_array(g) else g, state if is_device_array(state)
-                                 else cuda.to_device(state))
-            return
-        d_w, d_g, d_state = cuda.to_device(w), cuda.to_device(g), cuda.to_device(state)
+        net = _modules()[3]
+        on_device, (d_w, d_g, d_state) = self._in(w, g, state)
         net.optimizer_update(kind, hyper, step, d_w, d_g, d_state)
-        d_w.copy_to_host(w)
-        d_state.copy_to_host(state)
+        if not on_device:
+            d_w.copy_to_host(w)
+            d_state.copy_to_host(state)
 
     # ---- training ----
     def start_fit(self, model, opt, X, Y, batch):

@@ -15,6 +15,7 @@ and BatchNorm's num_batches_tracked (for momentum=None).
 """
 
 import math
+import os
 
 import numpy as np
 from numba import cuda
@@ -24,6 +25,18 @@ from .cuda_gemm import gemm
 from .network import ACT, ACTIVATION, BATCHNORM, BUFFER, CACHE, DENSE, EPS, KIND, MOMENTUM
 from .network import N_IN, N_OUT, P_BIAS, P_WEIGHT
 from .optim import ADAM, RMSPROP, SGD, adam_scalars
+
+
+def empty(shape, dtype):
+    """An uninitialized device array; with FASTNN_CUDA_POISON=1 it is filled
+    with NaN instead, so that a kernel reading an element nobody wrote shows
+    up as NaN in the results (bench/gpu_check.py sets it)."""
+    a = cuda.device_array(shape, dtype)
+    if os.environ.get("FASTNN_CUDA_POISON") == "1":
+        flat = a.reshape(a.size) if a.ndim > 1 else a
+        if a.size:
+            k.fill[k.grid_1d(a.size), k.THREADS](flat, np.nan)
+    return a
 
 
 class DeviceModel:
@@ -70,16 +83,16 @@ class Workspace:
         dtype = dm.dtype
         widths = [dm.layers[0]["n_in"]] + [v["n_out"] for v in dm.layers]
         self.batch = batch
-        self.acts = [cuda.device_array((batch, w), dtype) for w in widths]
+        self.acts = [empty((batch, w), dtype) for w in widths]
         width = max(widths)
-        self.gbuf = [cuda.device_array(batch * width, dtype) for _ in range(2)]
-        self.yb = cuda.device_array((batch, n_outputs), dtype)
+        self.gbuf = [empty(batch * width, dtype) for _ in range(2)]
+        self.yb = empty((batch, n_outputs), dtype)
         groups = k.row_groups(batch)
-        self.partial = [cuda.device_array((groups, width), np.float64) for _ in range(2)]
+        self.partial = [empty((groups, width), np.float64) for _ in range(2)]
         self.bn = {}
         for l, v in enumerate(dm.layers):
             if v["kind"] == BATCHNORM:
-                self.bn[l] = tuple(cuda.device_array(v["n_out"], dtype) for _ in range(3))
+                self.bn[l] = tuple(empty(v["n_out"], dtype) for _ in range(3))
 
     def grad(self, which, width):
         """Gradient buffer ``which`` viewed as (batch, width)."""
@@ -198,8 +211,8 @@ class CudaTrainingSession:
         self.X = cuda.to_device(X)
         self.Y = cuda.to_device(Y)
         self.ws = Workspace(self.dm, batch, Y.shape[1])
-        self.grads = cuda.device_array(model.params.shape[0], model.dtype)
-        self.losses = cuda.device_array(math.ceil(X.shape[0] / batch), np.float64)
+        self.grads = empty(model.params.shape[0], model.dtype)
+        self.losses = empty(math.ceil(X.shape[0] / batch), np.float64)
 
     def train_epoch(self, index, batch_size, skip_single, losses, sizes):
         dm, ws = self.dm, self.ws

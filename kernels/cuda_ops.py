@@ -333,7 +333,7 @@ def signatures():
             "adam_update": (adam_update, (v, v, v, v, dt, dt, dt, dt, dt, boolean, dt, dt)),
             "gather_rows": (gather_rows, (m, m, int64[::1], int64, int64, m, m)),
         }
+        table["fill"] = (fill, (v, float64))
         for name, (kernel, types) in table.items():
             out.append((f"{name}[{dt}]", kernel, types))
-    out.append(("fill[float64]", fill, (f64v, float64)))
     return out
