@@ -20,7 +20,9 @@ def test_cuda_kernels_and_training_pass_in_the_simulator():
     result = subprocess.run(
         [sys.executable, "-m", "pytest", os.path.join(HERE, "cuda"), "-q", "-p", "no:cacheprovider",
          "-o", "addopts=", "-rs"],
-        cwd=os.path.dirname(HERE), env=env, capture_output=True, text=True, timeout=3000)
+        cwd=HERE, env=env, capture_output=True, text=True, timeout=3000)  # not the root:
+    # `python -m` puts the working directory on sys.path, and the root holds the
+    # uninstalled source tree, which would shadow the installed package
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     print(result.stdout[-3000:])
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
