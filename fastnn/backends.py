@@ -111,12 +111,14 @@ class CpuBackend(NumpyBackend):
         f = x.shape[1]
         y = np.empty_like(x)
         mean, var, inv_std = (np.empty(f, x.dtype) for _ in range(3))
-        batchnorm.batchnorm_forward(x, gamma, beta, eps, y, mean, var, inv_std)
+        batchnorm.batchnorm_forward(x, gamma, beta, eps, False, y, mean, var, inv_std,
+                                    np.empty(2 * f), np.empty(3 * f, x.dtype))
         return y, mean, inv_std
 
     def batchnorm_backward(self, dy, x, gamma, mean, inv_std):
         dx, dgamma, dbeta = np.empty_like(x), np.empty_like(gamma), np.empty_like(gamma)
-        batchnorm.batchnorm_backward(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta)
+        batchnorm.batchnorm_backward(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta,
+                                     np.empty(2 * x.shape[1]), np.empty(3 * x.shape[1], x.dtype))
         return dx, dgamma, dbeta
 
     def bce(self, z, y):
@@ -133,7 +135,7 @@ class CpuBackend(NumpyBackend):
 
     def dense_backward(self, dy, x, w):
         dx, dw, db = np.empty_like(x), np.empty_like(w), np.empty(w.shape[0], w.dtype)
-        dense.dense_backward(dy, x, w, dx, dw, db)
+        dense.dense_backward(dy, x, w, dx, dw, db, np.empty(w.shape[0]))
         return dx, dw, db
 
     def activation_forward(self, code, x):
@@ -153,10 +155,12 @@ class CpuBackend(NumpyBackend):
 def new_workspace(model, batch, n_outputs):
     """Buffers for training or inference on batches of up to ``batch`` rows,
     in the model's dtype (layout in kernels/network.py)."""
-    act_off, work_size, gbuf_width, cache_size = network.workspace_layout(model.table, batch)
+    act_off, work_size, gbuf_width, cache_size, width = network.workspace_layout(model.table,
+                                                                                 batch)
     dtype = model.dtype
     return (np.zeros(work_size, dtype), np.zeros((2, gbuf_width), dtype),
-            np.zeros(max(cache_size, 1), dtype), act_off, np.zeros((batch, n_outputs), dtype))
+            np.zeros(max(cache_size, 1), dtype), act_off, np.zeros((batch, n_outputs), dtype),
+            np.zeros(2 * width), np.zeros(3 * width, dtype))
 
 
 BACKENDS = {"numpy": NumpyBackend(), "cpu": CpuBackend(), "cuda": CudaBackend()}

@@ -57,68 +57,80 @@ def batchnorm_update_running_reference(running_mean, running_var, mean, var, n, 
 
 
 # ---- cpu ----
+# Scratch arrays come from the caller (the engine allocates them once per
+# fit), so a training step allocates nothing:
+#   acc  : float64, at least 2 * features  (batch sums)
+#   coef : x's dtype, at least 3 * features (per-feature coefficients)
 
 @_jit
-def batchnorm_forward(x, gamma, beta, eps, y, mean, var, inv_std):
-    """Training-mode forward; writes y and the batch mean, var, inv_std."""
+def batchnorm_forward(x, gamma, beta, eps, relu, y, mean, var, inv_std, acc, coef):
+    """Training-mode forward; writes y and the batch mean, var, inv_std.
+    With ``relu``, writes max(y, 0) instead (BatchNorm then ReLU, fused)."""
     n, f = x.shape
-    acc = np.zeros(f, np.float64)
+    total, squares = acc[:f], acc[f:2 * f]
+    total[:] = 0.0
+    squares[:] = 0.0
     for i in range(n):
         row = x[i]
         for j in range(f):
-            acc[j] += row[j]
+            total[j] += row[j]
     for j in range(f):
-        acc[j] /= n
-        mean[j] = acc[j]
-    sq = np.zeros(f, np.float64)
+        total[j] /= n
+        mean[j] = total[j]
     for i in range(n):
         row = x[i]
         for j in range(f):
-            d = row[j] - acc[j]
-            sq[j] += d * d
+            d = row[j] - total[j]
+            squares[j] += d * d
     for j in range(f):
-        v = sq[j] / n
+        v = squares[j] / n
         var[j] = v
         inv_std[j] = 1.0 / np.sqrt(v + eps)
-    _scale_shift(x, gamma, beta, acc, inv_std, y)
+    _scale_shift(x, gamma, beta, total, inv_std, relu, y, coef)
 
 
 @_jit
-def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps, y):
-    """Inference-mode forward with the running statistics; writes y."""
+def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps, relu, y, acc, coef):
+    """Inference-mode forward with the running statistics; writes y
+    (max(y, 0) with ``relu``)."""
     f = x.shape[1]
-    mean = np.empty(f, np.float64)
-    inv_std = np.empty(f, np.float64)
+    mean, inv_std = acc[:f], acc[f:2 * f]
     for j in range(f):
         mean[j] = running_mean[j]
         inv_std[j] = 1.0 / np.sqrt(running_var[j] + eps)
-    _scale_shift(x, gamma, beta, mean, inv_std, y)
+    _scale_shift(x, gamma, beta, mean, inv_std, relu, y, coef)
 
 
 @_jit
-def _scale_shift(x, gamma, beta, mean, inv_std, y):
+def _scale_shift(x, gamma, beta, mean, inv_std, relu, y, coef):
     # y = x * scale + shift with scale = gamma * inv_std, shift = beta - mean * scale
     # (PyTorch's CPU kernel folds the affine transform the same way).
     f = x.shape[1]
-    scale = np.empty(f, y.dtype)
-    shift = np.empty(f, y.dtype)
+    scale, shift = coef[:f], coef[f:2 * f]
     for j in range(f):
         s = gamma[j] * inv_std[j]
         scale[j] = s
         shift[j] = beta[j] - mean[j] * s
+    zero = y.dtype.type(0.0)
     for i in range(x.shape[0]):
         xr = x[i]
         yr = y[i]
-        for j in range(f):
-            yr[j] = xr[j] * scale[j] + shift[j]
+        if relu:
+            for j in range(f):
+                v = xr[j] * scale[j] + shift[j]
+                yr[j] = v if v > zero else zero
+        else:
+            for j in range(f):
+                yr[j] = xr[j] * scale[j] + shift[j]
 
 
 @_jit
-def batchnorm_backward(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta):
+def batchnorm_backward(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta, acc, coef):
     """Writes dx, dgamma, dbeta given the forward cache (x, mean, inv_std)."""
     n, f = x.shape
-    sum_dy = np.zeros(f, np.float64)
-    sum_dy_xc = np.zeros(f, np.float64)
+    sum_dy, sum_dy_xc = acc[:f], acc[f:2 * f]
+    sum_dy[:] = 0.0
+    sum_dy_xc[:] = 0.0
     for i in range(n):
         xr = x[i]
         dyr = dy[i]
@@ -126,9 +138,7 @@ def batchnorm_backward(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta):
             sum_dy[j] += dyr[j]
             sum_dy_xc[j] += dyr[j] * (xr[j] - mean[j])
     # dx = gamma * inv_std * (dy - mean(dy) - (x - mean) * inv_std^2 * mean(dy * (x - mean)))
-    a = np.empty(f, dx.dtype)
-    c = np.empty(f, dx.dtype)
-    m = np.empty(f, dx.dtype)
+    a, c, m = coef[:f], coef[f:2 * f], coef[2 * f:3 * f]
     for j in range(f):
         k = gamma[j] * inv_std[j]
         a[j] = k
@@ -136,7 +146,6 @@ def batchnorm_backward(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta):
         m[j] = mean[j]
         dgamma[j] = sum_dy_xc[j] * inv_std[j]
         dbeta[j] = sum_dy[j]
-    for j in range(f):
         sum_dy[j] = sum_dy[j] / n
     for i in range(n):
         xr = x[i]

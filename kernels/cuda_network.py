@@ -165,22 +165,24 @@ def backward(dm, ws, grads, n, stream=0):
 
 def optimizer_update(kind, hyper, step, w, g, state, stream=0):
     """One fused launch updating every element of the flat buffer w (device
-    arrays; scalars cast to w's dtype on the host, Adam's bias corrections
-    computed there in float64)."""
+    arrays). The derived scalars are computed on the host in float64 and cast
+    to w's dtype, exactly as the cpu kernels do (optim.py)."""
     t = w.dtype.type
     h = hyper
     grid = k.grid_1d(w.shape[0])
     if kind == SGD:
-        k.sgd_update[grid, k.THREADS, stream](w, g, state[0], t(h[0]), t(h[1]), t(h[2]),
+        k.sgd_update[grid, k.THREADS, stream](w, g, state[0], t(h[0]), t(h[1]), t(1.0 - h[2]),
                                               h[3] != 0, t(h[4]), step == 1)
     elif kind == RMSPROP:
         k.rmsprop_update[grid, k.THREADS, stream](w, g, state[0], state[2], state[1], t(h[0]),
-                                                  t(h[1]), t(h[2]), t(h[3]), t(h[4]), h[5] != 0)
+                                                  t(h[1]), t(1.0 - h[1]), t(h[2]), t(h[3]),
+                                                  t(h[4]), h[5] != 0)
     else:
         step_size, bc2_sqrt = adam_scalars(h[0], h[1], h[2], step)
-        k.adam_update[grid, k.THREADS, stream](w, g, state[0], state[1], t(h[0]), t(h[1]),
-                                               t(h[2]), t(h[3]), t(h[4]), h[5] != 0,
-                                               t(step_size), t(bc2_sqrt))
+        k.adam_update[grid, k.THREADS, stream](w, g, state[0], state[1], t(1.0 - h[1]), t(h[2]),
+                                               t(1.0 - h[2]), t(h[3]), t(h[4]),
+                                               t(1.0 - h[0] * h[4]), h[5] != 0, t(step_size),
+                                               t(bc2_sqrt))
 
 
 class DeviceOptimizer:

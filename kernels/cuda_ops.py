@@ -256,31 +256,32 @@ def bce(z, y, n, scale, total, slot):
 # ---- optimizer updates: one launch for every parameter of a model ----
 
 @cuda.jit
-def sgd_update(w, g, buf, lr, momentum, dampening, nesterov, weight_decay, first_step):
+def sgd_update(w, g, buf, lr, momentum, one_minus_dampening, nesterov, weight_decay,
+               first_step):
     i = cuda.grid(1)
     if i < w.shape[0]:
-        w[i], buf[i] = sgd_element(w[i], g[i], buf[i], lr, momentum, dampening, nesterov,
-                                   weight_decay, first_step)
+        w[i], buf[i] = sgd_element(w[i], g[i], buf[i], lr, momentum, one_minus_dampening,
+                                   nesterov, weight_decay, first_step)
 
 
 @cuda.jit
-def rmsprop_update(w, g, square_avg, grad_avg, buf, lr, alpha, eps, momentum, weight_decay,
-                   centered):
+def rmsprop_update(w, g, square_avg, grad_avg, buf, lr, alpha, one_minus_alpha, eps, momentum,
+                   weight_decay, centered):
     i = cuda.grid(1)
     if i < w.shape[0]:
         w[i], square_avg[i], grad_avg[i], buf[i] = rmsprop_element(
-            w[i], g[i], square_avg[i], grad_avg[i], buf[i], lr, alpha, eps, momentum,
-            weight_decay, centered)
+            w[i], g[i], square_avg[i], grad_avg[i], buf[i], lr, alpha, one_minus_alpha, eps,
+            momentum, weight_decay, centered)
 
 
 @cuda.jit
-def adam_update(w, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step_size,
-                bias_correction2_sqrt):
+def adam_update(w, g, m, v, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay,
+                decay_factor, decoupled, step_size, bias_correction2_sqrt):
     i = cuda.grid(1)
     if i < w.shape[0]:
-        w[i], m[i], v[i] = adam_element(w[i], g[i], m[i], v[i], lr, beta1, beta2, eps,
-                                        weight_decay, decoupled, step_size,
-                                        bias_correction2_sqrt)
+        w[i], m[i], v[i] = adam_element(w[i], g[i], m[i], v[i], one_minus_beta1, beta2,
+                                        one_minus_beta2, eps, weight_decay, decay_factor,
+                                        decoupled, step_size, bias_correction2_sqrt)
 
 
 # ---- mini-batch gather ----
@@ -329,8 +330,8 @@ def signatures():
             "bce_with_logits": (bce_with_logits, (m, m, int64, float64, m, f64v, int64)),
             "bce": (bce, (m, m, int64, float64, f64v, int64)),
             "sgd_update": (sgd_update, (v, v, v, dt, dt, dt, boolean, dt, boolean)),
-            "rmsprop_update": (rmsprop_update, (v, v, v, v, v, dt, dt, dt, dt, dt, boolean)),
-            "adam_update": (adam_update, (v, v, v, v, dt, dt, dt, dt, dt, boolean, dt, dt)),
+            "rmsprop_update": (rmsprop_update, (v, v, v, v, v, dt, dt, dt, dt, dt, dt, boolean)),
+            "adam_update": (adam_update, (v, v, v, v, dt, dt, dt, dt, dt, dt, boolean, dt, dt)),
             "gather_rows": (gather_rows, (m, m, int64[::1], int64, int64, m, m)),
         }
         table["fill"] = (fill, (v, float64))

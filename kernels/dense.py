@@ -47,26 +47,28 @@ def dense_forward(x, w, b, y):
 
 
 @_jit
-def dense_backward(dy, x, w, dx, dw, db):
+def dense_backward(dy, x, w, dx, dw, db, acc):
     """Gradients of a dense layer, written into dx, dw and db.
 
     dx may be empty: the first layer of a network needs no input gradient.
-    db may be empty (no bias).
+    db may be empty (no bias). acc: float64 scratch of at least n_out.
     """
     if dx.size:
         np.dot(dy, w, dx)
     np.dot(dy.T, x, dw)
     if db.size:
-        column_sums(dy, db)
+        column_sums(dy, db, acc)
 
 
 @_jit
-def column_sums(a, out):
-    """out[j] = sum_i a[i, j], accumulated in float64."""
-    acc = np.zeros(a.shape[1], np.float64)
+def column_sums(a, out, acc):
+    """out[j] = sum_i a[i, j], accumulated in float64 in the scratch acc."""
+    f = a.shape[1]
+    total = acc[:f]
+    total[:] = 0.0
     for i in range(a.shape[0]):
         row = a[i]
-        for j in range(acc.shape[0]):
-            acc[j] += row[j]
-    for j in range(acc.shape[0]):
-        out[j] = acc[j]
+        for j in range(f):
+            total[j] += row[j]
+    for j in range(f):
+        out[j] = total[j]

@@ -68,36 +68,35 @@ def tanh_grad_from_output(y):
 
 # ---- optimizer element updates (PyTorch's single-tensor formulas) ----
 # Each takes one parameter element w, its gradient g and its state, and
-# returns the new values; the kernels map them over whole flat buffers.
+# returns the new values; the kernels map them over whole flat buffers. The
+# scalars come in already derived (1 - beta and so on) and cast to w's dtype
+# by the caller, and the bodies hold no float literals: numba types a literal
+# as float64, which would turn float32 updates into float64 arithmetic and
+# keep them from vectorizing.
 
 @_jit
-def sgd_element(w, g, buf, lr, momentum, dampening, nesterov, weight_decay, first_step):
+def sgd_element(w, g, buf, lr, momentum, one_minus_dampening, nesterov, weight_decay,
+                first_step):
     """torch.optim.SGD: returns (w, momentum_buffer)."""
     d = g + weight_decay * w
-    if momentum != 0.0:
-        if first_step:
-            buf = d
-        else:
-            buf = momentum * buf + (1.0 - dampening) * d
-        if nesterov:
-            d = d + momentum * buf
-        else:
-            d = buf
+    if momentum != 0:
+        buf = d if first_step else momentum * buf + one_minus_dampening * d
+        d = d + momentum * buf if nesterov else buf
     return w - lr * d, buf
 
 
 @_jit
-def rmsprop_element(w, g, square_avg, grad_avg, buf, lr, alpha, eps, momentum,
-                    weight_decay, centered):
+def rmsprop_element(w, g, square_avg, grad_avg, buf, lr, alpha, one_minus_alpha, eps,
+                    momentum, weight_decay, centered):
     """torch.optim.RMSprop: returns (w, square_avg, grad_avg, momentum_buffer)."""
     d = g + weight_decay * w
-    square_avg = alpha * square_avg + (1.0 - alpha) * d * d
+    square_avg = alpha * square_avg + one_minus_alpha * d * d
     if centered:
-        grad_avg = grad_avg + (1.0 - alpha) * (d - grad_avg)
+        grad_avg = grad_avg + one_minus_alpha * (d - grad_avg)
         avg = math.sqrt(square_avg - grad_avg * grad_avg) + eps
     else:
         avg = math.sqrt(square_avg) + eps
-    if momentum > 0.0:
+    if momentum > 0:
         buf = momentum * buf + d / avg
         w = w - lr * buf
     else:
@@ -106,15 +105,16 @@ def rmsprop_element(w, g, square_avg, grad_avg, buf, lr, alpha, eps, momentum,
 
 
 @_jit
-def adam_element(w, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled,
-                 step_size, bias_correction2_sqrt):
-    """torch.optim.Adam (AdamW when decoupled): returns (w, exp_avg, exp_avg_sq)."""
+def adam_element(w, g, m, v, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay,
+                 decay_factor, decoupled, step_size, bias_correction2_sqrt):
+    """torch.optim.Adam: returns (w, exp_avg, exp_avg_sq). Decoupled (AdamW):
+    w is first scaled by decay_factor = 1 - lr * weight_decay."""
     if decoupled:
-        w = w * (1.0 - lr * weight_decay)
+        w = w * decay_factor
         d = g
     else:
         d = g + weight_decay * w
-    m = m + (1.0 - beta1) * (d - m)
-    v = beta2 * v + (1.0 - beta2) * d * d
+    m = m + one_minus_beta1 * (d - m)
+    v = beta2 * v + one_minus_beta2 * d * d
     w = w - step_size * m / (math.sqrt(v) / bias_correction2_sqrt + eps)
     return w, m, v

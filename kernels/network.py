@@ -10,13 +10,18 @@ Contract:
         buffers : (R,)  BatchNorm running_mean then running_var
         counts  : (L,)  int64 BatchNorm num_batches_tracked
     grads : (P,) same layout as params, overwritten by each backward pass
-    ws = (work, gbuf, cache, act_off, yb)   workspace allocated once per fit
+    ws = (work, gbuf, cache, act_off, yb, acc, coef)   allocated once per fit
         work    : flat; block l (offset act_off[l]) holds the input of layer l
                   for up to B rows, block L the network output (the logits)
         gbuf    : (2, B * max_width) ping-pong buffers for the backward pass
         cache   : BatchNorm batch mean, var, inv_std per BatchNorm layer
         act_off : (L + 1,) int64 offsets into work
         yb      : (B, k) the batch targets
+        acc     : (2 * max_width,) float64 scratch for the batch sums
+        coef    : (3 * max_width,) scratch for per-feature coefficients
+A BatchNorm directly followed by a ReLU runs as one fused pass (block l + 1,
+the BatchNorm output, is then never written; the ReLU backward only needs
+the ReLU's output).
     opt = (kind, hyper, state, step)   see kernels/optim.py; step is a (1,)
           int64 array holding the number of updates taken so far
 The loss is binary cross-entropy on the output logits, averaged over batch * k.
@@ -30,7 +35,7 @@ import numpy as np
 from numba import njit
 
 from .activations import activation_backward, activation_backward_reference
-from .activations import activation_forward, activation_forward_reference
+from .activations import RELU, activation_forward, activation_forward_reference
 from .batchnorm import (
     batchnorm_backward, batchnorm_backward_reference, batchnorm_forward,
     batchnorm_forward_reference, batchnorm_inference, batchnorm_inference_reference,
@@ -53,7 +58,7 @@ EPS, MOMENTUM = 0, 1
 
 def workspace_layout(layers, batch):
     """Sizes of the workspace for a given maximum batch: (act_off, work_size,
-    gbuf_width, cache_size)."""
+    gbuf_width, cache_size, max_width)."""
     n_layers = layers.shape[0]
     act_off = np.zeros(n_layers + 1, np.int64)
     widths = [int(layers[0, N_IN])] + [int(layers[l, N_OUT]) for l in range(n_layers)]
@@ -62,7 +67,7 @@ def workspace_layout(layers, batch):
     work_size = int(act_off[-1]) + batch * widths[-1]
     cache_size = int(sum(3 * layers[l, N_OUT] for l in range(n_layers)
                          if layers[l, KIND] == BATCHNORM))
-    return act_off, work_size, batch * max(widths), cache_size
+    return act_off, work_size, batch * max(widths), cache_size, max(widths)
 
 
 # ---- cpu engine ----
@@ -73,12 +78,22 @@ def _block(buf, offset, rows, cols):
 
 
 @_jit
+def _relu_follows(layers, l):
+    return (l + 1 < layers.shape[0] and layers[l + 1, KIND] == ACTIVATION
+            and layers[l + 1, ACT] == RELU)
+
+
+@_jit
 def forward(net, ws, n, training):
     """Forward pass of the first n rows of work block 0, in training mode
     (batch statistics, running statistics updated) or inference mode."""
     layers, layer_f, params, buffers, counts = net
-    work, gbuf, cache, act_off, yb = ws
+    work, gbuf, cache, act_off, yb, acc, coef = ws
+    skip_next = False
     for l in range(layers.shape[0]):
+        if skip_next:  # a ReLU already applied by the BatchNorm before it
+            skip_next = False
+            continue
         kind, n_in, n_out = layers[l, KIND], layers[l, N_IN], layers[l, N_OUT]
         x = _block(work, act_off[l], n, n_in)
         y = _block(work, act_off[l + 1], n, n_out)
@@ -94,19 +109,24 @@ def forward(net, ws, n, training):
             running_mean = buffers[r:r + n_out]
             running_var = buffers[r + n_out:r + 2 * n_out]
             eps = layer_f[l, EPS]
+            relu = _relu_follows(layers, l)
+            if relu:
+                y = _block(work, act_off[l + 2], n, n_out)
+                skip_next = True
             if training:
                 c = layers[l, CACHE]
                 mean = cache[c:c + n_out]
                 var = cache[c + n_out:c + 2 * n_out]
                 inv_std = cache[c + 2 * n_out:c + 3 * n_out]
-                batchnorm_forward(x, gamma, beta, eps, y, mean, var, inv_std)
+                batchnorm_forward(x, gamma, beta, eps, relu, y, mean, var, inv_std, acc, coef)
                 counts[l] += 1
                 momentum = layer_f[l, MOMENTUM]
                 if momentum < 0.0:
                     momentum = 1.0 / counts[l]
                 batchnorm_update_running(running_mean, running_var, mean, var, n, momentum)
             else:
-                batchnorm_inference(x, gamma, beta, running_mean, running_var, eps, y)
+                batchnorm_inference(x, gamma, beta, running_mean, running_var, eps, relu, y,
+                                    acc, coef)
         else:
             activation_forward(layers[l, ACT], x, y)
 
@@ -115,7 +135,7 @@ def forward(net, ws, n, training):
 def backward(net, ws, grads, n):
     """Backward pass; d loss / d output must be in gbuf[0]. Writes grads."""
     layers, layer_f, params, buffers, counts = net
-    work, gbuf, cache, act_off, yb = ws
+    work, gbuf, cache, act_off, yb, acc, coef = ws
     cur = 0
     for l in range(layers.shape[0] - 1, -1, -1):
         kind, n_in, n_out = layers[l, KIND], layers[l, N_IN], layers[l, N_OUT]
@@ -128,13 +148,13 @@ def backward(net, ws, grads, n):
             w = _block(params, pw, n_out, n_in)
             dw = _block(grads, pw, n_out, n_in)
             db = grads[pb:pb + n_out] if pb >= 0 else grads[0:0]
-            dense_backward(dy, x, w, dx, dw, db)
+            dense_backward(dy, x, w, dx, dw, db, acc)
         elif kind == BATCHNORM:
             c = layers[l, CACHE]
             dx_full = _block(gbuf[1 - cur], 0, n, n_in)
             batchnorm_backward(dy, x, params[pw:pw + n_out], cache[c:c + n_out],
                                cache[c + 2 * n_out:c + 3 * n_out], dx_full,
-                               grads[pw:pw + n_out], grads[pb:pb + n_out])
+                               grads[pw:pw + n_out], grads[pb:pb + n_out], acc, coef)
         elif l > 0:
             y = _block(work, act_off[l + 1], n, n_out)
             activation_backward(layers[l, ACT], y, dy, dx)
@@ -150,7 +170,7 @@ def train_step(net, ws, grads, X, Y, index, start, n):
     gradients can be combined across processes in between.
     """
     layers = net[0]
-    work, gbuf, cache, act_off, yb = ws
+    work, gbuf, cache, act_off, yb, acc, coef = ws
     xb = _block(work, 0, n, X.shape[1])
     for i in range(n):
         row = index[start + i]
@@ -199,7 +219,7 @@ def predict_logits(net, ws, X, out):
     """Inference-mode forward pass over all rows of X, in chunks of the
     workspace's batch capacity; writes the logits into out (n, k)."""
     layers = net[0]
-    work, gbuf, cache, act_off, yb = ws
+    work, gbuf, cache, act_off, yb, acc, coef = ws
     capacity = yb.shape[0]
     n_layers = layers.shape[0]
     for start in range(0, X.shape[0], capacity):

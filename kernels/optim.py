@@ -103,10 +103,11 @@ def optimizer_update_reference(kind, hyper, step, w, g, state):
 @_jit
 def sgd_update(w, g, buf, step, lr, momentum, dampening, nesterov, weight_decay):
     t = w.dtype.type
-    lr, momentum, dampening, weight_decay = t(lr), t(momentum), t(dampening), t(weight_decay)
+    lr, momentum, one_minus_dampening, weight_decay = (t(lr), t(momentum), t(1.0 - dampening),
+                                                       t(weight_decay))
     first = step == 1
     for i in range(w.shape[0]):
-        w[i], buf[i] = sgd_element(w[i], g[i], buf[i], lr, momentum, dampening,
+        w[i], buf[i] = sgd_element(w[i], g[i], buf[i], lr, momentum, one_minus_dampening,
                                    nesterov, weight_decay, first)
 
 
@@ -114,22 +115,25 @@ def sgd_update(w, g, buf, step, lr, momentum, dampening, nesterov, weight_decay)
 def rmsprop_update(w, g, square_avg, grad_avg, buf, lr, alpha, eps, momentum,
                    weight_decay, centered):
     t = w.dtype.type
-    lr, alpha, eps, momentum, weight_decay = t(lr), t(alpha), t(eps), t(momentum), t(weight_decay)
+    lr, alpha, one_minus_alpha, eps = t(lr), t(alpha), t(1.0 - alpha), t(eps)
+    momentum, weight_decay = t(momentum), t(weight_decay)
     for i in range(w.shape[0]):
         w[i], square_avg[i], grad_avg[i], buf[i] = rmsprop_element(
-            w[i], g[i], square_avg[i], grad_avg[i], buf[i], lr, alpha, eps, momentum,
-            weight_decay, centered)
+            w[i], g[i], square_avg[i], grad_avg[i], buf[i], lr, alpha, one_minus_alpha, eps,
+            momentum, weight_decay, centered)
 
 
 @_jit
 def adam_update(w, g, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled):
     step_size, bc2_sqrt = _adam_scalars(lr, beta1, beta2, step)
     t = w.dtype.type
-    lr, beta1, beta2, eps, weight_decay = t(lr), t(beta1), t(beta2), t(eps), t(weight_decay)
+    one_minus_beta1, beta2_t, one_minus_beta2 = t(1.0 - beta1), t(beta2), t(1.0 - beta2)
+    eps, decay_factor, weight_decay = t(eps), t(1.0 - lr * weight_decay), t(weight_decay)
     step_size, bc2_sqrt = t(step_size), t(bc2_sqrt)
     for i in range(w.shape[0]):
-        w[i], m[i], v[i] = adam_element(w[i], g[i], m[i], v[i], lr, beta1, beta2, eps,
-                                        weight_decay, decoupled, step_size, bc2_sqrt)
+        w[i], m[i], v[i] = adam_element(w[i], g[i], m[i], v[i], one_minus_beta1, beta2_t,
+                                        one_minus_beta2, eps, weight_decay, decay_factor,
+                                        decoupled, step_size, bc2_sqrt)
 
 
 @_jit
