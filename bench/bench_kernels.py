@@ -10,21 +10,42 @@ import numpy as np
 import pytest
 
 from cases import BACKENDS, BENCH_CASES, make_inputs, run
+from fastnn.backends import cuda_available
+
+ALL_BACKENDS = BACKENDS + (("cuda",) if cuda_available() else ())
 
 
 def bytes_moved(case, inputs, outputs):
-    total = sum(a.nbytes for v in inputs.values() for a in (v if isinstance(v, list) else [v]))
+    total = sum(a.size * a.dtype.itemsize for v in inputs.values()
+                for a in (v if isinstance(v, list) else [v]))
     return total + sum(o.nbytes for o in outputs if isinstance(o, np.ndarray))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+def _on_device(inputs):
+    from numba import cuda
+    return {k: ([cuda.to_device(a) for a in v] if isinstance(v, list) else cuda.to_device(v))
+            for k, v in inputs.items()}
+
+
+def _run_synchronized(case, backend, inputs):
+    from numba import cuda
+    outputs = run(case, backend, inputs)
+    cuda.synchronize()
+    return outputs
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("case", BENCH_CASES, ids=lambda c: c.id)
 def test_kernel(benchmark, case, backend):
-    if backend == "numpy" and max(case.shape) > 1024 and case.op.startswith("dense"):
-        pytest.skip("the reference is timed at the smaller sizes only")
     inputs = make_inputs(case, np.float32)
-    outputs = benchmark.pedantic(run, args=(case, backend, inputs), warmup_rounds=1,
+    call = run
+    if backend == "cuda":
+        if case.op in ("sgd", "sgd_momentum", "rmsprop", "adam"):
+            pytest.skip("cuda optimizer updates are timed in the training benchmarks")
+        inputs, call = _on_device(inputs), _run_synchronized  # device-resident, synchronized
+    outputs = benchmark.pedantic(call, args=(case, backend, inputs), warmup_rounds=1,
                                  rounds=20, iterations=1)
+    outputs = [o.copy_to_host() if hasattr(o, "copy_to_host") else o for o in outputs]
     benchmark.extra_info["op"] = case.op
     benchmark.extra_info["shape"] = case.shape
     if not case.op.startswith("dense"):

@@ -1,7 +1,7 @@
 """One-run comparison for the release notes: JIT start-up cost and training
 throughput of fastnn cpu vs the NumPy reference vs PyTorch eager.
 
-    python bench/compare.py [--network issue2] [--samples 32768] [--epochs 5]
+    python bench/compare.py [--network small] [--samples 32768] [--epochs 5]
 
 Cold start: a fresh process with an empty numba cache (NUMBA_CACHE_DIR set to
 a new folder) imports fastnn and runs a first fit; warm start: another fresh
@@ -20,7 +20,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from networks import NETWORKS, fastnn_model, make_data, torch_epoch, torch_model  # noqa: E402
+from fastnn.bench import PREPARE  # noqa: E402
+from networks import NETWORKS, make_data  # noqa: E402
 
 import fastnn as fn  # noqa: E402
 
@@ -54,7 +55,7 @@ def epochs_per_second(run_epoch, epochs):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--network", default="issue2", choices=sorted(NETWORKS))
+    parser.add_argument("--network", default="small", choices=sorted(NETWORKS))
     parser.add_argument("--samples", type=int, default=32768)
     parser.add_argument("--epochs", type=int, default=5)
     args = parser.parse_args()
@@ -71,27 +72,17 @@ def main():
     d_in, hidden, blocks, batch = NETWORKS[args.network]
     X, y = make_data(args.network, args.samples)
     rows = []
-    for opt in ("SGD", "Adam"):
+    for opt in ("sgd", "adam"):
         for impl in ("fastnn-cpu", "numpy", "torch"):
-            model = fastnn_model(args.network).astype("float32")
             if impl == "torch":
                 try:
                     import torch
                 except ImportError:
                     continue
-                tmodel = torch_model(model)
-                topt = getattr(torch.optim, opt)(tmodel.parameters(), lr=1e-3)
-                Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-                seconds = epochs_per_second(lambda: torch_epoch(tmodel, topt, Xt, yt, batch),
-                                            args.epochs)
+            epoch = PREPARE[impl](args.network, opt, X, y)
+            seconds = epochs_per_second(epoch, args.epochs if impl != "numpy" else 1)
+            if impl == "torch":
                 impl = f"torch {torch.__version__} eager ({torch.get_num_threads()} threads)"
-            else:
-                device = impl.replace("fastnn-", "")
-                trainer = fn.Trainer(model, optimizer=getattr(fn, opt)(lr=1e-3), device=device,
-                                     dtype="float32", seed=0)
-                seconds = epochs_per_second(
-                    lambda: trainer.fit(X, y, epochs=1, batch_size=batch, shuffle=False),
-                    args.epochs if device == "cpu" else 1)
             rows.append((opt, impl, args.samples / seconds))
     print(f"\nnetwork {args.network}: d_in={d_in}, hidden={hidden}, {blocks} x "
           f"(Dense BN ReLU), Dense(., 1); batch {batch}; float32; {args.samples} samples\n")

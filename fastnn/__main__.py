@@ -15,6 +15,12 @@ def main(argv=None):
     demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "numpy"])
     demo.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     demo.add_argument("--seed", type=int, default=0)
+    sub.add_parser("bench", help="training throughput of fastnn vs NumPy, PyTorch and JAX on the "
+                                 "standard networks (fastnn bench --help)", add_help=False)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main
+        return bench_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run

@@ -72,3 +72,17 @@ def column_sums(a, out, acc):
             total[j] += row[j]
     for j in range(f):
         out[j] = total[j]
+
+
+@_jit
+def gemm_floor_step(xs, ws, dys, outs, dws, dxs, reps):
+    """The matrix products of ``reps`` training steps and nothing else, made
+    with the same calls as the kernels above: y = x @ w.T and dw = dy.T @ x
+    for every layer, dx = dy @ w for all but the first (the benchmarks' GEMM
+    floor). Takes tuples of arrays, one entry per dense layer."""
+    for _ in range(reps):
+        for l in range(len(ws)):
+            np.dot(xs[l], ws[l].T, outs[l])
+            np.dot(dys[l].T, xs[l], dws[l])
+            if l > 0:
+                np.dot(dys[l], ws[l], dxs[l])

@@ -63,8 +63,10 @@ BENCH_SHAPES = {
     "adam": [(4096,), (65536,), (1 << 20,)],
 }
 
-TEST_CASES = [Case(op, s) for op, shapes in TEST_SHAPES.items() for s in shapes]
 BENCH_CASES = [Case(op, s) for op, shapes in BENCH_SHAPES.items() for s in shapes]
+# every benchmarked case is a tested case too
+TEST_CASES = [Case(op, s) for op, shapes in TEST_SHAPES.items() for s in shapes]
+TEST_CASES += [c for c in BENCH_CASES if c not in TEST_CASES]
 
 # optimizer cases: (kind, hyper-parameters in the kernels' layout)
 OPTIMIZERS = {

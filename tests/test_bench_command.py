@@ -1,0 +1,38 @@
+"""``fastnn bench``: runs, prints the Markdown table, writes JSON and PNG."""
+
+import json
+
+import pytest
+
+from fastnn.__main__ import main
+
+
+def test_bench_quick_prints_table_and_writes_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--networks", "tiny", "--backends", "fastnn-cpu,numpy",
+                 "--optimizers", "sgd", "--json", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "| network | optimizer | fastnn-cpu | numpy |" in out
+    assert "| tiny | sgd |" in out and "CPU:" in out
+    assert "1/3" in err and "3/3" in err  # the progress bar
+    report = json.loads(path.read_text())
+    assert {r["implementation"] for r in report["results"]} == {"fastnn-cpu", "numpy"}
+    assert all(r["samples_per_s"] > 0 for r in report["results"])
+    assert report["gemm_floor"]["tiny"] > 0
+    assert report["machine"]["cores"] >= 1
+
+
+def test_bench_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "bench.png"
+    assert main(["bench", "--quick", "--networks", "tiny", "--backends", "fastnn-cpu",
+                 "--optimizers", "adam", "--plot", str(path), "--no-progress"]) == 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("flag, value", [("--networks", "huge"), ("--backends", "tpu"),
+                                         ("--optimizers", "lbfgs")])
+def test_bench_rejects_unknown_names(flag, value, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["bench", flag, value])
+    assert value in str(info.value) and flag in str(info.value)
