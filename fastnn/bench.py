@@ -220,7 +220,7 @@ def gemm_floor(network, steps):
                                        tuple(dws), tuple(dxs), reps)
     run(1)
     times = []
-    for _ in range(5):
+    for _ in range(7):
         start = time.perf_counter()
         run(steps)
         times.append((time.perf_counter() - start) / steps)
@@ -301,7 +301,7 @@ def run(networks, implementations, optimizers, quick=False, progress=True):
                             "samples_per_s": rate, "samples": n})
             if bar:
                 bar.step(f"{net} {impl} {opt}: {rate:,.0f} samples/s")
-        floors[net] = gemm_floor(net, steps=BATCHES[net][1])
+        floors[net] = gemm_floor(net, steps=BATCHES[net][1 if quick else 0])
         if bar:
             bar.step(f"{net} GEMM floor: {floors[net]:,.0f} samples/s")
     return {"machine": machine_info(), "results": results, "gemm_floor": floors}
