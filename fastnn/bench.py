@@ -16,6 +16,10 @@ several, after one warm-up epoch (JIT compilation is never timed):
 The GEMM floor of a network is the time of its necessary matrix products
 alone (forward and weight gradient of every Dense, input gradient of all but
 the first), made through the same BLAS calls the cpu engine makes.
+
+Each measurement runs in a fresh process: on a machine with few cores the
+thread pools that one library leaves spinning (PyTorch's OpenMP, XLA's)
+would otherwise slow down whatever is measured after it.
 """
 
 import argparse
@@ -23,6 +27,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -283,27 +288,47 @@ class Progress:
         self.stream.flush()
 
 
+def measure(network, impl, optimizer, quick):
+    """samples/s of one (network, implementation, optimizer), in this process;
+    impl "gemm-floor" measures the network's GEMM floor."""
+    batches = BATCHES[network][1 if quick else 0]
+    if impl == "gemm-floor":
+        return gemm_floor(network, steps=batches)
+    n = NETWORKS[network][3] * batches
+    X, y = make_data(network, n)
+    epochs = 2 if impl == "numpy" else 3 if quick else 7
+    return samples_per_second(PREPARE[impl](network, optimizer, X, y), n, epochs)
+
+
+def _measure_in_subprocess(network, impl, optimizer, quick):
+    command = [sys.executable, "-m", "fastnn.bench", "--measure", network, impl, optimizer]
+    out = subprocess.run(command + (["--quick"] if quick else []), capture_output=True,
+                         text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"fastnn bench: measuring {network} {impl} {optimizer} failed:\n"
+                           f"{out.stderr[-2000:]}")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def run(networks, implementations, optimizers, quick=False, progress=True):
-    """Measure; returns {"machine", "results": [...], "gemm_floor": {...}}."""
+    """Measure, each item in a fresh process; returns
+    {"machine", "results": [...], "gemm_floor": {...}}."""
     plan = [(net, impl, opt) for net in networks for opt in optimizers
             for impl in implementations
             if not (impl == "numpy" and net not in ("tiny", "small"))]
-    bar = Progress(len(plan) + len(networks)) if progress else None
+    plan += [(net, "gemm-floor", "-") for net in networks]
+    bar = Progress(len(plan)) if progress else None
     results, floors = [], {}
-    epochs = 3 if quick else 7
-    for net in networks:
-        n = NETWORKS[net][3] * BATCHES[net][1 if quick else 0]
-        X, y = make_data(net, n)
-        for impl, opt in [(i, o) for n_, i, o in plan if n_ == net]:
-            epoch = PREPARE[impl](net, opt, X, y)
-            rate = samples_per_second(epoch, n, epochs if impl != "numpy" else 2)
+    for net, impl, opt in sorted(plan, key=lambda p: networks.index(p[0])):
+        rate = _measure_in_subprocess(net, impl, opt, quick)
+        if impl == "gemm-floor":
+            floors[net] = rate
+        else:
             results.append({"network": net, "implementation": impl, "optimizer": opt,
-                            "samples_per_s": rate, "samples": n})
-            if bar:
-                bar.step(f"{net} {impl} {opt}: {rate:,.0f} samples/s")
-        floors[net] = gemm_floor(net, steps=BATCHES[net][1 if quick else 0])
+                            "samples_per_s": rate,
+                            "samples": NETWORKS[net][3] * BATCHES[net][1 if quick else 0]})
         if bar:
-            bar.step(f"{net} GEMM floor: {floors[net]:,.0f} samples/s")
+            bar.step(f"{net} {impl} {opt}: {rate:,.0f} samples/s")
     return {"machine": machine_info(), "results": results, "gemm_floor": floors}
 
 
@@ -411,3 +436,12 @@ def main(argv=None):
     if args.plot:
         plot(report, args.plot)
     return 0
+
+
+if __name__ == "__main__":
+    # worker mode of run(): one measurement, its samples/s on the last line
+    if sys.argv[1:2] == ["--measure"]:
+        net, impl, opt = sys.argv[2:5]
+        print(measure(net, impl, opt, quick="--quick" in sys.argv))
+    else:
+        sys.exit(main())

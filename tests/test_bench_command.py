@@ -14,7 +14,7 @@ def test_bench_quick_prints_table_and_writes_json(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "| network | optimizer | fastnn-cpu | numpy |" in out
     assert "| tiny | sgd |" in out and "CPU:" in out
-    assert "1/3" in err and "3/3" in err  # the progress bar
+    assert "1/3" in err and "3/3" in err  # the progress bar: 2 measurements and the floor
     report = json.loads(path.read_text())
     assert {r["implementation"] for r in report["results"]} == {"fastnn-cpu", "numpy"}
     assert all(r["samples_per_s"] > 0 for r in report["results"])
