@@ -10,10 +10,12 @@ normalization and binary cross-entropy, one API for the CPU and the GPU.
 __version__ = "0.1.0"
 
 from . import ops
+from .callbacks import CosineDecay, EarlyStopping, StepDecay
 from .io import load, save
 from .layers import BatchNorm, Dense, ReLU, Sequential, Sigmoid, Tanh
 from .optim import SGD, Adam, AdamW, Optimizer, RMSprop
 from .trainer import Trainer
 
 __all__ = ["Sequential", "Dense", "BatchNorm", "ReLU", "Sigmoid", "Tanh", "Trainer", "SGD",
-           "RMSprop", "Adam", "AdamW", "Optimizer", "save", "load", "ops", "__version__"]
+           "RMSprop", "Adam", "AdamW", "Optimizer", "EarlyStopping", "StepDecay", "CosineDecay",
+           "save", "load", "ops", "__version__"]

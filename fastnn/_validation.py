@@ -131,3 +131,14 @@ def check_targets(y, name, n_samples, n_outputs, dtype):
         raise ValueError(f"{name} must hold labels in [0, 1], got values in "
                          f"[{y.min()}, {y.max()}]")
     return y
+
+
+def check_class_labels(y, name, n_samples, n_classes):
+    """Integer class labels (n,) in [0, n_classes) -> int64 array."""
+    y = as_float_array(y, name, ndim=1)
+    if y.shape != (n_samples,):
+        raise ValueError(f"{name} must have shape ({n_samples},) to match X, got {y.shape}")
+    if (y != np.round(y)).any() or y.min() < 0 or y.max() >= n_classes:
+        raise ValueError(f"{name} must hold integer class labels in [0, {n_classes}) for the "
+                         f"model's {n_classes} outputs, got values in [{y.min()}, {y.max()}]")
+    return y.astype(np.int64)

@@ -3,7 +3,7 @@
 A backend provides the functional ops (inputs already validated by
 ``fastnn.ops``) and the training engine the Trainer drives:
 
-    session = backend.start_fit(model, opt, X, Y, batch)
+    session = backend.start_fit(model, opt, X, Y, batch, loss_kind)
     n_batches = session.train_epoch(index, batch_size, skip_single, losses, sizes)
     session.logits(X_val); session.finish()
     backend.predict_logits(model, X)
@@ -29,15 +29,16 @@ class HostSession:
     """One ``fit`` on a host backend: the workspace is allocated once, then
     each epoch is one engine call over the host arrays."""
 
-    def __init__(self, backend, model, opt, X, Y, batch):
+    def __init__(self, backend, model, opt, X, Y, batch, loss_kind):
         self.backend, self.model, self.opt, self.X, self.Y = backend, model, opt, X, Y
+        self.loss_kind = loss_kind
         self.ws = new_workspace(model, batch, Y.shape[1])
         self.grads = np.zeros_like(model.params)
 
     def train_epoch(self, index, batch_size, skip_single, losses, sizes):
         return self.backend.engine_train_epoch(self.model.net(), self.ws, self.grads, self.opt,
                                                self.X, self.Y, index, batch_size, skip_single,
-                                               losses, sizes)
+                                               losses, sizes, self.loss_kind)
 
     def logits(self, X):
         return self.backend.predict_logits(self.model, X)
@@ -53,8 +54,8 @@ class NumpyBackend:
     engine_train_step = staticmethod(network.train_step_reference)
     engine_optimizer_step = staticmethod(network.optimizer_step_reference)
 
-    def start_fit(self, model, opt, X, Y, batch):
-        return HostSession(self, model, opt, X, Y, batch)
+    def start_fit(self, model, opt, X, Y, batch, loss_kind):
+        return HostSession(self, model, opt, X, Y, batch, loss_kind)
 
     def predict_logits(self, model, X):
         """Inference-mode logits (n, k) of host X, in chunks of 4096 rows."""
@@ -77,6 +78,10 @@ class NumpyBackend:
 
     def bce_with_logits(self, z, y):
         value, dz = loss.bce_with_logits_reference(z, y)
+        return value, dz.astype(z.dtype, copy=False)
+
+    def cross_entropy(self, z, y):
+        value, dz = loss.cross_entropy_reference(z, y)
         return value, dz.astype(z.dtype, copy=False)
 
     def dense_forward(self, x, w, b):
@@ -127,6 +132,10 @@ class CpuBackend(NumpyBackend):
     def bce_with_logits(self, z, y):
         dz = np.empty_like(z)
         return float(loss.bce_with_logits(z, y, dz)), dz
+
+    def cross_entropy(self, z, y):
+        dz = np.empty_like(z)
+        return float(loss.cross_entropy(z, y, dz)), dz
 
     def dense_forward(self, x, w, b):
         y = np.empty((x.shape[0], w.shape[0]), x.dtype)

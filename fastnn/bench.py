@@ -29,6 +29,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -302,8 +303,10 @@ def measure(network, impl, optimizer, quick):
 
 def _measure_in_subprocess(network, impl, optimizer, quick):
     command = [sys.executable, "-m", "fastnn.bench", "--measure", network, impl, optimizer]
+    # from a neutral directory: `python -m` puts the working directory first on
+    # sys.path, and a source checkout there would shadow the installed package
     out = subprocess.run(command + (["--quick"] if quick else []), capture_output=True,
-                         text=True, check=False)
+                         text=True, check=False, cwd=tempfile.gettempdir())
     if out.returncode != 0:
         raise RuntimeError(f"fastnn bench: measuring {network} {impl} {optimizer} failed:\n"
                            f"{out.stderr[-2000:]}")

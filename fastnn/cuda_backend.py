@@ -96,6 +96,14 @@ class CudaBackend:
     def bce_with_logits(self, z, y):
         return self._loss(z, y, True)
 
+    def cross_entropy(self, z, y):
+        cuda, k, _, net = _modules()
+        on_device, (z, y) = self._in(z, y)
+        total = cuda.to_device(np.zeros(1))
+        dz = net.empty(z.shape, z.dtype)
+        k.cross_entropy[k.grid_1d(z.shape[0]), k.THREADS](z, y, z.shape[0], dz, total, 0)
+        return float(total.copy_to_host()[0]), (dz if on_device else dz.copy_to_host())
+
     def dense_forward(self, x, w, b):
         _, _, g, net = _modules()
         on_device, (x, w, b) = self._in(x, w, b)
@@ -141,8 +149,8 @@ class CudaBackend:
             d_state.copy_to_host(state)
 
     # ---- training ----
-    def start_fit(self, model, opt, X, Y, batch):
-        return _modules()[3].CudaTrainingSession(model, opt, X, Y, batch)
+    def start_fit(self, model, opt, X, Y, batch, loss_kind):
+        return _modules()[3].CudaTrainingSession(model, opt, X, Y, batch, loss_kind)
 
     def predict_logits(self, model, X):
         net = _modules()[3]

@@ -13,6 +13,14 @@ from .layers import Sequential
 FORMAT = "fastnn-model"
 VERSION = 1
 _META = "__fastnn__"
+_MEAN, _SCALE = "__preprocessing_mean__", "__preprocessing_scale__"
+
+
+def _json_labels(classes):
+    """Class labels as JSON values (NumPy scalars become Python ones)."""
+    if classes is None:
+        return None
+    return [c.item() if isinstance(c, np.generic) else c for c in classes]
 
 
 def save(model, path):
@@ -26,8 +34,12 @@ def save(model, path):
         raise TypeError(f"model must be a fastnn.Sequential, got {type(model).__name__}")
     path = os.fspath(path)
     meta = {"format": FORMAT, "version": VERSION, "dtype": np.dtype(model.dtype).name,
-            "architecture": model.config()}
+            "architecture": model.config(), "classes": _json_labels(model.classes),
+            "metadata": model.metadata or {}}
     arrays = dict(model.state_dict())
+    if model.preprocessing is not None:
+        arrays[_MEAN] = np.asarray(model.preprocessing["mean"], np.float64)
+        arrays[_SCALE] = np.asarray(model.preprocessing["scale"], np.float64)
     arrays[_META] = np.array(json.dumps(meta))
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".fastnn-", suffix=".tmp", dir=directory)
@@ -84,5 +96,22 @@ def load(path):
                          f"supported (this fastnn reads version {VERSION})")
     model = Sequential.from_config(meta.get("architecture", []))
     model.astype(meta.get("dtype", "float64"))
+    mean, scale = arrays.pop(_MEAN, None), arrays.pop(_SCALE, None)
     model.load_state_dict(arrays)
+    if (mean is None) != (scale is None):
+        raise ValueError(f"{path}: preprocessing statistics are incomplete")
+    if mean is not None:
+        for name, value in (("mean", mean), ("scale", scale)):
+            if value.shape != (model.in_features,) or not np.isfinite(value).all():
+                raise ValueError(f"{path}: preprocessing {name} must be {model.in_features} "
+                                 f"finite values")
+        if (scale <= 0).any():
+            raise ValueError(f"{path}: preprocessing scale must be positive")
+        model.preprocessing = {"mean": mean, "scale": scale}
+    classes = meta.get("classes")
+    if classes is not None and not isinstance(classes, list):
+        raise ValueError(f"{path}: 'classes' must be a list")
+    model.classes = classes
+    metadata = meta.get("metadata", {})
+    model.metadata = metadata if isinstance(metadata, dict) else {}
     return model

@@ -203,6 +203,14 @@ class Sequential:
     in_features, out_features : int
     dtype : numpy dtype of params and buffers (float64 until a Trainer or
         ``astype`` changes it).
+    preprocessing : dict or None
+        {"mean": (in_features,), "scale": (in_features,)} when the inputs are
+        standardized before the model; applied by ``preprocess`` (the command
+        line and the scikit-learn estimator use it); saved with the model.
+    classes : list or None
+        The original label values; class code i stands for classes[i].
+    metadata : dict
+        JSON-ready facts about training (saved with the model).
     """
 
     def __init__(self, *layers, seed=None):
@@ -228,6 +236,10 @@ class Sequential:
             if layer.out_features is not None:
                 width = layer.out_features
         self.layers = list(layers)
+        # travel with the model through fn.save / fn.load (see io.py)
+        self.preprocessing = None  # {"mean": (in,), "scale": (in,)}: x -> (x - mean) / scale
+        self.classes = None        # original label values, index = class code
+        self.metadata = {}         # JSON-ready facts about the training run
         self.in_features = layers[0].in_features
         self.out_features = width
         self._build_table()
@@ -295,6 +307,12 @@ class Sequential:
     def net(self):
         """The flat description the kernels take: (table, layer_f, params, buffers, counts)."""
         return self.table, self.layer_f, self.params, self.buffers, self.counts
+
+    def preprocess(self, X):
+        """Apply the stored standardization to X (n, in_features), if any."""
+        if self.preprocessing is None:
+            return X
+        return (X - self.preprocessing["mean"]) / self.preprocessing["scale"]
 
     def astype(self, dtype):
         """Convert parameters and running statistics to dtype, in place; returns self."""

@@ -12,7 +12,8 @@ from fastnn.kernels.activations import ACTIVATION_CODES
 from . import _validation as v
 from .backends import get_backend
 
-__all__ = ["batchnorm_forward", "batchnorm_backward", "bce", "bce_with_logits", "sgd_step",
+__all__ = ["batchnorm_forward", "batchnorm_backward", "bce", "bce_with_logits", "cross_entropy",
+           "sgd_step",
            "dense_forward", "dense_backward", "activation_forward", "activation_backward"]
 
 
@@ -132,6 +133,30 @@ def bce_with_logits(logits, y, backend="cpu"):
     shape, flat = z.shape, (z.shape[0], z.size // z.shape[0])
     value, dz = get_backend(backend, "backend").bce_with_logits(z.reshape(flat), y.reshape(flat))
     return value, dz.reshape(shape)
+
+
+def cross_entropy(logits, y, backend="cpu"):
+    """Softmax cross-entropy on logits (torch.nn.functional.cross_entropy).
+
+    Parameters
+    ----------
+    logits : array (batch, k), k >= 2
+    y : array (batch,) of integer class labels in [0, k)
+
+    Returns
+    -------
+    loss : float
+        mean over the batch of logsumexp(z) - z[label]
+    dlogits : ndarray (batch, k), logits' dtype
+        (softmax(z) - one_hot(y)) / batch
+    """
+    z = v.as_float_array(logits, "logits", ndim=2)
+    if z.shape[1] < 2:
+        raise ValueError(f"logits must have at least 2 columns (classes), got shape {z.shape}")
+    labels = v.check_class_labels(y, "y", z.shape[0], z.shape[1])
+    one_hot = np.zeros(z.shape, z.dtype)
+    one_hot[np.arange(z.shape[0]), labels] = 1
+    return get_backend(backend, "backend").cross_entropy(z, one_hot)
 
 
 def sgd_step(w, grad, lr, backend="cpu"):

@@ -1,17 +1,19 @@
 """The Trainer: mini-batch training of a Sequential model on one backend."""
 
+import sys
 import time
 
 import numpy as np
 
-from . import _validation as v
-from fastnn.kernels.loss import bce_with_logits_reference
+from fastnn.kernels.loss import LOSS_CODES, loss_reference
 
+from . import _validation as v
 from .backends import get_backend, resolve_device
+from .callbacks import EarlyStopping, schedule_lr
 from .layers import Sequential
 from .optim import Adam, Optimizer
 
-LOSSES = ("bce",)
+LOSSES = tuple(LOSS_CODES)
 
 
 class Trainer:
@@ -22,9 +24,11 @@ class Trainer:
     model : Sequential
         Its last layer gives the logits. Converted in place to ``dtype``.
     optimizer : Optimizer, default Adam()
-    loss : {'bce'}
-        Binary cross-entropy on the sigmoid of the logits (applied inside the
-        stable loss); targets in [0, 1], one column per output.
+    loss : {'bce', 'cross_entropy'}
+        'bce': binary cross-entropy on the sigmoid of the logits (applied
+        inside the stable loss); targets in [0, 1], one column per output
+        (several for multi-label). 'cross_entropy': softmax cross-entropy over
+        the k >= 2 outputs; targets are integer class labels in [0, k).
     device : {'auto', 'cpu', 'cuda', 'numpy'}
         'auto' picks 'cuda' when a GPU is usable (and the CUDA backend
         exists), else 'cpu'; the environment variable FASTNN_DEVICE overrides
@@ -47,6 +51,9 @@ class Trainer:
             raise TypeError(f"optimizer must be a fastnn optimizer (SGD, RMSprop, Adam), "
                             f"got {type(optimizer).__name__}")
         self.loss = v.check_choice(loss, "loss", LOSSES)
+        if self.loss == "cross_entropy" and model.out_features < 2:
+            raise ValueError(f"loss='cross_entropy' needs a model with at least 2 outputs "
+                             f"(one per class), this one has {model.out_features}")
         self.dtype = v.check_dtype(dtype)
         self.device = resolve_device(device)
         if seed is not None:
@@ -58,7 +65,8 @@ class Trainer:
         self.rng = np.random.default_rng(seed)
 
     # ---- training ----
-    def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None):
+    def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
+            progress=None, early_stopping=None, lr_schedule=None):
         """Mini-batch training.
 
         Parameters
@@ -73,21 +81,37 @@ class Trainer:
             the model has BatchNorm, whose batch statistics need two.
         shuffle : bool
         validation_data : (X_val, y_val) or None
+        progress : bool or None
+            A progress bar over the epochs (tqdm when installed, else a plain
+            one) on stderr: None shows it only when stderr is a terminal.
+        early_stopping : EarlyStopping or None
+            Stops when its monitored metric stops improving and, with
+            ``restore_best``, puts back the best epoch's weights.
+        lr_schedule : StepDecay, CosineDecay, callable epoch -> lr, or None
+            Sets the optimizer's lr at the start of each epoch (0-based,
+            counted within this fit).
 
         Returns
         -------
         history : dict of lists, one entry per epoch
             'loss': mean training loss over the epoch's samples, from the
             training steps themselves (each batch's mean weighted by its
-            size); 'val_loss', 'val_accuracy' with validation data; 'time':
-            seconds per epoch.
+            size); 'val_loss', 'val_accuracy' with validation data; 'lr';
+            'time': seconds per epoch.
         """
         model = self.model
         X = v.check_X(X, "X", model.in_features, self.dtype)
-        Y = v.check_targets(y, "y", X.shape[0], model.out_features, self.dtype)
+        Y = self._targets(y, "y", X.shape[0])
         epochs = v.check_int(epochs, "epochs")
         batch_size = v.check_int(batch_size, "batch_size")
         shuffle = v.check_bool(shuffle, "shuffle")
+        if progress is not None:
+            progress = v.check_bool(progress, "progress")
+        if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
+            raise TypeError(f"early_stopping must be a fastnn.EarlyStopping, got "
+                            f"{type(early_stopping).__name__}")
+        if lr_schedule is not None and not callable(lr_schedule):
+            raise TypeError("lr_schedule must be StepDecay, CosineDecay or a callable epoch -> lr")
         if model.has_batchnorm:
             if batch_size < 2:
                 raise ValueError("batch_size must be >= 2 for a model with BatchNorm "
@@ -99,33 +123,55 @@ class Trainer:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
             Xv = v.check_X(validation_data[0], "validation_data[0]", model.in_features, self.dtype)
-            Yv = v.check_targets(validation_data[1], "validation_data[1]", Xv.shape[0],
-                                 model.out_features, self.dtype)
+            Yv = self._targets(validation_data[1], "validation_data[1]", Xv.shape[0])
             val = (Xv, Yv)
+        if early_stopping is not None and early_stopping.monitor.startswith("val_") and val is None:
+            raise ValueError(f"early_stopping monitors {early_stopping.monitor!r}, which needs "
+                             f"validation_data")
+        initial_lr = self.optimizer.lr
+        lrs = [schedule_lr(lr_schedule, e, initial_lr) for e in range(epochs)] if lr_schedule else None
 
         n = X.shape[0]
         batch_size = min(batch_size, n)  # one batch of everything at most
         opt = self.optimizer.engine_state(model.n_params, model.dtype)
         n_batches = -(-n // batch_size)
         losses, sizes = np.zeros(n_batches), np.zeros(n_batches, np.int64)
-        history = {"loss": [], "time": []}
+        history = {"loss": [], "lr": [], "time": []}
         if val is not None:
             history.update(val_loss=[], val_accuracy=[])
-        session = self.backend.start_fit(model, opt, X, Y, batch_size)
+        if early_stopping is not None:
+            early_stopping.reset()
+        bar = _progress_bar(epochs, progress)
+        session = self.backend.start_fit(model, opt, X, Y, batch_size, LOSS_CODES[self.loss])
         try:
-            for _ in range(epochs):
+            for epoch in range(epochs):
                 start = time.perf_counter()
+                if lrs is not None:
+                    self.optimizer.lr = lrs[epoch]
+                    opt[1][0] = lrs[epoch]  # the kernels read the lr from here
                 index = self.rng.permutation(n) if shuffle else np.arange(n)
                 done = session.train_epoch(index, batch_size, model.has_batchnorm, losses, sizes)
                 history["loss"].append(float(np.dot(losses[:done], sizes[:done]) /
                                              sizes[:done].sum()))
+                history["lr"].append(self.optimizer.lr)
                 history["time"].append(time.perf_counter() - start)
                 if val is not None:
                     scores = self._scores(session.logits(val[0]), val[1])
                     history["val_loss"].append(scores["loss"])
                     history["val_accuracy"].append(scores["accuracy"])
+                if bar is not None:
+                    bar.update(history, n)
+                if early_stopping is not None:
+                    if early_stopping.restore_best:
+                        session.finish()  # the best weights must be on the host to be kept
+                    if early_stopping.update(epoch, history[early_stopping.monitor][-1], model):
+                        break
         finally:
             session.finish()
+            if bar is not None:
+                bar.close()
+        if early_stopping is not None:
+            early_stopping.restore(model)
         return history
 
     # ---- inference ----
@@ -138,7 +184,8 @@ class Trainer:
         return self._squeeze(self._logits(X))
 
     def predict_proba(self, X):
-        """Probabilities, the sigmoid of the logits, in inference mode.
+        """Probabilities, in inference mode: the sigmoid of the logits
+        ('bce'), or their softmax ('cross_entropy').
 
         Parameters
         ----------
@@ -146,14 +193,22 @@ class Trainer:
 
         Returns
         -------
-        ndarray (n_samples,) for a model with one output, else (n_samples, k)
+        ndarray (n_samples,) for a 'bce' model with one output, else
+        (n_samples, k)
         """
         X = v.check_X(X, "X", self.model.in_features, self.dtype)
-        return self._squeeze(_sigmoid(self._logits(X)))
+        logits = self._logits(X)
+        if self.loss == "cross_entropy":
+            return _softmax(logits)
+        return self._squeeze(_sigmoid(logits))
 
     def predict(self, X):
-        """Labels 0/1 (int64): probability >= 0.5; shape as ``predict_proba``."""
-        return (self.predict_proba(X) >= 0.5).astype(np.int64)
+        """Labels (int64): probability >= 0.5 for 'bce' (shape as
+        ``predict_proba``), the most probable class for 'cross_entropy' (n,)."""
+        p = self.predict_proba(X)
+        if self.loss == "cross_entropy":
+            return np.argmax(p, axis=1).astype(np.int64)
+        return (p >= 0.5).astype(np.int64)
 
     def evaluate(self, X, y):
         """Loss and accuracy in inference mode.
@@ -165,13 +220,27 @@ class Trainer:
             elements whose predicted label equals y >= 0.5.
         """
         X = v.check_X(X, "X", self.model.in_features, self.dtype)
-        Y = v.check_targets(y, "y", X.shape[0], self.model.out_features, self.dtype)
+        Y = self._targets(y, "y", X.shape[0])
         return self._scores(self._logits(X), Y)
 
-    @staticmethod
-    def _scores(logits, Y):
-        loss, _ = bce_with_logits_reference(logits.astype(np.float64), Y.astype(np.float64))
-        accuracy = float(np.mean((logits >= 0) == (Y >= 0.5)))
+    def _targets(self, y, name, n_samples):
+        """Targets as the engine takes them: (n, k) in [0, 1] for 'bce', one-hot
+        rows of the integer labels for 'cross_entropy'."""
+        k = self.model.out_features
+        if self.loss == "bce":
+            return v.check_targets(y, name, n_samples, k, self.dtype)
+        labels = v.check_class_labels(y, name, n_samples, k)
+        one_hot = np.zeros((n_samples, k), self.dtype)
+        one_hot[np.arange(n_samples), labels] = 1
+        return one_hot
+
+    def _scores(self, logits, Y):
+        loss, _ = loss_reference(LOSS_CODES[self.loss], logits.astype(np.float64),
+                                 Y.astype(np.float64))
+        if self.loss == "cross_entropy":
+            accuracy = float(np.mean(np.argmax(logits, axis=1) == np.argmax(Y, axis=1)))
+        else:
+            accuracy = float(np.mean((logits >= 0) == (Y >= 0.5)))
         return {"loss": float(loss), "accuracy": accuracy}
 
     def _squeeze(self, a):
@@ -180,6 +249,60 @@ class Trainer:
     def __repr__(self):
         return (f"Trainer(device={self.device!r}, dtype={np.dtype(self.dtype).name!r}, "
                 f"optimizer={self.optimizer!r}, loss={self.loss!r})")
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(z.dtype, copy=False)
+
+
+class _PlainBar:
+    """A progress bar for when tqdm is not installed."""
+
+    def __init__(self, total):
+        self.total, self.done = total, 0
+
+    def update(self, n=1):
+        self.done += n
+        filled = int(30 * self.done / self.total)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] epoch {self.done}/{self.total}")
+        sys.stderr.flush()
+
+    def set_postfix_str(self, text):
+        sys.stderr.write(f"  {text}")
+        sys.stderr.flush()
+
+    def close(self):
+        sys.stderr.write("\n")
+
+
+class _EpochProgress:
+    """One bar over the epochs, with the latest metrics beside it."""
+
+    def __init__(self, epochs):
+        try:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=epochs, unit="epoch", file=sys.stderr, mininterval=0.25)
+        except ImportError:
+            self.bar = _PlainBar(epochs)
+
+    def update(self, history, n_samples):
+        parts = [f"loss {history['loss'][-1]:.4f}"]
+        if "val_loss" in history:
+            parts += [f"val_loss {history['val_loss'][-1]:.4f}",
+                      f"val_acc {history['val_accuracy'][-1]:.4f}"]
+        parts.append(f"{n_samples / history['time'][-1]:,.0f} samples/s")
+        self.bar.update(1)
+        self.bar.set_postfix_str(", ".join(parts))
+
+    def close(self):
+        self.bar.close()
+
+
+def _progress_bar(epochs, progress):
+    if progress is None:
+        progress = sys.stderr.isatty()
+    return _EpochProgress(epochs) if progress else None
 
 
 def _sigmoid(z):

@@ -24,7 +24,8 @@ from . import cuda_ops as k
 from .cuda_gemm import gemm
 from .network import ACT, ACTIVATION, BATCHNORM, BUFFER, CACHE, DENSE, EPS, KIND, MOMENTUM
 from .network import N_IN, N_OUT, P_BIAS, P_WEIGHT
-from .optim import ADAM, RMSPROP, SGD, adam_scalars
+from .loss import BCE
+from .optim import RMSPROP, SGD, adam_scalars
 
 
 def empty(shape, dtype):
@@ -206,8 +207,9 @@ class DeviceOptimizer:
 class CudaTrainingSession:
     """One ``fit`` on the GPU: everything on the device from start to finish."""
 
-    def __init__(self, model, opt, X, Y, batch):
+    def __init__(self, model, opt, X, Y, batch, loss_kind):
         self.model = model
+        self.loss_kind = loss_kind
         self.dm = DeviceModel(model)
         self.opt = DeviceOptimizer(opt)
         self.X = cuda.to_device(X)
@@ -231,9 +233,8 @@ class CudaTrainingSession:
             k.gather_rows[k.grid_1d(n * cols), k.THREADS](self.X, self.Y, d_index, start, n,
                                                           ws.acts[0], ws.yb)
             forward(dm, ws, n, True)
-            logits = ws.acts[-1]
-            k.bce_with_logits[k.grid_1d(n * n_out), k.THREADS](
-                logits, ws.yb, n, 1.0 / (n * n_out), ws.grad(0, n_out), self.losses, n_batches)
+            loss_and_gradient(self.loss_kind, ws.acts[-1], ws.yb, n, ws.grad(0, n_out),
+                              self.losses, n_batches)
             backward(dm, ws, self.grads, n)
             self.opt.update(dm.params, self.grads)
             sizes[n_batches] = n
@@ -249,6 +250,16 @@ class CudaTrainingSession:
         """Copy weights, running statistics and optimizer state back to the host."""
         self.opt.copy_to_host()
         self.dm.copy_to_host(self.model)
+
+
+def loss_and_gradient(kind, z, y, n, dz, total, slot, stream=0):
+    """Adds the batch's mean loss to total[slot] and writes d loss / d z."""
+    if kind == BCE:
+        cols = z.shape[1]
+        k.bce_with_logits[k.grid_1d(n * cols), k.THREADS, stream](z, y, n, 1.0 / (n * cols), dz,
+                                                                 total, slot)
+    else:
+        k.cross_entropy[k.grid_1d(n), k.THREADS, stream](z, y, n, dz, total, slot)
 
 
 def predict_logits(dm, X, chunk=8192):

@@ -244,6 +244,31 @@ def bce_with_logits(z, y, n, scale, dz, total, slot):
 
 
 @cuda.jit
+def cross_entropy(z, y, n, dz, total, slot):
+    """One thread per row: dz = (softmax(z) * sum(y) - y) / n;
+    total[slot] += the row's sum_j y_j (logsumexp(z) - z_j) / n."""
+    r = cuda.grid(1)
+    value = 0.0
+    if r < n:
+        k = z.shape[1]
+        top = float64(z[r, 0])
+        for j in range(1, k):
+            top = max(top, float64(z[r, j]))
+        s = 0.0
+        for j in range(k):
+            s += math.exp(z[r, j] - top)
+        log_sum = math.log(s) + top
+        y_sum = 0.0
+        for j in range(k):
+            value += y[r, j] * (log_sum - z[r, j])
+            y_sum += y[r, j]
+        for j in range(k):
+            dz[r, j] = (math.exp(z[r, j] - log_sum) * y_sum - y[r, j]) / n
+        value /= n
+    _block_sum_into(value, total, slot)
+
+
+@cuda.jit
 def bce(z, y, n, scale, total, slot):
     i = cuda.grid(1)
     k = z.shape[1]
@@ -329,6 +354,7 @@ def signatures():
             "activation_backward": (activation_backward, (int64, m, m, int64, m)),
             "bce_with_logits": (bce_with_logits, (m, m, int64, float64, m, f64v, int64)),
             "bce": (bce, (m, m, int64, float64, f64v, int64)),
+            "cross_entropy": (cross_entropy, (m, m, int64, m, f64v, int64)),
             "sgd_update": (sgd_update, (v, v, v, dt, dt, dt, boolean, dt, boolean)),
             "rmsprop_update": (rmsprop_update, (v, v, v, v, v, dt, dt, dt, dt, dt, dt, boolean)),
             "adam_update": (adam_update, (v, v, v, v, dt, dt, dt, dt, dt, dt, boolean, dt, dt)),

@@ -1,4 +1,5 @@
-"""Binary cross-entropy, on probabilities and (stably) on logits.
+"""The losses: binary cross-entropy, on probabilities and (stably) on
+logits, and softmax cross-entropy on logits.
 
 Contract, shared by every version of the op:
     z, y     : (batch,) or (batch, k) probabilities or logits, and targets in [0, 1]
@@ -8,7 +9,14 @@ On probabilities: loss = mean(-[y log z + (1 - y) log(1 - z)]), each log
 clamped at -100 as torch.nn.functional.binary_cross_entropy does.
 On logits: loss = mean(max(z, 0) - z y + log(1 + exp(-|z|))), which is the
 same quantity for z = logit, computed without overflow.
+Cross-entropy (softmax + negative log-likelihood, torch.nn.CrossEntropyLoss):
+    z, y     : (batch, k) logits and target distributions (one-hot rows for
+               class labels)
+    loss     : float, mean over the batch of sum_j y_j (logsumexp(z) - z_j)
+    dlogits  : (softmax(z) * sum_j y_j - y) / batch
+    logsumexp is taken after subtracting the row maximum, so no exp overflows.
 The sums are accumulated in float64; the gradient is written in z's dtype.
+The loss codes name the losses inside the compiled engine.
 """
 
 import numpy as np
@@ -17,6 +25,9 @@ from numba import njit
 from .elementwise import bce_term, bce_with_logits_term, sigmoid
 
 _jit = njit(cache=True, error_model="numpy")
+
+BCE, CROSS_ENTROPY = 0, 1
+LOSS_CODES = {"bce": BCE, "cross_entropy": CROSS_ENTROPY}
 
 
 # ---- reference (NumPy) ----
@@ -33,6 +44,19 @@ def bce_with_logits_reference(z, y):
     e = np.exp(-np.abs(z))
     s = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
     return float(loss.mean()), (s - y) / z.size
+
+
+def cross_entropy_reference(z, y):
+    shifted = z - z.max(axis=1, keepdims=True)
+    log_sum = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    log_softmax = shifted - log_sum
+    loss = -(y * log_softmax).sum(axis=1).mean()
+    softmax = np.exp(log_softmax)
+    return float(loss), (softmax * y.sum(axis=1, keepdims=True) - y) / z.shape[0]
+
+
+def loss_reference(kind, z, y):
+    return bce_with_logits_reference(z, y) if kind == BCE else cross_entropy_reference(z, y)
 
 
 # ---- cpu (2-D inputs) ----
@@ -59,3 +83,34 @@ def bce_with_logits(z, y, dz):
             total += bce_with_logits_term(zr[j], yr[j])
             dzr[j] = (sigmoid(zr[j]) - yr[j]) * scale
     return total * scale
+
+
+@_jit
+def cross_entropy(z, y, dz):
+    """Returns the mean softmax cross-entropy and writes d loss / d z into dz."""
+    n, k = z.shape
+    total = 0.0
+    for i in range(n):
+        zr, yr, dzr = z[i], y[i], dz[i]
+        top = zr[0]
+        for j in range(1, k):
+            top = max(top, zr[j])
+        s = 0.0
+        for j in range(k):
+            s += np.exp(zr[j] - top)
+        log_sum = np.log(s) + top
+        y_sum = 0.0
+        for j in range(k):
+            total += yr[j] * (log_sum - zr[j])
+            y_sum += yr[j]
+        for j in range(k):
+            dzr[j] = (np.exp(zr[j] - log_sum) * y_sum - yr[j]) / n
+    return total / n
+
+
+@_jit
+def loss_and_gradient(kind, z, y, dz):
+    """The engine's loss: BCE on logits or softmax cross-entropy (by code)."""
+    if kind == BCE:
+        return bce_with_logits(z, y, dz)
+    return cross_entropy(z, y, dz)

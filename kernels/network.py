@@ -24,7 +24,9 @@ the BatchNorm output, is then never written; the ReLU backward only needs
 the ReLU's output).
     opt = (kind, hyper, state, step)   see kernels/optim.py; step is a (1,)
           int64 array holding the number of updates taken so far
-The loss is binary cross-entropy on the output logits, averaged over batch * k.
+The loss (``loss_kind``, codes in loss.py) is binary cross-entropy on the
+output logits averaged over batch * k, or softmax cross-entropy averaged over
+the batch (Y then holds one-hot rows).
 The cpu engine below runs a whole epoch in one compiled call, with no
 allocation beyond a few small per-layer scratch vectors; ``train_step`` and
 ``optimizer_update`` stay callable one batch at a time. The reference engine
@@ -43,7 +45,7 @@ from .batchnorm import (
 )
 from .dense import dense_backward, dense_backward_reference, dense_forward
 from .dense import dense_forward_reference
-from .loss import bce_with_logits, bce_with_logits_reference
+from .loss import loss_and_gradient, loss_reference
 from .optim import optimizer_update, optimizer_update_reference
 
 _jit = njit(cache=True, error_model="numpy")
@@ -162,7 +164,7 @@ def backward(net, ws, grads, n):
 
 
 @_jit
-def train_step(net, ws, grads, X, Y, index, start, n):
+def train_step(net, ws, grads, X, Y, index, start, n, loss_kind):
     """Forward and backward pass on rows index[start:start + n] of (X, Y).
 
     Leaves the gradients of every parameter in grads and returns the batch's
@@ -179,7 +181,7 @@ def train_step(net, ws, grads, X, Y, index, start, n):
     forward(net, ws, n, True)
     k = Y.shape[1]
     logits = _block(work, act_off[layers.shape[0]], n, k)
-    loss = bce_with_logits(logits, yb[:n], _block(gbuf[0], 0, n, k))
+    loss = loss_and_gradient(loss_kind, logits, yb[:n], _block(gbuf[0], 0, n, k))
     backward(net, ws, grads, n)
     return loss
 
@@ -193,7 +195,8 @@ def optimizer_step(net, grads, opt):
 
 
 @_jit
-def train_epoch(net, ws, grads, opt, X, Y, index, batch_size, skip_single, losses, sizes):
+def train_epoch(net, ws, grads, opt, X, Y, index, batch_size, skip_single, losses, sizes,
+                loss_kind):
     """One epoch of mini-batch training over rows ``index`` of (X, Y).
 
     Batch b covers index[b * batch_size:(b + 1) * batch_size]; a last batch
@@ -206,7 +209,7 @@ def train_epoch(net, ws, grads, opt, X, Y, index, batch_size, skip_single, losse
         n = min(batch_size, n_total - start)
         if n == 1 and skip_single:
             continue
-        loss = train_step(net, ws, grads, X, Y, index, start, n)
+        loss = train_step(net, ws, grads, X, Y, index, start, n, loss_kind)
         optimizer_step(net, grads, opt)
         losses[n_batches] = loss
         sizes[n_batches] = n
@@ -301,10 +304,10 @@ def backward_reference(net, acts, caches, dout, grads):
         dy = dx.astype(x.dtype, copy=False)
 
 
-def train_step_reference(net, ws, grads, X, Y, index, start, n):
+def train_step_reference(net, ws, grads, X, Y, index, start, n, loss_kind):
     rows = index[start:start + n]
     acts, caches = forward_reference(net, X[rows], True)
-    loss, dlogits = bce_with_logits_reference(acts[-1], Y[rows])
+    loss, dlogits = loss_reference(loss_kind, acts[-1], Y[rows])
     backward_reference(net, acts, caches, dlogits.astype(X.dtype, copy=False), grads)
     return loss
 
@@ -316,13 +319,14 @@ def optimizer_step_reference(net, grads, opt):
 
 
 def train_epoch_reference(net, ws, grads, opt, X, Y, index, batch_size, skip_single,
-                          losses, sizes):
+                          losses, sizes, loss_kind):
     n_batches = 0
     for start in range(0, index.shape[0], batch_size):
         n = min(batch_size, index.shape[0] - start)
         if n == 1 and skip_single:
             continue
-        losses[n_batches] = train_step_reference(net, ws, grads, X, Y, index, start, n)
+        losses[n_batches] = train_step_reference(net, ws, grads, X, Y, index, start, n,
+                                                 loss_kind)
         optimizer_step_reference(net, grads, opt)
         sizes[n_batches] = n
         n_batches += 1

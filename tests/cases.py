@@ -36,6 +36,7 @@ TEST_SHAPES = {
     "batchnorm_backward": [(2, 1), (2, 7), (33, 13), (1000, 3), (256, 256)],
     "bce": [(2, 1), (37, 3), (1000, 1)],
     "bce_with_logits": [(2, 1), (37, 3), (1000, 1), (4096, 1)],
+    "cross_entropy": [(2, 2), (37, 5), (1000, 10)],
     "dense_forward": [(2, 1, 1), (2, 7, 5), (33, 13, 17), (256, 256, 256)],
     "dense_backward": [(2, 1, 1), (2, 7, 5), (33, 13, 17), (256, 256, 256)],
     "relu": [(2, 7), (33, 13)],
@@ -55,6 +56,7 @@ BENCH_SHAPES = {
     "batchnorm_forward": [(64, 64), (256, 256), (1024, 1024)],
     "batchnorm_backward": [(64, 64), (256, 256), (1024, 1024)],
     "bce_with_logits": [(64, 1), (1024, 1), (65536, 1)],
+    "cross_entropy": [(64, 10), (1024, 10), (65536, 10)],
     "dense_forward": [(64, 64, 64), (256, 256, 256), (1024, 1024, 1024)],
     "dense_backward": [(64, 64, 64), (256, 256, 256), (1024, 1024, 1024)],
     "sgd": [(4096,), (65536,), (1 << 20,)],
@@ -104,6 +106,8 @@ def make_inputs(case, dtype, seed=0):
                     y=rng.uniform(0, 1, shape).astype(dtype))
     if op == "bce_with_logits":
         return dict(logits=normal(*shape) * 4, y=(rng.uniform(size=shape) > 0.5).astype(dtype))
+    if op == "cross_entropy":
+        return dict(logits=normal(*shape) * 4, y=rng.integers(0, shape[1], shape[0]).astype(dtype))
     if op in ("dense_forward", "dense_backward"):
         n, n_in, n_out = shape
         inputs = dict(x=normal(n, n_in), w=normal(n_out, n_in) / np.sqrt(n_in).astype(dtype))
@@ -133,6 +137,8 @@ def run(case, backend, inputs):
         return (ops.bce(a["z"], a["y"], backend=backend),)
     if op == "bce_with_logits":
         return ops.bce_with_logits(a["logits"], a["y"], backend=backend)
+    if op == "cross_entropy":
+        return ops.cross_entropy(a["logits"], a["y"], backend=backend)
     if op == "dense_forward":
         return (ops.dense_forward(a["x"], a["w"], a["b"], backend=backend),)
     if op == "dense_backward":

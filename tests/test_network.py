@@ -7,6 +7,7 @@ import pytest
 import fastnn as fn
 from fastnn.backends import get_backend, new_workspace
 from fastnn.kernels import network as nw
+from fastnn.kernels.loss import BCE, CROSS_ENTROPY, loss_reference
 
 
 def make_model(activation=fn.ReLU, seed=0, n_in=5, n_out=2):
@@ -15,42 +16,46 @@ def make_model(activation=fn.ReLU, seed=0, n_in=5, n_out=2):
                          fn.Dense(6, n_out), seed=seed)
 
 
-def batch_loss(model, X, Y):
+def batch_loss(model, X, Y, loss_kind=BCE):
     """Training-mode loss of one batch, without touching the model."""
     net = model.net()
     net = (net[0], net[1], net[2], net[3].copy(), net[4].copy())
     acts, _ = nw.forward_reference(net, X, True)
-    loss, _ = fn.ops.bce_with_logits(acts[-1], Y, backend="numpy")
+    loss, _ = loss_reference(loss_kind, acts[-1], Y)
     return loss
 
 
-def engine_gradient(model, X, Y, device):
+def engine_gradient(model, X, Y, device, loss_kind=BCE):
     """(loss, grads) from one engine train_step over the whole of X."""
     backend = get_backend(device)
     ws = new_workspace(model, X.shape[0], Y.shape[1])
     grads = np.zeros_like(model.params)
     loss = backend.engine_train_step(model.net(), ws, grads, X, Y, np.arange(X.shape[0]), 0,
-                                     X.shape[0])
+                                     X.shape[0], loss_kind)
     return loss, grads
 
 
+@pytest.mark.parametrize("loss_kind", [BCE, CROSS_ENTROPY], ids=["bce", "cross_entropy"])
 @pytest.mark.parametrize("device", ["numpy", "cpu"])
 @pytest.mark.parametrize("activation", [fn.ReLU, fn.Sigmoid, fn.Tanh])
-def test_gradients_match_central_finite_differences(activation, device):
+def test_gradients_match_central_finite_differences(activation, device, loss_kind):
     rng = np.random.default_rng(3)
-    model = make_model(activation)
+    model = make_model(activation, n_out=3)
     X = rng.normal(size=(9, 5))
-    Y = rng.uniform(size=(9, 2))
-    loss, grads = engine_gradient(model, X, Y, device)
-    assert loss == pytest.approx(batch_loss(model, X, Y), rel=1e-12)
+    if loss_kind == BCE:
+        Y = rng.uniform(size=(9, 3))
+    else:  # one-hot rows, as the Trainer builds them from labels
+        Y = np.eye(3)[rng.integers(0, 3, 9)]
+    loss, grads = engine_gradient(model, X, Y, device, loss_kind)
+    assert loss == pytest.approx(batch_loss(model, X, Y, loss_kind), rel=1e-12)
     h = 1e-6
     numeric = np.empty_like(grads)
     for i in range(model.n_params):
         saved = model.params[i]
         model.params[i] = saved + h
-        up = batch_loss(model, X, Y)
+        up = batch_loss(model, X, Y, loss_kind)
         model.params[i] = saved - h
-        down = batch_loss(model, X, Y)
+        down = batch_loss(model, X, Y, loss_kind)
         model.params[i] = saved
         numeric[i] = (up - down) / (2 * h)
     # central differences: truncation O(h^2) ~ 1e-12, rounding ~ 1e-16 / h ~ 1e-10

@@ -1,0 +1,107 @@
+"""Early stopping and learning-rate schedules for ``Trainer.fit``."""
+
+import math
+
+from . import _validation as v
+
+MONITORS = {"val_loss": "min", "loss": "min", "val_accuracy": "max"}
+
+
+class EarlyStopping:
+    """Stop when a monitored metric has not improved for ``patience`` epochs.
+
+    Parameters
+    ----------
+    patience : int >= 1
+    monitor : {'val_loss', 'val_accuracy', 'loss'}
+        The val_* metrics need ``validation_data``.
+    min_delta : float >= 0
+        An improvement smaller than this does not count.
+    restore_best : bool
+        When training stops (early or at the last epoch), put back the weights
+        and running statistics of the best epoch.
+
+    Attributes (after a fit)
+    ------------------------
+    best_epoch : int, 0-based epoch of the best value; best_value : float;
+    stopped_epoch : int or None, the epoch after which training stopped early.
+    """
+
+    def __init__(self, patience=5, monitor="val_loss", min_delta=0.0, restore_best=True):
+        self.patience = v.check_int(patience, "patience")
+        self.monitor = v.check_choice(monitor, "monitor", MONITORS)
+        self.min_delta = v.check_float(min_delta, "min_delta", low=0.0)
+        self.restore_best = v.check_bool(restore_best, "restore_best")
+        self.reset()
+
+    def reset(self):
+        self.best_value, self.best_epoch, self.stopped_epoch = None, None, None
+        self._wait, self._best_state = 0, None
+
+    def update(self, epoch, value, model):
+        """Record one epoch's metric; returns True when training should stop."""
+        better = (self.best_value is None or
+                  (value < self.best_value - self.min_delta if MONITORS[self.monitor] == "min"
+                   else value > self.best_value + self.min_delta))
+        if better:
+            self.best_value, self.best_epoch, self._wait = value, epoch, 0
+            if self.restore_best:
+                self._best_state = (model.params.copy(), model.buffers.copy(),
+                                    model.counts.copy())
+            return False
+        self._wait += 1
+        if self._wait >= self.patience:
+            self.stopped_epoch = epoch
+            return True
+        return False
+
+    def restore(self, model):
+        if self.restore_best and self._best_state is not None:
+            params, buffers, counts = self._best_state
+            model.params[:], model.buffers[:], model.counts[:] = params, buffers, counts
+
+    def __repr__(self):
+        return (f"EarlyStopping(patience={self.patience}, monitor={self.monitor!r}, "
+                f"min_delta={self.min_delta}, restore_best={self.restore_best})")
+
+
+class StepDecay:
+    """lr(epoch) = initial_lr * gamma ** (epoch // step_size), as
+    torch.optim.lr_scheduler.StepLR. ``initial_lr`` defaults to the
+    optimizer's lr when the fit starts."""
+
+    def __init__(self, step_size, gamma=0.1, initial_lr=None):
+        self.step_size = v.check_int(step_size, "step_size")
+        self.gamma = v.check_float(gamma, "gamma", low=0.0, low_inclusive=False)
+        self.initial_lr = (None if initial_lr is None else
+                           v.check_float(initial_lr, "initial_lr", low=0.0, low_inclusive=False))
+
+    def __call__(self, epoch, initial_lr=None):
+        base = self.initial_lr if self.initial_lr is not None else initial_lr
+        return base * self.gamma ** (epoch // self.step_size)
+
+
+class CosineDecay:
+    """lr(epoch) = eta_min + (initial_lr - eta_min) (1 + cos(pi epoch / t_max)) / 2,
+    as torch.optim.lr_scheduler.CosineAnnealingLR (held at eta_min after t_max)."""
+
+    def __init__(self, t_max, eta_min=0.0, initial_lr=None):
+        self.t_max = v.check_int(t_max, "t_max")
+        self.eta_min = v.check_float(eta_min, "eta_min", low=0.0)
+        self.initial_lr = (None if initial_lr is None else
+                           v.check_float(initial_lr, "initial_lr", low=0.0, low_inclusive=False))
+
+    def __call__(self, epoch, initial_lr=None):
+        base = self.initial_lr if self.initial_lr is not None else initial_lr
+        t = min(epoch, self.t_max)
+        return self.eta_min + (base - self.eta_min) * (1 + math.cos(math.pi * t / self.t_max)) / 2
+
+
+def schedule_lr(schedule, epoch, initial_lr):
+    """The lr of ``epoch`` (0-based) under a schedule object or any callable."""
+    if isinstance(schedule, (StepDecay, CosineDecay)):
+        lr = schedule(epoch, initial_lr)
+    else:
+        lr = schedule(epoch)
+    lr = v.check_float(lr, f"lr_schedule({epoch})", low=0.0, low_inclusive=False)
+    return lr
