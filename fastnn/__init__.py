@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 from . import ops
 from .callbacks import CosineDecay, EarlyStopping, StepDecay
+from .interop import from_torch
 from .io import load, save
 from .layers import BatchNorm, Dense, ReLU, Sequential, Sigmoid, Tanh
 from .optim import SGD, Adam, AdamW, Optimizer, RMSprop
@@ -18,4 +19,4 @@ from .trainer import Trainer
 
 __all__ = ["Sequential", "Dense", "BatchNorm", "ReLU", "Sigmoid", "Tanh", "Trainer", "SGD",
            "RMSprop", "Adam", "AdamW", "Optimizer", "EarlyStopping", "StepDecay", "CosineDecay",
-           "save", "load", "ops", "__version__"]
+           "save", "load", "from_torch", "ops", "__version__"]

@@ -106,21 +106,7 @@ def _torch_prepare(network, optimizer, X, y):
 
 def torch_model(model):
     """The equivalent torch.nn.Sequential, with a copy of model's weights."""
-    import torch
-    import fastnn as fn
-    modules = []
-    for layer in model.layers:
-        if isinstance(layer, fn.Dense):
-            modules.append(torch.nn.Linear(layer.in_features, layer.out_features,
-                                           bias=layer.use_bias))
-        elif isinstance(layer, fn.BatchNorm):
-            modules.append(torch.nn.BatchNorm1d(layer.num_features, eps=layer.eps,
-                                                momentum=layer.momentum))
-        else:
-            modules.append(getattr(torch.nn, type(layer).__name__)())
-    tmodel = torch.nn.Sequential(*modules)
-    tmodel.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()})
-    return tmodel.to(getattr(torch, np.dtype(model.dtype).name))
+    return model.to_torch()
 
 
 def _jax_prepare(network, optimizer, X, y):

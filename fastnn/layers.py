@@ -389,6 +389,12 @@ class Sequential:
                 buf, offset, shape = slot
                 getattr(self, buf)[offset:offset + int(np.prod(shape))] = staged[key].ravel()
 
+    def to_torch(self):
+        """The equivalent torch.nn.Sequential with a copy of the weights
+        (needs torch; see fastnn.interop)."""
+        from .interop import to_torch
+        return to_torch(self)
+
     def config(self):
         """JSON-ready description of the architecture."""
         return [{"type": type(layer).__name__, **layer._config()} for layer in self.layers]

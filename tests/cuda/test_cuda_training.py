@@ -64,3 +64,18 @@ def test_auto_picks_cuda_when_a_gpu_is_usable(monkeypatch):
     assert trainer.backend.describe().startswith("cuda (")
     monkeypatch.setenv("FASTNN_DEVICE", "cpu")
     assert fn.Trainer(model(), device="auto").device == "cpu"
+
+
+def test_cuda_cross_entropy_training_matches_cpu():
+    rng = np.random.default_rng(1)
+    X, labels = rng.normal(size=(9, 5)), rng.integers(0, 3, 9)
+    results = {}
+    for device in ("cpu", "cuda"):
+        m = fn.Sequential(fn.Dense(5, 6, bias=False), fn.BatchNorm(6), fn.ReLU(), fn.Dense(6, 3),
+                          seed=0)
+        trainer = fn.Trainer(m, optimizer=fn.Adam(lr=0.01), loss="cross_entropy", device=device,
+                             dtype="float64", seed=0)
+        history = trainer.fit(X, labels, epochs=2, batch_size=4)
+        results[device] = history["loss"], m.params.copy(), trainer.predict_proba(X)
+    for a, b in zip(results["cuda"], results["cpu"]):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)

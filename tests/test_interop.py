@@ -1,0 +1,54 @@
+"""PyTorch round trip: fn.from_torch and Sequential.to_torch."""
+
+import numpy as np
+import pytest
+
+import fastnn as fn
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_torch_round_trip_keeps_weights_statistics_and_predictions(dtype):
+    torch.manual_seed(0)
+    tmodel = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.BatchNorm1d(7, momentum=None),
+                                 torch.nn.ReLU(), torch.nn.Linear(7, 4, bias=False), torch.nn.Tanh(),
+                                 torch.nn.Linear(4, 3), torch.nn.Sigmoid(), torch.nn.Linear(3, 1))
+    tmodel = tmodel.to(dtype)
+    with torch.no_grad():  # non-trivial running statistics
+        tmodel.train()
+        for _ in range(3):
+            tmodel(torch.randn(16, 5, dtype=dtype))
+    model = fn.from_torch(tmodel)
+    assert model.dtype == np.dtype(str(dtype).split(".")[1])
+    assert model.layers[1].momentum is None and model.layers[1].num_batches_tracked == 3
+    X = np.random.default_rng(0).normal(size=(9, 5)).astype(model.dtype)
+    tmodel.eval()
+    expected = torch.sigmoid(tmodel(torch.from_numpy(X)))[:, 0].detach().numpy()
+    trainer = fn.Trainer(model, device="cpu", dtype=model.dtype)
+    np.testing.assert_allclose(trainer.predict_proba(X), expected,
+                               rtol=1e-5 if dtype == torch.float32 else 1e-12)
+    back = model.to_torch()
+    for key, value in tmodel.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key
+
+
+def test_unsupported_layers_are_named():
+    with pytest.raises(ValueError, match=r"module\[1\].*Dropout"):
+        fn.from_torch(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Dropout(0.1)))
+    with pytest.raises(ValueError, match="affine"):
+        fn.from_torch(torch.nn.Sequential(torch.nn.Linear(3, 3),
+                                          torch.nn.BatchNorm1d(3, affine=False)))
+    with pytest.raises(TypeError, match="Sequential"):
+        fn.from_torch(torch.nn.Linear(3, 3))
+
+
+def test_trained_model_exports_to_torch_and_keeps_training_there():
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(64, 4)), (rng.uniform(size=64) > 0.5) * 1.0
+    model = fn.Sequential(fn.Dense(4, 8), fn.BatchNorm(8), fn.ReLU(), fn.Dense(8, 1), seed=0)
+    trainer = fn.Trainer(model, device="cpu", dtype="float64", seed=0)
+    trainer.fit(X, y, epochs=2, batch_size=16)
+    tmodel = model.to_torch().eval()
+    z = tmodel(torch.from_numpy(X))[:, 0].detach().numpy()
+    np.testing.assert_allclose(1 / (1 + np.exp(-z)), trainer.predict_proba(X), rtol=1e-12)
