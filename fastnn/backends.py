@@ -34,11 +34,16 @@ class HostSession:
         self.loss_kind = loss_kind
         self.ws = new_workspace(model, batch, Y.shape[1])
         self.grads = np.zeros_like(model.params)
+        self.guard = (np.empty((2, model.params.size), model.dtype),
+                      np.empty((2, model.buffers.size), model.dtype),
+                      np.empty((2, model.counts.size), np.int64), np.zeros(1, np.int64))
 
     def train_epoch(self, index, batch_size, skip_single, losses, sizes):
+        """Returns the number of batches trained, or -b when batch b (1-based)
+        had a non-finite loss (the last good state is then restored)."""
         return self.backend.engine_train_epoch(self.model.net(), self.ws, self.grads, self.opt,
                                                self.X, self.Y, index, batch_size, skip_single,
-                                               losses, sizes, self.loss_kind)
+                                               losses, sizes, self.loss_kind, self.guard)
 
     def logits(self, X):
         return self.backend.predict_logits(self.model, X)

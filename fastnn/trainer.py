@@ -63,10 +63,11 @@ class Trainer:
         self.optimizer = optimizer
         self.seed = seed
         self.rng = np.random.default_rng(seed)
+        self.nonfinite = None  # (epoch, batch) where the last fit met a non-finite loss
 
     # ---- training ----
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
-            progress=None, early_stopping=None, lr_schedule=None):
+            progress=None, early_stopping=None, lr_schedule=None, on_nonfinite="raise"):
         """Mini-batch training.
 
         Parameters
@@ -90,6 +91,14 @@ class Trainer:
         lr_schedule : StepDecay, CosineDecay, callable epoch -> lr, or None
             Sets the optimizer's lr at the start of each epoch (0-based,
             counted within this fit).
+        on_nonfinite : {'raise', 'stop'}
+            When a batch's loss is NaN or infinite (a diverging run), training
+            stops at that batch and the weights and running statistics of the
+            last step with a finite loss are put back (on cuda, where losses
+            are read once per epoch: those of the start of the epoch). Then
+            'raise' raises FloatingPointError naming the epoch and batch;
+            'stop' returns the history so far and sets ``self.nonfinite``
+            to (epoch, batch), both 1-based.
 
         Returns
         -------
@@ -112,6 +121,7 @@ class Trainer:
                             f"{type(early_stopping).__name__}")
         if lr_schedule is not None and not callable(lr_schedule):
             raise TypeError("lr_schedule must be StepDecay, CosineDecay or a callable epoch -> lr")
+        on_nonfinite = v.check_choice(on_nonfinite, "on_nonfinite", ("raise", "stop"))
         if model.has_batchnorm:
             if batch_size < 2:
                 raise ValueError("batch_size must be >= 2 for a model with BatchNorm "
@@ -142,6 +152,7 @@ class Trainer:
         if early_stopping is not None:
             early_stopping.reset()
         bar = _progress_bar(epochs, progress)
+        self.nonfinite = None
         session = self.backend.start_fit(model, opt, X, Y, batch_size, LOSS_CODES[self.loss])
         try:
             for epoch in range(epochs):
@@ -151,6 +162,15 @@ class Trainer:
                     opt[1][0] = lrs[epoch]  # the kernels read the lr from here
                 index = self.rng.permutation(n) if shuffle else np.arange(n)
                 done = session.train_epoch(index, batch_size, model.has_batchnorm, losses, sizes)
+                if done < 0:  # batch -done had a non-finite loss; the last good state is back
+                    self.nonfinite = (epoch + 1, -done)
+                    if on_nonfinite == "raise":
+                        raise FloatingPointError(
+                            f"non-finite loss ({losses[-done - 1]}) at epoch {epoch + 1}, batch "
+                            f"{-done}: training stopped and the weights of the last step with a "
+                            f"finite loss were restored; lower the learning rate or check the "
+                            f"inputs' scale")
+                    break
                 history["loss"].append(float(np.dot(losses[:done], sizes[:done]) /
                                              sizes[:done].sum()))
                 history["lr"].append(self.optimizer.lr)

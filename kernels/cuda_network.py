@@ -40,6 +40,13 @@ def empty(shape, dtype):
     return a
 
 
+def _copy(a):
+    """A device-side copy of a device array."""
+    out = cuda.device_array(a.shape, a.dtype)
+    out.copy_to_device(a)
+    return out
+
+
 class DeviceModel:
     """The model's flat buffers on the device, with per-layer views."""
 
@@ -219,7 +226,12 @@ class CudaTrainingSession:
         self.losses = empty(math.ceil(X.shape[0] / batch), np.float64)
 
     def train_epoch(self, index, batch_size, skip_single, losses, sizes):
+        """As the host sessions' train_epoch. The losses are only seen at the
+        end of the epoch, so after a non-finite loss the state from the start
+        of the epoch is put back (the last state known to be good)."""
         dm, ws = self.dm, self.ws
+        saved = (_copy(dm.params), _copy(dm.buffers), dm.counts.copy(), _copy(self.opt.state),
+                 self.opt.step)
         d_index = cuda.to_device(index.astype(np.int64, copy=False))
         n_total = index.shape[0]
         k.fill[k.grid_1d(self.losses.shape[0]), k.THREADS](self.losses, 0.0)
@@ -241,6 +253,14 @@ class CudaTrainingSession:
             n_batches += 1
         if n_batches:  # the one synchronization of the epoch
             self.losses[:n_batches].copy_to_host(losses[:n_batches])
+        bad = np.flatnonzero(~np.isfinite(losses[:n_batches]))
+        if bad.size:
+            dm.params.copy_to_device(saved[0])
+            dm.buffers.copy_to_device(saved[1])
+            dm.counts[:] = saved[2]
+            self.opt.state.copy_to_device(saved[3])
+            self.opt.step = saved[4]
+            return -int(bad[0] + 1)
         return n_batches
 
     def logits(self, X):

@@ -24,6 +24,10 @@ the BatchNorm output, is then never written; the ReLU backward only needs
 the ReLU's output).
     opt = (kind, hyper, state, step)   see kernels/optim.py; step is a (1,)
           int64 array holding the number of updates taken so far
+guard = (params (2, P), buffers (2, R), counts (2, L), taken (1,) int64)
+    two snapshots of the model state, taken alternately before each batch,
+    so that when a batch's loss is not finite the state before the previous
+    batch (the last one whose loss was finite) can be put back.
 The loss (``loss_kind``, codes in loss.py) is binary cross-entropy on the
 output logits averaged over batch * k, or softmax cross-entropy averaged over
 the batch (Y then holds one-hot rows).
@@ -194,14 +198,42 @@ def optimizer_step(net, grads, opt):
     optimizer_update(kind, hyper, step[0], net[2], grads, state)
 
 
+def snapshot_state(net, guard):
+    """Copy the model state into the guard's next snapshot slot."""
+    params, buffers, counts = net[2], net[3], net[4]
+    snap_params, snap_buffers, snap_counts, taken = guard
+    slot = taken[0] % 2
+    snap_params[slot, :] = params
+    snap_buffers[slot, :] = buffers
+    snap_counts[slot, :] = counts
+    taken[0] += 1
+
+
+def restore_last_good(net, guard):
+    """Put back the state from before the previous batch (the last one with a
+    finite loss), or from before this batch if it was the first."""
+    params, buffers, counts = net[2], net[3], net[4]
+    snap_params, snap_buffers, snap_counts, taken = guard
+    slot = (taken[0] - 2) % 2 if taken[0] >= 2 else 0
+    params[:] = snap_params[slot]
+    buffers[:] = snap_buffers[slot]
+    counts[:] = snap_counts[slot]
+
+
+_snapshot_state = _jit(snapshot_state)
+_restore_last_good = _jit(restore_last_good)
+
+
 @_jit
 def train_epoch(net, ws, grads, opt, X, Y, index, batch_size, skip_single, losses, sizes,
-                loss_kind):
+                loss_kind, guard):
     """One epoch of mini-batch training over rows ``index`` of (X, Y).
 
     Batch b covers index[b * batch_size:(b + 1) * batch_size]; a last batch
     of one row is skipped when ``skip_single`` (BatchNorm needs two rows).
     Writes each batch's mean loss and size; returns the number of batches.
+    If a batch's loss is not finite, the epoch stops there, the last good
+    state is restored (see ``guard``) and -(number of that batch) is returned.
     """
     n_total = index.shape[0]
     n_batches = 0
@@ -209,11 +241,15 @@ def train_epoch(net, ws, grads, opt, X, Y, index, batch_size, skip_single, losse
         n = min(batch_size, n_total - start)
         if n == 1 and skip_single:
             continue
+        _snapshot_state(net, guard)
         loss = train_step(net, ws, grads, X, Y, index, start, n, loss_kind)
-        optimizer_step(net, grads, opt)
         losses[n_batches] = loss
         sizes[n_batches] = n
         n_batches += 1
+        if not np.isfinite(loss):
+            _restore_last_good(net, guard)
+            return -n_batches
+        optimizer_step(net, grads, opt)
     return n_batches
 
 
@@ -319,17 +355,23 @@ def optimizer_step_reference(net, grads, opt):
 
 
 def train_epoch_reference(net, ws, grads, opt, X, Y, index, batch_size, skip_single,
-                          losses, sizes, loss_kind):
+                          losses, sizes, loss_kind, guard):
     n_batches = 0
     for start in range(0, index.shape[0], batch_size):
         n = min(batch_size, index.shape[0] - start)
         if n == 1 and skip_single:
             continue
-        losses[n_batches] = train_step_reference(net, ws, grads, X, Y, index, start, n,
-                                                 loss_kind)
-        optimizer_step_reference(net, grads, opt)
+        snapshot_state(net, guard)
+        with np.errstate(all="ignore"):  # a diverging run is reported, not warned about
+            losses[n_batches] = train_step_reference(net, ws, grads, X, Y, index, start, n,
+                                                     loss_kind)
         sizes[n_batches] = n
         n_batches += 1
+        if not np.isfinite(losses[n_batches - 1]):
+            restore_last_good(net, guard)
+            return -n_batches
+        with np.errstate(all="ignore"):
+            optimizer_step_reference(net, grads, opt)
     return n_batches
 
 

@@ -115,3 +115,31 @@ def test_cross_entropy_refuses_bad_labels_and_single_output_models():
             trainer.fit(np.zeros((3, 2)), bad)
     with pytest.raises(ValueError, match="at least 2 outputs"):
         fn.Trainer(fn.Sequential(fn.Dense(2, 1)), loss="cross_entropy")
+
+
+@pytest.mark.parametrize("device", ["cpu", "numpy"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_divergence_raises_naming_epoch_and_batch_and_restores_finite_weights(device, dtype):
+    X, y = make_data(256, n_features=6, seed=0)
+    # two linear layers and an absurd learning rate: the logits overflow
+    model = fn.Sequential(fn.Dense(6, 16), fn.Dense(16, 1), seed=0)
+    trainer = fn.Trainer(model, optimizer=fn.SGD(lr=1e300), device=device, dtype=dtype, seed=0)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss .* at epoch \d+, batch \d+"):
+        trainer.fit(X, y, epochs=5, batch_size=32)
+    epoch, batch = trainer.nonfinite
+    assert epoch >= 1 and batch >= 1
+    assert np.isfinite(model.params).all() and np.isfinite(model.buffers).all()
+    # the restored weights give a finite loss
+    assert np.isfinite(trainer.evaluate(X, y)["loss"])
+
+
+def test_divergence_with_stop_returns_the_history_so_far():
+    X, y = make_data(256, n_features=6, seed=0)
+    model = fn.Sequential(fn.Dense(6, 16), fn.BatchNorm(16), fn.ReLU(), fn.Dense(16, 1), seed=0)
+    trainer = fn.Trainer(model, optimizer=fn.SGD(lr=1e300), device="cpu", dtype="float32", seed=0)
+    history = trainer.fit(X, y, epochs=5, batch_size=32, on_nonfinite="stop")
+    assert trainer.nonfinite is not None
+    assert len(history["loss"]) == trainer.nonfinite[0] - 1
+    assert np.isfinite(model.params).all() and np.isfinite(model.buffers).all()
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        trainer.fit(X, y, on_nonfinite="ignore")

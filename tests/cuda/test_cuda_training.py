@@ -79,3 +79,14 @@ def test_cuda_cross_entropy_training_matches_cpu():
         results[device] = history["loss"], m.params.copy(), trainer.predict_proba(X)
     for a, b in zip(results["cuda"], results["cpu"]):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_cuda_divergence_restores_the_start_of_the_epoch():
+    rng = np.random.default_rng(2)
+    X, y = rng.normal(size=(8, 3)), (rng.uniform(size=8) > 0.5) * 1.0
+    model = fn.Sequential(fn.Dense(3, 2), fn.Dense(2, 1), seed=0)
+    start = model.params.copy()
+    trainer = fn.Trainer(model, optimizer=fn.SGD(lr=1e300), device="cuda", dtype="float64")
+    with pytest.raises(FloatingPointError, match="epoch 1, batch"):
+        trainer.fit(X, y, epochs=2, batch_size=4)
+    np.testing.assert_array_equal(model.params, start)
