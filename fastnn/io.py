@@ -41,6 +41,12 @@ def save(model, path):
         arrays[_MEAN] = np.asarray(model.preprocessing["mean"], np.float64)
         arrays[_SCALE] = np.asarray(model.preprocessing["scale"], np.float64)
     arrays[_META] = np.array(json.dumps(meta))
+    write_npz_atomically(path, arrays)
+
+
+def write_npz_atomically(path, arrays):
+    """np.savez to a temporary file beside ``path``, fsync, rename over
+    ``path``, fsync the directory: a crash leaves the old file or the new one."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".fastnn-", suffix=".tmp", dir=directory)
     try:

@@ -1,5 +1,6 @@
 """The Trainer: mini-batch training of a Sequential model on one backend."""
 
+import os
 import sys
 import time
 
@@ -8,6 +9,7 @@ import numpy as np
 from fastnn.kernels.loss import LOSS_CODES, loss_reference
 
 from . import _validation as v
+from . import checkpoint
 from .backends import get_backend, resolve_device
 from .callbacks import EarlyStopping, schedule_lr
 from .layers import Sequential
@@ -67,7 +69,8 @@ class Trainer:
 
     # ---- training ----
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
-            progress=None, early_stopping=None, lr_schedule=None, on_nonfinite="raise"):
+            progress=None, early_stopping=None, lr_schedule=None, on_nonfinite="raise",
+            checkpoint_dir=None, checkpoint_every=1, resume=False):
         """Mini-batch training.
 
         Parameters
@@ -99,6 +102,18 @@ class Trainer:
             'raise' raises FloatingPointError naming the epoch and batch;
             'stop' returns the history so far and sets ``self.nonfinite``
             to (epoch, batch), both 1-based.
+        checkpoint_dir : path or None
+            Write a checkpoint there every ``checkpoint_every`` epochs and
+            after the last: weights, running statistics, optimizer state, the
+            shuffling generator's state, epoch and history, atomically and
+            with a checksum (see fastnn.checkpoint); the newest 3 are kept.
+        checkpoint_every : int >= 1
+        resume : bool
+            Continue from the newest valid checkpoint in ``checkpoint_dir``
+            (corrupted ones are skipped with a warning), training until
+            ``epochs`` epochs are complete in all; from scratch if there is
+            none. An interrupted and resumed run ends with the same weights,
+            bit for bit, as an uninterrupted one (same device).
 
         Returns
         -------
@@ -122,6 +137,12 @@ class Trainer:
         if lr_schedule is not None and not callable(lr_schedule):
             raise TypeError("lr_schedule must be StepDecay, CosineDecay or a callable epoch -> lr")
         on_nonfinite = v.check_choice(on_nonfinite, "on_nonfinite", ("raise", "stop"))
+        checkpoint_every = v.check_int(checkpoint_every, "checkpoint_every")
+        resume = v.check_bool(resume, "resume")
+        if checkpoint_dir is not None:
+            checkpoint_dir = os.fspath(checkpoint_dir)
+        elif resume:
+            raise ValueError("resume=True needs checkpoint_dir")
         if model.has_batchnorm:
             if batch_size < 2:
                 raise ValueError("batch_size must be >= 2 for a model with BatchNorm "
@@ -143,19 +164,27 @@ class Trainer:
 
         n = X.shape[0]
         batch_size = min(batch_size, n)  # one batch of everything at most
+        first_epoch, history = 0, None
+        if resume:
+            found = checkpoint.newest_valid_checkpoint(checkpoint_dir)
+            if found is not None:
+                first_epoch, history = checkpoint.restore(*found, model, self.optimizer,
+                                                          self.rng)
         opt = self.optimizer.engine_state(model.n_params, model.dtype)
         n_batches = -(-n // batch_size)
         losses, sizes = np.zeros(n_batches), np.zeros(n_batches, np.int64)
-        history = {"loss": [], "lr": [], "time": []}
+        if history is None:
+            history = {"loss": [], "lr": [], "time": []}
         if val is not None:
-            history.update(val_loss=[], val_accuracy=[])
+            history.setdefault("val_loss", [])
+            history.setdefault("val_accuracy", [])
         if early_stopping is not None:
             early_stopping.reset()
         bar = _progress_bar(epochs, progress)
         self.nonfinite = None
         session = self.backend.start_fit(model, opt, X, Y, batch_size, LOSS_CODES[self.loss])
         try:
-            for epoch in range(epochs):
+            for epoch in range(first_epoch, epochs):
                 start = time.perf_counter()
                 if lrs is not None:
                     self.optimizer.lr = lrs[epoch]
@@ -181,6 +210,11 @@ class Trainer:
                     history["val_accuracy"].append(scores["accuracy"])
                 if bar is not None:
                     bar.update(history, n)
+                if checkpoint_dir is not None and ((epoch + 1) % checkpoint_every == 0
+                                                   or epoch + 1 == epochs):
+                    session.finish()  # the state on the host is what gets written
+                    checkpoint.save_checkpoint(checkpoint_dir, epoch + 1, model, self.optimizer,
+                                               self.rng, history)
                 if early_stopping is not None:
                     if early_stopping.restore_best:
                         session.finish()  # the best weights must be on the host to be kept

@@ -1,0 +1,134 @@
+"""Crash-safe checkpoints: resume gives the uninterrupted run's weights bit
+for bit, also after SIGKILL at random moments; damaged checkpoints are
+skipped with a warning."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import fastnn as fn
+from fastnn.checkpoint import list_checkpoints
+from fastnn.demo import make_data
+
+
+def make(seed=0):
+    model = fn.Sequential(fn.Dense(6, 16), fn.BatchNorm(16), fn.ReLU(), fn.Dense(16, 1), seed=seed)
+    return model, fn.Trainer(model, optimizer=fn.Adam(lr=0.01), device="cpu", seed=seed)
+
+
+X, Y = make_data(300, n_features=6, seed=0)
+
+
+def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path):
+    full, trainer = make()
+    expected = trainer.fit(X, Y, epochs=6, batch_size=32, checkpoint_dir=tmp_path / "a")
+    part, trainer = make()
+    trainer.fit(X, Y, epochs=3, batch_size=32, checkpoint_dir=tmp_path / "b")
+    resumed, trainer = make()  # a fresh process would start from a fresh model and trainer
+    history = trainer.fit(X, Y, epochs=6, batch_size=32, checkpoint_dir=tmp_path / "b",
+                          resume=True)
+    assert np.array_equal(resumed.params, full.params)
+    assert np.array_equal(resumed.buffers, full.buffers)
+    assert np.array_equal(resumed.counts, full.counts)
+    assert history["loss"] == expected["loss"]
+    assert [os.path.basename(p) for p in list_checkpoints(tmp_path / "b")] == [
+        "checkpoint-000006.npz", "checkpoint-000005.npz", "checkpoint-000004.npz"]
+
+
+def test_resume_without_checkpoints_starts_from_scratch(tmp_path):
+    a, trainer = make()
+    trainer.fit(X, Y, epochs=2, batch_size=32)
+    b, trainer = make()
+    trainer.fit(X, Y, epochs=2, batch_size=32, checkpoint_dir=tmp_path, resume=True)
+    assert np.array_equal(a.params, b.params)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_damaged_newest_checkpoint_is_skipped_with_a_warning(tmp_path, damage):
+    full, trainer = make()
+    trainer.fit(X, Y, epochs=4, batch_size=32)
+    _, trainer = make()
+    trainer.fit(X, Y, epochs=3, batch_size=32, checkpoint_dir=tmp_path)
+    newest = tmp_path / "checkpoint-000003.npz"
+    data = bytearray(newest.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        data = data[:len(data) // 2]
+    newest.write_bytes(bytes(data))
+    (tmp_path / ".fastnn-leftover.tmp").write_bytes(b"half a checkpoint")  # a killed writer
+    resumed, trainer = make()
+    with pytest.warns(RuntimeWarning, match="skipping checkpoint.*checkpoint-000003"):
+        trainer.fit(X, Y, epochs=4, batch_size=32, checkpoint_dir=tmp_path, resume=True)
+    assert np.array_equal(resumed.params, full.params)
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
+    _, trainer = make()
+    trainer.fit(X, Y, epochs=1, batch_size=32, checkpoint_dir=tmp_path)
+    other = fn.Trainer(fn.Sequential(fn.Dense(6, 3), fn.ReLU(), fn.Dense(3, 1)), device="cpu")
+    with pytest.raises(ValueError, match="another architecture"):
+        other.fit(X, Y, epochs=2, checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        other.fit(X, Y, epochs=2, resume=True)
+
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import fastnn as fn
+    from fastnn.demo import make_data
+    X, y = make_data(100000, n_features=20, seed=0)
+    model = fn.Sequential(fn.Dense(20, 64), fn.BatchNorm(64), fn.ReLU(), fn.Dense(64, 64),
+                          fn.BatchNorm(64), fn.ReLU(), fn.Dense(64, 1), seed=0)
+    trainer = fn.Trainer(model, optimizer=fn.Adam(lr=1e-3), device="cpu", seed=0)
+    trainer.fit(X, y, epochs=int(sys.argv[2]), batch_size=32, checkpoint_dir=sys.argv[1],
+                resume=True)
+    np.save(sys.argv[3], model.params)
+""")
+
+
+def test_sigkill_at_random_moments_then_resume_gives_identical_weights(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    epochs = 30
+    start = time.perf_counter()
+
+    def run(directory, out, kill_after=None):
+        proc = subprocess.Popen([sys.executable, str(script), str(directory), str(epochs),
+                                 str(out)], cwd=tmp_path)
+        if kill_after is None:
+            assert proc.wait(timeout=600) == 0
+            return True
+        time.sleep(kill_after)
+        if proc.poll() is not None:
+            assert proc.returncode == 0
+            return True
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return False
+
+    run(tmp_path / "clean", tmp_path / "clean.npy")
+    duration = time.perf_counter() - start  # start-up and training
+    expected = np.load(tmp_path / "clean.npy")
+    rng = random.Random(1234)
+    kills, finished, progress = 0, False, []
+    while not finished and kills < 12:
+        finished = run(tmp_path / "killed", tmp_path / "killed.npy",
+                       kill_after=rng.uniform(0.15, 0.45) * duration)
+        kills += not finished
+        progress.append(len(list_checkpoints(tmp_path / "killed")))
+    if not finished:
+        run(tmp_path / "killed", tmp_path / "killed.npy")
+    print(f"{kills} SIGKILLs before the run completed; checkpoints on disk after each: "
+          f"{progress}")
+    assert kills >= 2, "the kills should land while training"
+    assert max(progress) > 0, "some kills should come after a checkpoint was written"
+    assert np.array_equal(np.load(tmp_path / "killed.npy"), expected)
