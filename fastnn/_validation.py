@@ -79,12 +79,25 @@ def as_float_array(a, name, dtype=None, ndim=None, allow_empty=False, finite=Tru
     if not allow_empty and arr.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
     with np.errstate(over="ignore", invalid="ignore"):
+        # no copy when arr is already C-ordered in dtype (a memory-mapped
+        # .npy stays on disk and is read batch by batch)
         converted = np.asarray(arr, dtype=dtype, order="C")
-    if finite and not np.isfinite(converted).all():
+    if finite and not all_finite(converted):
         where = "" if converted.dtype == arr.dtype else f" after conversion to {converted.dtype}"
         raise ValueError(f"{name} must contain only finite values (found NaN or inf{where})")
-    arr = converted
-    return arr
+    return converted
+
+
+def all_finite(a, block=1 << 20):
+    """np.isfinite(a).all() in blocks, so a large (memory-mapped) array
+    needs no temporary of its own size."""
+    flat = a.reshape(-1)
+    return all(np.isfinite(flat[i:i + block]).all() for i in range(0, flat.size, block))
+
+
+def max_abs(a, block=1 << 20):
+    flat = a.reshape(-1)
+    return max(float(np.abs(flat[i:i + block]).max()) for i in range(0, flat.size, block))
 
 
 def _check_device_array(a, name, dtype, ndim, allow_empty):
@@ -111,10 +124,20 @@ def is_device_array(a):
     return hasattr(a, "__cuda_array_interface__") or getattr(a, "__cuda_ndarray__", False)
 
 
+#: float32 inputs beyond this overflow in the products of a training step
+FLOAT32_INPUT_LIMIT = 1e18
+
+
 def check_X(X, name, n_features, dtype):
     X = as_float_array(X, name, dtype=dtype, ndim=2)
     if X.shape[1] != n_features:
         raise ValueError(f"{name} must have shape (n_samples, {n_features}), got {X.shape}")
+    if X.dtype == np.float32 and not is_device_array(X):
+        largest = max_abs(X)
+        if largest > FLOAT32_INPUT_LIMIT:
+            raise ValueError(f"{name} holds values up to {largest:.3g}: float32 products of "
+                             f"such inputs overflow (float32 stops at 3.4e38); standardize the "
+                             f"features or use dtype='float64'")
     return X
 
 
