@@ -20,7 +20,7 @@ import zipfile
 
 import numpy as np
 
-from .io import write_npz_atomically
+from .io import check_npz_members, write_npz_atomically
 
 FORMAT, VERSION = "fastnn-checkpoint", 1
 KEEP = 3  # checkpoints kept in the directory; older ones are deleted
@@ -68,6 +68,7 @@ def list_checkpoints(directory):
 
 def read_checkpoint(path):
     """(meta, arrays) of a checkpoint whose checksum verifies; ValueError otherwise."""
+    check_npz_members(path, "fastnn checkpoint")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}

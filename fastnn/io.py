@@ -69,6 +69,39 @@ def write_npz_atomically(path, arrays):
         os.close(dir_fd)
 
 
+def check_npz_members(path, what="fastnn model file"):
+    """Refuse, before numpy allocates anything, an .npz whose members are
+    compressed (fastnn never writes them; a zip bomb would be) or declare
+    more data than they hold: np.load sizes its buffer from the declared
+    shape, so a forged header could otherwise ask for terabytes."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            total = os.path.getsize(path)
+            for info in archive.infolist():
+                if info.compress_type != zipfile.ZIP_STORED or info.file_size > total:
+                    raise ValueError(f"{path}: member {info.filename!r} is compressed or larger "
+                                     f"than the file; not a {what}")
+                if not info.filename.endswith(".npy"):
+                    continue
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                    elif version == (2, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                    else:
+                        raise ValueError(f"{path}: member {info.filename!r} has .npy format "
+                                         f"version {version}, which fastnn does not read")
+                    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                    if dtype.hasobject or declared > info.file_size:
+                        raise ValueError(f"{path}: member {info.filename!r} declares "
+                                         f"{declared} bytes of {dtype} but holds "
+                                         f"{info.file_size}")
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError, NotImplementedError, RuntimeError,
+            TypeError) as exc:
+        raise ValueError(f"{path}: not a readable {what} ({exc})") from None
+
+
 def load(path):
     """Read a model written by ``save``; never unpickles anything.
 
@@ -81,6 +114,7 @@ def load(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such model file")
+    check_npz_members(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             files = data.files

@@ -132,3 +132,23 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_weights(tmp_path)
     assert kills >= 2, "the kills should land while training"
     assert max(progress) > 0, "some kills should come after a checkpoint was written"
     assert np.array_equal(np.load(tmp_path / "killed.npy"), expected)
+
+
+def test_a_forged_header_declaring_a_huge_array_is_refused_before_allocating(tmp_path):
+    import zipfile
+    path = tmp_path / "model.npz"
+    fn.save(fn.Sequential(fn.Dense(2, 1)), path)
+    forged = tmp_path / "forged.npz"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(forged, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "0.weight.npy":  # claim 10**12 float64 values
+                header = data[:data.index(b"\n") + 1].replace(b"(1, 2)", b"(1000000, 1000000)")
+                data = header + data[len(header):]
+            dst.writestr(info, data)
+    with pytest.raises(ValueError, match="declares 8000000000000 bytes"):
+        fn.load(forged)
+    compressed = tmp_path / "compressed.npz"
+    np.savez_compressed(compressed, x=np.zeros(10))
+    with pytest.raises(ValueError, match="compressed"):
+        fn.load(compressed)
