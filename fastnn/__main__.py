@@ -1,4 +1,5 @@
-"""Command line: ``fastnn demo`` (also ``python -m fastnn demo``)."""
+"""Command line: ``fastnn demo`` (also ``python -m fastnn demo``); ``train``,
+``predict`` and ``info`` are in cli.py."""
 
 import argparse
 import sys
@@ -17,7 +18,14 @@ def main(argv=None):
     demo.add_argument("--seed", type=int, default=0)
     sub.add_parser("bench", help="training throughput of fastnn vs NumPy, PyTorch and JAX on the "
                                  "standard networks (fastnn bench --help)", add_help=False)
+    for name, text in (("train", "train a classifier on a CSV or .npz file and save it"),
+                       ("predict", "predict labels with a saved model"),
+                       ("info", "describe a saved model")):
+        sub.add_parser(name, help=f"{text} (fastnn {name} --help)", add_help=False)
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (["train"], ["predict"], ["info"]):
+        from .cli import main as cli_main
+        return cli_main(argv)
     if argv[:1] == ["bench"]:
         from .bench import main as bench_main
         return bench_main(argv[1:])
