@@ -206,7 +206,7 @@ class Sequential:
     preprocessing : dict or None
         {"mean": (in_features,), "scale": (in_features,)} when the inputs are
         standardized before the model; applied by ``preprocess`` (the command
-        line and the scikit-learn estimator use it); saved with the model.
+        line sets and uses it); saved with the model.
     classes : list or None
         The original label values; class code i stands for classes[i].
     metadata : dict
