@@ -1,0 +1,645 @@
+"""``fastnn train``, ``fastnn predict`` and ``fastnn info``: training on a
+CSV/.npz file, predicting with a saved model, and describing a model file.
+
+Every error the user can cause (missing file, unknown column, non-numeric
+data, a bad option value...) is one line on stderr, ``fastnn CMD: error:
+...``, and exit status 2; never a traceback.
+"""
+
+import argparse
+import csv
+import datetime
+import json
+import math
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+
+ACTIVATIONS = ("relu", "tanh", "sigmoid")
+OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam")
+DEVICES = ("auto", "cpu", "cuda")
+READERS = ("auto", "pyarrow", "pandas", "numpy")
+EXIT_ERROR = 2
+MAX_CLASSES = 1000  # a --multiclass target with more distinct values is refused
+
+
+class UsageError(Exception):
+    """A mistake in the command line or the data: reported as one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``fastnn train: error: ...`` (no usage block)."""
+
+    def error(self, message):
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ---- option value types (argparse turns ArgumentTypeError into a one-line error) ----
+def _int_at_least(minimum):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _float_in(low, high=None, low_open=False, high_open=False, what=None):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        ok = math.isfinite(value) and (value > low if low_open else value >= low)
+        if high is not None:
+            ok = ok and (value < high if high_open else value <= high)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+    return parse
+
+
+def _widths(text):
+    text = text.strip()
+    if text in ("", "none"):
+        return []
+    widths = []
+    for part in text.split(","):
+        try:
+            width = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be comma-separated positive integers such as 64,64, got {text!r}") from None
+        if width < 1:
+            raise argparse.ArgumentTypeError(f"layer widths must be >= 1, got {width}")
+        widths.append(width)
+    return widths
+
+
+def build_parser():
+    parser = _Parser(prog="fastnn", description="fastnn command line: train, predict, info")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser(
+        "train", help="train a classifier on a CSV or .npz file and save it",
+        description="Train a dense network (Dense [BatchNorm] activation blocks and a "
+                    "classification head) on a CSV file (header row, numeric feature columns, "
+                    "a target column with two distinct values such as 0/1 or yes/no) or a .npz "
+                    "file (arrays X and y). Prints one line per epoch and a summary, and saves "
+                    "the model, the feature standardization and the class labels to one file.",
+        epilog="Example: fastnn train data.csv --target label --hidden 64,64 --epochs 20 "
+               "--early-stopping 3 --out model.npz")
+    train.add_argument("data", metavar="DATA",
+                       help="training data: .csv with a header row, or .npz with arrays X "
+                            "(rows x features) and y (labels)")
+    train.add_argument("--target", metavar="COLUMN",
+                       help="the label column of a CSV file (required for CSV); for .npz the "
+                            "name of the label array (default y). Labels may be numbers or "
+                            "strings; any two distinct values are mapped to 0/1 (in sorted "
+                            "order) and recorded in the model file")
+    train.add_argument("--multiclass", action="store_true",
+                       help="allow a target with more than two distinct values: a softmax "
+                            "head with one output per class and cross-entropy loss (two "
+                            "classes still use the sigmoid head)")
+    train.add_argument("--hidden", type=_widths, default=[64, 64], metavar="W1,W2,...",
+                       help="hidden layer widths, comma-separated (default 64,64; 'none' for "
+                            "no hidden layer: logistic regression)")
+    train.add_argument("--no-batchnorm", dest="batchnorm", action="store_false",
+                       help="no BatchNorm after each hidden Dense layer (default: BatchNorm on)")
+    train.add_argument("--activation", choices=ACTIVATIONS, default="relu",
+                       help="hidden activation (default relu)")
+    train.add_argument("--epochs", type=_int_at_least(1), default=10, metavar="N",
+                       help="maximum number of epochs (default 10)")
+    train.add_argument("--batch-size", type=_int_at_least(1), default=64, metavar="B",
+                       help="mini-batch size (default 64; >= 2 with BatchNorm)")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
+                       help="sgd: plain SGD; momentum: SGD with Nesterov momentum 0.9; "
+                            "rmsprop; adam (default adam)")
+    train.add_argument("--lr", type=_float_in(0.0, low_open=True, what="> 0"), metavar="X",
+                       help="learning rate (default 0.001 for adam, 0.01 for the others)")
+    train.add_argument("--weight-decay", type=_float_in(0.0, what=">= 0"), default=0.0,
+                       metavar="X", help="L2 weight decay added to the gradients (default 0)")
+    train.add_argument("--validation-split", type=_float_in(0.0, 1.0, high_open=True,
+                                                            what="in [0, 1)"),
+                       default=0.2, metavar="F",
+                       help="fraction of the rows held out for validation: the last F of the "
+                            "rows after a seeded shuffle (default 0.2; 0 disables validation)")
+    train.add_argument("--early-stopping", type=_int_at_least(1), metavar="PATIENCE",
+                       help="stop when the validation loss has not improved for PATIENCE "
+                            "epochs and keep the best epoch's weights (needs a validation "
+                            "split > 0)")
+    train.add_argument("--no-standardize", dest="standardize", action="store_false",
+                       help="do not standardize the features (default: subtract the training "
+                            "rows' mean and divide by their standard deviation; the statistics "
+                            "are saved with the model and applied by fastnn predict)")
+    train.add_argument("--device", choices=DEVICES, default="auto",
+                       help="auto (cuda when numba sees a GPU, else cpu; FASTNN_DEVICE "
+                            "overrides), cpu or cuda (default auto)")
+    train.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                       help="floating-point type of the model and training (default float32)")
+    train.add_argument("--seed", type=_int_at_least(0), default=0, metavar="S",
+                       help="seeds the initial weights, the validation split and the shuffling "
+                            "(default 0)")
+    train.add_argument("--out", default="model.npz", metavar="PATH",
+                       help="where to save the model (default model.npz)")
+    train.add_argument("--csv-reader", choices=READERS, default="auto",
+                       help="CSV reader: pyarrow, pandas or the plain numpy fallback (default "
+                            "auto: the first one installed, in that order)")
+
+    predict = sub.add_parser(
+        "predict", help="predict labels for a CSV, .npz or .npy file with a saved model",
+        description="Predict with a model saved by fastnn train. DATA gets the model's "
+                    "preprocessing; CSV feature columns are selected by name (a target column "
+                    "in DATA is ignored). Writes a CSV whose last column, prediction, holds the "
+                    "original label values.",
+        epilog="Example: fastnn predict model.npz new.csv --proba --out preds.csv")
+    predict.add_argument("model", metavar="MODEL", help="a model file written by fastnn train")
+    predict.add_argument("data", metavar="DATA",
+                         help="features: .csv with a header row (must contain the model's "
+                              "feature columns), .npz with an array X, or .npy holding X")
+    predict.add_argument("--out", metavar="PATH",
+                         help="write the predictions to this CSV file (default: standard output)")
+    predict.add_argument("--proba", action="store_true",
+                         help="add a probability column before prediction: P(second class) for "
+                              "a two-class model, the probability of the predicted class for "
+                              "a multiclass model")
+    predict.add_argument("--device", choices=DEVICES, default="cpu",
+                         help="where to run the network (default cpu)")
+    predict.add_argument("--csv-reader", choices=READERS, default="auto",
+                         help="CSV reader: pyarrow, pandas or the plain numpy fallback (default "
+                              "auto: the first one installed, in that order)")
+
+    info = sub.add_parser(
+        "info", help="describe a saved model: architecture, parameters, training metadata",
+        description="Print a model file's architecture, parameter count, classes, whether "
+                    "preprocessing is stored, and the metadata fastnn train recorded.")
+    info.add_argument("model", metavar="MODEL", help="a model file written by fastnn train or "
+                                                      "fastnn.save")
+    info.add_argument("--json", action="store_true", help="print everything as one JSON object")
+    parser.commands = {"train": train, "predict": predict, "info": info}
+    return parser
+
+
+def main(argv=None):
+    """Run ``train``, ``predict`` or ``info``; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the command's parser: "fastnn train: error: ..."
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    command = {"train": _train, "predict": _predict, "info": _info}[args.command]
+    try:
+        command(args)
+    except KeyboardInterrupt:
+        print(f"fastnn {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `fastnn predict ... | head`
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+    except (UsageError, ValueError, TypeError, OSError, RuntimeError, MemoryError) as exc:
+        print(f"fastnn {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+def _one_line(exc):
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        text = f"{exc.filename}: {exc.strerror}"
+    elif isinstance(exc, MemoryError):
+        text = "out of memory" + (f" ({exc})" if str(exc) else "")
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def _say(text=""):
+    print(text, flush=True)
+
+
+def _note(command, text):
+    print(f"fastnn {command}: note: {text}", file=sys.stderr, flush=True)
+
+
+def _check_out_dir(path):
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UsageError(f"--out {path}: directory {directory} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"--out {path}: is a directory")
+
+
+def _read(command, path, target, reader, features=None):
+    """read_table with the slow-reader note shown as a note; returns also the reader used."""
+    from .data import SlowReaderWarning, file_kind, read_table, resolve_engine
+
+    kind = file_kind(path)
+    engine = resolve_engine(reader) if kind == "csv" else "numpy"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SlowReaderWarning)
+        X, y, names = read_table(path, target=target, engine=engine, features=features)
+    for warning in caught:
+        if issubclass(warning.category, SlowReaderWarning):
+            _note(command, str(warning.message))
+        else:  # not ours to silence
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
+    return X, y, names, kind, engine
+
+
+# ---- train ----
+def _make_optimizer(name, lr, weight_decay):
+    import fastnn as fn
+
+    if name == "sgd":
+        return fn.SGD(lr=lr, weight_decay=weight_decay)
+    if name == "momentum":
+        return fn.SGD(lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return fn.RMSprop(lr=lr, weight_decay=weight_decay)
+    return fn.Adam(lr=lr, weight_decay=weight_decay)
+
+
+def _make_model(n_features, hidden, batchnorm, activation, n_outputs, seed):
+    import fastnn as fn
+
+    act = {"relu": fn.ReLU, "tanh": fn.Tanh, "sigmoid": fn.Sigmoid}[activation]
+    layers, width = [], n_features
+    for h in hidden:
+        layers.append(fn.Dense(width, h))
+        if batchnorm:
+            layers.append(fn.BatchNorm(h))
+        layers.append(act())
+        width = h
+    layers.append(fn.Dense(width, n_outputs))
+    return fn.Sequential(*layers, seed=seed)
+
+
+def _describe_layers(model):
+    parts = []
+    for spec in model.config():
+        name = spec["type"]
+        if name == "Dense":
+            parts.append(f"Dense({spec['in_features']},{spec['out_features']})")
+        elif name == "BatchNorm":
+            parts.append(f"BatchNorm({spec['num_features']})")
+        else:
+            parts.append(name)
+    return " ".join(parts)
+
+
+def _fmt_label(value):
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _train(args):
+    import fastnn as fn
+
+    from .backends import get_backend, resolve_device
+    from .data import encode_labels, file_kind, standardize_stats
+
+    command = "train"
+    kind = file_kind(args.data)
+    target = args.target
+    if kind == "npy":
+        raise UsageError(f"{args.data}: a .npy file holds only the features; to train, use a "
+                         f".npz with arrays X and y, or a CSV file with --target")
+    if target is None:
+        if kind == "csv":
+            raise UsageError("--target COLUMN is required: name the CSV column that holds the "
+                             "labels")
+        target = "y"
+    if args.early_stopping is not None and args.validation_split == 0:
+        raise UsageError("--early-stopping needs validation data: use a --validation-split "
+                         "above 0")
+    if args.batchnorm and args.hidden and args.batch_size < 2:
+        raise UsageError("--batch-size must be >= 2 with BatchNorm (use --no-batchnorm for "
+                         "batches of 1)")
+    _check_out_dir(args.out)
+    device = resolve_device(args.device, "--device")
+    backend = get_backend(device)
+
+    start = time.perf_counter()
+    X, y, names, kind, engine = _read(command, args.data, target, args.csv_reader)
+    load_s = time.perf_counter() - start
+    codes, classes = encode_labels(y)
+    k = len(classes)
+    what = "target column" if kind == "csv" else "label array"
+    source = f"{engine} reader" if kind == "csv" else f".{kind} file"
+    if k < 2:
+        raise UsageError(f"{what} {target!r} has a single distinct value "
+                         f"({_fmt_label(classes[0])}); a classifier needs two")
+    if k > MAX_CLASSES and args.multiclass:
+        raise UsageError(f"{what} {target!r} has {k:,} distinct values: too many classes (at "
+                         f"most {MAX_CLASSES}); is it really a class label?")
+    if k > 2 and not args.multiclass:
+        raise UsageError(f"{what} {target!r} has {k} distinct values; use --multiclass for "
+                         f"more than two classes")
+    n, d = X.shape
+    _say(f"read {args.data}: {n:,} rows, {d} features, target {target!r} with {k} classes "
+         f"({', '.join(_fmt_label(c) for c in classes[:10])}{', ...' if k > 10 else ''}), "
+         f"in {load_s:.2f} s ({source})")
+
+    # seeded shuffle; the last fraction is the validation set
+    rng = np.random.default_rng(args.seed)
+    order = rng.permutation(n)
+    n_val = 0
+    if args.validation_split > 0:
+        n_val = max(1, int(round(n * args.validation_split)))
+    n_train = n - n_val
+    min_train = 2 if (args.batchnorm and args.hidden) else 1
+    if n_train < min_train:
+        raise UsageError(f"only {n_train} training row(s) left after --validation-split "
+                         f"{args.validation_split} of {n} rows")
+    train_idx, val_idx = order[:n_train], order[n_train:]
+    dtype = np.dtype(args.dtype)
+    Xt, yt_codes = X[train_idx], codes[train_idx]
+    Xv, yv_codes = X[val_idx], codes[val_idx]
+    del X
+    mean = scale = None
+    if args.standardize:
+        mean, scale = standardize_stats(Xt)
+        Xt -= mean
+        Xt /= scale
+        Xv -= mean
+        Xv /= scale
+    Xt = np.ascontiguousarray(Xt, dtype=dtype)
+    Xv = np.ascontiguousarray(Xv, dtype=dtype)
+    binary = k == 2
+    loss = "bce" if binary else "cross_entropy"
+    yt = yt_codes.astype(dtype) if binary else yt_codes
+    yv = yv_codes.astype(dtype) if binary else yv_codes
+    val = (Xv, yv) if n_val else None
+
+    lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else 1e-2)
+    model = _make_model(d, args.hidden, args.batchnorm, args.activation, 1 if binary else k,
+                        args.seed)
+    trainer = fn.Trainer(model, optimizer=_make_optimizer(args.optimizer, lr, args.weight_decay),
+                         loss=loss, device=device, dtype=args.dtype, seed=args.seed)
+    described = backend.describe()
+    _say(f"training on {n_train:,} rows, validating on {n_val:,}; {described}, {args.dtype}, "
+         f"{args.optimizer} lr {lr:g}, batch {args.batch_size}"
+         f"{', standardized features' if args.standardize else ''}")
+    _say(f"model: {_describe_layers(model)} ({model.n_params:,} parameters, loss {loss})")
+
+    # compile the engine (or load it from numba's cache) on a throwaway copy, so that the
+    # epoch times below are training alone
+    start = time.perf_counter()
+    warm_rows = min(n_train, 2 * args.batch_size)
+    warm = fn.Trainer(_make_model(d, args.hidden, args.batchnorm, args.activation,
+                                  1 if binary else k, args.seed),
+                      optimizer=_make_optimizer(args.optimizer, lr, args.weight_decay),
+                      loss=loss, device=device, dtype=args.dtype, seed=args.seed)
+    warm.fit(Xt[:warm_rows], yt[:warm_rows], epochs=1, batch_size=args.batch_size,
+             progress=False)
+    del warm
+    jit_s = time.perf_counter() - start
+
+    stopper = None
+    if args.early_stopping is not None:
+        stopper = fn.EarlyStopping(patience=args.early_stopping, monitor="val_loss",
+                                   restore_best=True)
+    history = {"loss": [], "time": []}
+    if val is not None:
+        history.update(val_loss=[], val_accuracy=[])
+    bar = _EpochBar(args.epochs) if sys.stderr.isatty() else None
+    start = time.perf_counter()
+    try:
+        for epoch in range(args.epochs):
+            # one epoch per fit: the optimizer state, the shuffling generator and the model
+            # carry over between calls, so this is the same training as one fit(epochs=N)
+            h = trainer.fit(Xt, yt, epochs=1, batch_size=args.batch_size, shuffle=True,
+                            validation_data=val, progress=False)
+            for key in history:
+                history[key].append(h[key][0])
+            line = (f"epoch {epoch + 1:{len(str(args.epochs))}d}/{args.epochs}  "
+                    f"loss {h['loss'][0]:.4f}")
+            if val is not None:
+                line += (f"  val_loss {h['val_loss'][0]:.4f}  "
+                         f"val_accuracy {h['val_accuracy'][0]:.4f}")
+            line += f"  {n_train / h['time'][0]:,.0f} samples/s"
+            if bar is not None:
+                bar.clear()
+            _say(line)
+            if bar is not None:
+                bar.update()
+            if stopper is not None and stopper.update(epoch, h["val_loss"][0], model):
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    if stopper is not None:
+        stopper.restore(model)
+    train_s = time.perf_counter() - start
+    epochs_run = len(history["loss"])
+
+    if stopper is not None:
+        best_epoch = stopper.best_epoch + 1
+    elif val is not None:
+        best_epoch = int(np.argmin(history["val_loss"])) + 1
+    else:
+        best_epoch = None
+    metrics = {"loss": history["loss"][best_epoch - 1 if stopper is not None else -1]}
+    if val is not None:
+        scores = trainer.evaluate(Xv, yv)
+        metrics.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
+    else:
+        metrics["train_accuracy"] = trainer.evaluate(Xt, yt)["accuracy"]
+
+    model.classes = classes
+    if args.standardize:
+        model.preprocessing = {"mean": mean, "scale": scale}
+    model.metadata = {
+        "data": os.path.basename(args.data), "format": kind, "rows": n, "train_rows": n_train,
+        "validation_rows": n_val, "columns": names, "target": target, "task":
+        "binary" if binary else "multiclass", "loss": loss, "hidden": args.hidden,
+        "batchnorm": args.batchnorm, "activation": args.activation,
+        "standardize": args.standardize, "optimizer": args.optimizer, "lr": lr,
+        "weight_decay": args.weight_decay, "batch_size": args.batch_size,
+        "epochs": args.epochs, "epochs_run": epochs_run, "best_epoch": best_epoch,
+        "early_stopping": args.early_stopping, "stopped_early": epochs_run < args.epochs,
+        "validation_split": args.validation_split, "seed": args.seed, "metrics": metrics,
+        "device": trainer.device, "device_description": described, "dtype": args.dtype,
+        "csv_reader": engine if kind == "csv" else None, "load_seconds": round(load_s, 3),
+        "train_seconds": round(train_s, 3), "fastnn_version": fn.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    fn.save(model, args.out)
+
+    stopped = (f", stopped early after epoch {epochs_run}" if stopper is not None and
+               epochs_run < args.epochs else "")
+    if stopper is not None:
+        best = f"best epoch {best_epoch} (weights restored){stopped}"
+    elif best_epoch is not None:
+        best = f"best epoch {best_epoch} by val_loss (weights of the last epoch kept)"
+    else:
+        best = f"{epochs_run} epochs, no validation"
+    if val is not None:
+        final = f"validation loss {metrics['val_loss']:.4f}, accuracy {metrics['val_accuracy']:.4f}"
+    else:
+        final = f"training loss {metrics['loss']:.4f}, accuracy {metrics['train_accuracy']:.4f}"
+    _say(f"summary: loaded {n:,} rows in {load_s:.2f} s ({source}), trained in "
+         f"{train_s:.2f} s ({epochs_run} epoch{'s' if epochs_run != 1 else ''}, "
+         f"{n_train * epochs_run / max(sum(history['time']), 1e-12):,.0f} samples/s; JIT "
+         f"warm-up {jit_s:.2f} s) on {trainer.device}; {best}; {final}")
+    _say(f"model saved to {args.out}")
+
+
+class _EpochBar:
+    """A one-line bar over the epochs on stderr (shown only on a terminal); the epoch
+    lines are printed above it."""
+
+    def __init__(self, total):
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+        self._draw()
+
+    def _draw(self):
+        filled = int(30 * self.done / self.total)
+        elapsed = time.perf_counter() - self.start
+        eta = f", ~{elapsed / self.done * (self.total - self.done):.0f} s left" if self.done else ""
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] epoch "
+                         f"{min(self.done + 1, self.total)}/{self.total}{eta}\033[K")
+        sys.stderr.flush()
+
+    def clear(self):
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+
+    def update(self):
+        self.done += 1
+        if self.done < self.total:
+            self._draw()
+
+    def close(self):
+        self.clear()
+
+
+# ---- predict ----
+def _predict(args):
+    import fastnn as fn
+
+    from .data import file_kind, read_header
+
+    command = "predict"
+    if args.out is not None:
+        _check_out_dir(args.out)
+    model = fn.load(args.model)
+    meta = model.metadata or {}
+    kind = file_kind(args.data)
+    features = None
+    if kind == "csv":
+        columns = meta.get("columns")
+        if meta.get("format", "csv") == "csv" and isinstance(columns, list) and columns:
+            features = [str(c) for c in columns]
+        else:  # trained on arrays (x0, x1, ...): take the CSV's columns in order
+            header = read_header(args.data)
+            features = [c for c in header if c != meta.get("target")]
+    X, _, _, kind, _ = _read(command, args.data, None, args.csv_reader, features=features)
+    if X.shape[1] != model.in_features:
+        raise UsageError(f"{args.data}: {X.shape[1]} feature columns, the model takes "
+                         f"{model.in_features}")
+    out_k = model.out_features
+    loss = meta.get("loss") or ("bce" if out_k == 1 else "cross_entropy")
+    if loss == "bce" and out_k != 1:
+        raise UsageError(f"{args.model}: a multi-label model ({out_k} sigmoid outputs) is not "
+                         f"supported by fastnn predict")
+    trainer = fn.Trainer(model, loss=loss, device=args.device, dtype=model.dtype)
+    if model.preprocessing is not None:  # model.preprocess(X), in place: X is ours
+        X -= model.preprocessing["mean"]
+        X /= model.preprocessing["scale"]
+    proba = trainer.predict_proba(X.astype(model.dtype, copy=False))
+    if loss == "bce":
+        codes = (proba >= 0.5).astype(np.int64)
+        shown = proba
+    else:
+        codes = np.argmax(proba, axis=1)
+        shown = proba[np.arange(len(codes)), codes]
+    classes = model.classes
+    if classes is not None and len(classes) != (2 if loss == "bce" else out_k):
+        raise UsageError(f"{args.model}: {len(classes)} class labels stored for a model with "
+                         f"{out_k} output(s)")
+    labels = [str(c) for c in classes] if classes is not None else None
+
+    handle = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
+    try:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["probability", "prediction"] if args.proba else ["prediction"])
+        names = labels if labels is not None else [str(i) for i in range(max(2, out_k))]
+        texts = np.array(names, dtype=object)[codes]
+        if args.proba:
+            writer.writerows(zip((f"{p:.6g}" for p in shown.tolist()), texts))
+        else:
+            writer.writerows((t,) for t in texts)
+        handle.flush()
+    finally:
+        if handle is not sys.stdout:
+            handle.close()
+    if args.out:
+        _say(f"wrote {len(codes):,} predictions to {args.out}")
+
+
+# ---- info ----
+def _info(args):
+    import fastnn as fn
+
+    model = fn.load(args.model)
+    state = model.state_dict()
+    layers = []
+    for i, layer in enumerate(model.layers):
+        params = sum(int(np.size(v)) for key, v in state.items()
+                     if key.split(".")[0] == str(i) and key.split(".")[1] in ("weight", "bias"))
+        layers.append({"index": i, "layer": repr(layer), "parameters": params})
+    meta = model.metadata or {}
+    out_k = model.out_features
+    loss = meta.get("loss") or ("bce" if out_k == 1 else "cross_entropy")
+    pre = model.preprocessing
+    report = {
+        "file": args.model, "architecture": model.config(), "layers": layers,
+        "parameters": int(model.n_params), "dtype": np.dtype(model.dtype).name,
+        "inputs": int(model.in_features), "outputs": int(out_k), "loss": loss,
+        "classes": model.classes,
+        "preprocessing": None if pre is None else {"kind": "standardize",
+                                                   "features": int(np.size(pre["mean"]))},
+        "metadata": meta,
+    }
+    if args.json:
+        _say(json.dumps(report, indent=2, default=str))
+        return
+    _say(f"model: {args.model}")
+    _say(f"architecture: {_describe_layers(model)}")
+    for entry in layers:
+        _say(f"  {entry['index']:2d}  {entry['layer']:<44s} {entry['parameters']:>10,} parameters")
+    _say(f"parameters: {model.n_params:,} ({report['dtype']})")
+    task = ("binary classification (sigmoid output, bce loss)" if loss == "bce" and out_k == 1
+            else f"{out_k}-class classification (softmax output, cross-entropy loss)"
+            if loss == "cross_entropy" else f"{out_k} sigmoid outputs (bce loss)")
+    _say(f"inputs: {model.in_features} features; task: {task}")
+    if model.classes is None:
+        _say("classes: not stored (predictions are class codes 0..k-1)")
+    else:
+        _say(f"classes: {', '.join(_fmt_label(c) for c in model.classes)}")
+    if pre is None:
+        _say("preprocessing: none stored (features are used as they are)")
+    else:
+        _say(f"preprocessing: standardization stored (mean and scale of "
+             f"{np.size(pre['mean'])} features)")
+    if not meta:
+        _say("training metadata: none")
+        return
+    _say("training metadata:")
+    for key, value in meta.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                              for k, v in value.items())
+        elif isinstance(value, list) and key == "columns":
+            value = ", ".join(map(str, value[:20])) + (f", ... ({len(value)} in all)"
+                                                        if len(value) > 20 else "")
+        _say(f"  {key}: {value}")
