@@ -148,6 +148,11 @@ def build_parser():
                             "(default 0)")
     train.add_argument("--out", default="model.npz", metavar="PATH",
                        help="where to save the model (default model.npz)")
+    train.add_argument("--distributed", choices=("none", "mpi"), default="none",
+                       help="mpi: data-parallel training across the processes of "
+                            "`mpiexec -n N fastnn train ... --distributed mpi` (cpu; BatchNorm "
+                            "statistics over the global batch; rank 0 prints and saves); "
+                            "default none")
     train.add_argument("--csv-reader", choices=READERS, default="auto",
                        help="CSV reader: pyarrow, pandas or the plain numpy fallback (default "
                             "auto: the first one installed, in that order)")
@@ -221,8 +226,12 @@ def _one_line(exc):
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
+_RANK = [0]  # under --distributed mpi, only rank 0 prints and writes
+
+
 def _say(text=""):
-    print(text, flush=True)
+    if _RANK[0] == 0:
+        print(text, flush=True)
 
 
 def _note(command, text):
@@ -268,7 +277,7 @@ def _make_optimizer(name, lr, weight_decay):
     return fn.Adam(lr=lr, weight_decay=weight_decay)
 
 
-def _make_model(n_features, hidden, batchnorm, activation, n_outputs, seed):
+def _make_model(n_features, hidden, batchnorm, activation, n_outputs, seed, sync=False):
     import fastnn as fn
 
     act = {"relu": fn.ReLU, "tanh": fn.Tanh, "sigmoid": fn.Sigmoid}[activation]
@@ -276,7 +285,7 @@ def _make_model(n_features, hidden, batchnorm, activation, n_outputs, seed):
     for h in hidden:
         layers.append(fn.Dense(width, h))
         if batchnorm:
-            layers.append(fn.BatchNorm(h))
+            layers.append(fn.BatchNorm(h, sync=sync))
         layers.append(act())
         width = h
     layers.append(fn.Dense(width, n_outputs))
@@ -380,10 +389,15 @@ def _train(args):
     val = (Xv, yv) if n_val else None
 
     lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else 1e-2)
+    distributed = args.distributed == "mpi"
     model = _make_model(d, args.hidden, args.batchnorm, args.activation, 1 if binary else k,
-                        args.seed)
+                        args.seed, sync=distributed)
     trainer = fn.Trainer(model, optimizer=_make_optimizer(args.optimizer, lr, args.weight_decay),
-                         loss=loss, device=device, dtype=args.dtype, seed=args.seed)
+                         loss=loss, device=device, dtype=args.dtype, seed=args.seed,
+                         distributed="mpi" if distributed else None)
+    _RANK[0] = trainer.rank
+    if distributed:
+        _say(f"data-parallel over {trainer.size} MPI ranks")
     described = backend.describe()
     _say(f"training on {n_train:,} rows, validating on {n_val:,}; {described}, {args.dtype}, "
          f"{args.optimizer} lr {lr:g}, batch {args.batch_size}"
@@ -410,7 +424,7 @@ def _train(args):
     history = {"loss": [], "time": []}
     if val is not None:
         history.update(val_loss=[], val_accuracy=[])
-    bar = _EpochBar(args.epochs) if sys.stderr.isatty() else None
+    bar = _EpochBar(args.epochs) if sys.stderr.isatty() and trainer.rank == 0 else None
     start = time.perf_counter()
     try:
         for epoch in range(args.epochs):
@@ -472,7 +486,8 @@ def _train(args):
         "train_seconds": round(train_s, 3), "fastnn_version": fn.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    fn.save(model, args.out)
+    if trainer.rank == 0:
+        fn.save(model, args.out)
 
     stopped = (f", stopped early after epoch {epochs_run}" if stopper is not None and
                epochs_run < args.epochs else "")

@@ -119,15 +119,21 @@ class BatchNorm(Layer):
     eps : float, default 1e-5
     momentum : float in [0, 1] or None, default 0.1
         None keeps a cumulative average of the batch statistics.
+    sync : bool, default False
+        In data-parallel training (``Trainer(distributed="mpi")``), compute
+        the statistics over the global batch of all processes, as
+        torch.nn.SyncBatchNorm; without it each process uses its own shard.
+        No effect in a single process.
     """
 
     kind = nw.BATCHNORM
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, sync=False):
         super().__init__()
         self.num_features = check_int(num_features, "num_features")
         self.eps = check_float(eps, "eps", low=0.0, low_inclusive=False)
         self.momentum = None if momentum is None else check_float(momentum, "momentum", 0.0, 1.0)
+        self.sync = check_bool(sync, "sync")
         self.in_features = self.out_features = self.num_features
 
     def _param_shapes(self):
@@ -146,7 +152,8 @@ class BatchNorm(Layer):
         return int(self._model.counts[self._index])
 
     def _config(self):
-        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
+                "sync": self.sync}
 
     def __repr__(self):
         return f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum})"

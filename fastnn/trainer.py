@@ -38,13 +38,23 @@ class Trainer:
     dtype : {'float32', 'float64'}
     seed : int or None
         Seeds the shuffling (``np.random.default_rng(seed)``).
+    distributed : None or 'mpi'
+        'mpi': data-parallel training across the processes started by
+        ``mpiexec -n N`` (see fastnn.distributed): each global batch of
+        ``batch_size`` rows is split across the ranks, gradients are averaged
+        with one all-reduce per step, every rank applies the same update.
+        Runs on the cpu backend. Only rank 0 shows progress and writes
+        checkpoints; save the model from rank 0 (``trainer.rank == 0``).
 
     Attributes
     ----------
     device : str, the backend that runs
+    rank, size : int, this process's MPI rank and the number of ranks (0, 1
+        without ``distributed``)
     """
 
-    def __init__(self, model, optimizer=None, loss="bce", device="auto", dtype="float32", seed=None):
+    def __init__(self, model, optimizer=None, loss="bce", device="auto", dtype="float32", seed=None,
+                 distributed=None):
         if not isinstance(model, Sequential):
             raise TypeError(f"model must be a fastnn.Sequential, got {type(model).__name__}")
         if optimizer is None:
@@ -65,6 +75,15 @@ class Trainer:
         self.optimizer = optimizer
         self.seed = seed
         self.rng = np.random.default_rng(seed)
+        self.mpi, self.rank, self.size = None, 0, 1
+        if distributed is not None:
+            v.check_choice(distributed, "distributed", ("mpi",))
+            if self.device != "cpu":
+                raise ValueError(f"distributed='mpi' runs on the cpu backend; got "
+                                 f"device={device!r}")
+            from .distributed import MPIContext
+            self.mpi = MPIContext()
+            self.rank, self.size = self.mpi.rank, self.mpi.size
         self.nonfinite = None  # (epoch, batch) where the last fit met a non-finite loss
 
     # ---- training ----
@@ -123,6 +142,23 @@ class Trainer:
             size); 'val_loss', 'val_accuracy' with validation data; 'lr';
             'time': seconds per epoch.
         """
+        args = dict(X=X, y=y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                    validation_data=validation_data, progress=progress,
+                    early_stopping=early_stopping, lr_schedule=lr_schedule,
+                    on_nonfinite=on_nonfinite, checkpoint_dir=checkpoint_dir,
+                    checkpoint_every=checkpoint_every, resume=resume)
+        if self.mpi is None or self.size == 1:
+            return self._fit(**args)
+        try:
+            return self._fit(**args)
+        except FloatingPointError:  # seen by every rank alike (the loss is all-reduced)
+            raise
+        except BaseException as exc:
+            self.mpi.abort_on_error(exc)  # never leave the other ranks waiting in a collective
+            raise
+
+    def _fit(self, X, y, epochs, batch_size, shuffle, validation_data, progress, early_stopping,
+             lr_schedule, on_nonfinite, checkpoint_dir, checkpoint_every, resume):
         model = self.model
         X = v.check_X(X, "X", model.in_features, self.dtype)
         Y = self._targets(y, "y", X.shape[0])
@@ -164,6 +200,10 @@ class Trainer:
 
         n = X.shape[0]
         batch_size = min(batch_size, n)  # one batch of everything at most
+        if self.mpi is not None:
+            _check_distributed_batch(model, batch_size, self.size)
+            progress = progress if self.rank == 0 else False
+            self.rng.bit_generator.state = self.mpi.comm.bcast(self.rng.bit_generator.state)
         first_epoch, history = 0, None
         if resume:
             found = checkpoint.newest_valid_checkpoint(checkpoint_dir)
@@ -182,7 +222,13 @@ class Trainer:
             early_stopping.reset()
         bar = _progress_bar(epochs, progress)
         self.nonfinite = None
-        session = self.backend.start_fit(model, opt, X, Y, batch_size, LOSS_CODES[self.loss])
+        if self.mpi is not None:
+            from .distributed import DistributedSession
+            sync = any(getattr(layer, "sync", False) for layer in model.layers)
+            session = DistributedSession(self.mpi, model, opt, X, Y, batch_size,
+                                         LOSS_CODES[self.loss], sync)
+        else:
+            session = self.backend.start_fit(model, opt, X, Y, batch_size, LOSS_CODES[self.loss])
         try:
             for epoch in range(first_epoch, epochs):
                 start = time.perf_counter()
@@ -213,8 +259,11 @@ class Trainer:
                 if checkpoint_dir is not None and ((epoch + 1) % checkpoint_every == 0
                                                    or epoch + 1 == epochs):
                     session.finish()  # the state on the host is what gets written
-                    checkpoint.save_checkpoint(checkpoint_dir, epoch + 1, model, self.optimizer,
-                                               self.rng, history)
+                    if self.rank == 0:
+                        checkpoint.save_checkpoint(checkpoint_dir, epoch + 1, model,
+                                                   self.optimizer, self.rng, history)
+                    if self.mpi is not None:
+                        self.mpi.comm.Barrier()
                 if early_stopping is not None:
                     if early_stopping.restore_best:
                         session.finish()  # the best weights must be on the host to be kept
@@ -303,6 +352,18 @@ class Trainer:
     def __repr__(self):
         return (f"Trainer(device={self.device!r}, dtype={np.dtype(self.dtype).name!r}, "
                 f"optimizer={self.optimizer!r}, loss={self.loss!r})")
+
+
+def _check_distributed_batch(model, batch_size, size):
+    if batch_size < size:
+        raise ValueError(f"batch_size must be at least the number of MPI ranks ({size}), "
+                         f"got {batch_size}")
+    unsynced = [i for i, layer in enumerate(model.layers)
+                if getattr(layer, "sync", True) is False]
+    if unsynced and batch_size // size < 2:
+        raise ValueError(f"batch_size {batch_size} gives {batch_size // size} row(s) per rank, "
+                         f"too few for the per-rank statistics of BatchNorm layers "
+                         f"{unsynced}; use a larger batch_size or BatchNorm(sync=True)")
 
 
 def _softmax(z):

@@ -65,28 +65,48 @@ def batchnorm_update_running_reference(running_mean, running_var, mean, var, n, 
 @_jit
 def batchnorm_forward(x, gamma, beta, eps, relu, y, mean, var, inv_std, acc, coef):
     """Training-mode forward; writes y and the batch mean, var, inv_std.
-    With ``relu``, writes max(y, 0) instead (BatchNorm then ReLU, fused)."""
+    With ``relu``, writes max(y, 0) instead (BatchNorm then ReLU, fused).
+
+    Built from the steps below, which a synchronized BatchNorm (several
+    processes, one global batch) calls with all-reductions in between."""
     n, f = x.shape
     total, squares = acc[:f], acc[f:2 * f]
-    total[:] = 0.0
-    squares[:] = 0.0
-    for i in range(n):
-        row = x[i]
-        for j in range(f):
-            total[j] += row[j]
+    column_sum(x, total)
     for j in range(f):
-        total[j] /= n
-        mean[j] = total[j]
-    for i in range(n):
+        mean[j] = total[j] / n
+    squared_deviation_sum(x, mean, squares)
+    batchnorm_statistics(squares, n, eps, var, inv_std)
+    _scale_shift(x, gamma, beta, mean, inv_std, relu, y, coef)
+
+
+@_jit
+def column_sum(x, out):
+    """out[j] = sum_i x[i, j] (out float64)."""
+    out[:] = 0.0
+    for i in range(x.shape[0]):
         row = x[i]
-        for j in range(f):
-            d = row[j] - total[j]
-            squares[j] += d * d
-    for j in range(f):
+        for j in range(out.shape[0]):
+            out[j] += row[j]
+
+
+@_jit
+def squared_deviation_sum(x, mean, out):
+    """out[j] = sum_i (x[i, j] - mean[j])^2 (out float64)."""
+    out[:] = 0.0
+    for i in range(x.shape[0]):
+        row = x[i]
+        for j in range(out.shape[0]):
+            d = row[j] - mean[j]
+            out[j] += d * d
+
+
+@_jit
+def batchnorm_statistics(squares, n, eps, var, inv_std):
+    """Biased variance and 1 / sqrt(var + eps) from the squared deviations of n rows."""
+    for j in range(var.shape[0]):
         v = squares[j] / n
         var[j] = v
         inv_std[j] = 1.0 / np.sqrt(v + eps)
-    _scale_shift(x, gamma, beta, total, inv_std, relu, y, coef)
 
 
 @_jit
@@ -127,32 +147,45 @@ def _scale_shift(x, gamma, beta, mean, inv_std, relu, y, coef):
 @_jit
 def batchnorm_backward(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta, acc, coef):
     """Writes dx, dgamma, dbeta given the forward cache (x, mean, inv_std)."""
-    n, f = x.shape
+    f = x.shape[1]
     sum_dy, sum_dy_xc = acc[:f], acc[f:2 * f]
+    batchnorm_backward_sums(dy, x, mean, sum_dy, sum_dy_xc)
+    for j in range(f):
+        dgamma[j] = sum_dy_xc[j] * inv_std[j]
+        dbeta[j] = sum_dy[j]
+    batchnorm_backward_dx(dy, x, gamma, mean, inv_std, sum_dy, sum_dy_xc, x.shape[0], dx, coef)
+
+
+@_jit
+def batchnorm_backward_sums(dy, x, mean, sum_dy, sum_dy_xc):
+    """sum_i dy[i, j] and sum_i dy[i, j] (x[i, j] - mean[j]) (float64 outputs)."""
     sum_dy[:] = 0.0
     sum_dy_xc[:] = 0.0
-    for i in range(n):
+    for i in range(x.shape[0]):
         xr = x[i]
         dyr = dy[i]
-        for j in range(f):
+        for j in range(sum_dy.shape[0]):
             sum_dy[j] += dyr[j]
             sum_dy_xc[j] += dyr[j] * (xr[j] - mean[j])
-    # dx = gamma * inv_std * (dy - mean(dy) - (x - mean) * inv_std^2 * mean(dy * (x - mean)))
-    a, c, m = coef[:f], coef[f:2 * f], coef[2 * f:3 * f]
+
+
+@_jit
+def batchnorm_backward_dx(dy, x, gamma, mean, inv_std, sum_dy, sum_dy_xc, n, dx, coef):
+    """dx = gamma inv_std (dy - sum_dy / n - (x - mean) inv_std^2 sum_dy_xc / n), where
+    the sums run over all n rows of the batch (on all processes, when synchronized)."""
+    f = x.shape[1]
+    a, c, mean_dy = coef[:f], coef[f:2 * f], coef[2 * f:3 * f]
     for j in range(f):
         k = gamma[j] * inv_std[j]
         a[j] = k
         c[j] = k * inv_std[j] * inv_std[j] * (sum_dy_xc[j] / n)
-        m[j] = mean[j]
-        dgamma[j] = sum_dy_xc[j] * inv_std[j]
-        dbeta[j] = sum_dy[j]
-        sum_dy[j] = sum_dy[j] / n
-    for i in range(n):
+        mean_dy[j] = sum_dy[j] / n
+    for i in range(x.shape[0]):
         xr = x[i]
         dyr = dy[i]
         dxr = dx[i]
         for j in range(f):
-            dxr[j] = a[j] * (dyr[j] - sum_dy[j]) - c[j] * (xr[j] - m[j])
+            dxr[j] = a[j] * (dyr[j] - mean_dy[j]) - c[j] * (xr[j] - mean[j])
 
 
 @_jit

@@ -17,6 +17,8 @@ to BLAS through ``np.dot`` with transposed views, never explicit copies.
 import numpy as np
 from numba import njit
 
+from .batchnorm import column_sum
+
 _jit = njit(cache=True, error_model="numpy")
 
 
@@ -63,15 +65,9 @@ def dense_backward(dy, x, w, dx, dw, db, acc):
 @_jit
 def column_sums(a, out, acc):
     """out[j] = sum_i a[i, j], accumulated in float64 in the scratch acc."""
-    f = a.shape[1]
-    total = acc[:f]
-    total[:] = 0.0
-    for i in range(a.shape[0]):
-        row = a[i]
-        for j in range(f):
-            total[j] += row[j]
-    for j in range(f):
-        out[j] = total[j]
+    total = acc[:a.shape[1]]
+    column_sum(a, total)
+    out[:] = total
 
 
 @_jit
