@@ -25,7 +25,7 @@ from numba import cuda  # noqa: E402
 
 import fastnn as fn  # noqa: E402
 from cases import DTYPES, TEST_CASES, make_inputs, run, tolerance  # noqa: E402
-from networks import NETWORKS, make_data, torch_epoch, torch_model  # noqa: E402
+from fastnn.bench import NETWORKS  # noqa: E402
 
 QUICK_NETWORK = (6, 8, 1, 4)  # d_in, hidden, blocks, batch
 
@@ -102,14 +102,22 @@ def torch_cuda_throughput(spec, n_samples, epochs):
     if not torch.cuda.is_available():
         return None
     X, y = make_data_for(spec, n_samples)
-    tmodel = torch_model(build(spec).astype("float32")).cuda()
+    tmodel = build(spec).astype("float32").to_torch().cuda()
     opt = torch.optim.Adam(tmodel.parameters(), lr=1e-3)
     Xt, yt = torch.from_numpy(X).cuda(), torch.from_numpy(y).cuda()
-    torch_epoch(tmodel, opt, Xt, yt, spec[3])
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+
+    def epoch():
+        for start in range(0, n_samples, spec[3]):
+            opt.zero_grad(set_to_none=True)
+            loss_fn(tmodel(Xt[start:start + spec[3]])[:, 0], yt[start:start + spec[3]]).backward()
+            opt.step()
+
+    epoch()
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(epochs):
-        torch_epoch(tmodel, opt, Xt, yt, spec[3])
+        epoch()
     torch.cuda.synchronize()
     return n_samples * epochs / (time.perf_counter() - start)
 
