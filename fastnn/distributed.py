@@ -21,8 +21,14 @@ broadcast after every step, as DDP's broadcast_buffers does.
 
 If one rank raises, it prints the error and calls MPI Abort, which ends every
 rank (no rank is left waiting in a collective).
+
+Threads: the ranks on one machine share its cores, so each rank limits its
+BLAS to cores // (ranks on this machine) threads (through threadpoolctl,
+part of the ``mpi`` extra); N ranks with the default full-width BLAS each
+would oversubscribe the cores, and MPI's busy-polling makes that collapse.
 """
 
+import os
 import sys
 
 import numpy as np
@@ -51,6 +57,17 @@ class MPIContext:
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.MPI = MPI
+        local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        self.local_size = local.Get_size()
+        local.Free()
+        self.blas_threads = max(1, (os.cpu_count() or 1) // self.local_size)
+        self._limits = None
+        try:
+            import scipy.linalg  # noqa: F401  (loads the BLAS numba's np.dot calls)
+            from threadpoolctl import threadpool_limits
+            self._limits = threadpool_limits(self.blas_threads, user_api="blas")
+        except ImportError:
+            pass
 
     def allreduce(self, buf):
         """In-place sum over the ranks."""
