@@ -2,15 +2,13 @@
 shared with the cpu tests and the benchmarks; with host arrays (copied in and
 out) and with device arrays (results stay on the device)."""
 
-import zlib
-
 import numpy as np
 import pytest
 from numba import cuda
 
-from cases import DTYPES, TEST_CASES, as_float64, make_inputs, run, tolerance
+from cases import DTYPES, TEST_CASES
 from conftest import SIMULATOR
-from test_kernels import assert_close
+from test_kernels import check_against_reference
 
 import fastnn as fn
 from fastnn._validation import is_device_array
@@ -22,14 +20,7 @@ CASES = [c for c in TEST_CASES if not SIMULATOR or max(c.shape) <= 64]
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_cuda_kernel_matches_float64_reference(case, dtype):
-    inputs = make_inputs(case, dtype, seed=zlib.crc32(case.id.encode()))
-    expected = run(case, "numpy", as_float64(inputs))
-    outputs = run(case, "cuda", inputs)
-    rtol, atol = tolerance(case, dtype, inputs)
-    for i, (out, ref) in enumerate(zip(outputs, expected, strict=True)):
-        if isinstance(out, np.ndarray):
-            assert out.dtype == dtype, f"output {i} promoted to {out.dtype}"
-        assert_close(out, ref, rtol, atol, f"{case.id} output {i}")
+    check_against_reference(case, dtype, "cuda")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
