@@ -17,13 +17,10 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fastnn.bench import PREPARE  # noqa: E402
 from networks import NETWORKS, make_data  # noqa: E402
 
-import fastnn as fn  # noqa: E402
 
 FIRST_FIT = """
 import time; t0 = time.perf_counter()

@@ -14,9 +14,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-
-import numpy as np
 
 WORKER = """
 import sys, time, json

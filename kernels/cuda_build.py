@@ -53,7 +53,7 @@ def resources(ptx, cc=CC):
 
 
 def main():
-    print(f"| kernel | registers | shared memory (B) | local memory (B) | spills (B) |")
+    print("| kernel | registers | shared memory (B) | local memory (B) | spills (B) |")
     print("|---|---|---|---|---|")
     for name, kernel, types in all_signatures():
         r = resources(compile_ptx(kernel, types))

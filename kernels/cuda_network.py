@@ -22,7 +22,7 @@ from numba import cuda
 
 from . import cuda_ops as k
 from .cuda_gemm import gemm
-from .network import ACT, ACTIVATION, BATCHNORM, BUFFER, CACHE, DENSE, EPS, KIND, MOMENTUM
+from .network import ACT, BATCHNORM, BUFFER, DENSE, EPS, KIND, MOMENTUM
 from .network import N_IN, N_OUT, P_BIAS, P_WEIGHT
 from .loss import BCE
 from .optim import RMSPROP, SGD, adam_scalars
