@@ -82,6 +82,12 @@ def _widths(text):
     return widths
 
 
+def _add_csv_reader(parser):
+    parser.add_argument("--csv-reader", choices=READERS, default="auto",
+                        help="CSV reader: pyarrow, pandas or the plain numpy fallback (default "
+                             "auto: the first one installed, in that order)")
+
+
 def build_parser():
     parser = _Parser(prog="fastnn", description="fastnn command line: train, predict, info")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -153,9 +159,7 @@ def build_parser():
                             "`mpiexec -n N fastnn train ... --distributed mpi` (cpu; BatchNorm "
                             "statistics over the global batch; rank 0 prints and saves); "
                             "default none")
-    train.add_argument("--csv-reader", choices=READERS, default="auto",
-                       help="CSV reader: pyarrow, pandas or the plain numpy fallback (default "
-                            "auto: the first one installed, in that order)")
+    _add_csv_reader(train)
 
     predict = sub.add_parser(
         "predict", help="predict labels for a CSV, .npz or .npy file with a saved model",
@@ -176,9 +180,7 @@ def build_parser():
                               "a multiclass model")
     predict.add_argument("--device", choices=DEVICES, default="cpu",
                          help="where to run the network (default cpu)")
-    predict.add_argument("--csv-reader", choices=READERS, default="auto",
-                         help="CSV reader: pyarrow, pandas or the plain numpy fallback (default "
-                              "auto: the first one installed, in that order)")
+    _add_csv_reader(predict)
 
     info = sub.add_parser(
         "info", help="describe a saved model: architecture, parameters, training metadata",

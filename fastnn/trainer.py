@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from fastnn.kernels.activations import sigmoid_reference
 from fastnn.kernels.loss import LOSS_CODES, loss_reference
 
 from . import _validation as v
@@ -303,7 +304,7 @@ class Trainer:
         logits = self._logits(X)
         if self.loss == "cross_entropy":
             return _softmax(logits)
-        return self._squeeze(_sigmoid(logits))
+        return self._squeeze(sigmoid_reference(logits))
 
     def predict(self, X):
         """Labels (int64): probability >= 0.5 for 'bce' (shape as
@@ -419,7 +420,3 @@ def _progress_bar(epochs, progress):
         progress = sys.stderr.isatty()
     return _EpochProgress(epochs) if progress else None
 
-
-def _sigmoid(z):
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(z.dtype, copy=False)

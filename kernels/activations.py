@@ -28,16 +28,18 @@ ACTIVATION_CODES = {"relu": RELU, "sigmoid": SIGMOID, "tanh": TANH}
 
 # ---- reference (NumPy) ----
 
-def _sigmoid_reference(x):
+def sigmoid_reference(x):
+    """1 / (1 + exp(-x)) without overflow, in x's dtype (the NumPy twin of
+    elementwise.sigmoid)."""
     e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
 
 
 def activation_forward_reference(kind, x):
     if kind == RELU:
         return np.maximum(x, 0)
     if kind == SIGMOID:
-        return _sigmoid_reference(x)
+        return sigmoid_reference(x)
     return np.tanh(x)
 
 

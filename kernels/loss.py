@@ -22,6 +22,7 @@ The loss codes name the losses inside the compiled engine.
 import numpy as np
 from numba import njit
 
+from .activations import sigmoid_reference
 from .elementwise import bce_term, bce_with_logits_term, sigmoid
 
 _jit = njit(cache=True, error_model="numpy")
@@ -41,9 +42,7 @@ def bce_reference(z, y):
 
 def bce_with_logits_reference(z, y):
     loss = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
-    e = np.exp(-np.abs(z))
-    s = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-    return float(loss.mean()), (s - y) / z.size
+    return float(loss.mean()), (sigmoid_reference(z) - y) / z.size
 
 
 def cross_entropy_reference(z, y):
