@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cases import BACKENDS, BENCH_CASES, make_inputs, run
-from fastnn.backends import cuda_available
+from fastnn.core.backends import cuda_available
 
 ALL_BACKENDS = BACKENDS + (("cuda",) if cuda_available() else ())
 

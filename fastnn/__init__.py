@@ -9,13 +9,45 @@ normalization and binary cross-entropy, one API for the CPU and the GPU.
 
 __version__ = "0.1.0"
 
+
+def _attach_kernels():
+    """Make the numerical core importable as ``fastnn.kernels``.
+
+    The core lives in the top-level ``kernels/`` folder of the source tree. A
+    wheel installs it as ``fastnn/kernels/`` and is imported as usual. In a
+    source checkout (an editable install, or ``python -m fastnn`` / ``python -m
+    pytest`` run from the clone's root, where the working directory shadows
+    any installed copy) ``kernels/`` sits beside this package: it is loaded
+    from there under the same name, so a process always holds exactly one copy
+    of every kernel, whichever way fastnn was found. No symlinks, any OS.
+    """
+    import importlib.util
+    import os
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    if os.path.isfile(os.path.join(here, "kernels", "__init__.py")):
+        return  # installed from a wheel: fastnn/kernels is a regular subpackage
+    source = os.path.join(os.path.dirname(here), "kernels")
+    if "fastnn.kernels" in sys.modules or not os.path.isfile(os.path.join(source, "__init__.py")):
+        return
+    spec = importlib.util.spec_from_file_location(
+        "fastnn.kernels", os.path.join(source, "__init__.py"), submodule_search_locations=[source])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fastnn.kernels"] = module
+    spec.loader.exec_module(module)
+    globals()["kernels"] = module
+
+
+_attach_kernels()
+
 from . import ops
-from .callbacks import CosineDecay, EarlyStopping, StepDecay
-from .interop import from_torch
-from .io import load, save
-from .layers import BatchNorm, Dense, ReLU, Sequential, Sigmoid, Tanh
-from .optim import SGD, Adam, AdamW, Optimizer, RMSprop
-from .trainer import Trainer
+from .core.callbacks import CosineDecay, EarlyStopping, StepDecay
+from .core.interop import from_torch
+from .core.io import load, save
+from .core.layers import BatchNorm, Dense, ReLU, Sequential, Sigmoid, Tanh
+from .core.optim import SGD, Adam, AdamW, Optimizer, RMSprop
+from .core.trainer import Trainer
 
 __all__ = ["Sequential", "Dense", "BatchNorm", "ReLU", "Sigmoid", "Tanh", "Trainer", "SGD",
            "RMSprop", "Adam", "AdamW", "Optimizer", "EarlyStopping", "StepDecay", "CosineDecay",

@@ -171,7 +171,7 @@ def _jax_prepare(network, optimizer, X, y):
 
 def _available(name):
     if name == "fastnn-cuda":
-        from fastnn.backends import cuda_available
+        from fastnn.core.backends import cuda_available
         return cuda_available()
     if name in ("torch", "jax"):
         import importlib.util
@@ -251,7 +251,7 @@ def machine_info():
             if name == "torch":
                 info["torch_threads"] = module.get_num_threads()
     if _available("fastnn-cuda"):
-        from fastnn.backends import get_backend
+        from fastnn.core.backends import get_backend
         info["gpu"] = get_backend("cuda").describe()
     return info
 

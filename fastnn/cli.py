@@ -314,7 +314,7 @@ def _fmt_label(value):
 def _train(args):
     import fastnn as fn
 
-    from .backends import get_backend, resolve_device
+    from .core.backends import get_backend, resolve_device
     from .data import encode_labels, file_kind, standardize_stats
 
     command = "train"

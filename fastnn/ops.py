@@ -9,8 +9,8 @@ import numpy as np
 
 from fastnn.kernels.activations import ACTIVATION_CODES
 
-from . import _validation as v
-from .backends import get_backend
+from .core import validation as v
+from .core.backends import get_backend
 
 __all__ = ["batchnorm_forward", "batchnorm_backward", "bce", "bce_with_logits", "cross_entropy",
            "sgd_step",

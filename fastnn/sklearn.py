@@ -32,12 +32,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "fastnn.sklearn needs scikit-learn >= 1.6 (pip install scikit-learn); "
         f"importing it failed: {exc}") from exc
 
-from . import _validation as v
-from .backends import DEVICES, cuda_available, get_backend, resolve_device
-from .callbacks import EarlyStopping
-from .layers import BatchNorm, Dense, ReLU, Sequential, Sigmoid, Tanh
-from .optim import SGD, Adam
-from .trainer import Trainer
+from .core import validation as v
+from .core.backends import DEVICES, cuda_available, get_backend, resolve_device
+from .core.callbacks import EarlyStopping
+from .core.layers import BatchNorm, Dense, ReLU, Sequential, Sigmoid, Tanh
+from .core.optim import SGD, Adam
+from .core.trainer import Trainer
 
 __all__ = ["FastNNClassifier"]
 

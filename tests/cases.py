@@ -151,7 +151,7 @@ def run(case, backend, inputs):
 
 def run_optimizer(name, backend, w, grads):
     """OPTIMIZER_STEPS in-place updates of a copy of w; returns it."""
-    from fastnn.backends import get_backend
+    from fastnn.core.backends import get_backend
     kind, values = OPTIMIZERS[name]
     hyper = np.zeros(kopt.HYPER_SIZE)
     hyper[:len(values)] = values

@@ -2,6 +2,6 @@
 that tests/test_cuda_simulator.py starts in a separate process. Elsewhere it
 is not collected."""
 
-from fastnn.backends import cuda_available
+from fastnn.core.backends import cuda_available
 
 collect_ignore = [] if cuda_available() else ["cuda"]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fastnn as fn
-from fastnn.checkpoint import list_checkpoints
+from fastnn.core.checkpoint import list_checkpoints
 from fastnn.demo import make_data
 
 

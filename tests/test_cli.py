@@ -17,7 +17,7 @@ import pytest
 
 import fastnn as fn
 from fastnn import cli, data
-from fastnn.backends import cuda_available
+from fastnn.core.backends import cuda_available
 
 ENGINES = [name for name in data.available_engines() if name != "numpy"]
 

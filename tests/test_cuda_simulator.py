@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from fastnn.backends import cuda_available
+from fastnn.core.backends import cuda_available
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

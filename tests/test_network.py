@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fastnn as fn
-from fastnn.backends import get_backend, new_workspace
+from fastnn.core.backends import get_backend, new_workspace
 from fastnn.kernels import network as nw
 from fastnn.kernels.loss import BCE, CROSS_ENTROPY, loss_reference
 

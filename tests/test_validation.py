@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 import fastnn as fn
-from fastnn.backends import cuda_available
+from fastnn.core.backends import cuda_available
 from fastnn import ops
 
 ERRORS = (ValueError, TypeError)

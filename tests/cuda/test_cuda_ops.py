@@ -11,7 +11,7 @@ from conftest import SIMULATOR
 from test_kernels import check_against_reference
 
 import fastnn as fn
-from fastnn._validation import is_device_array
+from fastnn.core.validation import is_device_array
 
 # The simulator runs every GPU thread as a Python thread: keep to small shapes there.
 CASES = [c for c in TEST_CASES if not SIMULATOR or max(c.shape) <= 64]

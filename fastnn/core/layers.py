@@ -14,7 +14,7 @@ import numpy as np
 from fastnn.kernels import network as nw
 from fastnn.kernels.activations import RELU, SIGMOID, TANH
 
-from ._validation import check_bool, check_choice, check_dtype, check_float, check_int
+from .validation import check_bool, check_choice, check_dtype, check_float, check_int
 
 
 class Layer:
@@ -398,7 +398,7 @@ class Sequential:
 
     def to_torch(self):
         """The equivalent torch.nn.Sequential with a copy of the weights
-        (needs torch; see fastnn.interop)."""
+        (needs torch; see fastnn.core.interop)."""
         from .interop import to_torch
         return to_torch(self)
 

@@ -8,7 +8,7 @@ arrays with ``__cuda_array_interface__`` (results stay on the device).
 
 import numpy as np
 
-from ._validation import is_device_array
+from .validation import is_device_array
 
 
 def _modules():

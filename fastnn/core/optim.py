@@ -6,7 +6,7 @@ import numpy as np
 
 from fastnn.kernels import optim as k
 
-from ._validation import check_bool, check_float
+from .validation import check_bool, check_float
 
 
 class Optimizer:

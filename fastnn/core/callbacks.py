@@ -2,7 +2,7 @@
 
 import math
 
-from . import _validation as v
+from . import validation as v
 
 MONITORS = {"val_loss": "min", "loss": "min", "val_accuracy": "max"}
 

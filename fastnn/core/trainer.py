@@ -9,7 +9,7 @@ import numpy as np
 from fastnn.kernels.activations import sigmoid_reference
 from fastnn.kernels.loss import LOSS_CODES, loss_reference
 
-from . import _validation as v
+from . import validation as v
 from . import checkpoint
 from .backends import get_backend, resolve_device
 from .callbacks import EarlyStopping, schedule_lr
@@ -41,7 +41,7 @@ class Trainer:
         Seeds the shuffling (``np.random.default_rng(seed)``).
     distributed : None or 'mpi'
         'mpi': data-parallel training across the processes started by
-        ``mpiexec -n N`` (see fastnn.distributed): each global batch of
+        ``mpiexec -n N`` (see fastnn.core.distributed): each global batch of
         ``batch_size`` rows is split across the ranks, gradients are averaged
         with one all-reduce per step, every rank applies the same update.
         Runs on the cpu backend. Only rank 0 shows progress and writes
@@ -126,7 +126,7 @@ class Trainer:
             Write a checkpoint there every ``checkpoint_every`` epochs and
             after the last: weights, running statistics, optimizer state, the
             shuffling generator's state, epoch and history, atomically and
-            with a checksum (see fastnn.checkpoint); the newest 3 are kept.
+            with a checksum (see fastnn.core.checkpoint); the newest 3 are kept.
         checkpoint_every : int >= 1
         resume : bool
             Continue from the newest valid checkpoint in ``checkpoint_dir``
