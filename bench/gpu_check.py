@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 from numba import cuda  # noqa: E402
 
 import fastnn as fn  # noqa: E402
+from fastnn.core.backends import get_backend  # noqa: E402
 from cases import DTYPES, TEST_CASES, make_inputs, run, tolerance  # noqa: E402
 from fastnn.bench import NETWORKS  # noqa: E402
 
@@ -137,7 +138,7 @@ def main(argv=None):
     if not cuda.is_available():
         print("gpu_check: numba sees no CUDA device", file=sys.stderr)
         return 2
-    print(f"device: {fn.backends.get_backend('cuda').describe()}; fastnn {fn.__version__}")
+    print(f"device: {get_backend('cuda').describe()}; fastnn {fn.__version__}")
 
     rows, ok_ops = check_ops(args.quick)
     spec = QUICK_NETWORK if args.quick else NETWORKS["small"]
