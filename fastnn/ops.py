@@ -7,6 +7,7 @@ Float32 and float64 inputs keep their dtype; integer input becomes float64.
 
 import numpy as np
 
+from fastnn.kernels import optim as kopt
 from fastnn.kernels.activations import ACTIVATION_CODES
 
 from .core import validation as v
@@ -181,12 +182,11 @@ def sgd_step(w, grad, lr, backend="cpu"):
     lr = v.check_float(lr, "lr", low=0.0, low_inclusive=False)
     if not v.is_device_array(w) and not np.isfinite(w).all():
         raise ValueError("w must contain only finite values (found NaN or inf)")
-    hyper = np.zeros(8)
-    hyper[0] = lr
     chosen = get_backend(backend, "backend")
     flat = w.reshape(w.size)
-    state = np.zeros((3, flat.size), w.dtype)
-    chosen.optimizer_update(0, hyper, 1, flat, grad.reshape(w.size), state)
+    state = kopt.optimizer_state(kopt.SGD, kopt.pack_hyper(lr=lr), np.zeros(1, np.int64),
+                                 np.zeros((3, flat.size), w.dtype))
+    chosen.optimizer_update(state, flat, grad.reshape(w.size))
 
 
 def dense_forward(x, w, b=None, backend="cpu"):

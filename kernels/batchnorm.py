@@ -22,6 +22,8 @@ write the outputs passed last.
 import numpy as np
 from numba import njit
 
+from .collective import allreduce_sum
+
 _jit = njit(cache=True, error_model="numpy")
 
 
@@ -59,30 +61,34 @@ def batchnorm_update_running_reference(running_mean, running_var, mean, var, n, 
 # ---- cpu ----
 # Scratch arrays come from the caller (the engine allocates them once per
 # fit), so a training step allocates nothing:
-#   acc  : float64, at least 2 * features  (batch sums)
+#   sums : float64, at least 2 * features  (batch sums)
 #   coef : x's dtype, at least 3 * features (per-feature coefficients)
+# Data-parallel training (several processes, one global batch): ``comm`` is a
+# kernels.collective Communicator over which the batch sums are all-reduced
+# (synchronized BatchNorm), and ``rows`` the number of rows of the global
+# batch; in one process ``comm`` is None and ``rows`` is x.shape[0].
 
 @_jit
-def batchnorm_forward(x, gamma, beta, eps, relu, y, mean, var, inv_std, acc, coef):
+def batchnorm_forward(x, gamma, beta, eps, relu, y, mean, var, inv_std, sums, coef, comm, rows):
     """Training-mode forward; writes y and the batch mean, var, inv_std.
-    With ``relu``, writes max(y, 0) instead (BatchNorm then ReLU, fused).
-
-    Built from the steps below, which a synchronized BatchNorm (several
-    processes, one global batch) calls with all-reductions in between."""
-    n, f = x.shape
-    total, squares = acc[:f], acc[f:2 * f]
-    column_sum(x, total)
+    With ``relu``, writes max(y, 0) instead (BatchNorm then ReLU, fused)."""
+    f = x.shape[1]
+    total, squares = sums[:f], sums[f:2 * f]
+    batch_sums(x, total)
+    allreduce_sum(comm, total)
     for j in range(f):
-        mean[j] = total[j] / n
-    squared_deviation_sum(x, mean, squares)
-    batchnorm_statistics(squares, n, eps, var, inv_std)
-    _scale_shift(x, gamma, beta, mean, inv_std, relu, y, coef)
+        mean[j] = total[j] / rows
+    squared_deviation_sums(x, mean, squares)
+    allreduce_sum(comm, squares)
+    batchnorm_statistics(squares, rows, eps, var, inv_std)
+    batchnorm_scale_shift(x, gamma, beta, mean, inv_std, relu, y, coef)
 
 
 @_jit
-def column_sum(x, out):
-    """out[j] = sum_i x[i, j] (out float64)."""
-    out[:] = 0.0
+def batch_sums(x, out):
+    """out[j] = sum over the batch of x[i, j] (out float64)."""
+    for j in range(out.shape[0]):
+        out[j] = 0.0
     for i in range(x.shape[0]):
         row = x[i]
         for j in range(out.shape[0]):
@@ -90,9 +96,10 @@ def column_sum(x, out):
 
 
 @_jit
-def squared_deviation_sum(x, mean, out):
-    """out[j] = sum_i (x[i, j] - mean[j])^2 (out float64)."""
-    out[:] = 0.0
+def squared_deviation_sums(x, mean, out):
+    """out[j] = sum over the batch of (x[i, j] - mean[j])^2 (out float64)."""
+    for j in range(out.shape[0]):
+        out[j] = 0.0
     for i in range(x.shape[0]):
         row = x[i]
         for j in range(out.shape[0]):
@@ -101,30 +108,31 @@ def squared_deviation_sum(x, mean, out):
 
 
 @_jit
-def batchnorm_statistics(squares, n, eps, var, inv_std):
-    """Biased variance and 1 / sqrt(var + eps) from the squared deviations of n rows."""
+def batchnorm_statistics(squares, rows, eps, var, inv_std):
+    """Biased variance and 1 / sqrt(var + eps) from the squared deviations of ``rows`` rows."""
     for j in range(var.shape[0]):
-        v = squares[j] / n
+        v = squares[j] / rows
         var[j] = v
         inv_std[j] = 1.0 / np.sqrt(v + eps)
 
 
 @_jit
-def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps, relu, y, acc, coef):
+def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps, relu, y, sums, coef):
     """Inference-mode forward with the running statistics; writes y
     (max(y, 0) with ``relu``)."""
     f = x.shape[1]
-    mean, inv_std = acc[:f], acc[f:2 * f]
+    mean, inv_std = sums[:f], sums[f:2 * f]
     for j in range(f):
         mean[j] = running_mean[j]
         inv_std[j] = 1.0 / np.sqrt(running_var[j] + eps)
-    _scale_shift(x, gamma, beta, mean, inv_std, relu, y, coef)
+    batchnorm_scale_shift(x, gamma, beta, mean, inv_std, relu, y, coef)
 
 
 @_jit
-def _scale_shift(x, gamma, beta, mean, inv_std, relu, y, coef):
-    # y = x * scale + shift with scale = gamma * inv_std, shift = beta - mean * scale
-    # (PyTorch's CPU kernel folds the affine transform the same way).
+def batchnorm_scale_shift(x, gamma, beta, mean, inv_std, relu, y, coef):
+    """y = x * scale + shift with scale = gamma * inv_std, shift = beta - mean * scale
+    (PyTorch's CPU kernel folds the affine transform the same way); max(y, 0)
+    with ``relu``."""
     f = x.shape[1]
     scale, shift = coef[:f], coef[f:2 * f]
     for j in range(f):
@@ -145,22 +153,30 @@ def _scale_shift(x, gamma, beta, mean, inv_std, relu, y, coef):
 
 
 @_jit
-def batchnorm_backward(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta, acc, coef):
-    """Writes dx, dgamma, dbeta given the forward cache (x, mean, inv_std)."""
+def batchnorm_backward(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta, sums, coef, comm, rows):
+    """Writes dx, dgamma, dbeta given the forward cache (x, mean, inv_std).
+
+    dgamma and dbeta are this process's share (the engine's gradient
+    all-reduce adds the others'); dx uses the sums over the global batch.
+    dx may have no rows: the first layer of a network needs no input gradient.
+    """
     f = x.shape[1]
-    sum_dy, sum_dy_xc = acc[:f], acc[f:2 * f]
+    sum_dy, sum_dy_xc = sums[:f], sums[f:2 * f]
     batchnorm_backward_sums(dy, x, mean, sum_dy, sum_dy_xc)
     for j in range(f):
         dgamma[j] = sum_dy_xc[j] * inv_std[j]
         dbeta[j] = sum_dy[j]
-    batchnorm_backward_dx(dy, x, gamma, mean, inv_std, sum_dy, sum_dy_xc, x.shape[0], dx, coef)
+    if dx.shape[0]:
+        allreduce_sum(comm, sums[:2 * f])  # both sums in one call
+        batchnorm_backward_dx(dy, x, gamma, mean, inv_std, sum_dy, sum_dy_xc, rows, dx, coef)
 
 
 @_jit
 def batchnorm_backward_sums(dy, x, mean, sum_dy, sum_dy_xc):
     """sum_i dy[i, j] and sum_i dy[i, j] (x[i, j] - mean[j]) (float64 outputs)."""
-    sum_dy[:] = 0.0
-    sum_dy_xc[:] = 0.0
+    for j in range(sum_dy.shape[0]):
+        sum_dy[j] = 0.0
+        sum_dy_xc[j] = 0.0
     for i in range(x.shape[0]):
         xr = x[i]
         dyr = dy[i]
@@ -170,16 +186,16 @@ def batchnorm_backward_sums(dy, x, mean, sum_dy, sum_dy_xc):
 
 
 @_jit
-def batchnorm_backward_dx(dy, x, gamma, mean, inv_std, sum_dy, sum_dy_xc, n, dx, coef):
-    """dx = gamma inv_std (dy - sum_dy / n - (x - mean) inv_std^2 sum_dy_xc / n), where
-    the sums run over all n rows of the batch (on all processes, when synchronized)."""
+def batchnorm_backward_dx(dy, x, gamma, mean, inv_std, sum_dy, sum_dy_xc, rows, dx, coef):
+    """dx = gamma inv_std (dy - sum_dy / rows - (x - mean) inv_std^2 sum_dy_xc / rows),
+    where the sums run over all ``rows`` rows of the batch."""
     f = x.shape[1]
     a, c, mean_dy = coef[:f], coef[f:2 * f], coef[2 * f:3 * f]
     for j in range(f):
         k = gamma[j] * inv_std[j]
         a[j] = k
-        c[j] = k * inv_std[j] * inv_std[j] * (sum_dy_xc[j] / n)
-        mean_dy[j] = sum_dy[j] / n
+        c[j] = k * inv_std[j] * inv_std[j] * (sum_dy_xc[j] / rows)
+        mean_dy[j] = sum_dy[j] / rows
     for i in range(x.shape[0]):
         xr = x[i]
         dyr = dy[i]
@@ -189,9 +205,9 @@ def batchnorm_backward_dx(dy, x, gamma, mean, inv_std, sum_dy, sum_dy_xc, n, dx,
 
 
 @_jit
-def batchnorm_update_running(running_mean, running_var, mean, var, n, momentum):
+def batchnorm_update_running(running_mean, running_var, mean, var, rows, momentum):
     """In-place running-statistics update (unbiased variance, as PyTorch)."""
-    unbias = n / (n - 1.0)
+    unbias = rows / (rows - 1.0)
     for j in range(running_mean.shape[0]):
         running_mean[j] = (1.0 - momentum) * running_mean[j] + momentum * mean[j]
         running_var[j] = (1.0 - momentum) * running_var[j] + momentum * var[j] * unbias

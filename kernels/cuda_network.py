@@ -22,10 +22,9 @@ from numba import cuda
 
 from . import cuda_ops as k
 from .cuda_gemm import gemm
-from .network import ACT, BATCHNORM, BUFFER, DENSE, EPS, KIND, MOMENTUM
-from .network import N_IN, N_OUT, P_BIAS, P_WEIGHT
+from . import optim
 from .loss import BCE
-from .optim import RMSPROP, SGD, adam_scalars
+from .network import BATCHNORM, DENSE
 
 
 def empty(shape, dtype):
@@ -52,19 +51,18 @@ class DeviceModel:
 
     def __init__(self, model, stream=0):
         self.table = model.table
-        self.layer_f = model.layer_f
         self.counts = model.counts.copy()
         self.dtype = model.dtype
         self.params = cuda.to_device(model.params, stream=stream)
         self.buffers = cuda.to_device(model.buffers, stream=stream)
-        self.layers = [self._views(l) for l in range(self.table.shape[0])]
+        self.layers = [self._views(l) for l in range(self.table.kind.shape[0])]
 
     def _views(self, l):
-        t = self.table[l]
-        kind, n_in, n_out = int(t[KIND]), int(t[N_IN]), int(t[N_OUT])
-        pw, pb, r = int(t[P_WEIGHT]), int(t[P_BIAS]), int(t[BUFFER])
-        views = {"kind": kind, "n_in": n_in, "n_out": n_out, "act": int(t[ACT]),
-                 "eps": float(self.layer_f[l, EPS]), "momentum": float(self.layer_f[l, MOMENTUM])}
+        t = self.table
+        kind, n_in, n_out = int(t.kind[l]), int(t.n_in[l]), int(t.n_out[l])
+        pw, pb, r = int(t.weight_at[l]), int(t.bias_at[l]), int(t.stats_at[l])
+        views = {"kind": kind, "n_in": n_in, "n_out": n_out, "act": int(t.activation[l]),
+                 "eps": float(t.eps[l]), "momentum": float(t.momentum[l])}
         if kind == DENSE:
             views["w"] = self.params[pw:pw + n_out * n_in].reshape(n_out, n_in)
             views["b"] = self.params[pb:pb + n_out] if pb >= 0 else None
@@ -171,67 +169,82 @@ def backward(dm, ws, grads, n, stream=0):
         cur = 1 - cur
 
 
-def optimizer_update(kind, hyper, step, w, g, state, stream=0):
-    """One fused launch updating every element of the flat buffer w (device
-    arrays). The derived scalars are computed on the host in float64 and cast
-    to w's dtype, exactly as the cpu kernels do (optim.py)."""
-    t = w.dtype.type
-    h = hyper
+def optimizer_update(state, w, g, stream=0):
+    """One fused launch updating every element of the flat buffer w from g
+    (device arrays), with ``state`` the optimizer's named state whose buffers
+    are device arrays and whose hyper and step are on the host. The step is
+    incremented and the derived scalars decoded on the host by the same
+    functions the cpu kernels use (kernels/optim.py), in float64, cast to w's
+    dtype."""
+    state.step[0] += 1
+    step, like = int(state.step[0]), np.empty(0, w.dtype)
     grid = k.grid_1d(w.shape[0])
-    if kind == SGD:
-        k.sgd_update[grid, k.THREADS, stream](w, g, state[0], t(h[0]), t(h[1]), t(1.0 - h[2]),
-                                              h[3] != 0, t(h[4]), step == 1)
-    elif kind == RMSPROP:
-        k.rmsprop_update[grid, k.THREADS, stream](w, g, state[0], state[2], state[1], t(h[0]),
-                                                  t(h[1]), t(1.0 - h[1]), t(h[2]), t(h[3]),
-                                                  t(h[4]), h[5] != 0)
+    if isinstance(state, optim.SGDState):
+        k.sgd_update[grid, k.THREADS, stream](w, g, state.momentum_buffer,
+                                              *optim.sgd_scalars(state.hyper, step, like))
+    elif isinstance(state, optim.RMSpropState):
+        k.rmsprop_update[grid, k.THREADS, stream](w, g, state.square_avg, state.grad_avg,
+                                                  state.momentum_buffer,
+                                                  *optim.rmsprop_scalars(state.hyper, like))
     else:
-        step_size, bc2_sqrt = adam_scalars(h[0], h[1], h[2], step)
-        k.adam_update[grid, k.THREADS, stream](w, g, state[0], state[1], t(1.0 - h[1]), t(h[2]),
-                                               t(1.0 - h[2]), t(h[3]), t(h[4]),
-                                               t(1.0 - h[0] * h[4]), h[5] != 0, t(step_size),
-                                               t(bc2_sqrt))
+        k.adam_update[grid, k.THREADS, stream](w, g, state.exp_avg, state.exp_avg_sq,
+                                               *optim.adam_scalars(state.hyper, step, like))
 
 
 class DeviceOptimizer:
-    """Optimizer state on the device; the step count stays on the host."""
+    """The optimizer's state on the device: its (3, n) buffers copied there,
+    viewed by name; the hyper-parameters and step count stay on the host."""
 
-    def __init__(self, opt, stream=0):
-        kind, hyper, state, step = opt
-        self.kind, self.hyper, self.host_state, self.host_step = kind, hyper, state, step
-        self.state = cuda.to_device(state, stream=stream)
-        self.step = int(step[0])
+    def __init__(self, optimizer, n_params, dtype, stream=0):
+        host = optimizer.engine_state(n_params, dtype)
+        self.optimizer = optimizer
+        self.rows = cuda.to_device(optimizer.state, stream=stream)
+        self.start_step = int(host.step[0])
+        self.state = optim.optimizer_state(optimizer.kind, host.hyper,
+                                           np.array(host.step), self.rows)
+
+    def set_learning_rate(self, lr):
+        self.state.hyper[optim.LR] = lr
 
     def update(self, params, grads, stream=0):
-        self.step += 1
-        optimizer_update(self.kind, self.hyper, self.step, params, grads, self.state, stream)
+        optimizer_update(self.state, params, grads, stream)
+
+    def save(self):
+        """(device copy of the buffers, step) to come back to."""
+        return _copy(self.rows), int(self.state.step[0])
+
+    def restore(self, saved):
+        self.rows.copy_to_device(saved[0])
+        self.state.step[0] = saved[1]
 
     def copy_to_host(self, stream=0):
-        self.state.copy_to_host(self.host_state, stream=stream)
-        self.host_step[0] = self.step
+        self.rows.copy_to_host(self.optimizer.state, stream=stream)
+        self.optimizer.step_count[0] = self.state.step[0]
 
 
 class CudaTrainingSession:
     """One ``fit`` on the GPU: everything on the device from start to finish."""
 
-    def __init__(self, model, opt, X, Y, batch, loss_kind):
+    def __init__(self, model, optimizer, X, Y, batch, loss_kind):
         self.model = model
         self.loss_kind = loss_kind
         self.dm = DeviceModel(model)
-        self.opt = DeviceOptimizer(opt)
+        self.opt = DeviceOptimizer(optimizer, model.n_params, model.dtype)
         self.X = cuda.to_device(X)
         self.Y = cuda.to_device(Y)
         self.ws = Workspace(self.dm, batch, Y.shape[1])
         self.grads = empty(model.params.shape[0], model.dtype)
         self.losses = empty(math.ceil(X.shape[0] / batch), np.float64)
 
+    def set_learning_rate(self, lr):
+        self.opt.set_learning_rate(lr)
+
     def train_epoch(self, index, batch_size, skip_single, losses, sizes):
         """As the host sessions' train_epoch. The losses are only seen at the
         end of the epoch, so after a non-finite loss the state from the start
         of the epoch is put back (the last state known to be good)."""
         dm, ws = self.dm, self.ws
-        saved = (_copy(dm.params), _copy(dm.buffers), dm.counts.copy(), _copy(self.opt.state),
-                 self.opt.step)
+        saved = (_copy(dm.params), _copy(dm.buffers), dm.counts.copy(), self.opt.save())
         d_index = cuda.to_device(index.astype(np.int64, copy=False))
         n_total = index.shape[0]
         k.fill[k.grid_1d(self.losses.shape[0]), k.THREADS](self.losses, 0.0)
@@ -258,10 +271,9 @@ class CudaTrainingSession:
             dm.params.copy_to_device(saved[0])
             dm.buffers.copy_to_device(saved[1])
             dm.counts[:] = saved[2]
-            self.opt.state.copy_to_device(saved[3])
-            self.opt.step = saved[4]
-            return -int(bad[0] + 1)
-        return n_batches
+            self.opt.restore(saved[3])
+            return n_batches, int(bad[0] + 1)
+        return n_batches, 0
 
     def logits(self, X):
         return predict_logits(self.dm, X)

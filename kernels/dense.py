@@ -17,7 +17,7 @@ to BLAS through ``np.dot`` with transposed views, never explicit copies.
 import numpy as np
 from numba import njit
 
-from .batchnorm import column_sum
+from .batchnorm import batch_sums
 
 _jit = njit(cache=True, error_model="numpy")
 
@@ -49,25 +49,20 @@ def dense_forward(x, w, b, y):
 
 
 @_jit
-def dense_backward(dy, x, w, dx, dw, db, acc):
+def dense_backward(dy, x, w, dx, dw, db, sums):
     """Gradients of a dense layer, written into dx, dw and db.
 
-    dx may be empty: the first layer of a network needs no input gradient.
-    db may be empty (no bias). acc: float64 scratch of at least n_out.
+    dx may have no rows: the first layer of a network needs no input gradient.
+    db may be empty (no bias). sums: float64 scratch of at least n_out.
     """
-    if dx.size:
+    if dx.shape[0]:
         np.dot(dy, w, dx)
     np.dot(dy.T, x, dw)
     if db.size:
-        column_sums(dy, db, acc)
-
-
-@_jit
-def column_sums(a, out, acc):
-    """out[j] = sum_i a[i, j], accumulated in float64 in the scratch acc."""
-    total = acc[:a.shape[1]]
-    column_sum(a, total)
-    out[:] = total
+        total = sums[:db.shape[0]]
+        batch_sums(dy, total)  # accumulated in float64, then stored in db's dtype
+        for j in range(db.shape[0]):
+            db[j] = total[j]
 
 
 @_jit

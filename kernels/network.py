@@ -1,380 +1,603 @@
-"""The whole network as one flat description that compiled code walks.
+"""The engine: the whole network as one flat description with named views,
+walked once per direction by every host engine.
 
-Contract:
-    net = (layers, layer_f, params, buffers, counts)
-        layers  : (L, 8) int64, one row per layer, columns named below
-        layer_f : (L, 2) float64, BatchNorm eps and momentum (momentum < 0
-                  means None: a cumulative average, as in PyTorch)
-        params  : (P,)  every trainable parameter, in torch state_dict order
-                  (Dense weight (out, in) then bias; BatchNorm weight then bias)
-        buffers : (R,)  BatchNorm running_mean then running_var
-        counts  : (L,)  int64 BatchNorm num_batches_tracked
-    grads : (P,) same layout as params, overwritten by each backward pass
-    ws = (work, gbuf, cache, act_off, yb, acc, coef)   allocated once per fit
-        work    : flat; block l (offset act_off[l]) holds the input of layer l
-                  for up to B rows, block L the network output (the logits)
-        gbuf    : (2, B * max_width) ping-pong buffers for the backward pass
-        cache   : BatchNorm batch mean, var, inv_std per BatchNorm layer
-        act_off : (L + 1,) int64 offsets into work
-        yb      : (B, k) the batch targets
-        acc     : (2 * max_width,) float64 scratch for the batch sums
-        coef    : (3 * max_width,) scratch for per-feature coefficients
-A BatchNorm directly followed by a ReLU runs as one fused pass (block l + 1,
-the BatchNorm output, is then never written; the ReLU backward only needs
-the ReLU's output).
-    opt = (kind, hyper, state, step)   see kernels/optim.py; step is a (1,)
-          int64 array holding the number of updates taken so far
-guard = (params (2, P), buffers (2, R), counts (2, L), taken (1,) int64)
-    two snapshots of the model state, taken alternately before each batch,
-    so that when a batch's loss is not finite the state before the previous
-    batch (the last one whose loss was finite) can be put back.
+The description (built once per model by ``fastnn.core.layers.Sequential``):
+
+    Network(table, params, buffers, counts)
+      table   : LayerTable, one entry per layer in each field
+                  kind        DENSE, BATCHNORM or ACTIVATION
+                  n_in, n_out the layer's input and output widths
+                  weight_at   offset in params of the weight: a Dense weight
+                              (n_out, n_in), or a BatchNorm's gamma (n_out,)
+                  bias_at     offset of the Dense bias (-1: none) or BatchNorm beta
+                  stats_at    offset in buffers of a BatchNorm's running_mean
+                              (its running_var follows)
+                  saved_at    offset in the workspace's ``saved`` of a
+                              BatchNorm's batch mean, var and inv_std
+                  activation  RELU, SIGMOID or TANH, for an activation layer
+                  relu_after  1 for a BatchNorm that also applies the ReLU
+                              following it (one fused pass)
+                  folded      1 for that ReLU: the layer before did its work
+                  sync        1 for a BatchNorm whose statistics are those of
+                              the global batch in data-parallel training
+                  eps, momentum  a BatchNorm's, float64 (momentum < 0: a
+                              cumulative average, PyTorch's momentum=None)
+      params  : (P,) every trainable parameter, in torch state_dict order
+      buffers : (R,) every running statistic
+      counts  : (L,) int64 BatchNorm num_batches_tracked
+
+    Workspace(activations, activation_at, gradients, saved, targets, sums,
+              coefficients), allocated once per fit (``workspace``):
+      activations   : flat; the block at activation_at[l] holds the input of
+                      layer l for up to ``batch`` rows, the block at
+                      activation_at[L] the logits. A BatchNorm with relu_after
+                      writes straight into the block of the ReLU's output.
+      gradients     : (2, batch * max_width), the backward pass's ping-pong
+                      pair: d loss / d (output) of the layer being walked, and
+                      the d loss / d (input) it writes
+      saved         : each BatchNorm's batch mean, var, inv_std
+      targets       : (batch, k) the batch's targets
+      sums          : (2 * max_width,) float64 scratch for the batch sums
+      coefficients  : (3 * max_width,) scratch for per-feature coefficients
+
+    grads : (P + 1,) the gradient of every parameter, laid out as params,
+            then the batch loss (one buffer, so that data-parallel training
+            sums both with one all-reduce)
+    opt   : the optimizer's named state (optim.py)
+    guard : Guard(params, buffers, counts, taken), two snapshots of the model
+            state taken alternately before each batch, so that when a batch's
+            loss is not finite the state before the previous batch (the last
+            one whose loss was finite) can be put back
+    comm  : None in one process, or a collective.Communicator: then each
+            process runs its shard of every global batch, and the engine
+            all-reduces the gradients and the loss once per step and, for
+            synchronized BatchNorm layers, the batch sums
+
 The loss (``loss_kind``, codes in loss.py) is binary cross-entropy on the
 output logits averaged over batch * k, or softmax cross-entropy averaged over
 the batch (Y then holds one-hot rows).
-The cpu engine below runs a whole epoch in one compiled call, with no
-allocation beyond a few small per-layer scratch vectors; ``train_step`` and
-``optimizer_update`` stay callable one batch at a time. The reference engine
-(``*_reference``) walks the same description with the NumPy kernels.
+
+Each layer kind has one forward and one backward function below, and the
+network one walk per direction (``forward``, ``backward``), which every host
+engine runs: the cpu engine compiled with numba; the data-parallel engine,
+the same compiled code with a communicator; and the reference engine, the
+same Python source executed by the interpreter with each kernel replaced by
+its NumPy reference (``python_twin``, at the end of this file).
 """
+
+import types
+from collections import namedtuple
 
 import numpy as np
 from numba import njit
+from numba.core.registry import CPUDispatcher
 
-from .activations import activation_backward, activation_backward_reference
-from .activations import RELU, activation_forward, activation_forward_reference
+from .activations import (
+    RELU, activation_backward, activation_backward_reference, activation_forward,
+    activation_forward_reference,
+)
 from .batchnorm import (
     batchnorm_backward, batchnorm_backward_reference, batchnorm_forward,
     batchnorm_forward_reference, batchnorm_inference, batchnorm_inference_reference,
     batchnorm_update_running, batchnorm_update_running_reference,
 )
+from .collective import allreduce_sum, broadcast, shard
 from .dense import dense_backward, dense_backward_reference, dense_forward
 from .dense import dense_forward_reference
 from .loss import loss_and_gradient, loss_reference
-from .optim import optimizer_update, optimizer_update_reference
+from .optim import optimizer_update
 
 _jit = njit(cache=True, error_model="numpy")
+_inline = njit(inline="always", cache=True, error_model="numpy")
 
 # layer kinds
 DENSE, BATCHNORM, ACTIVATION = 0, 1, 2
-# columns of the layers table
-KIND, N_IN, N_OUT, P_WEIGHT, P_BIAS, BUFFER, ACT, CACHE = range(8)
-N_COLUMNS = 8
-EPS, MOMENTUM = 0, 1
+
+LayerTable = namedtuple("LayerTable", ["kind", "n_in", "n_out", "weight_at", "bias_at",
+                                       "stats_at", "saved_at", "activation", "relu_after",
+                                       "folded", "sync", "eps", "momentum"])
+Network = namedtuple("Network", ["table", "params", "buffers", "counts"])
+Workspace = namedtuple("Workspace", ["activations", "activation_at", "gradients", "saved",
+                                     "targets", "sums", "coefficients"])
+Guard = namedtuple("Guard", ["params", "buffers", "counts", "taken"])
 
 
-def workspace_layout(layers, batch):
-    """Sizes of the workspace for a given maximum batch: (act_off, work_size,
-    gbuf_width, cache_size, max_width)."""
-    n_layers = layers.shape[0]
-    act_off = np.zeros(n_layers + 1, np.int64)
-    widths = [int(layers[0, N_IN])] + [int(layers[l, N_OUT]) for l in range(n_layers)]
-    for l in range(n_layers):
-        act_off[l + 1] = act_off[l] + batch * widths[l]
-    work_size = int(act_off[-1]) + batch * widths[-1]
-    cache_size = int(sum(3 * layers[l, N_OUT] for l in range(n_layers)
-                         if layers[l, KIND] == BATCHNORM))
-    return act_off, work_size, batch * max(widths), cache_size, max(widths)
+# ---- building the description (Python) ----
 
-
-# ---- cpu engine ----
-
-@_jit
-def _block(buf, offset, rows, cols):
-    return buf[offset:offset + rows * cols].reshape((rows, cols))
-
-
-@_jit
-def _relu_follows(layers, l):
-    return (l + 1 < layers.shape[0] and layers[l + 1, KIND] == ACTIVATION
-            and layers[l + 1, ACT] == RELU)
-
-
-@_jit
-def forward(net, ws, n, training):
-    """Forward pass of the first n rows of work block 0, in training mode
-    (batch statistics, running statistics updated) or inference mode."""
-    layers, layer_f, params, buffers, counts = net
-    work, gbuf, cache, act_off, yb, acc, coef = ws
-    skip_next = False
-    for l in range(layers.shape[0]):
-        if skip_next:  # a ReLU already applied by the BatchNorm before it
-            skip_next = False
-            continue
-        kind, n_in, n_out = layers[l, KIND], layers[l, N_IN], layers[l, N_OUT]
-        x = _block(work, act_off[l], n, n_in)
-        y = _block(work, act_off[l + 1], n, n_out)
-        pw, pb = layers[l, P_WEIGHT], layers[l, P_BIAS]
+def build_layer_table(layers):
+    """The LayerTable, and the sizes of params, buffers and saved statistics,
+    for ``layers``: a list of dicts with keys kind, n_in, n_out, bias (Dense),
+    activation (ACTIVATION), eps, momentum, sync (BATCHNORM)."""
+    n = len(layers)
+    fields = {name: np.full(n, -1, np.int64) for name in LayerTable._fields[:8]}
+    fields.update(relu_after=np.zeros(n, np.int64), folded=np.zeros(n, np.int64),
+                  sync=np.zeros(n, np.int64), eps=np.zeros(n), momentum=np.zeros(n))
+    p = r = s = 0
+    for l, layer in enumerate(layers):
+        kind, n_in, n_out = layer["kind"], layer["n_in"], layer["n_out"]
+        fields["kind"][l], fields["n_in"][l], fields["n_out"][l] = kind, n_in, n_out
         if kind == DENSE:
-            w = _block(params, pw, n_out, n_in)
-            b = params[pb:pb + n_out] if pb >= 0 else params[0:0]
-            dense_forward(x, w, b, y)
+            fields["weight_at"][l] = p
+            p += n_out * n_in
+            if layer["bias"]:
+                fields["bias_at"][l] = p
+                p += n_out
         elif kind == BATCHNORM:
-            gamma = params[pw:pw + n_out]
-            beta = params[pb:pb + n_out]
-            r = layers[l, BUFFER]
-            running_mean = buffers[r:r + n_out]
-            running_var = buffers[r + n_out:r + 2 * n_out]
-            eps = layer_f[l, EPS]
-            relu = _relu_follows(layers, l)
-            if relu:
-                y = _block(work, act_off[l + 2], n, n_out)
-                skip_next = True
-            if training:
-                c = layers[l, CACHE]
-                mean = cache[c:c + n_out]
-                var = cache[c + n_out:c + 2 * n_out]
-                inv_std = cache[c + 2 * n_out:c + 3 * n_out]
-                batchnorm_forward(x, gamma, beta, eps, relu, y, mean, var, inv_std, acc, coef)
-                counts[l] += 1
-                momentum = layer_f[l, MOMENTUM]
-                if momentum < 0.0:
-                    momentum = 1.0 / counts[l]
-                batchnorm_update_running(running_mean, running_var, mean, var, n, momentum)
-            else:
-                batchnorm_inference(x, gamma, beta, running_mean, running_var, eps, relu, y,
-                                    acc, coef)
+            fields["weight_at"][l], fields["bias_at"][l] = p, p + n_out
+            p += 2 * n_out
+            fields["stats_at"][l] = r
+            r += 2 * n_out
+            fields["saved_at"][l] = s
+            s += 3 * n_out
+            fields["eps"][l] = layer["eps"]
+            fields["momentum"][l] = -1.0 if layer["momentum"] is None else layer["momentum"]
+            fields["sync"][l] = int(layer["sync"])
+            follower = layers[l + 1] if l + 1 < n else None
+            if follower is not None and follower["kind"] == ACTIVATION \
+                    and follower["activation"] == RELU:
+                fields["relu_after"][l] = 1
+                fields["folded"][l + 1] = 1
         else:
-            activation_forward(layers[l, ACT], x, y)
+            fields["activation"][l] = layer["activation"]
+    return LayerTable(**fields), p, r, s
 
+
+def workspace(table, batch, n_outputs, dtype):
+    """A Workspace for batches of up to ``batch`` rows, in ``dtype``."""
+    n_layers = table.kind.shape[0]
+    widths = [int(table.n_in[0])] + [int(w) for w in table.n_out]
+    activation_at = np.zeros(n_layers + 1, np.int64)
+    for l in range(n_layers):
+        activation_at[l + 1] = activation_at[l] + batch * widths[l]
+    saved = int(sum(3 * table.n_out[l] for l in range(n_layers) if table.kind[l] == BATCHNORM))
+    width = max(widths)
+    return Workspace(activations=np.zeros(int(activation_at[-1]) + batch * widths[-1], dtype),
+                     activation_at=activation_at,
+                     gradients=np.zeros((2, batch * width), dtype),
+                     saved=np.zeros(max(saved, 1), dtype),
+                     targets=np.zeros((batch, n_outputs), dtype),
+                     sums=np.zeros(2 * width), coefficients=np.zeros(3 * width, dtype))
+
+
+def guard_for(net):
+    """An empty Guard for the model state of ``net``."""
+    return Guard(np.empty((2, net.params.size), net.params.dtype),
+                 np.empty((2, net.buffers.size), net.buffers.dtype),
+                 np.empty((2, net.counts.size), np.int64), np.zeros(1, np.int64))
+
+
+# ---- named views (inlined: they cost nothing at run time) ----
+
+@_inline
+def block(flat, offset, rows, cols):
+    """The (rows, cols) matrix stored at ``offset`` of a flat buffer."""
+    return flat[offset:offset + rows * cols].reshape((rows, cols))
+
+
+@_inline
+def dense_weight(table, flat, l):
+    """Dense layer l's weight (n_out, n_in), in params or in grads."""
+    return block(flat, table.weight_at[l], table.n_out[l], table.n_in[l])
+
+
+@_inline
+def dense_bias(table, flat, l):
+    """Dense layer l's bias (n_out,), empty for a layer without one."""
+    at = table.bias_at[l]
+    return flat[at:at + table.n_out[l]] if at >= 0 else flat[0:0]
+
+
+@_inline
+def batchnorm_gamma(table, flat, l):
+    return flat[table.weight_at[l]:table.weight_at[l] + table.n_out[l]]
+
+
+@_inline
+def batchnorm_beta(table, flat, l):
+    return flat[table.bias_at[l]:table.bias_at[l] + table.n_out[l]]
+
+
+@_inline
+def running_mean(table, buffers, l):
+    return buffers[table.stats_at[l]:table.stats_at[l] + table.n_out[l]]
+
+
+@_inline
+def running_var(table, buffers, l):
+    at = table.stats_at[l] + table.n_out[l]
+    return buffers[at:at + table.n_out[l]]
+
+
+@_inline
+def saved_statistics(table, ws, l):
+    """BatchNorm layer l's batch (mean, var, inv_std) from the forward pass."""
+    f, at = table.n_out[l], table.saved_at[l]
+    return ws.saved[at:at + f], ws.saved[at + f:at + 2 * f], ws.saved[at + 2 * f:at + 3 * f]
+
+
+@_inline
+def layer_input(net, ws, l, n):
+    """Layer l's input, (n, n_in)."""
+    return block(ws.activations, ws.activation_at[l], n, net.table.n_in[l])
+
+
+@_inline
+def layer_output(net, ws, l, n):
+    """Where layer l writes its output, (n, n_out): the next block, or, for a
+    BatchNorm that applies the ReLU after it, the ReLU's output block."""
+    return block(ws.activations, ws.activation_at[l + 1 + net.table.relu_after[l]], n,
+                 net.table.n_out[l])
+
+
+@_inline
+def network_output(net, ws, n):
+    """The logits, (n, k)."""
+    last = net.table.kind.shape[0] - 1
+    return block(ws.activations, ws.activation_at[last + 1], n, net.table.n_out[last])
+
+
+@_inline
+def gradient(ws, which, rows, cols):
+    """Gradient buffer ``which`` (0 or 1) viewed as (rows, cols)."""
+    return block(ws.gradients[which], 0, rows, cols)
+
+
+# ---- data movement (kernels, each with a NumPy reference below) ----
 
 @_jit
-def backward(net, ws, grads, n):
-    """Backward pass; d loss / d output must be in gbuf[0]. Writes grads."""
-    layers, layer_f, params, buffers, counts = net
-    work, gbuf, cache, act_off, yb, acc, coef = ws
-    cur = 0
-    for l in range(layers.shape[0] - 1, -1, -1):
-        kind, n_in, n_out = layers[l, KIND], layers[l, N_IN], layers[l, N_OUT]
-        x = _block(work, act_off[l], n, n_in)
-        dy = _block(gbuf[cur], 0, n, n_out)
-        rows_dx = n if l > 0 else 0  # no input gradient for the first layer
-        dx = _block(gbuf[1 - cur], 0, rows_dx, n_in)
-        pw, pb = layers[l, P_WEIGHT], layers[l, P_BIAS]
-        if kind == DENSE:
-            w = _block(params, pw, n_out, n_in)
-            dw = _block(grads, pw, n_out, n_in)
-            db = grads[pb:pb + n_out] if pb >= 0 else grads[0:0]
-            dense_backward(dy, x, w, dx, dw, db, acc)
-        elif kind == BATCHNORM:
-            c = layers[l, CACHE]
-            dx_full = _block(gbuf[1 - cur], 0, n, n_in)
-            batchnorm_backward(dy, x, params[pw:pw + n_out], cache[c:c + n_out],
-                               cache[c + 2 * n_out:c + 3 * n_out], dx_full,
-                               grads[pw:pw + n_out], grads[pb:pb + n_out], acc, coef)
-        elif l > 0:
-            y = _block(work, act_off[l + 1], n, n_out)
-            activation_backward(layers[l, ACT], y, dy, dx)
-        cur = 1 - cur
-
-
-@_jit
-def train_step(net, ws, grads, X, Y, index, start, n, loss_kind):
-    """Forward and backward pass on rows index[start:start + n] of (X, Y).
-
-    Leaves the gradients of every parameter in grads and returns the batch's
-    mean loss; the update is a separate call (see ``optimizer_update``), so
-    gradients can be combined across processes in between.
-    """
-    layers = net[0]
-    work, gbuf, cache, act_off, yb, acc, coef = ws
-    xb = _block(work, 0, n, X.shape[1])
+def gather_batch(X, Y, index, start, n, xb, yb):
+    """xb[i] = X[index[start + i]] and yb[i] = Y[index[start + i]] for i < n."""
     for i in range(n):
         row = index[start + i]
-        xb[i, :] = X[row]
-        yb[i, :] = Y[row]
-    forward(net, ws, n, True)
-    k = Y.shape[1]
-    logits = _block(work, act_off[layers.shape[0]], n, k)
-    loss = loss_and_gradient(loss_kind, logits, yb[:n], _block(gbuf[0], 0, n, k))
-    backward(net, ws, grads, n)
-    return loss
+        for j in range(X.shape[1]):
+            xb[i, j] = X[row, j]
+        for j in range(Y.shape[1]):
+            yb[i, j] = Y[row, j]
 
 
 @_jit
-def optimizer_step(net, grads, opt):
-    """Apply one optimizer update to every parameter, from grads."""
-    kind, hyper, state, step = opt
-    step[0] += 1
-    optimizer_update(kind, hyper, step[0], net[2], grads, state)
+def copy_into(destination, source):
+    """destination[...] = source, for arrays of one shape (any dimension)."""
+    flat_destination = destination.reshape(destination.size)
+    flat_source = source.reshape(source.size)
+    for i in range(flat_source.shape[0]):
+        flat_destination[i] = flat_source[i]
 
 
-def snapshot_state(net, guard):
+# ---- one forward and one backward function per layer kind ----
+
+@_jit
+def dense_layer_forward(net, ws, l, n):
+    dense_forward(layer_input(net, ws, l, n), dense_weight(net.table, net.params, l),
+                  dense_bias(net.table, net.params, l), layer_output(net, ws, l, n))
+
+
+@_jit
+def dense_layer_backward(net, ws, grads, l, n, dy, dx):
+    dense_backward(dy, layer_input(net, ws, l, n), dense_weight(net.table, net.params, l), dx,
+                   dense_weight(net.table, grads, l), dense_bias(net.table, grads, l), ws.sums)
+
+
+@_jit
+def batchnorm_layer_forward(net, ws, l, n, n_global, training, comm):
+    """Batch statistics in training (over the global batch when the layer is
+    synchronized), the running statistics otherwise."""
+    t = net.table
+    x, y = layer_input(net, ws, l, n), layer_output(net, ws, l, n)
+    gamma, beta = batchnorm_gamma(t, net.params, l), batchnorm_beta(t, net.params, l)
+    relu = t.relu_after[l] == 1
+    if not training:
+        batchnorm_inference(x, gamma, beta, running_mean(t, net.buffers, l),
+                            running_var(t, net.buffers, l), t.eps[l], relu, y, ws.sums,
+                            ws.coefficients)
+        return
+    mean, var, inv_std = saved_statistics(t, ws, l)
+    rows = n
+    if t.sync[l]:
+        rows = n_global
+        batchnorm_forward(x, gamma, beta, t.eps[l], relu, y, mean, var, inv_std, ws.sums,
+                          ws.coefficients, comm, rows)
+    else:
+        batchnorm_forward(x, gamma, beta, t.eps[l], relu, y, mean, var, inv_std, ws.sums,
+                          ws.coefficients, None, rows)
+    net.counts[l] += 1
+    momentum = t.momentum[l]
+    if momentum < 0.0:
+        momentum = 1.0 / net.counts[l]
+    batchnorm_update_running(running_mean(t, net.buffers, l), running_var(t, net.buffers, l),
+                             mean, var, rows, momentum)
+
+
+@_jit
+def batchnorm_layer_backward(net, ws, grads, l, n, n_global, dy, dx, comm):
+    t = net.table
+    mean, var, inv_std = saved_statistics(t, ws, l)
+    x = layer_input(net, ws, l, n)
+    gamma = batchnorm_gamma(t, net.params, l)
+    dgamma, dbeta = batchnorm_gamma(t, grads, l), batchnorm_beta(t, grads, l)
+    if t.sync[l]:
+        batchnorm_backward(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta, ws.sums,
+                           ws.coefficients, comm, n_global)
+    else:
+        batchnorm_backward(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta, ws.sums,
+                           ws.coefficients, None, n)
+
+
+@_jit
+def activation_layer_forward(net, ws, l, n):
+    activation_forward(net.table.activation[l], layer_input(net, ws, l, n),
+                       layer_output(net, ws, l, n))
+
+
+@_jit
+def activation_layer_backward(net, ws, l, n, dy, dx):
+    activation_backward(net.table.activation[l], layer_output(net, ws, l, n), dy, dx)
+
+
+# ---- the walks ----
+
+@_jit
+def forward(net, ws, n, n_global, training, comm):
+    """Forward pass over the first n rows of the input block, in training mode
+    (batch statistics, running statistics updated) or inference mode."""
+    t = net.table
+    for l in range(t.kind.shape[0]):
+        if t.folded[l]:  # a ReLU already applied by the BatchNorm before it
+            continue
+        if t.kind[l] == DENSE:
+            dense_layer_forward(net, ws, l, n)
+        elif t.kind[l] == BATCHNORM:
+            batchnorm_layer_forward(net, ws, l, n, n_global, training, comm)
+        else:
+            activation_layer_forward(net, ws, l, n)
+
+
+@_jit
+def backward(net, ws, grads, n, n_global, comm):
+    """Backward pass; d loss / d logits must be in gradient buffer 0. Writes grads."""
+    t = net.table
+    current = 0
+    for l in range(t.kind.shape[0] - 1, -1, -1):
+        dy = gradient(ws, current, n, t.n_out[l])
+        rows_dx = n if l > 0 else 0  # the first layer needs no input gradient
+        dx = gradient(ws, 1 - current, rows_dx, t.n_in[l])
+        if t.kind[l] == DENSE:
+            dense_layer_backward(net, ws, grads, l, n, dy, dx)
+        elif t.kind[l] == BATCHNORM:
+            batchnorm_layer_backward(net, ws, grads, l, n, n_global, dy, dx, comm)
+        else:
+            activation_layer_backward(net, ws, l, n, dy, dx)
+        current = 1 - current
+
+
+# ---- one step, one epoch ----
+
+@_jit
+def train_step(net, ws, grads, X, Y, index, start, n_global, loss_kind, comm):
+    """Forward and backward pass on rows index[start:start + n_global] of (X, Y)
+    (this process's shard of them, with a communicator).
+
+    Leaves the gradient of every parameter in grads[:P] and returns the
+    batch's mean loss; the optimizer update is a separate call.
+    """
+    offset, n = shard(comm, start, n_global)
+    n_params = net.params.shape[0]
+    k = Y.shape[1]
+    loss = 0.0
+    if n > 0:
+        gather_batch(X, Y, index, offset, n, layer_input(net, ws, 0, n), ws.targets)
+        forward(net, ws, n, n_global, True, comm)
+        dlogits = gradient(ws, 0, n, k)
+        loss = loss_and_gradient(loss_kind, network_output(net, ws, n), ws.targets[:n], dlogits)
+        if n != n_global:  # this shard's part of the global batch's mean
+            share = n / n_global
+            loss *= share
+            scale_in_place(dlogits, share)
+        backward(net, ws, grads, n, n_global, comm)
+    else:  # a shard without rows (a last batch smaller than the process count)
+        forward(net, ws, 0, n_global, True, comm)  # still takes part in the all-reduces
+        fill(grads, 0.0)
+        backward(net, ws, grads, 0, n_global, comm)
+    grads[n_params] = loss
+    allreduce_sum(comm, grads)  # every gradient and the loss, in one call
+    return grads[n_params] if comm is not None else loss
+
+
+@_jit
+def scale_in_place(a, factor):
+    """a *= factor, element by element, in a's dtype."""
+    f = a.dtype.type(factor)
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            a[i, j] *= f
+
+
+@_jit
+def fill(a, value):
+    for i in range(a.shape[0]):
+        a[i] = value
+
+
+@_jit
+def take_snapshot(net, guard):
     """Copy the model state into the guard's next snapshot slot."""
-    params, buffers, counts = net[2], net[3], net[4]
-    snap_params, snap_buffers, snap_counts, taken = guard
-    slot = taken[0] % 2
-    snap_params[slot, :] = params
-    snap_buffers[slot, :] = buffers
-    snap_counts[slot, :] = counts
-    taken[0] += 1
+    slot = guard.taken[0] % 2
+    copy_into(guard.params[slot], net.params)
+    copy_into(guard.buffers[slot], net.buffers)
+    copy_into(guard.counts[slot], net.counts)
+    guard.taken[0] += 1
 
 
+@_jit
 def restore_last_good(net, guard):
     """Put back the state from before the previous batch (the last one with a
     finite loss), or from before this batch if it was the first."""
-    params, buffers, counts = net[2], net[3], net[4]
-    snap_params, snap_buffers, snap_counts, taken = guard
-    slot = (taken[0] - 2) % 2 if taken[0] >= 2 else 0
-    params[:] = snap_params[slot]
-    buffers[:] = snap_buffers[slot]
-    counts[:] = snap_counts[slot]
+    slot = (guard.taken[0] - 2) % 2 if guard.taken[0] >= 2 else 0
+    copy_into(net.params, guard.params[slot])
+    copy_into(net.buffers, guard.buffers[slot])
+    copy_into(net.counts, guard.counts[slot])
 
 
-_snapshot_state = _jit(snapshot_state)
-_restore_last_good = _jit(restore_last_good)
+@_jit
+def share_running_statistics(net, comm):
+    """Rank 0's running statistics to every process, when some BatchNorm
+    layer is not synchronized (each process then computes its own, as
+    DistributedDataParallel's broadcast_buffers does); nothing otherwise."""
+    unsynchronized = False
+    for l in range(net.table.kind.shape[0]):
+        if net.table.kind[l] == BATCHNORM and net.table.sync[l] == 0:
+            unsynchronized = True
+    if unsynchronized:
+        broadcast(comm, net.buffers)
+        broadcast(comm, net.counts)
 
 
 @_jit
 def train_epoch(net, ws, grads, opt, X, Y, index, batch_size, skip_single, losses, sizes,
-                loss_kind, guard):
+                loss_kind, guard, comm):
     """One epoch of mini-batch training over rows ``index`` of (X, Y).
 
     Batch b covers index[b * batch_size:(b + 1) * batch_size]; a last batch
     of one row is skipped when ``skip_single`` (BatchNorm needs two rows).
-    Writes each batch's mean loss and size; returns the number of batches.
-    If a batch's loss is not finite, the epoch stops there, the last good
-    state is restored (see ``guard``) and -(number of that batch) is returned.
+    Writes each batch's mean loss and size. Returns (batches, nonfinite): the
+    number of batches trained and 0, or, when a batch's loss is not finite,
+    its 1-based number twice: the epoch stops there and the last good state
+    is restored (see ``guard``).
     """
     n_total = index.shape[0]
+    n_params = net.params.shape[0]
     n_batches = 0
     for start in range(0, n_total, batch_size):
         n = min(batch_size, n_total - start)
         if n == 1 and skip_single:
             continue
-        _snapshot_state(net, guard)
-        loss = train_step(net, ws, grads, X, Y, index, start, n, loss_kind)
+        take_snapshot(net, guard)
+        loss = train_step(net, ws, grads, X, Y, index, start, n, loss_kind, comm)
         losses[n_batches] = loss
         sizes[n_batches] = n
         n_batches += 1
         if not np.isfinite(loss):
-            _restore_last_good(net, guard)
-            return -n_batches
-        optimizer_step(net, grads, opt)
-    return n_batches
+            restore_last_good(net, guard)
+            return n_batches, n_batches
+        optimizer_update(opt, net.params, grads[:n_params])
+        share_running_statistics(net, comm)
+    return n_batches, 0
 
 
 @_jit
 def predict_logits(net, ws, X, out):
     """Inference-mode forward pass over all rows of X, in chunks of the
     workspace's batch capacity; writes the logits into out (n, k)."""
-    layers = net[0]
-    work, gbuf, cache, act_off, yb, acc, coef = ws
-    capacity = yb.shape[0]
-    n_layers = layers.shape[0]
+    capacity = ws.targets.shape[0]
     for start in range(0, X.shape[0], capacity):
         n = min(capacity, X.shape[0] - start)
-        _block(work, 0, n, X.shape[1])[:, :] = X[start:start + n]
-        forward(net, ws, n, False)
-        out[start:start + n, :] = _block(work, act_off[n_layers], n, out.shape[1])
+        copy_into(layer_input(net, ws, 0, n), X[start:start + n])
+        forward(net, ws, n, n, False, None)
+        copy_into(out[start:start + n], network_output(net, ws, n))
 
 
-# ---- reference engine (NumPy), same signatures as the cpu engine ----
+# ---- the reference engine: the walks above, run by Python on NumPy kernels ----
 
-def _layer_params(net, l):
-    layers, layer_f, params, buffers, counts = net
-    n_in, n_out = int(layers[l, N_IN]), int(layers[l, N_OUT])
-    pw, pb = int(layers[l, P_WEIGHT]), int(layers[l, P_BIAS])
-    if layers[l, KIND] == DENSE:
-        w = params[pw:pw + n_out * n_in].reshape(n_out, n_in)
-        b = params[pb:pb + n_out] if pb >= 0 else None
-        return w, b
-    return params[pw:pw + n_out], params[pb:pb + n_out]
+def _store(out, value):
+    out[...] = value
 
 
-def forward_reference(net, x, training):
-    """Returns the input of every layer plus the output, and the BatchNorm
-    caches {layer: (mean, inv_std)}; updates running statistics in training."""
-    layers, layer_f, params, buffers, counts = net
-    acts, caches = [x], {}
-    for l in range(layers.shape[0]):
-        kind, n_out = layers[l, KIND], int(layers[l, N_OUT])
-        if kind == DENSE:
-            w, b = _layer_params(net, l)
-            y = dense_forward_reference(x, w, b)
-        elif kind == BATCHNORM:
-            gamma, beta = _layer_params(net, l)
-            r = int(layers[l, BUFFER])
-            running_mean, running_var = buffers[r:r + n_out], buffers[r + n_out:r + 2 * n_out]
-            eps = layer_f[l, EPS]
-            if training:
-                y, mean, inv_std = batchnorm_forward_reference(x, gamma, beta, eps)
-                caches[l] = (mean, inv_std)
-                counts[l] += 1
-                momentum = layer_f[l, MOMENTUM]
-                if momentum < 0:
-                    momentum = 1.0 / counts[l]
-                var = ((x - mean) ** 2).mean(axis=0)
-                batchnorm_update_running_reference(running_mean, running_var, mean, var,
-                                                   x.shape[0], momentum)
-            else:
-                y = batchnorm_inference_reference(x, gamma, beta, running_mean,
-                                                  running_var, eps)
-        else:
-            y = activation_forward_reference(layers[l, ACT], x)
-        y = y.astype(x.dtype, copy=False)
-        acts.append(y)
-        x = y
-    return acts, caches
+def _dense_forward(x, w, b, y):
+    _store(y, dense_forward_reference(x, w, b))
 
 
-def backward_reference(net, acts, caches, dout, grads):
-    layers, layer_f, params, buffers, counts = net
-    dy = dout
-    for l in range(layers.shape[0] - 1, -1, -1):
-        kind, n_out = layers[l, KIND], int(layers[l, N_OUT])
-        x, y = acts[l], acts[l + 1]
-        pw, pb = int(layers[l, P_WEIGHT]), int(layers[l, P_BIAS])
-        if kind == DENSE:
-            w, b = _layer_params(net, l)
-            dx, dw, db = dense_backward_reference(dy, x, w)
-            grads[pw:pw + dw.size] = dw.ravel()
-            if pb >= 0:
-                grads[pb:pb + n_out] = db
-        elif kind == BATCHNORM:
-            gamma, beta = _layer_params(net, l)
-            dx, dgamma, dbeta = batchnorm_backward_reference(dy, x, gamma, *caches[l])
-            grads[pw:pw + n_out] = dgamma
-            grads[pb:pb + n_out] = dbeta
-        else:
-            dx = activation_backward_reference(layers[l, ACT], y, dy)
-        dy = dx.astype(x.dtype, copy=False)
+def _dense_backward(dy, x, w, dx, dw, db, sums):
+    dx_value, dw_value, db_value = dense_backward_reference(dy, x, w)
+    if dx.shape[0]:
+        _store(dx, dx_value)
+    _store(dw, dw_value)
+    if db.size:
+        _store(db, db_value)
 
 
-def train_step_reference(net, ws, grads, X, Y, index, start, n, loss_kind):
+def _batchnorm_forward(x, gamma, beta, eps, relu, y, mean, var, inv_std, sums, coef, comm,
+                       rows):
+    value, batch_mean, batch_inv_std = batchnorm_forward_reference(x, gamma, beta, eps)
+    _store(y, np.maximum(value, 0) if relu else value)
+    _store(mean, batch_mean)
+    _store(var, ((x - batch_mean) ** 2).mean(axis=0))
+    _store(inv_std, batch_inv_std)
+
+
+def _batchnorm_inference(x, gamma, beta, mean, var, eps, relu, y, sums, coef):
+    value = batchnorm_inference_reference(x, gamma, beta, mean, var, eps)
+    _store(y, np.maximum(value, 0) if relu else value)
+
+
+def _batchnorm_backward(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta, sums, coef, comm,
+                        rows):
+    dx_value, dgamma_value, dbeta_value = batchnorm_backward_reference(dy, x, gamma, mean,
+                                                                       inv_std)
+    if dx.shape[0]:
+        _store(dx, dx_value)
+    _store(dgamma, dgamma_value)
+    _store(dbeta, dbeta_value)
+
+
+def _activation_forward(kind, x, y):
+    _store(y, activation_forward_reference(kind, x))
+
+
+def _activation_backward(kind, y, dy, dx):
+    _store(dx, activation_backward_reference(kind, y, dy))
+
+
+def _loss_and_gradient(kind, z, y, dz):
+    value, gradient_value = loss_reference(kind, z, y)
+    _store(dz, gradient_value)
+    return value
+
+
+def _gather_batch(X, Y, index, start, n, xb, yb):
     rows = index[start:start + n]
-    acts, caches = forward_reference(net, X[rows], True)
-    loss, dlogits = loss_reference(loss_kind, acts[-1], Y[rows])
-    backward_reference(net, acts, caches, dlogits.astype(X.dtype, copy=False), grads)
-    return loss
+    _store(xb[:n], X[rows])
+    _store(yb[:n], Y[rows])
 
 
-def optimizer_step_reference(net, grads, opt):
-    kind, hyper, state, step = opt
-    step[0] += 1
-    optimizer_update_reference(kind, hyper, int(step[0]), net[2], grads, state)
+#: each kernel the walks call, by name, and its NumPy reference with the same
+#: argument contract (outputs written in place)
+REFERENCE_KERNELS = {
+    "dense_forward": _dense_forward, "dense_backward": _dense_backward,
+    "batchnorm_forward": _batchnorm_forward, "batchnorm_inference": _batchnorm_inference,
+    "batchnorm_backward": _batchnorm_backward,
+    "batchnorm_update_running": batchnorm_update_running_reference,
+    "activation_forward": _activation_forward, "activation_backward": _activation_backward,
+    "loss_and_gradient": _loss_and_gradient, "gather_batch": _gather_batch,
+    "copy_into": _store, "fill": lambda a, value: _store(a, value),
+    "scale_in_place": lambda a, factor: _store(a, a * factor),
+}
 
 
-def train_epoch_reference(net, ws, grads, opt, X, Y, index, batch_size, skip_single,
-                          losses, sizes, loss_kind, guard):
-    n_batches = 0
-    for start in range(0, index.shape[0], batch_size):
-        n = min(batch_size, index.shape[0] - start)
-        if n == 1 and skip_single:
-            continue
-        snapshot_state(net, guard)
-        with np.errstate(all="ignore"):  # a diverging run is reported, not warned about
-            losses[n_batches] = train_step_reference(net, ws, grads, X, Y, index, start, n,
-                                                     loss_kind)
-        sizes[n_batches] = n
-        n_batches += 1
-        if not np.isfinite(losses[n_batches - 1]):
-            restore_last_good(net, guard)
-            return -n_batches
-        with np.errstate(all="ignore"):
-            optimizer_step_reference(net, grads, opt)
-    return n_batches
+def python_twin(function, kernels, _twins=None):
+    """The Python function behind the @njit ``function``, with the same code
+    and every call it makes to another @njit function replaced: by the entry
+    of ``kernels`` of that name, else by that function's own twin. Executed
+    by the interpreter, it runs the same walk on other kernels."""
+    twins = {} if _twins is None else _twins
+    if function in twins:
+        return twins[function]
+    source = function.py_func
+    names = dict(source.__globals__)
+    twin = types.FunctionType(source.__code__, names, source.__name__, source.__defaults__,
+                              source.__closure__)
+    twin.__doc__ = source.__doc__
+    twins[function] = twin
+    for name in source.__code__.co_names:
+        value = names.get(name)
+        if name in kernels:
+            names[name] = kernels[name]
+        elif isinstance(value, CPUDispatcher):
+            names[name] = python_twin(value, kernels, twins)
+    return twin
 
 
-def predict_logits_reference(net, ws, X, out):
-    acts, _ = forward_reference(net, X, False)
-    out[:] = acts[-1]
+_reference_twins = {}
+train_step_reference = python_twin(train_step, REFERENCE_KERNELS, _reference_twins)
+train_epoch_reference = python_twin(train_epoch, REFERENCE_KERNELS, _reference_twins)
+predict_logits_reference = python_twin(predict_logits, REFERENCE_KERNELS, _reference_twins)
+forward_reference = python_twin(forward, REFERENCE_KERNELS, _reference_twins)

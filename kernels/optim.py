@@ -3,46 +3,113 @@
 Contract, shared by every version of the op:
     w, g   : (n,) parameters and their gradients (all of a model's parameters
              live in one flat buffer, so one call updates every tensor)
-    state  : (3, n) optimizer state rows, in w's dtype
-             SGD:     row 0 momentum buffer
-             RMSprop: row 0 square_avg, row 1 momentum buffer, row 2 grad_avg
-             Adam:    row 0 exp_avg, row 1 exp_avg_sq
-    hyper  : (8,) float64 hyper-parameters, laid out per optimizer below
-    step   : the step number being taken, counting from 1
+    state  : one named tuple per optimizer (``SGDState``, ``RMSpropState``,
+             ``AdamState``), holding
+               hyper : (HYPER_SIZE,) float64, the hyper-parameters at the
+                       named slots below (LR, WEIGHT_DECAY, ...), the same
+                       layout for every optimizer; the lr may change between
+                       epochs (``hyper[LR] = ...``)
+               step  : (1,) int64, the number of updates taken so far; an
+                       update first increments it
+               and the optimizer's named (n,) buffers in w's dtype:
+               SGD      momentum_buffer
+               RMSprop  square_avg, momentum_buffer, grad_avg
+               Adam     exp_avg, exp_avg_sq
+             The buffers are rows of one (3, n) array owned by the Python
+             optimizer (``STATE_ROWS``), which checkpoints save as it is.
 The formulas are PyTorch's single-tensor ones (torch.optim.SGD, RMSprop,
-Adam); the element math lives in ``elementwise`` and is shared with the CUDA
-kernels. Scalars are cast to w's dtype so float32 updates run in float32, as
-PyTorch's do; Adam's bias corrections are computed in float64 first.
+Adam). The hyper-parameter vector is decoded in one place per optimizer
+(``sgd_scalars``, ``rmsprop_scalars``, ``adam_scalars``): the derived scalars
+are computed in float64 and cast to w's dtype, so float32 updates run in
+float32 as PyTorch's do. The scalar functions and the element math
+(``elementwise``) are inlined into the cpu kernels below and into the CUDA
+kernels alike.
 """
 
 import math
+from collections import namedtuple
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from .elementwise import adam_element, rmsprop_element, sgd_element
 
 _jit = njit(cache=True, error_model="numpy")
+_inline = njit(inline="always", cache=True, error_model="numpy")
 
 SGD, RMSPROP, ADAM = 0, 1, 2
-# hyper layouts
-#   SGD:     [lr, momentum, dampening, nesterov, weight_decay]
-#   RMSprop: [lr, alpha, eps, momentum, weight_decay, centered]
-#   Adam:    [lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay]
-HYPER_SIZE = 8
+
+# ---- hyper-parameter slots (one layout for every optimizer) ----
+LR, WEIGHT_DECAY, MOMENTUM, DAMPENING, NESTEROV, ALPHA, EPS, CENTERED, BETA1, BETA2, \
+    DECOUPLED = range(11)
+HYPER_SIZE = 11
+HYPER_SLOTS = {"lr": LR, "weight_decay": WEIGHT_DECAY, "momentum": MOMENTUM,
+               "dampening": DAMPENING, "nesterov": NESTEROV, "alpha": ALPHA, "eps": EPS,
+               "centered": CENTERED, "beta1": BETA1, "beta2": BETA2,
+               "decoupled_weight_decay": DECOUPLED}
 
 
-def adam_scalars(lr, beta1, beta2, step):
-    """Adam's step size and sqrt of the second bias correction, in float64."""
-    bias_correction1 = 1.0 - beta1 ** step
-    bias_correction2 = 1.0 - beta2 ** step
-    return lr / bias_correction1, math.sqrt(bias_correction2)
+def pack_hyper(**values):
+    """The (HYPER_SIZE,) float64 vector with each named value in its slot
+    (booleans as 0/1); unnamed slots are 0."""
+    hyper = np.zeros(HYPER_SIZE, np.float64)
+    for name, value in values.items():
+        hyper[HYPER_SLOTS[name]] = float(value)
+    return hyper
 
 
-_adam_scalars = njit(cache=True)(adam_scalars)
+# ---- the state each optimizer carries ----
+SGDState = namedtuple("SGDState", ["hyper", "step", "momentum_buffer"])
+RMSpropState = namedtuple("RMSpropState", ["hyper", "step", "square_avg", "momentum_buffer",
+                                           "grad_avg"])
+AdamState = namedtuple("AdamState", ["hyper", "step", "exp_avg", "exp_avg_sq"])
+STATE_TYPES = {SGD: SGDState, RMSPROP: RMSpropState, ADAM: AdamState}
+#: which row of the optimizer's (3, n) state array each named buffer is
+STATE_ROWS = {SGD: ("momentum_buffer",), RMSPROP: ("square_avg", "momentum_buffer", "grad_avg"),
+              ADAM: ("exp_avg", "exp_avg_sq")}
 
 
-# ---- reference (NumPy, in place, same formulas written with whole arrays) ----
+def optimizer_state(kind, hyper, step, rows):
+    """The named state for optimizer ``kind`` over the (3, n) array ``rows``
+    (views, so updates land in ``rows``)."""
+    return STATE_TYPES[kind](hyper, step, *(rows[i] for i in range(len(STATE_ROWS[kind]))))
+
+
+# ---- the hyper-parameters, decoded once per optimizer ----
+# ``like`` is any array of the parameters' dtype: the scalars come back in it.
+
+@_inline
+def sgd_scalars(hyper, step, like):
+    """(lr, momentum, 1 - dampening, nesterov, weight_decay, first_step)."""
+    t = like.dtype.type
+    return (t(hyper[LR]), t(hyper[MOMENTUM]), t(1.0 - hyper[DAMPENING]), hyper[NESTEROV] != 0.0,
+            t(hyper[WEIGHT_DECAY]), step == 1)
+
+
+@_inline
+def rmsprop_scalars(hyper, like):
+    """(lr, alpha, 1 - alpha, eps, momentum, weight_decay, centered)."""
+    t = like.dtype.type
+    return (t(hyper[LR]), t(hyper[ALPHA]), t(1.0 - hyper[ALPHA]), t(hyper[EPS]),
+            t(hyper[MOMENTUM]), t(hyper[WEIGHT_DECAY]), hyper[CENTERED] != 0.0)
+
+
+@_inline
+def adam_scalars(hyper, step, like):
+    """(1 - beta1, beta2, 1 - beta2, eps, weight_decay, 1 - lr * weight_decay,
+    decoupled, lr / (1 - beta1^t), sqrt(1 - beta2^t)): the bias corrections
+    are computed in float64, then everything is cast to like's dtype."""
+    t = like.dtype.type
+    lr, beta1, beta2 = hyper[LR], hyper[BETA1], hyper[BETA2]
+    step_size = lr / (1.0 - beta1 ** step)
+    bias_correction2_sqrt = math.sqrt(1.0 - beta2 ** step)
+    return (t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(hyper[EPS]), t(hyper[WEIGHT_DECAY]),
+            t(1.0 - lr * hyper[WEIGHT_DECAY]), hyper[DECOUPLED] != 0.0, t(step_size),
+            t(bias_correction2_sqrt))
+
+
+# ---- reference (NumPy, in place, the same formulas written with whole arrays) ----
 
 def sgd_reference(w, g, buf, step, lr, momentum=0.0, dampening=0.0, nesterov=False,
                   weight_decay=0.0):
@@ -86,37 +153,40 @@ def adam_reference(w, g, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
     w -= lr * m_hat / (np.sqrt(v_hat) + eps)
 
 
-def optimizer_update_reference(kind, hyper, step, w, g, state):
-    h = hyper
-    if kind == SGD:
-        sgd_reference(w, g, state[0], step, h[0], h[1], h[2], bool(h[3]), h[4])
-    elif kind == RMSPROP:
-        rmsprop_reference(w, g, state[0], state[2], state[1], h[0], h[1], h[2], h[3],
-                          h[4], bool(h[5]))
+def optimizer_update_reference(state, w, g):
+    """One update of every element of w, as ``optimizer_update`` (NumPy)."""
+    state.step[0] += 1
+    step, h = int(state.step[0]), state.hyper
+    if isinstance(state, SGDState):
+        sgd_reference(w, g, state.momentum_buffer, step, h[LR], h[MOMENTUM], h[DAMPENING],
+                      bool(h[NESTEROV]), h[WEIGHT_DECAY])
+    elif isinstance(state, RMSpropState):
+        rmsprop_reference(w, g, state.square_avg, state.grad_avg, state.momentum_buffer, h[LR],
+                          h[ALPHA], h[EPS], h[MOMENTUM], h[WEIGHT_DECAY], bool(h[CENTERED]))
     else:
-        adam_reference(w, g, state[0], state[1], step, h[0], h[1], h[2], h[3], h[4],
-                       bool(h[5]))
+        adam_reference(w, g, state.exp_avg, state.exp_avg_sq, step, h[LR], h[BETA1], h[BETA2],
+                       h[EPS], h[WEIGHT_DECAY], bool(h[DECOUPLED]))
 
 
 # ---- cpu ----
 
 @_jit
-def sgd_update(w, g, buf, step, lr, momentum, dampening, nesterov, weight_decay):
-    t = w.dtype.type
-    lr, momentum, one_minus_dampening, weight_decay = (t(lr), t(momentum), t(1.0 - dampening),
-                                                       t(weight_decay))
-    first = step == 1
+def sgd_update(state, w, g):
+    state.step[0] += 1
+    lr, momentum, one_minus_dampening, nesterov, weight_decay, first_step = sgd_scalars(
+        state.hyper, state.step[0], w)
+    buf = state.momentum_buffer
     for i in range(w.shape[0]):
         w[i], buf[i] = sgd_element(w[i], g[i], buf[i], lr, momentum, one_minus_dampening,
-                                   nesterov, weight_decay, first)
+                                   nesterov, weight_decay, first_step)
 
 
 @_jit
-def rmsprop_update(w, g, square_avg, grad_avg, buf, lr, alpha, eps, momentum,
-                   weight_decay, centered):
-    t = w.dtype.type
-    lr, alpha, one_minus_alpha, eps = t(lr), t(alpha), t(1.0 - alpha), t(eps)
-    momentum, weight_decay = t(momentum), t(weight_decay)
+def rmsprop_update(state, w, g):
+    state.step[0] += 1
+    lr, alpha, one_minus_alpha, eps, momentum, weight_decay, centered = rmsprop_scalars(
+        state.hyper, w)
+    square_avg, grad_avg, buf = state.square_avg, state.grad_avg, state.momentum_buffer
     for i in range(w.shape[0]):
         w[i], square_avg[i], grad_avg[i], buf[i] = rmsprop_element(
             w[i], g[i], square_avg[i], grad_avg[i], buf[i], lr, alpha, one_minus_alpha, eps,
@@ -124,27 +194,35 @@ def rmsprop_update(w, g, square_avg, grad_avg, buf, lr, alpha, eps, momentum,
 
 
 @_jit
-def adam_update(w, g, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled):
-    step_size, bc2_sqrt = _adam_scalars(lr, beta1, beta2, step)
-    t = w.dtype.type
-    one_minus_beta1, beta2_t, one_minus_beta2 = t(1.0 - beta1), t(beta2), t(1.0 - beta2)
-    eps, decay_factor, weight_decay = t(eps), t(1.0 - lr * weight_decay), t(weight_decay)
-    step_size, bc2_sqrt = t(step_size), t(bc2_sqrt)
+def adam_update(state, w, g):
+    state.step[0] += 1
+    (one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay_factor, decoupled,
+     step_size, bias_correction2_sqrt) = adam_scalars(state.hyper, state.step[0], w)
+    m, v = state.exp_avg, state.exp_avg_sq
     for i in range(w.shape[0]):
-        w[i], m[i], v[i] = adam_element(w[i], g[i], m[i], v[i], one_minus_beta1, beta2_t,
+        w[i], m[i], v[i] = adam_element(w[i], g[i], m[i], v[i], one_minus_beta1, beta2,
                                         one_minus_beta2, eps, weight_decay, decay_factor,
-                                        decoupled, step_size, bc2_sqrt)
+                                        decoupled, step_size, bias_correction2_sqrt)
+
+
+def optimizer_update(state, w, g):
+    """One update of every parameter in the flat buffer w from its gradient g;
+    the optimizer is chosen by the type of ``state`` when numba compiles the
+    caller, so an engine compiles only the update it uses."""
+    optimizer_update_reference(state, w, g)
+
+
+@overload(optimizer_update)
+def _optimizer_update_by_state_type(state, w, g):
+    if isinstance(state, types.NamedTuple):
+        update = {SGDState: sgd_update, RMSpropState: rmsprop_update,
+                  AdamState: adam_update}.get(state.instance_class)
+        if update is not None:
+            return lambda state, w, g: update(state, w, g)
+    return None
 
 
 @_jit
-def optimizer_update(kind, hyper, step, w, g, state):
-    """One update of every parameter in the flat buffer w (see the contract)."""
-    h = hyper
-    if kind == SGD:
-        sgd_update(w, g, state[0], step, h[0], h[1], h[2], h[3] != 0.0, h[4])
-    elif kind == RMSPROP:
-        rmsprop_update(w, g, state[0], state[2], state[1], h[0], h[1], h[2], h[3], h[4],
-                       h[5] != 0.0)
-    else:
-        adam_update(w, g, state[0], state[1], step, h[0], h[1], h[2], h[3], h[4],
-                    h[5] != 0.0)
+def optimizer_update_compiled(state, w, g):
+    """``optimizer_update`` compiled, for callers in Python (the functional API)."""
+    optimizer_update(state, w, g)

@@ -70,15 +70,17 @@ BENCH_CASES = [Case(op, s) for op, shapes in BENCH_SHAPES.items() for s in shape
 TEST_CASES = [Case(op, s) for op, shapes in TEST_SHAPES.items() for s in shapes]
 TEST_CASES += [c for c in BENCH_CASES if c not in TEST_CASES]
 
-# optimizer cases: (kind, hyper-parameters in the kernels' layout)
+# optimizer cases: (kind, hyper-parameters by name, as kernels.optim.pack_hyper takes them)
 OPTIMIZERS = {
-    "sgd": (kopt.SGD, [0.1, 0.0, 0.0, 0.0, 0.0]),
-    "sgd_momentum": (kopt.SGD, [0.1, 0.9, 0.1, 0.0, 1e-2]),
-    "sgd_nesterov": (kopt.SGD, [0.1, 0.9, 0.0, 1.0, 0.0]),
-    "rmsprop": (kopt.RMSPROP, [0.01, 0.99, 1e-8, 0.0, 0.0, 0.0]),
-    "rmsprop_centered": (kopt.RMSPROP, [0.01, 0.9, 1e-8, 0.5, 1e-2, 1.0]),
-    "adam": (kopt.ADAM, [1e-3, 0.9, 0.999, 1e-8, 1e-2, 0.0]),
-    "adamw": (kopt.ADAM, [1e-3, 0.9, 0.999, 1e-8, 1e-2, 1.0]),
+    "sgd": (kopt.SGD, dict(lr=0.1)),
+    "sgd_momentum": (kopt.SGD, dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=1e-2)),
+    "sgd_nesterov": (kopt.SGD, dict(lr=0.1, momentum=0.9, nesterov=True)),
+    "rmsprop": (kopt.RMSPROP, dict(lr=0.01, alpha=0.99, eps=1e-8)),
+    "rmsprop_centered": (kopt.RMSPROP, dict(lr=0.01, alpha=0.9, eps=1e-8, momentum=0.5,
+                                            weight_decay=1e-2, centered=True)),
+    "adam": (kopt.ADAM, dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-2)),
+    "adamw": (kopt.ADAM, dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-2,
+                              decoupled_weight_decay=True)),
 }
 OPTIMIZER_STEPS = 3
 
@@ -153,12 +155,11 @@ def run_optimizer(name, backend, w, grads):
     """OPTIMIZER_STEPS in-place updates of a copy of w; returns it."""
     from fastnn.core.backends import get_backend
     kind, values = OPTIMIZERS[name]
-    hyper = np.zeros(kopt.HYPER_SIZE)
-    hyper[:len(values)] = values
     w = w.copy()
-    state = np.zeros((3, w.size), w.dtype)
-    for step, g in enumerate(grads, start=1):
-        get_backend(backend).optimizer_update(kind, hyper, step, w, g, state)
+    state = kopt.optimizer_state(kind, kopt.pack_hyper(**values), np.zeros(1, np.int64),
+                                 np.zeros((3, w.size), w.dtype))
+    for g in grads:
+        get_backend(backend).optimizer_update(state, w, g)
     return w
 
 

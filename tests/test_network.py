@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import fastnn as fn
-from fastnn.core.backends import get_backend, new_workspace
+from fastnn.core.backends import get_backend
 from fastnn.kernels import network as nw
-from fastnn.kernels.loss import BCE, CROSS_ENTROPY, loss_reference
+from fastnn.kernels.loss import BCE, CROSS_ENTROPY
 
 
 def make_model(activation=fn.ReLU, seed=0, n_in=5, n_out=2):
@@ -17,22 +17,23 @@ def make_model(activation=fn.ReLU, seed=0, n_in=5, n_out=2):
 
 
 def batch_loss(model, X, Y, loss_kind=BCE):
-    """Training-mode loss of one batch, without touching the model."""
-    net = model.net()
-    net = (net[0], net[1], net[2], net[3].copy(), net[4].copy())
-    acts, _ = nw.forward_reference(net, X, True)
-    loss, _ = loss_reference(loss_kind, acts[-1], Y)
-    return loss
+    """Training-mode loss of one batch (reference kernels), without touching
+    the model's running statistics."""
+    net = model.network()._replace(buffers=model.buffers.copy(), counts=model.counts.copy())
+    ws = nw.workspace(model.table, X.shape[0], Y.shape[1], model.dtype)
+    grads = np.zeros(model.n_params + 1, model.dtype)
+    return nw.train_step_reference(net, ws, grads, X, Y, np.arange(X.shape[0]), 0, X.shape[0],
+                                   loss_kind, None)
 
 
 def engine_gradient(model, X, Y, device, loss_kind=BCE):
     """(loss, grads) from one engine train_step over the whole of X."""
     backend = get_backend(device)
-    ws = new_workspace(model, X.shape[0], Y.shape[1])
-    grads = np.zeros_like(model.params)
-    loss = backend.engine_train_step(model.net(), ws, grads, X, Y, np.arange(X.shape[0]), 0,
-                                     X.shape[0], loss_kind)
-    return loss, grads
+    ws = nw.workspace(model.table, X.shape[0], Y.shape[1], model.dtype)
+    grads = np.zeros(model.n_params + 1, model.dtype)
+    loss = backend.engine_train_step(model.network(), ws, grads, X, Y, np.arange(X.shape[0]), 0,
+                                     X.shape[0], loss_kind, None)
+    return loss, grads[:-1]
 
 
 @pytest.mark.parametrize("loss_kind", [BCE, CROSS_ENTROPY], ids=["bce", "cross_entropy"])
@@ -88,10 +89,13 @@ def test_batchnorm_of_two_samples_worked_by_hand():
     # running_mean = 0.9 * 0 + 0.1 * 2 = 0.2;
     # running_var  = 0.9 * 1 + 0.1 * (unbiased var 2) = 1.1
     model = fn.Sequential(fn.BatchNorm(1))
-    net = model.net()
-    acts, caches = nw.forward_reference(net, np.array([[1.0], [3.0]]), True)
+    net = model.network()
+    ws = nw.workspace(model.table, 2, 1, model.dtype)
+    nw.layer_input(net, ws, 0, 2)[:] = [[1.0], [3.0]]
+    nw.forward_reference(net, ws, 2, 2, True, None)
     inv_std = 1 / np.sqrt(1 + 1e-5)
-    np.testing.assert_allclose(acts[-1][:, 0], [-inv_std, inv_std], rtol=1e-15)
+    np.testing.assert_allclose(nw.network_output(net, ws, 2)[:, 0], [-inv_std, inv_std],
+                               rtol=1e-15)
     assert model.layers[0].running_mean[0] == pytest.approx(0.2, rel=1e-15)
     assert model.layers[0].running_var[0] == pytest.approx(1.1, rel=1e-15)
     assert model.layers[0].num_batches_tracked == 1

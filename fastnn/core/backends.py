@@ -1,10 +1,11 @@
 """The backend registry: the one place that maps a device name to kernels.
 
 A backend provides the functional ops (inputs already validated by
-``fastnn.ops``) and the training engine the Trainer drives:
+``fastnn.ops``) and the training sessions the Trainer drives:
 
-    session = backend.start_fit(model, opt, X, Y, batch, loss_kind)
-    n_batches = session.train_epoch(index, batch_size, skip_single, losses, sizes)
+    session = backend.start_fit(model, optimizer, X, Y, batch, loss_kind, comm=None)
+    session.set_learning_rate(lr)
+    batches, nonfinite = session.train_epoch(index, batch_size, skip_single, losses, sizes)
     session.logits(X_val); session.finish()
     backend.predict_logits(model, X)
 
@@ -12,7 +13,9 @@ A backend provides the functional ops (inputs already validated by
 on the device.
 
     numpy : the NumPy reference kernels (slow; the yardstick for the others)
-    cpu   : the @njit kernels, a whole epoch per compiled call
+    cpu   : the @njit kernels, a whole epoch per compiled call; with ``comm``
+            (a fastnn.core.distributed.MPIContext), one process of a
+            data-parallel run, the same compiled epoch with its all-reduces
     cuda  : the @cuda.jit kernels, data and model resident on the GPU
 """
 
@@ -26,24 +29,34 @@ from .cuda_backend import CudaBackend
 
 
 class HostSession:
-    """One ``fit`` on a host backend: the workspace is allocated once, then
-    each epoch is one engine call over the host arrays."""
+    """One ``fit`` on a host backend: the workspace, gradients and guard are
+    allocated once, then each epoch is one engine call that trains the
+    model's and the optimizer's own arrays in place."""
 
-    def __init__(self, backend, model, opt, X, Y, batch, loss_kind):
-        self.backend, self.model, self.opt, self.X, self.Y = backend, model, opt, X, Y
-        self.loss_kind = loss_kind
-        self.ws = new_workspace(model, batch, Y.shape[1])
-        self.grads = np.zeros_like(model.params)
-        self.guard = (np.empty((2, model.params.size), model.dtype),
-                      np.empty((2, model.buffers.size), model.dtype),
-                      np.empty((2, model.counts.size), np.int64), np.zeros(1, np.int64))
+    def __init__(self, backend, model, optimizer, X, Y, batch, loss_kind, comm=None):
+        self.backend, self.model, self.X, self.Y, self.loss_kind = backend, model, X, Y, loss_kind
+        self.net = model.network()
+        self.opt = optimizer.engine_state(model.n_params, model.dtype)
+        self.ws = network.workspace(model.table, batch, Y.shape[1], model.dtype)
+        self.grads = np.zeros(model.n_params + 1, model.dtype)  # the gradients, then the loss
+        self.guard = network.guard_for(self.net)
+        self.comm = None
+        if comm is not None:  # every process starts from rank 0's state
+            comm.broadcast(model.params, model.buffers, model.counts, self.opt.step,
+                           optimizer.state)
+            self.comm = comm.communicator(max(self.grads.nbytes, self.ws.sums.nbytes))
+
+    def set_learning_rate(self, lr):
+        """The lr the next updates use (a learning-rate schedule sets it per epoch)."""
+        self.opt.hyper[optim.LR] = lr
 
     def train_epoch(self, index, batch_size, skip_single, losses, sizes):
-        """Returns the number of batches trained, or -b when batch b (1-based)
-        had a non-finite loss (the last good state is then restored)."""
-        return self.backend.engine_train_epoch(self.model.net(), self.ws, self.grads, self.opt,
-                                               self.X, self.Y, index, batch_size, skip_single,
-                                               losses, sizes, self.loss_kind, self.guard)
+        """One epoch over rows ``index`` (see kernels/network.py train_epoch);
+        returns (batches trained, 1-based number of a batch whose loss was not
+        finite, or 0). After such a batch the last good state is back."""
+        return self.backend.engine_train_epoch(self.net, self.ws, self.grads, self.opt, self.X,
+                                               self.Y, index, batch_size, skip_single, losses,
+                                               sizes, self.loss_kind, self.guard, self.comm)
 
     def logits(self, X):
         return self.backend.predict_logits(self.model, X)
@@ -54,19 +67,31 @@ class HostSession:
 
 class NumpyBackend:
     name = "numpy"
-    engine_train_epoch = staticmethod(network.train_epoch_reference)
-    engine_predict_logits = staticmethod(network.predict_logits_reference)
-    engine_train_step = staticmethod(network.train_step_reference)
-    engine_optimizer_step = staticmethod(network.optimizer_step_reference)
 
-    def start_fit(self, model, opt, X, Y, batch, loss_kind):
-        return HostSession(self, model, opt, X, Y, batch, loss_kind)
+    @staticmethod
+    def engine_train_epoch(*args):
+        with np.errstate(all="ignore"):  # a diverging run is reported, not warned about
+            return network.train_epoch_reference(*args)
+
+    @staticmethod
+    def engine_train_step(*args):
+        with np.errstate(all="ignore"):
+            return network.train_step_reference(*args)
+
+    engine_predict_logits = staticmethod(network.predict_logits_reference)
+
+    def start_fit(self, model, optimizer, X, Y, batch, loss_kind, comm=None):
+        if comm is not None:
+            raise ValueError(f"the {self.name} backend runs in one process; data-parallel "
+                             f"training runs on 'cpu'")
+        return HostSession(self, model, optimizer, X, Y, batch, loss_kind)
 
     def predict_logits(self, model, X):
         """Inference-mode logits (n, k) of host X, in chunks of 4096 rows."""
-        ws = new_workspace(model, min(X.shape[0], 4096), model.out_features)
+        ws = network.workspace(model.table, max(1, min(X.shape[0], 4096)), model.out_features,
+                               model.dtype)
         out = np.empty((X.shape[0], model.out_features), model.dtype)
-        self.engine_predict_logits(model.net(), ws, X, out)
+        self.engine_predict_logits(model.network(), ws, X, out)
         return out
 
     def describe(self):
@@ -101,17 +126,18 @@ class NumpyBackend:
     def activation_backward(self, code, y, dy):
         return activations.activation_backward_reference(code, y, dy)
 
-    def optimizer_update(self, kind, hyper, step, w, g, state):
-        optim.optimizer_update_reference(kind, hyper, step, w, g, state)
-
+    def optimizer_update(self, state, w, g):
+        optim.optimizer_update_reference(state, w, g)
 
 
 class CpuBackend(NumpyBackend):
     name = "cpu"
     engine_train_epoch = staticmethod(network.train_epoch)
-    engine_predict_logits = staticmethod(network.predict_logits)
     engine_train_step = staticmethod(network.train_step)
-    engine_optimizer_step = staticmethod(network.optimizer_step)
+    engine_predict_logits = staticmethod(network.predict_logits)
+
+    def start_fit(self, model, optimizer, X, Y, batch, loss_kind, comm=None):
+        return HostSession(self, model, optimizer, X, Y, batch, loss_kind, comm)
 
     def describe(self):
         import numba
@@ -122,13 +148,14 @@ class CpuBackend(NumpyBackend):
         y = np.empty_like(x)
         mean, var, inv_std = (np.empty(f, x.dtype) for _ in range(3))
         batchnorm.batchnorm_forward(x, gamma, beta, eps, False, y, mean, var, inv_std,
-                                    np.empty(2 * f), np.empty(3 * f, x.dtype))
+                                    np.empty(2 * f), np.empty(3 * f, x.dtype), None, x.shape[0])
         return y, mean, inv_std
 
     def batchnorm_backward(self, dy, x, gamma, mean, inv_std):
         dx, dgamma, dbeta = np.empty_like(x), np.empty_like(gamma), np.empty_like(gamma)
         batchnorm.batchnorm_backward(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta,
-                                     np.empty(2 * x.shape[1]), np.empty(3 * x.shape[1], x.dtype))
+                                     np.empty(2 * x.shape[1]), np.empty(3 * x.shape[1], x.dtype),
+                                     None, x.shape[0])
         return dx, dgamma, dbeta
 
     def bce(self, z, y):
@@ -162,19 +189,8 @@ class CpuBackend(NumpyBackend):
         activations.activation_backward(code, y, dy, dx)
         return dx
 
-    def optimizer_update(self, kind, hyper, step, w, g, state):
-        optim.optimizer_update(kind, hyper, step, w, g, state)
-
-
-def new_workspace(model, batch, n_outputs):
-    """Buffers for training or inference on batches of up to ``batch`` rows,
-    in the model's dtype (layout in kernels/network.py)."""
-    act_off, work_size, gbuf_width, cache_size, width = network.workspace_layout(model.table,
-                                                                                 batch)
-    dtype = model.dtype
-    return (np.zeros(work_size, dtype), np.zeros((2, gbuf_width), dtype),
-            np.zeros(max(cache_size, 1), dtype), act_off, np.zeros((batch, n_outputs), dtype),
-            np.zeros(2 * width), np.zeros(3 * width, dtype))
+    def optimizer_update(self, state, w, g):
+        optim.optimizer_update_compiled(state, w, g)
 
 
 BACKENDS = {"numpy": NumpyBackend(), "cpu": CpuBackend(), "cuda": CudaBackend()}

@@ -139,18 +139,23 @@ class CudaBackend:
         k.activation_backward[k.grid_1d(y.size), k.THREADS](code, y, dy, y.shape[0], dx)
         return self._out(on_device, dx)
 
-    def optimizer_update(self, kind, hyper, step, w, g, state):
-        """In place on w and state, host or device arrays."""
+    def optimizer_update(self, state, w, g):
+        """In place on w and the named state's buffers, host or device arrays
+        (the state's hyper and step stay on the host)."""
         net = _modules()[3]
-        on_device, (d_w, d_g, d_state) = self._in(w, g, state)
-        net.optimizer_update(kind, hyper, step, d_w, d_g, d_state)
+        buffers = [getattr(state, name) for name in state._fields[2:]]
+        on_device, (d_w, d_g, *d_buffers) = self._in(w, g, *buffers)
+        net.optimizer_update(type(state)(state.hyper, state.step, *d_buffers), d_w, d_g)
         if not on_device:
             d_w.copy_to_host(w)
-            d_state.copy_to_host(state)
+            for host, device in zip(buffers, d_buffers):
+                device.copy_to_host(host)
 
     # ---- training ----
-    def start_fit(self, model, opt, X, Y, batch, loss_kind):
-        return _modules()[3].CudaTrainingSession(model, opt, X, Y, batch, loss_kind)
+    def start_fit(self, model, optimizer, X, Y, batch, loss_kind, comm=None):
+        if comm is not None:
+            raise ValueError("data-parallel training runs on the cpu backend")
+        return _modules()[3].CudaTrainingSession(model, optimizer, X, Y, batch, loss_kind)
 
     def predict_logits(self, model, X):
         net = _modules()[3]

@@ -264,33 +264,30 @@ class Sequential:
                 layer.running_var[:] = 1.0
 
     def _build_table(self):
-        """Lay out the flat buffers and the int/float tables the kernels walk."""
-        table = np.full((len(self.layers), nw.N_COLUMNS), -1, np.int64)
-        layer_f = np.zeros((len(self.layers), 2), np.float64)
-        self._slots = {}  # (layer index, name) -> (buffer name, offset, shape)
-        p = r = c = 0
-        width = self.layers[0].in_features
-        for i, layer in enumerate(self.layers):
+        """Lay out the flat buffers and the per-layer table the kernels walk
+        (kernels/network.py), and remember where each named array lives."""
+        specs, width = [], self.layers[0].in_features
+        for layer in self.layers:
             n_out = layer.out_features if layer.out_features is not None else width
-            table[i, nw.KIND], table[i, nw.N_IN], table[i, nw.N_OUT] = layer.kind, width, n_out
-            for j, (name, shape) in enumerate(layer._param_shapes()):
-                self._slots[i, name] = ("params", p, shape)
-                table[i, nw.P_WEIGHT if j == 0 else nw.P_BIAS] = p
-                p += int(np.prod(shape))
-            for j, (name, shape) in enumerate(layer._buffer_shapes()):
-                self._slots[i, name] = ("buffers", r, shape)
-                if j == 0:
-                    table[i, nw.BUFFER] = r
-                r += int(np.prod(shape))
-            if isinstance(layer, BatchNorm):
-                table[i, nw.CACHE] = c
-                c += 3 * n_out
-                layer_f[i] = layer.eps, -1.0 if layer.momentum is None else layer.momentum
-            if isinstance(layer, _Activation):
-                table[i, nw.ACT] = layer.code
+            spec = {"kind": layer.kind, "n_in": width, "n_out": n_out}
+            if isinstance(layer, Dense):
+                spec["bias"] = layer.use_bias
+            elif isinstance(layer, BatchNorm):
+                spec.update(eps=layer.eps, momentum=layer.momentum, sync=layer.sync)
+            else:
+                spec["activation"] = layer.code
+            specs.append(spec)
             width = n_out
-        self.table, self.layer_f = table, layer_f
-        self._n_params, self._n_buffers = p, r
+        self.table, self._n_params, self._n_buffers, _ = nw.build_layer_table(specs)
+        # (layer index, name) -> (buffer name, offset, shape); offsets from the table
+        self._slots = {}
+        for i, layer in enumerate(self.layers):
+            offsets = (int(self.table.weight_at[i]), int(self.table.bias_at[i]))
+            for (name, shape), offset in zip(layer._param_shapes(), offsets):
+                self._slots[i, name] = ("params", offset, shape)
+            for j, (name, shape) in enumerate(layer._buffer_shapes()):
+                self._slots[i, name] = ("buffers", int(self.table.stats_at[i]) + j * shape[0],
+                                        shape)
 
     def _param(self, layer, name):
         buf, offset, shape = self._slots[layer._index, name]
@@ -311,9 +308,10 @@ class Sequential:
     def has_batchnorm(self):
         return any(isinstance(layer, BatchNorm) for layer in self.layers)
 
-    def net(self):
-        """The flat description the kernels take: (table, layer_f, params, buffers, counts)."""
-        return self.table, self.layer_f, self.params, self.buffers, self.counts
+    def network(self):
+        """The flat description the kernels take (kernels/network.py's Network):
+        the layer table and the current params, buffers and counts."""
+        return nw.Network(self.table, self.params, self.buffers, self.counts)
 
     def preprocess(self, X):
         """Apply the stored standardization to X (n, in_features), if any."""

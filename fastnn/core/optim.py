@@ -20,26 +20,23 @@ class Optimizer:
         self.step_count = np.zeros(1, np.int64)
 
     def hyper(self):
-        """The (8,) float64 hyper-parameter vector the kernels read."""
+        """The hyper-parameter vector the kernels read (k.pack_hyper's layout)."""
         raise NotImplementedError
 
     def engine_state(self, n_params, dtype):
-        """(kind, hyper, state, step) for the kernels; (re)allocates the state
-        when the parameter count or dtype changed."""
+        """The kernels' named state (kernels/optim.py: SGDState, RMSpropState
+        or AdamState) over this optimizer's arrays, so that the kernels update
+        them in place; (re)allocates them when the parameter count or dtype
+        changed."""
         if self.state is None or self.state.shape[1] != n_params or self.state.dtype != dtype:
             self.state = np.zeros((3, n_params), dtype)
             self.step_count = np.zeros(1, np.int64)
-        return self.kind, self.hyper(), self.state, self.step_count
+        return k.optimizer_state(self.kind, self.hyper(), self.step_count, self.state)
 
     def reset(self):
         """Forget the moment estimates and the step count."""
         self.state = None
         self.step_count = np.zeros(1, np.int64)
-
-    def _pack(self, *values):
-        h = np.zeros(k.HYPER_SIZE, np.float64)
-        h[:len(values)] = values
-        return h
 
     def __repr__(self):
         args = ", ".join(f"{key}={value!r}" for key, value in vars(self).items()
@@ -75,8 +72,8 @@ class SGD(Optimizer):
             raise ValueError("nesterov=True requires momentum > 0 and dampening = 0")
 
     def hyper(self):
-        return self._pack(self.lr, self.momentum, self.dampening, self.nesterov,
-                          self.weight_decay)
+        return k.pack_hyper(lr=self.lr, momentum=self.momentum, dampening=self.dampening,
+                            nesterov=self.nesterov, weight_decay=self.weight_decay)
 
 
 class RMSprop(Optimizer):
@@ -107,8 +104,8 @@ class RMSprop(Optimizer):
         self.centered = check_bool(centered, "centered")
 
     def hyper(self):
-        return self._pack(self.lr, self.alpha, self.eps, self.momentum, self.weight_decay,
-                          self.centered)
+        return k.pack_hyper(lr=self.lr, alpha=self.alpha, eps=self.eps, momentum=self.momentum,
+                            weight_decay=self.weight_decay, centered=self.centered)
 
 
 class Adam(Optimizer):
@@ -140,8 +137,9 @@ class Adam(Optimizer):
         self.decoupled_weight_decay = check_bool(decoupled_weight_decay, "decoupled_weight_decay")
 
     def hyper(self):
-        return self._pack(self.lr, self.betas[0], self.betas[1], self.eps, self.weight_decay,
-                          self.decoupled_weight_decay)
+        return k.pack_hyper(lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
+                            weight_decay=self.weight_decay,
+                            decoupled_weight_decay=self.decoupled_weight_decay)
 
 
 class AdamW(Adam):

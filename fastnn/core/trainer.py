@@ -211,7 +211,6 @@ class Trainer:
             if found is not None:
                 first_epoch, history = checkpoint.restore(*found, model, self.optimizer,
                                                           self.rng)
-        opt = self.optimizer.engine_state(model.n_params, model.dtype)
         n_batches = -(-n // batch_size)
         losses, sizes = np.zeros(n_batches), np.zeros(n_batches, np.int64)
         if history is None:
@@ -223,29 +222,25 @@ class Trainer:
             early_stopping.reset()
         bar = _progress_bar(epochs, progress)
         self.nonfinite = None
-        if self.mpi is not None:
-            from .distributed import DistributedSession
-            sync = any(getattr(layer, "sync", False) for layer in model.layers)
-            session = DistributedSession(self.mpi, model, opt, X, Y, batch_size,
-                                         LOSS_CODES[self.loss], sync)
-        else:
-            session = self.backend.start_fit(model, opt, X, Y, batch_size, LOSS_CODES[self.loss])
+        session = self.backend.start_fit(model, self.optimizer, X, Y, batch_size,
+                                         LOSS_CODES[self.loss], comm=self.mpi)
         try:
             for epoch in range(first_epoch, epochs):
                 start = time.perf_counter()
                 if lrs is not None:
                     self.optimizer.lr = lrs[epoch]
-                    opt[1][0] = lrs[epoch]  # the kernels read the lr from here
+                    session.set_learning_rate(lrs[epoch])
                 index = self.rng.permutation(n) if shuffle else np.arange(n)
-                done = session.train_epoch(index, batch_size, model.has_batchnorm, losses, sizes)
-                if done < 0:  # batch -done had a non-finite loss; the last good state is back
-                    self.nonfinite = (epoch + 1, -done)
+                done, nonfinite = session.train_epoch(index, batch_size, model.has_batchnorm,
+                                                      losses, sizes)
+                if nonfinite:  # that batch's loss was not finite; the last good state is back
+                    self.nonfinite = (epoch + 1, nonfinite)
                     if on_nonfinite == "raise":
                         raise FloatingPointError(
-                            f"non-finite loss ({losses[-done - 1]}) at epoch {epoch + 1}, batch "
-                            f"{-done}: training stopped and the weights of the last step with a "
-                            f"finite loss were restored; lower the learning rate or check the "
-                            f"inputs' scale")
+                            f"non-finite loss ({losses[nonfinite - 1]}) at epoch {epoch + 1}, "
+                            f"batch {nonfinite}: training stopped and the weights of the last "
+                            f"step with a finite loss were restored; lower the learning rate or "
+                            f"check the inputs' scale")
                     break
                 history["loss"].append(float(np.dot(losses[:done], sizes[:done]) /
                                              sizes[:done].sum()))
