@@ -25,6 +25,8 @@ from numba import njit
 from .collective import allreduce_sum
 
 _jit = njit(cache=True, error_model="numpy")
+# the steps of the two kernels above them, inlined into each (one copy to compile)
+_inline = njit(cache=True, error_model="numpy", inline="always")
 
 
 # ---- reference (NumPy, any float dtype; the tests run it in float64) ----
@@ -84,7 +86,7 @@ def batchnorm_forward(x, gamma, beta, eps, relu, y, mean, var, inv_std, sums, co
     batchnorm_scale_shift(x, gamma, beta, mean, inv_std, relu, y, coef)
 
 
-@_jit
+@_inline
 def batch_sums(x, out):
     """out[j] = sum over the batch of x[i, j] (out float64)."""
     for j in range(out.shape[0]):
@@ -95,7 +97,7 @@ def batch_sums(x, out):
             out[j] += row[j]
 
 
-@_jit
+@_inline
 def squared_deviation_sums(x, mean, out):
     """out[j] = sum over the batch of (x[i, j] - mean[j])^2 (out float64)."""
     for j in range(out.shape[0]):
@@ -107,7 +109,7 @@ def squared_deviation_sums(x, mean, out):
             out[j] += d * d
 
 
-@_jit
+@_inline
 def batchnorm_statistics(squares, rows, eps, var, inv_std):
     """Biased variance and 1 / sqrt(var + eps) from the squared deviations of ``rows`` rows."""
     for j in range(var.shape[0]):
@@ -128,7 +130,7 @@ def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps, relu, y,
     batchnorm_scale_shift(x, gamma, beta, mean, inv_std, relu, y, coef)
 
 
-@_jit
+@_inline
 def batchnorm_scale_shift(x, gamma, beta, mean, inv_std, relu, y, coef):
     """y = x * scale + shift with scale = gamma * inv_std, shift = beta - mean * scale
     (PyTorch's CPU kernel folds the affine transform the same way); max(y, 0)
@@ -171,7 +173,7 @@ def batchnorm_backward(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta, sums, coe
         batchnorm_backward_dx(dy, x, gamma, mean, inv_std, sum_dy, sum_dy_xc, rows, dx, coef)
 
 
-@_jit
+@_inline
 def batchnorm_backward_sums(dy, x, mean, sum_dy, sum_dy_xc):
     """sum_i dy[i, j] and sum_i dy[i, j] (x[i, j] - mean[j]) (float64 outputs)."""
     for j in range(sum_dy.shape[0]):
@@ -185,7 +187,7 @@ def batchnorm_backward_sums(dy, x, mean, sum_dy, sum_dy_xc):
             sum_dy_xc[j] += dyr[j] * (xr[j] - mean[j])
 
 
-@_jit
+@_inline
 def batchnorm_backward_dx(dy, x, gamma, mean, inv_std, sum_dy, sum_dy_xc, rows, dx, coef):
     """dx = gamma inv_std (dy - sum_dy / rows - (x - mean) inv_std^2 sum_dy_xc / rows),
     where the sums run over all ``rows`` rows of the batch."""

@@ -69,7 +69,7 @@ import types
 from collections import namedtuple
 
 import numpy as np
-from numba import njit
+from numba import literally, njit
 from numba.core.registry import CPUDispatcher
 
 from .activations import (
@@ -92,13 +92,16 @@ _inline = njit(inline="always", cache=True, error_model="numpy")
 
 # layer kinds
 DENSE, BATCHNORM, ACTIVATION = 0, 1, 2
-# the forward pass's modes, as NumPy booleans: numba compiles a separate copy of
-# a function for each literal True/False it is called with, but one for these
-TRAINING, INFERENCE = np.bool_(True), np.bool_(False)
+# Constants passed to compiled functions are NumPy scalars: numba compiles a
+# separate copy of a function for each literal (True, 0, ...) it is called with,
+# but one copy for all values of these.
+TRAINING, INFERENCE = np.bool_(True), np.bool_(False)  # the forward pass's modes
+FIRST_LAYER = np.int64(0)
+LOSS_GRADIENT = np.int64(0)  # the gradient buffer the loss writes and the backward pass reads first
 
-LayerTable = namedtuple("LayerTable", ["kind", "n_in", "n_out", "weight_at", "bias_at",
-                                       "stats_at", "saved_at", "activation", "relu_after",
-                                       "folded", "sync", "eps", "momentum"])
+LAYER_FIELDS = np.dtype([(name, np.int64) for name in (
+    "kind", "n_in", "n_out", "weight_at", "bias_at", "stats_at", "saved_at", "activation",
+    "relu_after", "folded", "sync")] + [("eps", np.float64), ("momentum", np.float64)])
 Network = namedtuple("Network", ["table", "params", "buffers", "counts"])
 Workspace = namedtuple("Workspace", ["activations", "activation_at", "gradients", "saved",
                                      "targets", "sums", "coefficients"])
@@ -112,7 +115,7 @@ def build_layer_table(layers):
     for ``layers``: a list of dicts with keys kind, n_in, n_out, bias (Dense),
     activation (ACTIVATION), eps, momentum, sync (BATCHNORM)."""
     n = len(layers)
-    fields = {name: np.full(n, -1, np.int64) for name in LayerTable._fields[:8]}
+    fields = {name: np.full(n, -1, np.int64) for name in LAYER_FIELDS.names[:8]}
     fields.update(relu_after=np.zeros(n, np.int64), folded=np.zeros(n, np.int64),
                   sync=np.zeros(n, np.int64), eps=np.zeros(n), momentum=np.zeros(n))
     p = r = s = 0
@@ -142,17 +145,20 @@ def build_layer_table(layers):
                 fields["folded"][l + 1] = 1
         else:
             fields["activation"][l] = layer["activation"]
-    return LayerTable(**fields), p, r, s
+    table = np.zeros(n, LAYER_FIELDS).view(np.recarray)
+    for name, values in fields.items():
+        table[name] = values
+    return table, p, r, s
 
 
 def workspace(table, batch, n_outputs, dtype):
     """A Workspace for batches of up to ``batch`` rows, in ``dtype``."""
     n_layers = table.kind.shape[0]
-    widths = [int(table.n_in[0])] + [int(w) for w in table.n_out]
+    widths = [int(table[0].n_in)] + [int(w) for w in table.n_out]
     activation_at = np.zeros(n_layers + 1, np.int64)
     for l in range(n_layers):
         activation_at[l + 1] = activation_at[l] + batch * widths[l]
-    saved = int(sum(3 * table.n_out[l] for l in range(n_layers) if table.kind[l] == BATCHNORM))
+    saved = int(sum(3 * table[l].n_out for l in range(n_layers) if table[l].kind == BATCHNORM))
     width = max(widths)
     return Workspace(activations=np.zeros(int(activation_at[-1]) + batch * widths[-1], dtype),
                      activation_at=activation_at,
@@ -180,63 +186,63 @@ def block(flat, offset, rows, cols):
 @_jit
 def dense_weight(table, flat, l):
     """Dense layer l's weight (n_out, n_in), in params or in grads."""
-    return block(flat, table.weight_at[l], table.n_out[l], table.n_in[l])
+    return block(flat, table[l].weight_at, table[l].n_out, table[l].n_in)
 
 
 @_jit
 def dense_bias(table, flat, l):
     """Dense layer l's bias (n_out,), empty for a layer without one."""
-    at = table.bias_at[l]
-    return flat[at:at + table.n_out[l]] if at >= 0 else flat[0:0]
+    at = table[l].bias_at
+    return flat[at:at + table[l].n_out] if at >= 0 else flat[0:0]
 
 
 @_jit
 def batchnorm_gamma(table, flat, l):
-    return flat[table.weight_at[l]:table.weight_at[l] + table.n_out[l]]
+    return flat[table[l].weight_at:table[l].weight_at + table[l].n_out]
 
 
 @_jit
 def batchnorm_beta(table, flat, l):
-    return flat[table.bias_at[l]:table.bias_at[l] + table.n_out[l]]
+    return flat[table[l].bias_at:table[l].bias_at + table[l].n_out]
 
 
 @_jit
 def running_mean(table, buffers, l):
-    return buffers[table.stats_at[l]:table.stats_at[l] + table.n_out[l]]
+    return buffers[table[l].stats_at:table[l].stats_at + table[l].n_out]
 
 
 @_jit
 def running_var(table, buffers, l):
-    at = table.stats_at[l] + table.n_out[l]
-    return buffers[at:at + table.n_out[l]]
+    at = table[l].stats_at + table[l].n_out
+    return buffers[at:at + table[l].n_out]
 
 
 @_jit
 def saved_statistics(table, ws, l):
     """BatchNorm layer l's batch (mean, var, inv_std) from the forward pass."""
-    f, at = table.n_out[l], table.saved_at[l]
+    f, at = table[l].n_out, table[l].saved_at
     return ws.saved[at:at + f], ws.saved[at + f:at + 2 * f], ws.saved[at + 2 * f:at + 3 * f]
 
 
 @_jit
 def layer_input(net, ws, l, n):
     """Layer l's input, (n, n_in)."""
-    return block(ws.activations, ws.activation_at[l], n, net.table.n_in[l])
+    return block(ws.activations, ws.activation_at[l], n, net.table[l].n_in)
 
 
 @_jit
 def layer_output(net, ws, l, n):
     """Where layer l writes its output, (n, n_out): the next block, or, for a
     BatchNorm that applies the ReLU after it, the ReLU's output block."""
-    return block(ws.activations, ws.activation_at[l + 1 + net.table.relu_after[l]], n,
-                 net.table.n_out[l])
+    return block(ws.activations, ws.activation_at[l + 1 + net.table[l].relu_after], n,
+                 net.table[l].n_out)
 
 
 @_jit
 def network_output(net, ws, n):
     """The logits, (n, k)."""
-    last = net.table.kind.shape[0] - 1
-    return block(ws.activations, ws.activation_at[last + 1], n, net.table.n_out[last])
+    last = net.table.shape[0] - 1
+    return block(ws.activations, ws.activation_at[last + 1], n, net.table[last].n_out)
 
 
 @_jit
@@ -269,56 +275,56 @@ def copy_into(destination, source):
 
 # ---- one forward and one backward function per layer kind ----
 
-@_jit
+@_inline
 def dense_layer_forward(net, ws, l, n):
     dense_forward(layer_input(net, ws, l, n), dense_weight(net.table, net.params, l),
                   dense_bias(net.table, net.params, l), layer_output(net, ws, l, n))
 
 
-@_jit
+@_inline
 def dense_layer_backward(net, ws, grads, l, n, dy, dx):
     dense_backward(dy, layer_input(net, ws, l, n), dense_weight(net.table, net.params, l), dx,
                    dense_weight(net.table, grads, l), dense_bias(net.table, grads, l), ws.sums)
 
 
-@_jit
+@_inline
 def batchnorm_layer_forward(net, ws, l, n, n_global, training, comm):
     """Batch statistics in training (over the global batch when the layer is
     synchronized), the running statistics otherwise."""
     t = net.table
     x, y = layer_input(net, ws, l, n), layer_output(net, ws, l, n)
     gamma, beta = batchnorm_gamma(t, net.params, l), batchnorm_beta(t, net.params, l)
-    relu = t.relu_after[l] == 1
+    relu = t[l].relu_after == 1
     if not training:
         batchnorm_inference(x, gamma, beta, running_mean(t, net.buffers, l),
-                            running_var(t, net.buffers, l), t.eps[l], relu, y, ws.sums,
+                            running_var(t, net.buffers, l), t[l].eps, relu, y, ws.sums,
                             ws.coefficients)
         return
     mean, var, inv_std = saved_statistics(t, ws, l)
     rows = n
-    if t.sync[l]:
+    if t[l].sync:
         rows = n_global
-        batchnorm_forward(x, gamma, beta, t.eps[l], relu, y, mean, var, inv_std, ws.sums,
+        batchnorm_forward(x, gamma, beta, t[l].eps, relu, y, mean, var, inv_std, ws.sums,
                           ws.coefficients, comm, rows)
     else:
-        batchnorm_forward(x, gamma, beta, t.eps[l], relu, y, mean, var, inv_std, ws.sums,
+        batchnorm_forward(x, gamma, beta, t[l].eps, relu, y, mean, var, inv_std, ws.sums,
                           ws.coefficients, None, rows)
     net.counts[l] += 1
-    momentum = t.momentum[l]
+    momentum = t[l].momentum
     if momentum < 0.0:
         momentum = 1.0 / net.counts[l]
     batchnorm_update_running(running_mean(t, net.buffers, l), running_var(t, net.buffers, l),
                              mean, var, rows, momentum)
 
 
-@_jit
+@_inline
 def batchnorm_layer_backward(net, ws, grads, l, n, n_global, dy, dx, comm):
     t = net.table
     mean, var, inv_std = saved_statistics(t, ws, l)
     x = layer_input(net, ws, l, n)
     gamma = batchnorm_gamma(t, net.params, l)
     dgamma, dbeta = batchnorm_gamma(t, grads, l), batchnorm_beta(t, grads, l)
-    if t.sync[l]:
+    if t[l].sync:
         batchnorm_backward(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta, ws.sums,
                            ws.coefficients, comm, n_global)
     else:
@@ -326,15 +332,15 @@ def batchnorm_layer_backward(net, ws, grads, l, n, n_global, dy, dx, comm):
                            ws.coefficients, None, n)
 
 
-@_jit
+@_inline
 def activation_layer_forward(net, ws, l, n):
-    activation_forward(net.table.activation[l], layer_input(net, ws, l, n),
+    activation_forward(net.table[l].activation, layer_input(net, ws, l, n),
                        layer_output(net, ws, l, n))
 
 
-@_jit
+@_inline
 def activation_layer_backward(net, ws, l, n, dy, dx):
-    activation_backward(net.table.activation[l], layer_output(net, ws, l, n), dy, dx)
+    activation_backward(net.table[l].activation, layer_output(net, ws, l, n), dy, dx)
 
 
 # ---- the walks ----
@@ -344,12 +350,12 @@ def forward(net, ws, n, n_global, training, comm):
     """Forward pass over the first n rows of the input block, in training mode
     (batch statistics, running statistics updated) or inference mode."""
     t = net.table
-    for l in range(t.kind.shape[0]):
-        if t.folded[l]:  # a ReLU already applied by the BatchNorm before it
+    for l in range(t.shape[0]):
+        if t[l].folded:  # a ReLU already applied by the BatchNorm before it
             continue
-        if t.kind[l] == DENSE:
+        if t[l].kind == DENSE:
             dense_layer_forward(net, ws, l, n)
-        elif t.kind[l] == BATCHNORM:
+        elif t[l].kind == BATCHNORM:
             batchnorm_layer_forward(net, ws, l, n, n_global, training, comm)
         else:
             activation_layer_forward(net, ws, l, n)
@@ -359,14 +365,14 @@ def forward(net, ws, n, n_global, training, comm):
 def backward(net, ws, grads, n, n_global, comm):
     """Backward pass; d loss / d logits must be in gradient buffer 0. Writes grads."""
     t = net.table
-    current = 0
-    for l in range(t.kind.shape[0] - 1, -1, -1):
-        dy = gradient(ws, current, n, t.n_out[l])
+    current = LOSS_GRADIENT
+    for l in range(t.shape[0] - 1, -1, -1):
+        dy = gradient(ws, current, n, t[l].n_out)
         rows_dx = n if l > 0 else 0  # the first layer needs no input gradient
-        dx = gradient(ws, 1 - current, rows_dx, t.n_in[l])
-        if t.kind[l] == DENSE:
+        dx = gradient(ws, 1 - current, rows_dx, t[l].n_in)
+        if t[l].kind == DENSE:
             dense_layer_backward(net, ws, grads, l, n, dy, dx)
-        elif t.kind[l] == BATCHNORM:
+        elif t[l].kind == BATCHNORM:
             batchnorm_layer_backward(net, ws, grads, l, n, n_global, dy, dx, comm)
         else:
             activation_layer_backward(net, ws, l, n, dy, dx)
@@ -375,7 +381,7 @@ def backward(net, ws, grads, n, n_global, comm):
 
 # ---- one step, one epoch ----
 
-@_jit
+@_inline
 def train_step(net, ws, grads, X, Y, index, start, n_global, loss_kind, comm):
     """Forward and backward pass on rows index[start:start + n_global] of (X, Y)
     (this process's shard of them, with a communicator).
@@ -388,9 +394,9 @@ def train_step(net, ws, grads, X, Y, index, start, n_global, loss_kind, comm):
     k = Y.shape[1]
     loss = 0.0
     if n > 0:
-        gather_batch(X, Y, index, offset, n, layer_input(net, ws, 0, n), ws.targets)
+        gather_batch(X, Y, index, offset, n, layer_input(net, ws, FIRST_LAYER, n), ws.targets)
         forward(net, ws, n, n_global, TRAINING, comm)
-        dlogits = gradient(ws, 0, n, k)
+        dlogits = gradient(ws, LOSS_GRADIENT, n, k)
         loss = loss_and_gradient(loss_kind, network_output(net, ws, n), ws.targets[:n], dlogits)
         if n != n_global:  # this shard's part of the global batch's mean
             share = n / n_global
@@ -406,7 +412,7 @@ def train_step(net, ws, grads, X, Y, index, start, n_global, loss_kind, comm):
     return grads[n_params] if comm is not None else loss
 
 
-@_jit
+@_inline
 def scale_in_place(a, factor):
     """a *= factor, element by element, in a's dtype."""
     f = a.dtype.type(factor)
@@ -415,13 +421,13 @@ def scale_in_place(a, factor):
             a[i, j] *= f
 
 
-@_jit
+@_inline
 def fill(a, value):
     for i in range(a.shape[0]):
         a[i] = value
 
 
-@_jit
+@_inline
 def take_snapshot(net, guard):
     """Copy the model state into the guard's next snapshot slot."""
     slot = guard.taken[0] % 2
@@ -431,7 +437,7 @@ def take_snapshot(net, guard):
     guard.taken[0] += 1
 
 
-@_jit
+@_inline
 def restore_last_good(net, guard):
     """Put back the state from before the previous batch (the last one with a
     finite loss), or from before this batch if it was the first."""
@@ -441,14 +447,14 @@ def restore_last_good(net, guard):
     copy_into(net.counts, guard.counts[slot])
 
 
-@_jit
+@_inline
 def share_running_statistics(net, comm):
     """Rank 0's running statistics to every process, when some BatchNorm
     layer is not synchronized (each process then computes its own, as
     DistributedDataParallel's broadcast_buffers does); nothing otherwise."""
     unsynchronized = False
-    for l in range(net.table.kind.shape[0]):
-        if net.table.kind[l] == BATCHNORM and net.table.sync[l] == 0:
+    for l in range(net.table.shape[0]):
+        if net.table[l].kind == BATCHNORM and net.table[l].sync == 0:
             unsynchronized = True
     if unsynchronized:
         broadcast(comm, net.buffers)
@@ -475,7 +481,7 @@ def train_epoch(net, ws, grads, opt, X, Y, index, batch_size, skip_single, losse
         if n == 1 and skip_single:
             continue
         take_snapshot(net, guard)
-        loss = train_step(net, ws, grads, X, Y, index, start, n, loss_kind, comm)
+        loss = train_step(net, ws, grads, X, Y, index, start, n, literally(loss_kind), comm)
         losses[n_batches] = loss
         sizes[n_batches] = n
         n_batches += 1
@@ -494,7 +500,7 @@ def predict_logits(net, ws, X, out):
     capacity = ws.targets.shape[0]
     for start in range(0, X.shape[0], capacity):
         n = min(capacity, X.shape[0] - start)
-        copy_into(layer_input(net, ws, 0, n), X[start:start + n])
+        copy_into(layer_input(net, ws, FIRST_LAYER, n), X[start:start + n])
         forward(net, ws, n, n, INFERENCE, None)
         copy_into(out[start:start + n], network_output(net, ws, n))
 
