@@ -19,8 +19,11 @@ The sums are accumulated in float64; the gradient is written in z's dtype.
 The loss codes name the losses inside the compiled engine.
 """
 
+from collections import namedtuple
+
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from .activations import sigmoid_reference
 from .elementwise import bce_term, bce_with_logits_term, sigmoid
@@ -29,6 +32,11 @@ _jit = njit(cache=True, error_model="numpy")
 
 BCE, CROSS_ENTROPY = 0, 1
 LOSS_CODES = {"bce": BCE, "cross_entropy": CROSS_ENTROPY}
+# The compiled engine takes the loss as a value whose *type* names it, so that
+# numba compiles only the loss a model trains with (see loss_and_gradient).
+BinaryCrossEntropy = namedtuple("BinaryCrossEntropy", [])
+CrossEntropy = namedtuple("CrossEntropy", [])
+ENGINE_LOSSES = {BCE: BinaryCrossEntropy(), CROSS_ENTROPY: CrossEntropy()}
 
 
 # ---- reference (NumPy) ----
@@ -107,9 +115,21 @@ def cross_entropy(z, y, dz):
     return total / n
 
 
-@_jit
-def loss_and_gradient(kind, z, y, dz):
-    """The engine's loss: BCE on logits or softmax cross-entropy (by code)."""
-    if kind == BCE:
-        return bce_with_logits(z, y, dz)
-    return cross_entropy(z, y, dz)
+def loss_and_gradient(loss, z, y, dz):
+    """The engine's loss: returns the mean loss and writes d loss / d z into
+    dz, for ``loss`` an ENGINE_LOSSES value. Compiled code gets the cpu kernel
+    of that loss only (chosen by the type of ``loss`` when numba compiles the
+    caller); called from Python, it runs the NumPy reference."""
+    code = BCE if isinstance(loss, BinaryCrossEntropy) else CROSS_ENTROPY
+    value, gradient = loss_reference(code, z, y)
+    dz[...] = gradient
+    return value
+
+
+@overload(loss_and_gradient)
+def _loss_and_gradient_by_type(loss, z, y, dz):
+    kernel = {BinaryCrossEntropy: bce_with_logits,
+              CrossEntropy: cross_entropy}.get(getattr(loss, "instance_class", None))
+    if kernel is not None:
+        return lambda loss, z, y, dz: kernel(z, y, dz)
+    return None

@@ -53,9 +53,9 @@ The description (built once per model by ``fastnn.core.layers.Sequential``):
             all-reduces the gradients and the loss once per step and, for
             synchronized BatchNorm layers, the batch sums
 
-The loss (``loss_kind``, codes in loss.py) is binary cross-entropy on the
-output logits averaged over batch * k, or softmax cross-entropy averaged over
-the batch (Y then holds one-hot rows).
+The loss (``loss``, an ENGINE_LOSSES value of loss.py) is binary
+cross-entropy on the output logits averaged over batch * k, or softmax
+cross-entropy averaged over the batch (Y then holds one-hot rows).
 
 Each layer kind has one forward and one backward function below, and the
 network one walk per direction (``forward``, ``backward``), which every host
@@ -69,7 +69,7 @@ import types
 from collections import namedtuple
 
 import numpy as np
-from numba import literally, njit
+from numba import njit
 from numba.core.registry import CPUDispatcher
 
 from .activations import (
@@ -84,11 +84,13 @@ from .batchnorm import (
 from .collective import allreduce_sum, broadcast, shard
 from .dense import dense_backward, dense_backward_reference, dense_forward
 from .dense import dense_forward_reference
-from .loss import loss_and_gradient, loss_reference
+from .loss import loss_and_gradient
 from .optim import optimizer_update
 
 _jit = njit(cache=True, error_model="numpy")
 _inline = njit(inline="always", cache=True, error_model="numpy")
+# functions called from compiled code only: no Python entry point to build
+_internal = njit(cache=True, error_model="numpy", no_cpython_wrapper=True)
 
 # layer kinds
 DENSE, BATCHNORM, ACTIVATION = 0, 1, 2
@@ -177,60 +179,60 @@ def guard_for(net):
 
 # ---- named views (LLVM inlines them: they cost nothing at run time) ----
 
-@_jit
+@_internal
 def block(flat, offset, rows, cols):
     """The (rows, cols) matrix stored at ``offset`` of a flat buffer."""
     return flat[offset:offset + rows * cols].reshape((rows, cols))
 
 
-@_jit
+@_internal
 def dense_weight(table, flat, l):
     """Dense layer l's weight (n_out, n_in), in params or in grads."""
     return block(flat, table[l].weight_at, table[l].n_out, table[l].n_in)
 
 
-@_jit
+@_internal
 def dense_bias(table, flat, l):
     """Dense layer l's bias (n_out,), empty for a layer without one."""
     at = table[l].bias_at
     return flat[at:at + table[l].n_out] if at >= 0 else flat[0:0]
 
 
-@_jit
+@_internal
 def batchnorm_gamma(table, flat, l):
     return flat[table[l].weight_at:table[l].weight_at + table[l].n_out]
 
 
-@_jit
+@_internal
 def batchnorm_beta(table, flat, l):
     return flat[table[l].bias_at:table[l].bias_at + table[l].n_out]
 
 
-@_jit
+@_internal
 def running_mean(table, buffers, l):
     return buffers[table[l].stats_at:table[l].stats_at + table[l].n_out]
 
 
-@_jit
+@_internal
 def running_var(table, buffers, l):
     at = table[l].stats_at + table[l].n_out
     return buffers[at:at + table[l].n_out]
 
 
-@_jit
+@_internal
 def saved_statistics(table, ws, l):
     """BatchNorm layer l's batch (mean, var, inv_std) from the forward pass."""
     f, at = table[l].n_out, table[l].saved_at
     return ws.saved[at:at + f], ws.saved[at + f:at + 2 * f], ws.saved[at + 2 * f:at + 3 * f]
 
 
-@_jit
+@_internal
 def layer_input(net, ws, l, n):
     """Layer l's input, (n, n_in)."""
     return block(ws.activations, ws.activation_at[l], n, net.table[l].n_in)
 
 
-@_jit
+@_internal
 def layer_output(net, ws, l, n):
     """Where layer l writes its output, (n, n_out): the next block, or, for a
     BatchNorm that applies the ReLU after it, the ReLU's output block."""
@@ -238,14 +240,14 @@ def layer_output(net, ws, l, n):
                  net.table[l].n_out)
 
 
-@_jit
+@_internal
 def network_output(net, ws, n):
     """The logits, (n, k)."""
     last = net.table.shape[0] - 1
     return block(ws.activations, ws.activation_at[last + 1], n, net.table[last].n_out)
 
 
-@_jit
+@_internal
 def gradient(ws, which, rows, cols):
     """Gradient buffer ``which`` (0 or 1) viewed as (rows, cols)."""
     return block(ws.gradients[which], 0, rows, cols)
@@ -253,7 +255,7 @@ def gradient(ws, which, rows, cols):
 
 # ---- data movement (kernels, each with a NumPy reference below) ----
 
-@_jit
+@_internal
 def gather_batch(X, Y, index, start, n, xb, yb):
     """xb[i] = X[index[start + i]] and yb[i] = Y[index[start + i]] for i < n."""
     for i in range(n):
@@ -264,7 +266,7 @@ def gather_batch(X, Y, index, start, n, xb, yb):
             yb[i, j] = Y[row, j]
 
 
-@_jit
+@_internal
 def copy_into(destination, source):
     """destination[...] = source, for arrays of one shape (any dimension)."""
     flat_destination = destination.reshape(destination.size)
@@ -345,7 +347,7 @@ def activation_layer_backward(net, ws, l, n, dy, dx):
 
 # ---- the walks ----
 
-@_jit
+@_internal
 def forward(net, ws, n, n_global, training, comm):
     """Forward pass over the first n rows of the input block, in training mode
     (batch statistics, running statistics updated) or inference mode."""
@@ -361,7 +363,7 @@ def forward(net, ws, n, n_global, training, comm):
             activation_layer_forward(net, ws, l, n)
 
 
-@_jit
+@_internal
 def backward(net, ws, grads, n, n_global, comm):
     """Backward pass; d loss / d logits must be in gradient buffer 0. Writes grads."""
     t = net.table
@@ -382,7 +384,7 @@ def backward(net, ws, grads, n, n_global, comm):
 # ---- one step, one epoch ----
 
 @_inline
-def train_step(net, ws, grads, X, Y, index, start, n_global, loss_kind, comm):
+def train_step(net, ws, grads, X, Y, index, start, n_global, loss, comm):
     """Forward and backward pass on rows index[start:start + n_global] of (X, Y)
     (this process's shard of them, with a communicator).
 
@@ -392,24 +394,24 @@ def train_step(net, ws, grads, X, Y, index, start, n_global, loss_kind, comm):
     offset, n = shard(comm, start, n_global)
     n_params = net.params.shape[0]
     k = Y.shape[1]
-    loss = 0.0
+    value = 0.0
     if n > 0:
         gather_batch(X, Y, index, offset, n, layer_input(net, ws, FIRST_LAYER, n), ws.targets)
         forward(net, ws, n, n_global, TRAINING, comm)
         dlogits = gradient(ws, LOSS_GRADIENT, n, k)
-        loss = loss_and_gradient(loss_kind, network_output(net, ws, n), ws.targets[:n], dlogits)
+        value = loss_and_gradient(loss, network_output(net, ws, n), ws.targets[:n], dlogits)
         if n != n_global:  # this shard's part of the global batch's mean
             share = n / n_global
-            loss *= share
+            value *= share
             scale_in_place(dlogits, share)
         backward(net, ws, grads, n, n_global, comm)
     else:  # a shard without rows (a last batch smaller than the process count)
         forward(net, ws, n, n_global, TRAINING, comm)  # still takes part in the all-reduces
         fill(grads, 0.0)
         backward(net, ws, grads, n, n_global, comm)
-    grads[n_params] = loss
+    grads[n_params] = value
     allreduce_sum(comm, grads)  # every gradient and the loss, in one call
-    return grads[n_params] if comm is not None else loss
+    return grads[n_params] if comm is not None else value
 
 
 @_inline
@@ -462,8 +464,8 @@ def share_running_statistics(net, comm):
 
 
 @_jit
-def train_epoch(net, ws, grads, opt, X, Y, index, batch_size, skip_single, losses, sizes,
-                loss_kind, guard, comm):
+def train_epoch(net, ws, grads, opt, X, Y, index, batch_size, skip_single, losses, sizes, loss,
+                guard, comm):
     """One epoch of mini-batch training over rows ``index`` of (X, Y).
 
     Batch b covers index[b * batch_size:(b + 1) * batch_size]; a last batch
@@ -481,11 +483,11 @@ def train_epoch(net, ws, grads, opt, X, Y, index, batch_size, skip_single, losse
         if n == 1 and skip_single:
             continue
         take_snapshot(net, guard)
-        loss = train_step(net, ws, grads, X, Y, index, start, n, literally(loss_kind), comm)
-        losses[n_batches] = loss
+        value = train_step(net, ws, grads, X, Y, index, start, n, loss, comm)
+        losses[n_batches] = value
         sizes[n_batches] = n
         n_batches += 1
-        if not np.isfinite(loss):
+        if not np.isfinite(value):
             restore_last_good(net, guard)
             return n_batches, n_batches
         optimizer_update(opt, net.params, grads[:n_params])
@@ -556,12 +558,6 @@ def _activation_backward(kind, y, dy, dx):
     _store(dx, activation_backward_reference(kind, y, dy))
 
 
-def _loss_and_gradient(kind, z, y, dz):
-    value, gradient_value = loss_reference(kind, z, y)
-    _store(dz, gradient_value)
-    return value
-
-
 def _gather_batch(X, Y, index, start, n, xb, yb):
     rows = index[start:start + n]
     _store(xb[:n], X[rows])
@@ -576,7 +572,7 @@ REFERENCE_KERNELS = {
     "batchnorm_backward": _batchnorm_backward,
     "batchnorm_update_running": batchnorm_update_running_reference,
     "activation_forward": _activation_forward, "activation_backward": _activation_backward,
-    "loss_and_gradient": _loss_and_gradient, "gather_batch": _gather_batch,
+    "gather_batch": _gather_batch,
     "copy_into": _store, "fill": lambda a, value: _store(a, value),
     "scale_in_place": lambda a, factor: _store(a, a * factor),
 }

@@ -37,6 +37,8 @@ from .elementwise import adam_element, rmsprop_element, sgd_element
 
 _jit = njit(cache=True, error_model="numpy")
 _inline = njit(inline="always", cache=True, error_model="numpy")
+# the updates are reached through optimizer_update only: no Python entry points
+_internal = njit(cache=True, error_model="numpy", no_cpython_wrapper=True)
 
 SGD, RMSPROP, ADAM = 0, 1, 2
 
@@ -170,7 +172,7 @@ def optimizer_update_reference(state, w, g):
 
 # ---- cpu ----
 
-@_jit
+@_internal
 def sgd_update(state, w, g):
     state.step[0] += 1
     lr, momentum, one_minus_dampening, nesterov, weight_decay, first_step = sgd_scalars(
@@ -181,7 +183,7 @@ def sgd_update(state, w, g):
                                    nesterov, weight_decay, first_step)
 
 
-@_jit
+@_internal
 def rmsprop_update(state, w, g):
     state.step[0] += 1
     lr, alpha, one_minus_alpha, eps, momentum, weight_decay, centered = rmsprop_scalars(
@@ -193,7 +195,7 @@ def rmsprop_update(state, w, g):
             momentum, weight_decay, centered)
 
 
-@_jit
+@_internal
 def adam_update(state, w, g):
     state.step[0] += 1
     (one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay_factor, decoupled,

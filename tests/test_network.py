@@ -7,7 +7,7 @@ import pytest
 import fastnn as fn
 from fastnn.core.backends import get_backend
 from fastnn.kernels import network as nw
-from fastnn.kernels.loss import BCE, CROSS_ENTROPY
+from fastnn.kernels.loss import BCE, CROSS_ENTROPY, ENGINE_LOSSES
 
 
 def make_model(activation=fn.ReLU, seed=0, n_in=5, n_out=2):
@@ -23,7 +23,7 @@ def batch_loss(model, X, Y, loss_kind=BCE):
     ws = nw.workspace(model.table, X.shape[0], Y.shape[1], model.dtype)
     grads = np.zeros(model.n_params + 1, model.dtype)
     return nw.train_step_reference(net, ws, grads, X, Y, np.arange(X.shape[0]), 0, X.shape[0],
-                                   loss_kind, None)
+                                   ENGINE_LOSSES[loss_kind], None)
 
 
 def engine_gradient(model, X, Y, device, loss_kind=BCE):
@@ -32,7 +32,7 @@ def engine_gradient(model, X, Y, device, loss_kind=BCE):
     ws = nw.workspace(model.table, X.shape[0], Y.shape[1], model.dtype)
     grads = np.zeros(model.n_params + 1, model.dtype)
     loss = backend.engine_train_step(model.network(), ws, grads, X, Y, np.arange(X.shape[0]), 0,
-                                     X.shape[0], loss_kind, None)
+                                     X.shape[0], ENGINE_LOSSES[loss_kind], None)
     return loss, grads[:-1]
 
 
@@ -91,11 +91,11 @@ def test_batchnorm_of_two_samples_worked_by_hand():
     model = fn.Sequential(fn.BatchNorm(1))
     net = model.network()
     ws = nw.workspace(model.table, 2, 1, model.dtype)
-    nw.layer_input(net, ws, 0, 2)[:] = [[1.0], [3.0]]
+    ws.activations[:2] = [1.0, 3.0]  # the input block: 2 rows of 1 feature
     nw.forward_reference(net, ws, 2, 2, True, None)
     inv_std = 1 / np.sqrt(1 + 1e-5)
-    np.testing.assert_allclose(nw.network_output(net, ws, 2)[:, 0], [-inv_std, inv_std],
-                               rtol=1e-15)
+    output = ws.activations[ws.activation_at[1]:ws.activation_at[1] + 2]
+    np.testing.assert_allclose(output, [-inv_std, inv_std], rtol=1e-15)
     assert model.layers[0].running_mean[0] == pytest.approx(0.2, rel=1e-15)
     assert model.layers[0].running_var[0] == pytest.approx(1.1, rel=1e-15)
     assert model.layers[0].num_batches_tracked == 1

@@ -34,7 +34,8 @@ class HostSession:
     model's and the optimizer's own arrays in place."""
 
     def __init__(self, backend, model, optimizer, X, Y, batch, loss_kind, comm=None):
-        self.backend, self.model, self.X, self.Y, self.loss_kind = backend, model, X, Y, loss_kind
+        self.backend, self.model, self.X, self.Y = backend, model, X, Y
+        self.loss = loss.ENGINE_LOSSES[loss_kind]
         self.net = model.network()
         self.opt = optimizer.engine_state(model.n_params, model.dtype)
         self.ws = network.workspace(model.table, batch, Y.shape[1], model.dtype)
@@ -56,7 +57,7 @@ class HostSession:
         finite, or 0). After such a batch the last good state is back."""
         return self.backend.engine_train_epoch(self.net, self.ws, self.grads, self.opt, self.X,
                                                self.Y, index, batch_size, skip_single, losses,
-                                               sizes, self.loss_kind, self.guard, self.comm)
+                                               sizes, self.loss, self.guard, self.comm)
 
     def logits(self, X):
         return self.backend.predict_logits(self.model, X)
