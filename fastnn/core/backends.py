@@ -4,6 +4,7 @@ A backend provides the functional ops (inputs already validated by
 ``fastnn.ops``) and the training sessions the Trainer drives:
 
     session = backend.start_fit(model, optimizer, X, Y, batch, loss_kind, comm=None)
+    session.prepare(announce)        # compile (or load) the engine before any epoch is timed
     session.set_learning_rate(lr)
     batches, nonfinite = session.train_epoch(index, batch_size, skip_single, losses, sizes)
     session.logits(X_val); session.finish()
@@ -25,6 +26,7 @@ import numpy as np
 
 from fastnn.kernels import activations, batchnorm, dense, loss, network, optim
 
+from .compilation import compile_ahead
 from .cuda_backend import CudaBackend
 
 
@@ -47,6 +49,16 @@ class HostSession:
                            optimizer.state)
             self.comm = comm.communicator(max(self.grads.nbytes, self.ws.sums.nbytes))
 
+    def prepare(self, announce=True):
+        """Compile the epoch engine for this fit's types, or load it from
+        numba's cache, before the first epoch is timed (see compilation.py)."""
+        if self.backend.compiled:
+            index, losses, sizes = np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
+            compile_ahead(network.train_epoch,
+                          (self.net, self.ws, self.grads, self.opt, self.X, self.Y, index, 1, True,
+                           losses, sizes, self.loss, self.guard, self.comm),
+                          f"the cpu kernels for {np.dtype(self.model.dtype).name}", announce)
+
     def set_learning_rate(self, lr):
         """The lr the next updates use (a learning-rate schedule sets it per epoch)."""
         self.opt.hyper[optim.LR] = lr
@@ -68,6 +80,7 @@ class HostSession:
 
 class NumpyBackend:
     name = "numpy"
+    compiled = False  # runs the NumPy reference kernels: nothing to compile
 
     @staticmethod
     def engine_train_epoch(*args):
@@ -92,7 +105,11 @@ class NumpyBackend:
         ws = network.workspace(model.table, max(1, min(X.shape[0], 4096)), model.out_features,
                                model.dtype)
         out = np.empty((X.shape[0], model.out_features), model.dtype)
-        self.engine_predict_logits(model.network(), ws, X, out)
+        net = model.network()
+        if self.compiled:
+            compile_ahead(self.engine_predict_logits, (net, ws, X, out),
+                          f"the cpu kernels for {np.dtype(model.dtype).name}")
+        self.engine_predict_logits(net, ws, X, out)
         return out
 
     def describe(self):
@@ -133,6 +150,7 @@ class NumpyBackend:
 
 class CpuBackend(NumpyBackend):
     name = "cpu"
+    compiled = True
     engine_train_epoch = staticmethod(network.train_epoch)
     engine_train_step = staticmethod(network.train_step)
     engine_predict_logits = staticmethod(network.predict_logits)

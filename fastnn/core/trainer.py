@@ -224,6 +224,7 @@ class Trainer:
         self.nonfinite = None
         session = self.backend.start_fit(model, self.optimizer, X, Y, batch_size,
                                          LOSS_CODES[self.loss], comm=self.mpi)
+        session.prepare(announce=progress is not False)  # no compile time in the epochs' times
         try:
             for epoch in range(first_epoch, epochs):
                 start = time.perf_counter()

@@ -1,0 +1,82 @@
+"""Compiling the engine before it is timed, and saying so when it takes long.
+
+numba compiles a kernel the first time it meets a signature, then keeps the
+machine code in its on-disk cache (``cache=True`` everywhere): the first fit
+of an installation compiles for several seconds, later processes load the
+cache in a fraction of a second. Sessions compile (or load) their engine
+before the first epoch through ``compile_ahead``, so compile time is never
+counted as training time, and the first time in a process that this takes
+longer than half a second, one line on stderr says what is happening.
+"""
+
+import sys
+import threading
+import time
+from contextlib import contextmanager
+
+import numba
+from numba.core.compiler_lock import global_compiler_lock
+
+NOTICE_DELAY = 0.5  # seconds of compiling (not loading from the cache) before the notice
+_announced = threading.Event()  # once per process
+
+
+@contextmanager
+def announce_compilation(what, enabled=True, stream=None):
+    """Around a block that may compile: if it runs longer than NOTICE_DELAY
+    seconds and no notice was printed yet in this process, print
+    ``fastnn: compiling <what> (first run only) ... done in T s`` on one line."""
+    stream = sys.stderr if stream is None else stream
+    if not enabled or _announced.is_set():
+        yield
+        return
+    started = time.perf_counter()
+    printed = threading.Event()
+
+    def notice():
+        if not _announced.is_set():
+            _announced.set()
+            printed.set()
+            stream.write(f"fastnn: compiling {what} (first run only; later runs load them "
+                         f"from numba's cache) ...")
+            stream.flush()
+
+    timer = threading.Timer(NOTICE_DELAY, notice)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        if printed.is_set():
+            stream.write(f" done in {time.perf_counter() - started:.1f} s\n")
+            stream.flush()
+
+
+def compile_ahead(dispatcher, args, what, announce=True):
+    """Compile ``dispatcher`` (an @njit function) for the types of ``args``,
+    or load it from numba's cache, without running it; only compiling is
+    announced (loading a large cache can take a second on a busy machine)."""
+    signature = tuple(numba.typeof(a) for a in args)
+    if signature in dispatcher.overloads or _load_from_cache(dispatcher, signature):
+        return
+    with announce_compilation(what, announce):
+        dispatcher.compile(signature)
+
+
+def _load_from_cache(dispatcher, signature):
+    """Load ``signature`` from numba's on-disk cache into ``dispatcher``, the
+    first thing Dispatcher.compile does; False when it is not there (or this
+    numba keeps its cache differently: compile() then looks again itself)."""
+    try:
+        with global_compiler_lock:
+            result = dispatcher._cache.load_overload(signature, dispatcher.targetctx)
+            if result is None:
+                return False
+            dispatcher._cache_hits[signature] += 1
+            dispatcher.targetctx.insert_user_function(result.entry_point, result.fndesc,
+                                                      [result.library])
+            dispatcher.add_overload(result)
+            return True
+    except AttributeError:
+        return False
