@@ -393,22 +393,19 @@ def train_step(net, ws, grads, X, Y, index, start, n_global, loss, comm):
     """
     offset, n = shard(comm, start, n_global)
     n_params = net.params.shape[0]
-    k = Y.shape[1]
+    # a shard may have no rows (a last batch smaller than the process count): it then
+    # computes zero gradients and still takes part in every all-reduce
+    gather_batch(X, Y, index, offset, n, layer_input(net, ws, FIRST_LAYER, n), ws.targets)
+    forward(net, ws, n, n_global, TRAINING, comm)
+    dlogits = gradient(ws, LOSS_GRADIENT, n, Y.shape[1])
     value = 0.0
     if n > 0:
-        gather_batch(X, Y, index, offset, n, layer_input(net, ws, FIRST_LAYER, n), ws.targets)
-        forward(net, ws, n, n_global, TRAINING, comm)
-        dlogits = gradient(ws, LOSS_GRADIENT, n, k)
         value = loss_and_gradient(loss, network_output(net, ws, n), ws.targets[:n], dlogits)
         if n != n_global:  # this shard's part of the global batch's mean
             share = n / n_global
             value *= share
             scale_in_place(dlogits, share)
-        backward(net, ws, grads, n, n_global, comm)
-    else:  # a shard without rows (a last batch smaller than the process count)
-        forward(net, ws, n, n_global, TRAINING, comm)  # still takes part in the all-reduces
-        fill(grads, 0.0)
-        backward(net, ws, grads, n, n_global, comm)
+    backward(net, ws, grads, n, n_global, comm)
     grads[n_params] = value
     allreduce_sum(comm, grads)  # every gradient and the loss, in one call
     return grads[n_params] if comm is not None else value
@@ -421,12 +418,6 @@ def scale_in_place(a, factor):
     for i in range(a.shape[0]):
         for j in range(a.shape[1]):
             a[i, j] *= f
-
-
-@_inline
-def fill(a, value):
-    for i in range(a.shape[0]):
-        a[i] = value
 
 
 @_inline
@@ -573,7 +564,7 @@ REFERENCE_KERNELS = {
     "batchnorm_update_running": batchnorm_update_running_reference,
     "activation_forward": _activation_forward, "activation_backward": _activation_backward,
     "gather_batch": _gather_batch,
-    "copy_into": _store, "fill": lambda a, value: _store(a, value),
+    "copy_into": _store,
     "scale_in_place": lambda a, factor: _store(a, a * factor),
 }
 

@@ -66,6 +66,55 @@ def test_n_ranks_train_like_one_process_with_the_same_global_batch(tmp_path, ran
         assert np.array_equal(np.load(tmp_path / f"multi-{rank}.npz")["params"], first["params"])
 
 
+PER_RANK = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import fastnn as fn
+
+    distributed = sys.argv[1] == "mpi"
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(61, 5))  # batches of 20, 20, 20, 1: the last one leaves ranks empty
+    y = (X[:, 0] - X[:, 2] > 0) * 1.0
+    layers = [fn.Dense(5, 6), fn.Tanh(), fn.Dense(6, 1)]
+    if sys.argv[3] == "batchnorm":  # per-rank statistics, rank 0's running ones shared
+        layers = [fn.Dense(5, 6, bias=False), fn.BatchNorm(6), fn.ReLU(), fn.Dense(6, 1)]
+        X, y = X[:60], y[:60]
+    model = fn.Sequential(*layers, seed=2)
+    trainer = fn.Trainer(model, optimizer=fn.SGD(lr=0.1, momentum=0.9), device="cpu",
+                         dtype="float64", seed=1, distributed="mpi" if distributed else None)
+    history = trainer.fit(X, y, epochs=3, batch_size=20)
+    np.savez(f"{sys.argv[2]}-{trainer.rank}.npz", params=model.params, buffers=model.buffers,
+             counts=model.counts, loss=np.array(history["loss"]))
+""")
+
+
+def test_ranks_left_without_rows_by_a_short_last_batch_still_match_one_process(tmp_path):
+    (tmp_path / "per_rank.py").write_text(PER_RANK)
+    subprocess.run([sys.executable, "per_rank.py", "single", "single", "plain"], cwd=tmp_path,
+                   check=True)
+    out = run_mpi(3, "per_rank.py", "mpi", "multi", "plain", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    single = np.load(tmp_path / "single-0.npz")
+    for rank in range(3):
+        multi = np.load(tmp_path / f"multi-{rank}.npz")
+        for key in ("params", "loss"):
+            np.testing.assert_allclose(multi[key], single[key], rtol=1e-10, atol=1e-12,
+                                       err_msg=f"rank {rank} {key}")
+
+
+def test_unsynchronized_batchnorm_keeps_the_ranks_identical(tmp_path):
+    # each rank normalizes with its own shard's statistics, so the run differs from one
+    # process; but every rank applies the same all-reduced update and takes rank 0's
+    # running statistics after each step, so all ranks hold the same model, bit for bit
+    (tmp_path / "per_rank.py").write_text(PER_RANK)
+    out = run_mpi(2, "per_rank.py", "mpi", "multi", "batchnorm", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    ranks = [np.load(tmp_path / f"multi-{rank}.npz") for rank in range(2)]
+    for key in ("params", "buffers", "counts", "loss"):
+        assert np.array_equal(ranks[0][key], ranks[1][key]), key
+    assert np.all(np.isfinite(ranks[0]["params"])) and ranks[0]["counts"][1] == 9
+
+
 FAIL = textwrap.dedent("""
     import os, sys, time
     import numpy as np
