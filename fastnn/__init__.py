@@ -42,13 +42,14 @@ def _attach_kernels():
 _attach_kernels()
 
 from . import ops
-from .core.callbacks import CosineDecay, EarlyStopping, StepDecay
+from .core.builders import mlp
+from .core.callbacks import Callback, CosineDecay, EarlyStopping, StepDecay
 from .core.interop import from_torch
 from .core.io import load, save
 from .core.layers import BatchNorm, Dense, ReLU, Sequential, Sigmoid, Tanh
 from .core.optim import SGD, Adam, AdamW, Optimizer, RMSprop
 from .core.trainer import Trainer
 
-__all__ = ["Sequential", "Dense", "BatchNorm", "ReLU", "Sigmoid", "Tanh", "Trainer", "SGD",
-           "RMSprop", "Adam", "AdamW", "Optimizer", "EarlyStopping", "StepDecay", "CosineDecay",
-           "save", "load", "from_torch", "ops", "__version__"]
+__all__ = ["Sequential", "Dense", "BatchNorm", "ReLU", "Sigmoid", "Tanh", "mlp", "Trainer", "SGD",
+           "RMSprop", "Adam", "AdamW", "Optimizer", "Callback", "EarlyStopping", "StepDecay",
+           "CosineDecay", "save", "load", "from_torch", "ops", "__version__"]

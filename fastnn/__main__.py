@@ -6,14 +6,18 @@ import sys
 
 
 def main(argv=None):
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="fastnn", description="fastnn command line")
+    parser.add_argument("--version", action="version", version=f"fastnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="train a small network on generated data and report "
                                        "loss, accuracy, device and samples/s")
     demo.add_argument("--samples", type=int, default=20000, help="training samples (default 20000)")
     demo.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
     demo.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
-    demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "numpy"])
+    demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "numpy"],
+                      help="default auto: cuda when numba sees a GPU, else cpu")
     demo.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     demo.add_argument("--seed", type=int, default=0)
     sub.add_parser("bench", help="training throughput of fastnn vs NumPy, PyTorch and JAX on the "

@@ -52,13 +52,9 @@ LR = 1e-3
 
 def build_model(network, seed=0):
     """The fastnn model of a standard network (float64 until a Trainer casts it)."""
-    import fastnn as fn
+    from fastnn.core.builders import mlp
     d_in, hidden, blocks, _ = NETWORKS[network]
-    layers, width = [], d_in
-    for _ in range(blocks):
-        layers += [fn.Dense(width, hidden), fn.BatchNorm(hidden), fn.ReLU()]
-        width = hidden
-    return fn.Sequential(*layers, fn.Dense(width, 1), seed=seed)
+    return mlp(d_in, [hidden] * blocks, 1, seed=seed)
 
 
 def make_data(network, n_samples, seed=0):
@@ -358,13 +354,20 @@ def markdown(report):
     return "\n".join(lines)
 
 
-def plot(report, path):
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend; SystemExit naming the extra when missing."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise SystemExit("fastnn bench: --plot needs matplotlib (pip install \"fastnn[plot]\")")
+    return plt
+
+
+def plot(report, path):
+    """A bar chart of samples/s per network, optimizer and implementation, as PNG."""
+    plt = _pyplot()
     keys = []
     for r in report["results"]:
         if (r["network"], r["optimizer"]) not in keys:
@@ -411,6 +414,8 @@ def main(argv=None):
     networks = _choices(args.networks, list(NETWORKS), "networks")
     wanted = _choices(args.backends, list(IMPLEMENTATIONS), "backends")
     optimizers = _choices(args.optimizers, list(OPTIMIZERS), "optimizers")
+    if args.plot:
+        _pyplot()  # before minutes of measuring, not after
     implementations = [i for i in wanted if _available(i)]
     skipped = [i for i in wanted if i not in implementations]
     if skipped:

@@ -18,9 +18,11 @@ import warnings
 
 import numpy as np
 
+from .core.backends import DEVICES
+from .core.callbacks import Callback
+
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam")
-DEVICES = ("auto", "cpu", "cuda")
 READERS = ("auto", "pyarrow", "pandas", "numpy")
 EXIT_ERROR = 2
 MAX_CLASSES = 1000  # a --multiclass target with more distinct values is refused
@@ -146,7 +148,8 @@ def build_parser():
                             "are saved with the model and applied by fastnn predict)")
     train.add_argument("--device", choices=DEVICES, default="auto",
                        help="auto (cuda when numba sees a GPU, else cpu; FASTNN_DEVICE "
-                            "overrides), cpu or cuda (default auto)")
+                            "overrides), cpu, cuda, or numpy (the reference kernels: slow, for "
+                            "checking); default auto")
     train.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                        help="floating-point type of the model and training (default float32)")
     train.add_argument("--seed", type=_int_at_least(0), default=0, metavar="S",
@@ -154,6 +157,12 @@ def build_parser():
                             "(default 0)")
     train.add_argument("--out", default="model.npz", metavar="PATH",
                        help="where to save the model (default model.npz)")
+    train.add_argument("--checkpoint-dir", metavar="DIR",
+                       help="write a checkpoint to DIR after every epoch (weights, optimizer "
+                            "and shuffling state; the newest 3 are kept)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the newest valid checkpoint in --checkpoint-dir "
+                            "(same data and options) until --epochs epochs are done in all")
     train.add_argument("--distributed", choices=("none", "mpi"), default="none",
                        help="mpi: data-parallel training across the processes of "
                             "`mpiexec -n N fastnn train ... --distributed mpi` (cpu; BatchNorm "
@@ -175,11 +184,11 @@ def build_parser():
     predict.add_argument("--out", metavar="PATH",
                          help="write the predictions to this CSV file (default: standard output)")
     predict.add_argument("--proba", action="store_true",
-                         help="add a probability column before prediction: P(second class) for "
-                              "a two-class model, the probability of the predicted class for "
-                              "a multiclass model")
+                         help="add probability columns before prediction: one, probability = "
+                              "P(second class), for a two-class model; one per class, "
+                              "probability_<class>, for a multiclass model")
     predict.add_argument("--device", choices=DEVICES, default="cpu",
-                         help="where to run the network (default cpu)")
+                         help="where to run the network: cpu, cuda, numpy or auto (default cpu)")
     _add_csv_reader(predict)
 
     info = sub.add_parser(
@@ -279,21 +288,6 @@ def _make_optimizer(name, lr, weight_decay):
     return fn.Adam(lr=lr, weight_decay=weight_decay)
 
 
-def _make_model(n_features, hidden, batchnorm, activation, n_outputs, seed, sync=False):
-    import fastnn as fn
-
-    act = {"relu": fn.ReLU, "tanh": fn.Tanh, "sigmoid": fn.Sigmoid}[activation]
-    layers, width = [], n_features
-    for h in hidden:
-        layers.append(fn.Dense(width, h))
-        if batchnorm:
-            layers.append(fn.BatchNorm(h, sync=sync))
-        layers.append(act())
-        width = h
-    layers.append(fn.Dense(width, n_outputs))
-    return fn.Sequential(*layers, seed=seed)
-
-
 def _describe_layers(model):
     parts = []
     for spec in model.config():
@@ -328,6 +322,8 @@ def _train(args):
             raise UsageError("--target COLUMN is required: name the CSV column that holds the "
                              "labels")
         target = "y"
+    if args.resume and args.checkpoint_dir is None:
+        raise UsageError("--resume needs --checkpoint-dir DIR: the directory to resume from")
     if args.early_stopping is not None and args.validation_split == 0:
         raise UsageError("--early-stopping needs validation data: use a --validation-split "
                          "above 0")
@@ -392,8 +388,8 @@ def _train(args):
 
     lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else 1e-2)
     distributed = args.distributed == "mpi"
-    model = _make_model(d, args.hidden, args.batchnorm, args.activation, 1 if binary else k,
-                        args.seed, sync=distributed)
+    model = fn.mlp(d, args.hidden, 1 if binary else k, batchnorm=args.batchnorm,
+                   activation=args.activation, sync=distributed, seed=args.seed)
     trainer = fn.Trainer(model, optimizer=_make_optimizer(args.optimizer, lr, args.weight_decay),
                          loss=loss, device=device, dtype=args.dtype, seed=args.seed,
                          distributed="mpi" if distributed else None)
@@ -410,8 +406,8 @@ def _train(args):
     # epoch times below are training alone
     start = time.perf_counter()
     warm_rows = min(n_train, 2 * args.batch_size)
-    warm = fn.Trainer(_make_model(d, args.hidden, args.batchnorm, args.activation,
-                                  1 if binary else k, args.seed),
+    warm = fn.Trainer(fn.mlp(d, args.hidden, 1 if binary else k, batchnorm=args.batchnorm,
+                             activation=args.activation, seed=args.seed),
                       optimizer=_make_optimizer(args.optimizer, lr, args.weight_decay),
                       loss=loss, device=device, dtype=args.dtype, seed=args.seed)
     warm.fit(Xt[:warm_rows], yt[:warm_rows], epochs=1, batch_size=args.batch_size,
@@ -419,51 +415,34 @@ def _train(args):
     del warm
     jit_s = time.perf_counter() - start
 
+    # one fit: validation, early stopping (which puts the best epoch's weights back) and
+    # checkpoints are fit's own; the epoch lines come from a callback
     stopper = None
     if args.early_stopping is not None:
         stopper = fn.EarlyStopping(patience=args.early_stopping, monitor="val_loss",
                                    restore_best=True)
-    history = {"loss": [], "time": []}
-    if val is not None:
-        history.update(val_loss=[], val_accuracy=[])
-    bar = _EpochBar(args.epochs) if sys.stderr.isatty() and trainer.rank == 0 else None
+    printer = _EpochPrinter(args.epochs, n_train,
+                            _EpochBar(args.epochs) if sys.stderr.isatty() and trainer.rank == 0
+                            else None)
     start = time.perf_counter()
     try:
-        for epoch in range(args.epochs):
-            # one epoch per fit: the optimizer state, the shuffling generator and the model
-            # carry over between calls, so this is the same training as one fit(epochs=N)
-            h = trainer.fit(Xt, yt, epochs=1, batch_size=args.batch_size, shuffle=True,
-                            validation_data=val, progress=False)
-            for key in history:
-                history[key].append(h[key][0])
-            line = (f"epoch {epoch + 1:{len(str(args.epochs))}d}/{args.epochs}  "
-                    f"loss {h['loss'][0]:.4f}")
-            if val is not None:
-                line += (f"  val_loss {h['val_loss'][0]:.4f}  "
-                         f"val_accuracy {h['val_accuracy'][0]:.4f}")
-            line += f"  {n_train / h['time'][0]:,.0f} samples/s"
-            if bar is not None:
-                bar.clear()
-            _say(line)
-            if bar is not None:
-                bar.update()
-            if stopper is not None and stopper.update(epoch, h["val_loss"][0], model):
-                break
+        history = trainer.fit(Xt, yt, epochs=args.epochs, batch_size=args.batch_size,
+                              shuffle=True, validation_data=val, progress=False,
+                              early_stopping=stopper, checkpoint_dir=args.checkpoint_dir,
+                              resume=args.resume, callbacks=[printer])
     finally:
-        if bar is not None:
-            bar.close()
-    if stopper is not None:
-        stopper.restore(model)
+        printer.close()
     train_s = time.perf_counter() - start
     epochs_run = len(history["loss"])
 
-    if stopper is not None:
+    if stopper is not None and stopper.best_epoch is not None:
         best_epoch = stopper.best_epoch + 1
     elif val is not None:
         best_epoch = int(np.argmin(history["val_loss"])) + 1
     else:
         best_epoch = None
-    metrics = {"loss": history["loss"][best_epoch - 1 if stopper is not None else -1]}
+    metrics = {"loss": history["loss"][best_epoch - 1 if stopper is not None and
+                                       best_epoch is not None else -1]}
     if val is not None:
         scores = trainer.evaluate(Xv, yv)
         metrics.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
@@ -508,6 +487,30 @@ def _train(args):
          f"{n_train * epochs_run / max(sum(history['time']), 1e-12):,.0f} samples/s; JIT "
          f"warm-up {jit_s:.2f} s) on {trainer.device}; {best}; {final}")
     _say(f"model saved to {args.out}")
+
+
+class _EpochPrinter(Callback):
+    """fastnn train's line per epoch (above the terminal bar, when there is one)."""
+
+    def __init__(self, epochs, n_train, bar):
+        self.epochs, self.n_train, self.bar = epochs, n_train, bar
+
+    def on_epoch_end(self, epoch, history, trainer):
+        line = (f"epoch {epoch + 1:{len(str(self.epochs))}d}/{self.epochs}  "
+                f"loss {history['loss'][-1]:.4f}")
+        if "val_loss" in history:
+            line += (f"  val_loss {history['val_loss'][-1]:.4f}  "
+                     f"val_accuracy {history['val_accuracy'][-1]:.4f}")
+        line += f"  {self.n_train / history['time'][-1]:,.0f} samples/s"
+        if self.bar is not None:
+            self.bar.clear()
+        _say(line)
+        if self.bar is not None:
+            self.bar.update()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
 
 
 class _EpochBar:
@@ -575,10 +578,10 @@ def _predict(args):
     proba = trainer.predict_proba(X.astype(model.dtype, copy=False))
     if loss == "bce":
         codes = (proba >= 0.5).astype(np.int64)
-        shown = proba
+        shown = proba[:, None]  # P(second class)
     else:
         codes = np.argmax(proba, axis=1)
-        shown = proba[np.arange(len(codes)), codes]
+        shown = proba  # one column per class
     classes = model.classes
     if classes is not None and len(classes) != (2 if loss == "bce" else out_k):
         raise UsageError(f"{args.model}: {len(classes)} class labels stored for a model with "
@@ -588,13 +591,17 @@ def _predict(args):
     handle = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
     try:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["probability", "prediction"] if args.proba else ["prediction"])
         names = labels if labels is not None else [str(i) for i in range(max(2, out_k))]
         texts = np.array(names, dtype=object)[codes]
-        if args.proba:
-            writer.writerows(zip((f"{p:.6g}" for p in shown.tolist()), texts))
-        else:
+        if not args.proba:
+            writer.writerow(["prediction"])
             writer.writerows((t,) for t in texts)
+        else:
+            header = (["probability"] if loss == "bce" else
+                      [f"probability_{name}" for name in names])
+            writer.writerow(header + ["prediction"])
+            writer.writerows([f"{p:.6g}" for p in row] + [t]
+                             for row, t in zip(shown.tolist(), texts))
         handle.flush()
     finally:
         if handle is not sys.stdout:

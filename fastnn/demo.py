@@ -25,9 +25,7 @@ def run(samples=20000, epochs=10, batch_size=64, device="auto", dtype="float32",
 
     X, y = make_data(samples + samples // 4, seed=seed)
     Xt, yt, Xv, yv = X[:samples], y[:samples], X[samples:], y[samples:]
-    model = fn.Sequential(fn.Dense(30, 64), fn.BatchNorm(64), fn.ReLU(),
-                          fn.Dense(64, 64), fn.BatchNorm(64), fn.ReLU(),
-                          fn.Dense(64, 1), seed=seed)
+    model = fn.mlp(30, [64, 64], 1, seed=seed)  # Dense BatchNorm ReLU, twice, and a Dense head
     trainer = fn.Trainer(model, optimizer=fn.Adam(lr=1e-3), device=device, dtype=dtype, seed=seed)
     out(f"fastnn {fn.__version__} demo: {samples} training samples, 30 features, "
         f"device {trainer.backend.describe()}, {dtype}")

@@ -35,13 +35,14 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from .core import validation as v
 from .core.backends import DEVICES, cuda_available, get_backend, resolve_device
 from .core.callbacks import EarlyStopping
-from .core.layers import BatchNorm, Dense, ReLU, Sequential, Sigmoid, Tanh
+from .core.builders import mlp
 from .core.optim import SGD, Adam
 from .core.trainer import Trainer
 
 __all__ = ["FastNNClassifier"]
 
-ACTIVATIONS = {"relu": ReLU, "tanh": Tanh, "logistic": Sigmoid, "identity": None}
+# MLPClassifier's activation names -> fastnn.mlp's
+ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "logistic": "sigmoid", "identity": "identity"}
 SOLVERS = ("adam", "sgd")
 _SEED_HIGH = np.iinfo(np.int32).max
 
@@ -424,17 +425,9 @@ class FastNNClassifier(ClassifierMixin, BaseEstimator):
         """A fresh network, optimizer and shuffling stream."""
         n_classes = len(classes)
         n_out = 1 if n_classes == 2 else n_classes
-        layers, width = [], n_features
-        act = ACTIVATIONS[self.activation]
-        for h in params["hidden"]:
-            layers.append(Dense(width, h, init="xavier"))
-            if self.batchnorm:
-                layers.append(BatchNorm(h))
-            if act is not None:
-                layers.append(act())
-            width = h
-        layers.append(Dense(width, n_out, init="xavier"))
-        model = Sequential(*layers, seed=model_seed).astype(params["dtype"])
+        model = mlp(n_features, params["hidden"], n_out, batchnorm=self.batchnorm,
+                    activation=ACTIVATIONS[self.activation], init="xavier",
+                    seed=model_seed).astype(params["dtype"])
         model.classes = list(classes)
         self.model_ = model
         self.classes_ = np.asarray(classes)

@@ -257,10 +257,13 @@ def test_multiclass(work):
     assert model.classes == ["cat", "cow", "dog"] and model.out_features == 3
     assert model.metadata["loss"] == "cross_entropy" and model.metadata["task"] == "multiclass"
     header, rows = read_csv(ok(work, "predict", "three.npz", "three.csv", "--proba").stdout, True)
-    assert header == ["probability", "prediction"]
-    p = np.array([float(r[0]) for r in rows])
-    predicted = np.array([r[1] for r in rows])
-    assert (p >= 1 / 3 - 1e-6).all() and (p <= 1).all()  # the most probable class's
+    # one probability column per class, named after it, then the label
+    assert header == ["probability_cat", "probability_cow", "probability_dog", "prediction"]
+    p = np.array([[float(v) for v in r[:3]] for r in rows])
+    predicted = np.array([r[3] for r in rows])
+    assert (p >= 0).all() and (p <= 1).all()
+    np.testing.assert_allclose(p.sum(axis=1), 1, atol=1e-5)  # printed to 6 digits
+    np.testing.assert_array_equal(np.array(["cat", "cow", "dog"])[p.argmax(axis=1)], predicted)
     assert np.mean(predicted == labels.astype(str)) > 0.85
     assert "3-class classification" in ok(work, "info", "three.npz").stdout
 

@@ -1,10 +1,56 @@
-"""Early stopping and learning-rate schedules for ``Trainer.fit``."""
+"""Per-epoch callbacks, early stopping and learning-rate schedules for
+``Trainer.fit``."""
 
 import math
 
 from . import validation as v
 
 MONITORS = {"val_loss": "min", "loss": "min", "val_accuracy": "max"}
+
+
+class Callback:
+    """A per-epoch hook for ``Trainer.fit(..., callbacks=[...])``.
+
+    Subclass it (or write any object with this method) to print, log, save
+    or stop after each epoch, inside one ``fit`` call::
+
+        class StopAtAccuracy(fn.Callback):
+            def on_epoch_end(self, epoch, history, trainer):
+                return history["val_accuracy"][-1] >= 0.95
+
+        trainer.fit(X, y, epochs=50, validation_data=(Xv, yv), callbacks=[StopAtAccuracy()])
+    """
+
+    def on_epoch_end(self, epoch, history, trainer):
+        """Called after each epoch.
+
+        Parameters
+        ----------
+        epoch : int, 0-based index of the epoch just trained
+        history : dict of lists, the history so far (``fit``'s return value),
+            whose last entries are this epoch's
+        trainer : Trainer, whose ``model`` holds this epoch's weights
+
+        Returns
+        -------
+        True to stop training after this epoch; None or False to go on.
+        """
+        return None
+
+
+def check_callbacks(callbacks):
+    """``fit``'s callbacks argument as a list; TypeError for anything without
+    a callable ``on_epoch_end``."""
+    if callbacks is None:
+        return []
+    if not isinstance(callbacks, (list, tuple)):
+        raise TypeError(f"callbacks must be a list of objects with an on_epoch_end(epoch, "
+                        f"history, trainer) method, got {type(callbacks).__name__}")
+    for i, callback in enumerate(callbacks):
+        if not callable(getattr(callback, "on_epoch_end", None)):
+            raise TypeError(f"callbacks[{i}] must have an on_epoch_end(epoch, history, trainer) "
+                            f"method, got {type(callback).__name__}")
+    return list(callbacks)
 
 
 class EarlyStopping:

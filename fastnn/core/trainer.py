@@ -12,7 +12,7 @@ from fastnn.kernels.loss import LOSS_CODES, loss_reference
 from . import validation as v
 from . import checkpoint
 from .backends import get_backend, resolve_device
-from .callbacks import EarlyStopping, schedule_lr
+from .callbacks import EarlyStopping, check_callbacks, schedule_lr
 from .layers import Sequential
 from .optim import Adam, Optimizer
 
@@ -90,7 +90,7 @@ class Trainer:
     # ---- training ----
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
             progress=None, early_stopping=None, lr_schedule=None, on_nonfinite="raise",
-            checkpoint_dir=None, checkpoint_every=1, resume=False):
+            checkpoint_dir=None, checkpoint_every=1, resume=False, callbacks=None):
         """Mini-batch training.
 
         Parameters
@@ -134,6 +134,16 @@ class Trainer:
             ``epochs`` epochs are complete in all; from scratch if there is
             none. An interrupted and resumed run ends with the same weights,
             bit for bit, as an uninterrupted one (same device).
+        callbacks : list of objects with ``on_epoch_end(epoch, history, trainer)``, or None
+            Called after each epoch, in order, once the epoch's loss (and
+            validation scores) are in ``history`` and before early stopping
+            and checkpointing decide: ``epoch`` is the 0-based index of the
+            epoch just trained (counted from the start of training when
+            resuming), ``history`` the dict this fit returns (read it, do not
+            change it), ``trainer`` this Trainer, whose ``model`` then holds
+            the epoch's weights on the host. Training stops after the epoch
+            when any callback returns True (under MPI, rank 0's answer
+            counts). See ``fastnn.Callback``.
 
         Returns
         -------
@@ -147,7 +157,7 @@ class Trainer:
                     validation_data=validation_data, progress=progress,
                     early_stopping=early_stopping, lr_schedule=lr_schedule,
                     on_nonfinite=on_nonfinite, checkpoint_dir=checkpoint_dir,
-                    checkpoint_every=checkpoint_every, resume=resume)
+                    checkpoint_every=checkpoint_every, resume=resume, callbacks=callbacks)
         if self.mpi is None or self.size == 1:
             return self._fit(**args)
         try:
@@ -159,7 +169,7 @@ class Trainer:
             raise
 
     def _fit(self, X, y, epochs, batch_size, shuffle, validation_data, progress, early_stopping,
-             lr_schedule, on_nonfinite, checkpoint_dir, checkpoint_every, resume):
+             lr_schedule, on_nonfinite, checkpoint_dir, checkpoint_every, resume, callbacks):
         model = self.model
         X = v.check_X(X, "X", model.in_features, self.dtype)
         Y = self._targets(y, "y", X.shape[0])
@@ -174,6 +184,7 @@ class Trainer:
         if lr_schedule is not None and not callable(lr_schedule):
             raise TypeError("lr_schedule must be StepDecay, CosineDecay or a callable epoch -> lr")
         on_nonfinite = v.check_choice(on_nonfinite, "on_nonfinite", ("raise", "stop"))
+        callbacks = check_callbacks(callbacks)
         checkpoint_every = v.check_int(checkpoint_every, "checkpoint_every")
         resume = v.check_bool(resume, "resume")
         if checkpoint_dir is not None:
@@ -253,6 +264,12 @@ class Trainer:
                     history["val_accuracy"].append(scores["accuracy"])
                 if bar is not None:
                     bar.update(history, n)
+                stop = False
+                if callbacks:
+                    session.finish()  # the callbacks see the epoch's weights on the host
+                    stop = any([bool(c.on_epoch_end(epoch, history, self)) for c in callbacks])
+                    if self.mpi is not None:
+                        stop = self.mpi.comm.bcast(stop)
                 if checkpoint_dir is not None and ((epoch + 1) % checkpoint_every == 0
                                                    or epoch + 1 == epochs):
                     session.finish()  # the state on the host is what gets written
@@ -266,6 +283,8 @@ class Trainer:
                         session.finish()  # the best weights must be on the host to be kept
                     if early_stopping.update(epoch, history[early_stopping.monitor][-1], model):
                         break
+                if stop:
+                    break
         finally:
             session.finish()
             if bar is not None:
