@@ -1,6 +1,7 @@
 """``fastnn bench``: runs, prints the Markdown table, writes JSON and PNG."""
 
 import json
+import sys
 
 import pytest
 
@@ -36,3 +37,16 @@ def test_bench_rejects_unknown_names(flag, value, capsys):
     with pytest.raises(SystemExit) as info:
         main(["bench", flag, value])
     assert value in str(info.value) and flag in str(info.value)
+
+
+def test_bench_plot_checks_for_matplotlib_before_measuring(monkeypatch, tmp_path):
+    from fastnn import bench
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    measured = []
+    monkeypatch.setattr(bench, "run", lambda *args, **kwargs: measured.append(args))
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "--quick", "--networks", "tiny", "--backends", "fastnn-cpu",
+              "--plot", str(tmp_path / "bench.png")])
+    assert "--plot needs matplotlib" in str(info.value) and 'fastnn[plot]' in str(info.value)
+    assert measured == []  # refused before any measurement
