@@ -73,7 +73,7 @@ def test_without_numba_cuda_auto_is_quietly_cpu_and_cuda_says_what_to_install():
     assert result["problem"][0] == "missing"
     error = result["error"]
     assert "\n" not in error and 'pip install "fastnn[cuda]"' in error, error
-    assert error.startswith("device='cuda' needs numba-cuda"), error
+    assert error.startswith("device='cuda' runs on an NVIDIA GPU through numba-cuda"), error
     assert result["cli_status"] == 2
     assert result["cli_stderr"].strip().splitlines() == [f"fastnn demo: error: {error}"]
 

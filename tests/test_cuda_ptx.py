@@ -4,8 +4,13 @@ machine without a GPU. A kernel that only runs in the simulator (which
 executes Python semantics) fails here."""
 
 import os
+import sys
 
 import pytest
+
+if sys.platform == "darwin":
+    pytest.skip("no CUDA on macOS: the [cuda] extra installs nothing there",
+                allow_module_level=True)
 
 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
     pytest.skip("PTX compilation needs the real CUDA target, not the simulator",

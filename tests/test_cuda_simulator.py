@@ -9,7 +9,11 @@ import sys
 
 import pytest
 
-from fastnn.core.backends import cuda_available
+if sys.platform == "darwin":
+    pytest.skip("no CUDA on macOS: the [cuda] extra installs nothing there",
+                allow_module_level=True)
+
+from fastnn.core.backends import cuda_available  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -288,8 +288,8 @@ def resolve_device(device, name="device"):
     if device == "cuda" and not cuda_available():
         problem = cuda_problem()
         if problem is not None and problem[0] == "missing":
-            raise ValueError(f"{name}='cuda' needs numba-cuda, which is not installed: "
-                             f"{CUDA_EXTRA} (or use 'cpu' or 'auto')")
+            raise ValueError(f"{name}='cuda' runs on an NVIDIA GPU through numba-cuda, which is "
+                             f"not installed: {CUDA_EXTRA} (or use 'cpu' or 'auto')")
         reason = problem[1] if problem is not None else "numba.cuda.is_available() is False"
         raise ValueError(f"{name}='cuda' needs an NVIDIA GPU that numba can use, and {reason}; "
                          f"use 'cpu' or 'auto'")
