@@ -255,7 +255,8 @@ def machine_info():
 class Progress:
     """A one-line progress bar on stderr (a line per step when not a terminal)."""
 
-    def __init__(self, total, stream=sys.stderr):
+    def __init__(self, total, stream=None):
+        stream = sys.stderr if stream is None else stream  # the current one, not import time's
         self.total, self.done, self.stream = total, 0, stream
         self.tty = stream.isatty()
 
