@@ -42,9 +42,9 @@ def test_one_fit_and_one_session_for_all_epochs(data_csv, tmp_path, monkeypatch,
     cpu = backends.BACKENDS["cpu"]
     real_start = cpu.start_fit
 
-    def counting_start(model, opt, X, *args):
+    def counting_start(model, opt, X, *args, **kwargs):
         sessions.append(len(X))
-        return real_start(model, opt, X, *args)
+        return real_start(model, opt, X, *args, **kwargs)
 
     monkeypatch.setattr(fn.Trainer, "fit", counting_fit)
     monkeypatch.setattr(cpu, "start_fit", counting_start)

@@ -17,9 +17,9 @@ def test_train_uploads_the_training_set_once(tmp_path, monkeypatch, capsys):
     real_start = cuda.start_fit
     sessions = []
 
-    def counting_start(model, opt, X, *args):
+    def counting_start(model, opt, X, *args, **kwargs):
         sessions.append(len(X))
-        return real_start(model, opt, X, *args)
+        return real_start(model, opt, X, *args, **kwargs)
 
     monkeypatch.setattr(cuda, "start_fit", counting_start)
     assert cli.main(["train", str(tmp_path / "data.csv"), "--target", "label", "--hidden", "2",
