@@ -402,18 +402,9 @@ def _train(args):
          f"{', standardized features' if args.standardize else ''}")
     _say(f"model: {_describe_layers(model)} ({model.n_params:,} parameters, loss {loss})")
 
-    # compile the engine (or load it from numba's cache) on a throwaway copy, so that the
-    # epoch times below are training alone
-    start = time.perf_counter()
-    warm_rows = min(n_train, 2 * args.batch_size)
-    warm = fn.Trainer(fn.mlp(d, args.hidden, 1 if binary else k, batchnorm=args.batchnorm,
-                             activation=args.activation, seed=args.seed),
-                      optimizer=_make_optimizer(args.optimizer, lr, args.weight_decay),
-                      loss=loss, device=device, dtype=args.dtype, seed=args.seed)
-    warm.fit(Xt[:warm_rows], yt[:warm_rows], epochs=1, batch_size=args.batch_size,
-             progress=False)
-    del warm
-    jit_s = time.perf_counter() - start
+    # compile the kernels (or load them from numba's cache) before training, saying so on a
+    # first run; fit would do it too, but silently here, where fit draws no progress bar
+    jit_s = trainer.precompile(Xt, yt, validation_data=val, progress=trainer.rank == 0)
 
     # one fit: validation, early stopping (which puts the best epoch's weights back) and
     # checkpoints are fit's own; the epoch lines come from a callback
@@ -484,8 +475,8 @@ def _train(args):
         final = f"training loss {metrics['loss']:.4f}, accuracy {metrics['train_accuracy']:.4f}"
     _say(f"summary: loaded {n:,} rows in {load_s:.2f} s ({source}), trained in "
          f"{train_s:.2f} s ({epochs_run} epoch{'s' if epochs_run != 1 else ''}, "
-         f"{n_train * epochs_run / max(sum(history['time']), 1e-12):,.0f} samples/s; JIT "
-         f"warm-up {jit_s:.2f} s) on {trainer.device}; {best}; {final}")
+         f"{n_train * epochs_run / max(sum(history['time']), 1e-12):,.0f} samples/s; kernels "
+         f"compiled or loaded in {jit_s:.2f} s) on {trainer.device}; {best}; {final}")
     _say(f"model saved to {args.out}")
 
 

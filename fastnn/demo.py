@@ -1,7 +1,5 @@
 """``python -m fastnn demo``: train on data fastnn makes itself."""
 
-import time
-
 import numpy as np
 
 
@@ -30,12 +28,8 @@ def run(samples=20000, epochs=10, batch_size=64, device="auto", dtype="float32",
     out(f"fastnn {fn.__version__} demo: {samples} training samples, 30 features, "
         f"device {trainer.backend.describe()}, {dtype}")
     out(repr(model))
-    # Compile (or load from numba's cache) on a throwaway copy, so that the
-    # epochs below time training alone.
-    start = time.perf_counter()
-    warm = fn.Trainer(fn.Sequential.from_config(model.config()), device=trainer.device, dtype=dtype)
-    warm.fit(Xt[:2 * batch_size], yt[:2 * batch_size], epochs=1, batch_size=batch_size)
-    out(f"JIT warm-up (compile, or load from numba's cache): {time.perf_counter() - start:.2f} s")
+    seconds = trainer.precompile(Xt, yt, validation_data=(Xv, yv))  # fit would, untimed
+    out(f"kernels compiled (or loaded from numba's cache) in {seconds:.2f} s")
     history = trainer.fit(Xt, yt, epochs=epochs, batch_size=batch_size,
                           validation_data=(Xv, yv))
     for e in range(epochs):

@@ -236,9 +236,6 @@ class CudaTrainingSession:
         self.grads = empty(model.params.shape[0], model.dtype)
         self.losses = empty(math.ceil(X.shape[0] / batch), np.float64)
 
-    def prepare(self, announce=True):
-        """Nothing to do ahead: the kernels compile at their first launch."""
-
     def set_learning_rate(self, lr):
         self.opt.set_learning_rate(lr)
 

@@ -3,8 +3,8 @@
 A backend provides the functional ops (inputs already validated by
 ``fastnn.ops``) and the training sessions the Trainer drives:
 
+    backend.prepare(model, optimizer, X, Y, loss_kind, comm=None, X_val=None, announce=True)
     session = backend.start_fit(model, optimizer, X, Y, batch, loss_kind, comm=None)
-    session.prepare(announce)        # compile (or load) the engine before any epoch is timed
     session.set_learning_rate(lr)
     batches, nonfinite = session.train_epoch(index, batch_size, skip_single, losses, sizes)
     session.logits(X_val); session.finish()
@@ -50,16 +50,6 @@ class HostSession:
                            optimizer.state)
             self.comm = comm.communicator(max(self.grads.nbytes, self.ws.sums.nbytes))
 
-    def prepare(self, announce=True):
-        """Compile the epoch engine for this fit's types, or load it from
-        numba's cache, before the first epoch is timed (see compilation.py)."""
-        if self.backend.compiled:
-            index, losses, sizes = np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
-            compile_ahead(network.train_epoch,
-                          (self.net, self.ws, self.grads, self.opt, self.X, self.Y, index, 1, True,
-                           losses, sizes, self.loss, self.guard, self.comm),
-                          f"the cpu kernels for {np.dtype(self.model.dtype).name}", announce)
-
     def set_learning_rate(self, lr):
         """The lr the next updates use (a learning-rate schedule sets it per epoch)."""
         self.opt.hyper[optim.LR] = lr
@@ -101,6 +91,12 @@ class NumpyBackend:
                              f"training runs on 'cpu'")
         return HostSession(self, model, optimizer, X, Y, batch, loss_kind)
 
+    def prepare(self, model, optimizer, X, Y, loss_kind, comm=None, X_val=None, announce=True):
+        """Compile what a fit with these arguments runs, or load it from
+        numba's cache, before anything is timed; returns the seconds it took
+        (nothing to compile here)."""
+        return 0.0
+
     def predict_logits(self, model, X):
         """Inference-mode logits (n, k) of host X, in chunks of 4096 rows."""
         ws = network.workspace(model.table, max(1, min(X.shape[0], 4096)), model.out_features,
@@ -108,7 +104,7 @@ class NumpyBackend:
         out = np.empty((X.shape[0], model.out_features), model.dtype)
         net = model.network()
         if self.compiled:
-            compile_ahead(self.engine_predict_logits, (net, ws, X, out),
+            compile_ahead([(self.engine_predict_logits, (net, ws, X, out))],
                           f"the cpu kernels for {np.dtype(model.dtype).name}")
         self.engine_predict_logits(net, ws, X, out)
         return out
@@ -158,6 +154,28 @@ class CpuBackend(NumpyBackend):
 
     def start_fit(self, model, optimizer, X, Y, batch, loss_kind, comm=None):
         return HostSession(self, model, optimizer, X, Y, batch, loss_kind, comm)
+
+    def prepare(self, model, optimizer, X, Y, loss_kind, comm=None, X_val=None, announce=True):
+        """Compile the epoch engine (and, with ``X_val``, the inference engine)
+        for a fit with these arguments, or load them from numba's cache; the
+        types decide what numba compiles, so tiny stand-ins replace the
+        workspace, gradients, optimizer state and guard. Returns the seconds
+        it took."""
+        dtype, k = model.dtype, Y.shape[1]
+        net = model.network()
+        ws = network.workspace(model.table, 1, k, dtype)
+        opt = optim.optimizer_state(optimizer.kind, optimizer.hyper(), np.zeros(1, np.int64),
+                                    np.zeros((3, 1), dtype))
+        guard = network.Guard(np.zeros((2, 1), dtype), np.zeros((2, 1), dtype),
+                              np.zeros((2, 1), np.int64), np.zeros(1, np.int64))
+        communicator = None if comm is None else comm.communicator(8)
+        index, losses, sizes = np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
+        work = [(network.train_epoch, (net, ws, np.zeros(1, dtype), opt, X, Y, index, 1, True,
+                                       losses, sizes, loss.ENGINE_LOSSES[loss_kind], guard,
+                                       communicator))]
+        if X_val is not None:
+            work.append((network.predict_logits, (net, ws, X_val, np.zeros((0, k), dtype))))
+        return compile_ahead(work, f"the cpu kernels for {np.dtype(dtype).name}", announce)
 
     def describe(self):
         import numba

@@ -6,7 +6,9 @@ of an installation compiles for several seconds, later processes load the
 cache in a fraction of a second. Sessions compile (or load) their engine
 before the first epoch through ``compile_ahead``, so compile time is never
 counted as training time, and the first time in a process that this takes
-longer than half a second, one line on stderr says what is happening.
+longer than half a second, one line on stderr says what is happening. The
+types of a fit's arguments, not their sizes, decide what numba compiles, so
+the engines are compiled from the types alone.
 """
 
 import sys
@@ -53,15 +55,23 @@ def announce_compilation(what, enabled=True, stream=None):
             stream.flush()
 
 
-def compile_ahead(dispatcher, args, what, announce=True):
-    """Compile ``dispatcher`` (an @njit function) for the types of ``args``,
-    or load it from numba's cache, without running it; only compiling is
-    announced (loading a large cache can take a second on a busy machine)."""
-    signature = tuple(numba.typeof(a) for a in args)
-    if signature in dispatcher.overloads or _load_from_cache(dispatcher, signature):
-        return
-    with announce_compilation(what, announce):
-        dispatcher.compile(signature)
+def compile_ahead(work, what, announce=True):
+    """Compile each @njit function of ``work``, a list of (dispatcher, args),
+    for the types of its args, or load it from numba's cache, without running
+    anything; one notice covers them all, and only compiling is announced
+    (loading a large cache can take a second on a busy machine). Returns the
+    seconds it took."""
+    started = time.perf_counter()
+    missing = []
+    for dispatcher, args in work:
+        signature = tuple(numba.typeof(a) for a in args)
+        if signature not in dispatcher.overloads and not _load_from_cache(dispatcher, signature):
+            missing.append((dispatcher, signature))
+    if missing:
+        with announce_compilation(what, announce):
+            for dispatcher, signature in missing:
+                dispatcher.compile(signature)
+    return time.perf_counter() - started
 
 
 def _load_from_cache(dispatcher, signature):

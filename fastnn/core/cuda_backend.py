@@ -165,6 +165,10 @@ class CudaBackend:
                 device.copy_to_host(host)
 
     # ---- training ----
+    def prepare(self, model, optimizer, X, Y, loss_kind, comm=None, X_val=None, announce=True):
+        """Nothing compiled ahead: the CUDA kernels compile at their first launch."""
+        return 0.0
+
     def start_fit(self, model, optimizer, X, Y, batch, loss_kind, comm=None):
         if comm is not None:
             raise ValueError("data-parallel training runs on the cpu backend")

@@ -86,8 +86,35 @@ class Trainer:
             self.mpi = MPIContext()
             self.rank, self.size = self.mpi.rank, self.mpi.size
         self.nonfinite = None  # (epoch, batch) where the last fit met a non-finite loss
+        self.compile_seconds = 0.0  # how long the last fit compiled before its first epoch
 
     # ---- training ----
+    def precompile(self, X, y, validation_data=None, progress=None):
+        """Compile the kernels a ``fit(X, y, validation_data=...)`` will run, or
+        load them from numba's cache, without training; ``fit`` does it
+        itself, so call this only to pay the compile time at a moment of your
+        choosing. A cold compile (the first run of an installation) prints one
+        line on stderr unless ``progress`` is False.
+
+        Returns
+        -------
+        float
+            The seconds it took.
+        """
+        model = self.model
+        X = v.check_X(X, "X", model.in_features, self.dtype)
+        Y = self._targets(y, "y", X.shape[0])
+        X_val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("validation_data must be a pair (X_val, y_val)")
+            X_val = v.check_X(validation_data[0], "validation_data[0]", model.in_features,
+                              self.dtype)
+        if progress is not None:
+            progress = v.check_bool(progress, "progress")
+        return self.backend.prepare(model, self.optimizer, X, Y, LOSS_CODES[self.loss],
+                                    comm=self.mpi, X_val=X_val, announce=progress is not False)
+
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
             progress=None, early_stopping=None, lr_schedule=None, on_nonfinite="raise",
             checkpoint_dir=None, checkpoint_every=1, resume=False, callbacks=None):
@@ -231,11 +258,14 @@ class Trainer:
             history.setdefault("val_accuracy", [])
         if early_stopping is not None:
             early_stopping.reset()
+        # compile (or load) the engines first: no compile time in the epochs' times
+        self.compile_seconds = self.backend.prepare(
+            model, self.optimizer, X, Y, LOSS_CODES[self.loss], comm=self.mpi,
+            X_val=None if val is None else val[0], announce=progress is not False)
         bar = _progress_bar(epochs, progress)
         self.nonfinite = None
         session = self.backend.start_fit(model, self.optimizer, X, Y, batch_size,
                                          LOSS_CODES[self.loss], comm=self.mpi)
-        session.prepare(announce=progress is not False)  # no compile time in the epochs' times
         try:
             for epoch in range(first_epoch, epochs):
                 start = time.perf_counter()
