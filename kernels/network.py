@@ -87,9 +87,15 @@ from .dense import dense_forward_reference
 from .loss import loss_and_gradient
 from .optim import optimizer_update
 
+# Compile time is a user-visible cost (a first run compiles everything), and it
+# grows with each separately compiled function: numba re-optimizes and re-emits
+# the code of every function a function calls. So the engine's entry points
+# (_jit) call the kernels, which are compiled once each; the glue between them
+# (the walks, the per-layer functions, one step) is inlined into the entry
+# points (_inline), and the small views the glue uses are compiled once, with no
+# Python entry point (_internal).
 _jit = njit(cache=True, error_model="numpy")
 _inline = njit(inline="always", cache=True, error_model="numpy")
-# functions called from compiled code only: no Python entry point to build
 _internal = njit(cache=True, error_model="numpy", no_cpython_wrapper=True)
 
 # layer kinds
@@ -347,7 +353,7 @@ def activation_layer_backward(net, ws, l, n, dy, dx):
 
 # ---- the walks ----
 
-@_internal
+@_inline
 def forward(net, ws, n, n_global, training, comm):
     """Forward pass over the first n rows of the input block, in training mode
     (batch statistics, running statistics updated) or inference mode."""
@@ -363,7 +369,7 @@ def forward(net, ws, n, n_global, training, comm):
             activation_layer_forward(net, ws, l, n)
 
 
-@_internal
+@_inline
 def backward(net, ws, grads, n, n_global, comm):
     """Backward pass; d loss / d logits must be in gradient buffer 0. Writes grads."""
     t = net.table
