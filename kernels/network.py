@@ -192,37 +192,28 @@ def block(flat, offset, rows, cols):
 
 
 @_internal
-def dense_weight(table, flat, l):
-    """Dense layer l's weight (n_out, n_in), in params or in grads."""
-    return block(flat, table[l].weight_at, table[l].n_out, table[l].n_in)
+def dense_views(table, flat, l):
+    """Dense layer l's (weight (n_out, n_in), bias (n_out,)) in params or in
+    grads; the bias is empty for a layer without one."""
+    row = table[l]
+    weight = block(flat, row.weight_at, row.n_out, row.n_in)
+    bias = flat[row.bias_at:row.bias_at + row.n_out] if row.bias_at >= 0 else flat[0:0]
+    return weight, bias
 
 
 @_internal
-def dense_bias(table, flat, l):
-    """Dense layer l's bias (n_out,), empty for a layer without one."""
-    at = table[l].bias_at
-    return flat[at:at + table[l].n_out] if at >= 0 else flat[0:0]
+def batchnorm_views(table, flat, l):
+    """BatchNorm layer l's (gamma, beta) in params or in grads."""
+    row = table[l]
+    return (flat[row.weight_at:row.weight_at + row.n_out],
+            flat[row.bias_at:row.bias_at + row.n_out])
 
 
 @_internal
-def batchnorm_gamma(table, flat, l):
-    return flat[table[l].weight_at:table[l].weight_at + table[l].n_out]
-
-
-@_internal
-def batchnorm_beta(table, flat, l):
-    return flat[table[l].bias_at:table[l].bias_at + table[l].n_out]
-
-
-@_internal
-def running_mean(table, buffers, l):
-    return buffers[table[l].stats_at:table[l].stats_at + table[l].n_out]
-
-
-@_internal
-def running_var(table, buffers, l):
-    at = table[l].stats_at + table[l].n_out
-    return buffers[at:at + table[l].n_out]
+def running_statistics(table, buffers, l):
+    """BatchNorm layer l's (running_mean, running_var)."""
+    at, f = table[l].stats_at, table[l].n_out
+    return buffers[at:at + f], buffers[at + f:at + 2 * f]
 
 
 @_internal
@@ -233,17 +224,13 @@ def saved_statistics(table, ws, l):
 
 
 @_internal
-def layer_input(net, ws, l, n):
-    """Layer l's input, (n, n_in)."""
-    return block(ws.activations, ws.activation_at[l], n, net.table[l].n_in)
-
-
-@_internal
-def layer_output(net, ws, l, n):
-    """Where layer l writes its output, (n, n_out): the next block, or, for a
-    BatchNorm that applies the ReLU after it, the ReLU's output block."""
-    return block(ws.activations, ws.activation_at[l + 1 + net.table[l].relu_after], n,
-                 net.table[l].n_out)
+def layer_blocks(net, ws, l, n):
+    """Layer l's (input (n, n_in), output (n, n_out)): its output is the next
+    block, or, for a BatchNorm that applies the ReLU after it, the ReLU's
+    output block."""
+    row = net.table[l]
+    return (block(ws.activations, ws.activation_at[l], n, row.n_in),
+            block(ws.activations, ws.activation_at[l + 1 + row.relu_after], n, row.n_out))
 
 
 @_internal
@@ -285,54 +272,55 @@ def copy_into(destination, source):
 
 @_inline
 def dense_layer_forward(net, ws, l, n):
-    dense_forward(layer_input(net, ws, l, n), dense_weight(net.table, net.params, l),
-                  dense_bias(net.table, net.params, l), layer_output(net, ws, l, n))
+    x, y = layer_blocks(net, ws, l, n)
+    weight, bias = dense_views(net.table, net.params, l)
+    dense_forward(x, weight, bias, y)
 
 
 @_inline
 def dense_layer_backward(net, ws, grads, l, n, dy, dx):
-    dense_backward(dy, layer_input(net, ws, l, n), dense_weight(net.table, net.params, l), dx,
-                   dense_weight(net.table, grads, l), dense_bias(net.table, grads, l), ws.sums)
+    x, _ = layer_blocks(net, ws, l, n)
+    weight, _ = dense_views(net.table, net.params, l)
+    dweight, dbias = dense_views(net.table, grads, l)
+    dense_backward(dy, x, weight, dx, dweight, dbias, ws.sums)
 
 
 @_inline
 def batchnorm_layer_forward(net, ws, l, n, n_global, training, comm):
     """Batch statistics in training (over the global batch when the layer is
     synchronized), the running statistics otherwise."""
-    t = net.table
-    x, y = layer_input(net, ws, l, n), layer_output(net, ws, l, n)
-    gamma, beta = batchnorm_gamma(t, net.params, l), batchnorm_beta(t, net.params, l)
-    relu = t[l].relu_after == 1
+    row = net.table[l]
+    x, y = layer_blocks(net, ws, l, n)
+    gamma, beta = batchnorm_views(net.table, net.params, l)
+    running_mean, running_var = running_statistics(net.table, net.buffers, l)
+    relu = row.relu_after == 1
     if not training:
-        batchnorm_inference(x, gamma, beta, running_mean(t, net.buffers, l),
-                            running_var(t, net.buffers, l), t[l].eps, relu, y, ws.sums,
+        batchnorm_inference(x, gamma, beta, running_mean, running_var, row.eps, relu, y, ws.sums,
                             ws.coefficients)
         return
-    mean, var, inv_std = saved_statistics(t, ws, l)
+    mean, var, inv_std = saved_statistics(net.table, ws, l)
     rows = n
-    if t[l].sync:
+    if row.sync:
         rows = n_global
-        batchnorm_forward(x, gamma, beta, t[l].eps, relu, y, mean, var, inv_std, ws.sums,
+        batchnorm_forward(x, gamma, beta, row.eps, relu, y, mean, var, inv_std, ws.sums,
                           ws.coefficients, comm, rows)
     else:
-        batchnorm_forward(x, gamma, beta, t[l].eps, relu, y, mean, var, inv_std, ws.sums,
+        batchnorm_forward(x, gamma, beta, row.eps, relu, y, mean, var, inv_std, ws.sums,
                           ws.coefficients, None, rows)
     net.counts[l] += 1
-    momentum = t[l].momentum
+    momentum = row.momentum
     if momentum < 0.0:
         momentum = 1.0 / net.counts[l]
-    batchnorm_update_running(running_mean(t, net.buffers, l), running_var(t, net.buffers, l),
-                             mean, var, rows, momentum)
+    batchnorm_update_running(running_mean, running_var, mean, var, rows, momentum)
 
 
 @_inline
 def batchnorm_layer_backward(net, ws, grads, l, n, n_global, dy, dx, comm):
-    t = net.table
-    mean, var, inv_std = saved_statistics(t, ws, l)
-    x = layer_input(net, ws, l, n)
-    gamma = batchnorm_gamma(t, net.params, l)
-    dgamma, dbeta = batchnorm_gamma(t, grads, l), batchnorm_beta(t, grads, l)
-    if t[l].sync:
+    x, _ = layer_blocks(net, ws, l, n)
+    mean, _, inv_std = saved_statistics(net.table, ws, l)
+    gamma, _ = batchnorm_views(net.table, net.params, l)
+    dgamma, dbeta = batchnorm_views(net.table, grads, l)
+    if net.table[l].sync:
         batchnorm_backward(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta, ws.sums,
                            ws.coefficients, comm, n_global)
     else:
@@ -342,13 +330,14 @@ def batchnorm_layer_backward(net, ws, grads, l, n, n_global, dy, dx, comm):
 
 @_inline
 def activation_layer_forward(net, ws, l, n):
-    activation_forward(net.table[l].activation, layer_input(net, ws, l, n),
-                       layer_output(net, ws, l, n))
+    x, y = layer_blocks(net, ws, l, n)
+    activation_forward(net.table[l].activation, x, y)
 
 
 @_inline
 def activation_layer_backward(net, ws, l, n, dy, dx):
-    activation_backward(net.table[l].activation, layer_output(net, ws, l, n), dy, dx)
+    _, y = layer_blocks(net, ws, l, n)
+    activation_backward(net.table[l].activation, y, dy, dx)
 
 
 # ---- the walks ----
@@ -401,7 +390,8 @@ def train_step(net, ws, grads, X, Y, index, start, n_global, loss, comm):
     n_params = net.params.shape[0]
     # a shard may have no rows (a last batch smaller than the process count): it then
     # computes zero gradients and still takes part in every all-reduce
-    gather_batch(X, Y, index, offset, n, layer_input(net, ws, FIRST_LAYER, n), ws.targets)
+    xb, _ = layer_blocks(net, ws, FIRST_LAYER, n)
+    gather_batch(X, Y, index, offset, n, xb, ws.targets)
     forward(net, ws, n, n_global, TRAINING, comm)
     dlogits = gradient(ws, LOSS_GRADIENT, n, Y.shape[1])
     value = 0.0
@@ -499,7 +489,8 @@ def predict_logits(net, ws, X, out):
     capacity = ws.targets.shape[0]
     for start in range(0, X.shape[0], capacity):
         n = min(capacity, X.shape[0] - start)
-        copy_into(layer_input(net, ws, FIRST_LAYER, n), X[start:start + n])
+        xb, _ = layer_blocks(net, ws, FIRST_LAYER, n)
+        copy_into(xb, X[start:start + n])
         forward(net, ws, n, n, INFERENCE, None)
         copy_into(out[start:start + n], network_output(net, ws, n))
 

@@ -37,8 +37,6 @@ from .elementwise import adam_element, rmsprop_element, sgd_element
 
 _jit = njit(cache=True, error_model="numpy")
 _inline = njit(inline="always", cache=True, error_model="numpy")
-# the updates are reached through optimizer_update only: no Python entry points
-_internal = njit(cache=True, error_model="numpy", no_cpython_wrapper=True)
 
 SGD, RMSPROP, ADAM = 0, 1, 2
 
@@ -171,8 +169,9 @@ def optimizer_update_reference(state, w, g):
 
 
 # ---- cpu ----
+# The three updates are compiled as the implementations of optimizer_update
+# (below), into each engine that uses them, and only there.
 
-@_internal
 def sgd_update(state, w, g):
     state.step[0] += 1
     lr, momentum, one_minus_dampening, nesterov, weight_decay, first_step = sgd_scalars(
@@ -183,7 +182,6 @@ def sgd_update(state, w, g):
                                    nesterov, weight_decay, first_step)
 
 
-@_internal
 def rmsprop_update(state, w, g):
     state.step[0] += 1
     lr, alpha, one_minus_alpha, eps, momentum, weight_decay, centered = rmsprop_scalars(
@@ -195,7 +193,6 @@ def rmsprop_update(state, w, g):
             momentum, weight_decay, centered)
 
 
-@_internal
 def adam_update(state, w, g):
     state.step[0] += 1
     (one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay_factor, decoupled,
@@ -219,8 +216,7 @@ def _optimizer_update_by_state_type(state, w, g):
     if isinstance(state, types.NamedTuple):
         update = {SGDState: sgd_update, RMSpropState: rmsprop_update,
                   AdamState: adam_update}.get(state.instance_class)
-        if update is not None:
-            return lambda state, w, g: update(state, w, g)
+        return update
     return None
 
 
