@@ -6,11 +6,65 @@ Ops accept host NumPy arrays (copied in, results copied out) or device
 arrays with ``__cuda_array_interface__`` (results stay on the device).
 """
 
+import os
 from types import SimpleNamespace
 
 import numpy as np
 
 from .validation import is_device_array
+
+#: Forces the engine that trains on the GPU (benchmarks and tests): 'fused'
+#: (either mode, as planned), 'block', 'grid' (the fused engine in that mode,
+#: whatever the plan) or 'layers'; unset, ``cuda_engine`` decides.
+ENGINE_VARIABLE = "FASTNN_CUDA_ENGINE"
+ENGINES = ("fused", "block", "grid", "layers")
+
+
+def gpu_multiprocessors():
+    """The current GPU's multiprocessor count (132 on an H200; the simulator
+    has no such figure: 1)."""
+    from numba import cuda
+    try:
+        return int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
+    except Exception:  # the CUDA simulator
+        return 1
+
+
+def cuda_engine(table, batch, n_models=1, sm_count=None):
+    """The one place that decides how the GPU trains a network.
+
+    Returns ('fused', FusedPlan) when the fused engine (kernels/cuda_fused.py,
+    one launch per epoch) takes ``n_models`` models of the network ``table``
+    at batches of up to ``batch`` rows, else ('layers', reason): the
+    layer-by-layer engine (kernels/cuda_network.py; one model). The fused
+    engine's limits are ``cuda_fused.fused_plan``'s. FASTNN_CUDA_ENGINE
+    forces a choice (``ENGINES``)."""
+    from fastnn.kernels import cuda_fused
+    forced = os.environ.get(ENGINE_VARIABLE, "").strip()
+    if forced and forced not in ENGINES:
+        raise ValueError(f"{ENGINE_VARIABLE} must be one of {list(ENGINES)}, got {forced!r}")
+    if forced == "layers":
+        return "layers", f"{ENGINE_VARIABLE}=layers"
+    if sm_count is None:
+        sm_count = gpu_multiprocessors()
+    plan, reason = cuda_fused.fused_plan(table, batch, n_models, sm_count)
+    if forced in ("block", "grid"):
+        group = 1 if forced == "block" else max(1, sm_count // n_models)
+        items = plan.items if plan is not None else 0
+        phases = len(cuda_fused.step_phases(table, batch))
+        return "fused", cuda_fused.FusedPlan(forced, group, items, phases)
+    if plan is None:
+        return "layers", reason
+    return "fused", plan
+
+
+def engine_summary(engine, plan_or_reason):
+    """One line naming what ``cuda_engine`` chose."""
+    if engine == "fused":
+        plan = plan_or_reason
+        return (f"fused engine, {plan.mode} mode ({plan.group} block(s) per model, one launch "
+                f"per epoch)")
+    return f"layer-by-layer engine: {plan_or_reason}"
 
 
 def _cuda():
@@ -26,14 +80,18 @@ def _cuda():
 class CudaBackend:
     name = "cuda"
 
-    def describe(self):
+    def describe(self, model=None, batch_size=None):
+        """'cuda (GPU name)'; given a model and a batch size, also the engine
+        that would train it (``cuda_engine``)."""
         cuda = _cuda().cuda
         try:
             device = cuda.get_current_device()
             name = device.name.decode() if isinstance(device.name, bytes) else device.name
         except Exception:  # the simulator has no real device name
             name = "CUDA device"
-        return f"cuda ({name})"
+        if model is None:
+            return f"cuda ({name})"
+        return f"cuda ({name}), {engine_summary(*cuda_engine(model.table, batch_size))}"
 
     # ---- moving data ----
     def _in(self, *arrays):
@@ -170,9 +228,33 @@ class CudaBackend:
         return 0.0
 
     def start_fit(self, model, optimizer, X, Y, batch, loss_kind, comm=None):
+        """A training session on the engine ``cuda_engine`` picks; its
+        ``engine`` names it."""
         if comm is not None:
             raise ValueError("data-parallel training runs on the cpu backend")
-        return _cuda().network.CudaTrainingSession(model, optimizer, X, Y, batch, loss_kind)
+        session = self.start_fit_many([model], [optimizer], X, Y, batch, loss_kind)
+        if session is None:
+            session = _cuda().network.CudaTrainingSession(model, optimizer, X, Y, batch,
+                                                          loss_kind)
+            session.engine = engine_summary(*cuda_engine(model.table, batch))
+        return session
+
+    def start_fit_many(self, models, optimizers, X, Y, batch, loss_kind):
+        """A fused session training the K models in one launch per epoch, or
+        None when the fused engine does not take them (``cuda_engine``; in
+        grid mode, also when a cooperative launch cannot hold a block per
+        model)."""
+        from fastnn.kernels import cuda_fused
+        engine, plan = cuda_engine(models[0].table, batch, len(models))
+        if engine != "fused":
+            return None
+        if plan.mode == "grid":
+            kernel = cuda_fused.epoch_kernel(models[0].dtype, "grid")
+            group = cuda_fused.cooperative_group(kernel, models[0].dtype, plan.group, len(models))
+            if group == 0:
+                return None
+            plan = plan._replace(group=group)
+        return cuda_fused.FusedTrainingSession(models, optimizers, X, Y, batch, loss_kind, plan)
 
     def predict_logits(self, model, X):
         m = _cuda()
