@@ -20,10 +20,13 @@ def make_data(n_samples, n_features=30, seed=0):
 def run(samples=20000, epochs=10, batch_size=64, device="auto", dtype="float32", seed=0,
         out=print):
     import fastnn as fn
+    from fastnn.core.autodevice import choose_device
 
     X, y = make_data(samples + samples // 4, seed=seed)
     Xt, yt, Xv, yv = X[:samples], y[:samples], X[samples:], y[samples:]
     model = fn.mlp(30, [64, 64], 1, seed=seed)  # Dense BatchNorm ReLU, twice, and a Dense head
+    # device='auto': the device predicted faster for this fit (fastnn.core.autodevice)
+    device = choose_device(device, model, batch_size, samples, epochs, dtype)
     trainer = fn.Trainer(model, optimizer=fn.Adam(lr=1e-3), device=device, dtype=dtype, seed=seed)
     out(f"fastnn {fn.__version__} demo: {samples} training samples, 30 features, "
         f"device {trainer.backend.describe()}, {dtype}")

@@ -117,8 +117,10 @@ class FastNNClassifier(ClassifierMixin, BaseEstimator):
     epsilon : float > 0, default=1e-8
         Adam's epsilon ('adam' only).
     device : {'auto', 'cpu', 'cuda', 'numpy'}, default='auto'
-        Where fastnn trains and predicts (not in MLPClassifier); 'auto' picks
-        'cuda' when numba sees a GPU (or follows ``FASTNN_DEVICE``).
+        Where fastnn trains and predicts (not in MLPClassifier); 'auto' picks,
+        at each fit, the device predicted faster for the network and batch
+        size (the cpu without a usable GPU; see ``fastnn.Trainer``), or
+        follows ``FASTNN_DEVICE``.
     dtype : {'float32', 'float64'}, default='float32'
         Precision of the weights and of the arithmetic (not in
         MLPClassifier, which computes in the input's dtype).
@@ -263,6 +265,7 @@ class FastNNClassifier(ClassifierMixin, BaseEstimator):
         history = trainer.fit(X, y_enc, epochs=self.max_iter, batch_size=batch_size,
                               shuffle=self.shuffle, validation_data=validation_data,
                               progress=bool(self.verbose), early_stopping=stop)
+        self.device_ = trainer.device  # with device='auto', what the fit chose
         self.n_iter_ = len(history["loss"])
         self.t_ += self.n_iter_ * X.shape[0]
         self.loss_curve_.extend(history["loss"])
@@ -327,6 +330,7 @@ class FastNNClassifier(ClassifierMixin, BaseEstimator):
         trainer = self._trainer(params, batch_size)
         history = trainer.fit(X, y_enc, epochs=1, batch_size=batch_size, shuffle=self.shuffle,
                               progress=False)
+        self.device_ = trainer.device
         loss = history["loss"][0]
         self.n_iter_ = 1
         self.t_ += X.shape[0]
@@ -418,8 +422,9 @@ class FastNNClassifier(ClassifierMixin, BaseEstimator):
                              "one sample are undefined)")
         if not isinstance(self.device, str) or self.device not in DEVICES:
             raise ValueError(f"device must be one of {list(DEVICES)}, got {self.device!r}")
+        # 'auto' stays 'auto': the Trainer picks the faster device at fit time
         return {"hidden": sizes, "dtype": v.check_dtype(self.dtype),
-                "device": resolve_device(self.device)}
+                "device": self.device if self.device == "auto" else resolve_device(self.device)}
 
     def _initialize(self, classes, n_features, params, model_seed, shuffle_seed):
         """A fresh network, optimizer and shuffling stream."""

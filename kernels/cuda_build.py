@@ -16,8 +16,8 @@ CC = (9, 0)
 
 def all_signatures():
     """(name, kernel, argument types) for every kernel and dtype."""
-    from . import cuda_gemm, cuda_ops
-    return cuda_gemm.signatures() + cuda_ops.signatures()
+    from . import cuda_fused, cuda_gemm, cuda_ops
+    return cuda_gemm.signatures() + cuda_ops.signatures() + cuda_fused.signatures()
 
 
 def compile_ptx(kernel, types, cc=CC):
@@ -28,18 +28,31 @@ def compile_ptx(kernel, types, cc=CC):
 
 def resources(ptx, cc=CC):
     """{'registers', 'smem', 'lmem', 'spill_stores', 'spill_loads'} from
-    nvJitLink's verbose log of compiling ``ptx`` to a cubin."""
+    nvJitLink's verbose log of compiling ``ptx`` to a cubin.
+
+    A kernel that uses cooperative groups is linked with the
+    device runtime library, as numba-cuda links it; the figures are then
+    read from the kernel's own entry of the log, not the library's."""
     from cuda.bindings import nvjitlink
     handle = nvjitlink.create(3, [f"-arch=sm_{cc[0]}{cc[1]}", "-verbose", "-O3"])
     try:
         data = ptx.encode()
         nvjitlink.add_data(handle, nvjitlink.InputType.PTX, data, len(data), "kernel")
+        if "cudaCG" in ptx:
+            from numba.cuda.cudadrv.libs import get_cudalib
+            nvjitlink.add_file(handle, nvjitlink.InputType.LIBRARY,
+                               get_cudalib("cudadevrt", static=True))
         nvjitlink.complete(handle)
         log = bytearray(nvjitlink.get_info_log_size(handle))
         nvjitlink.get_info_log(handle, log)
     finally:
         nvjitlink.destroy(handle)
     text = log.decode(errors="replace")
+    entry = re.search(r"\.entry\s+([\w$]+)", ptx).group(1)
+    # the ptxas lines of the entry (spills, registers), then the linker's (smem, lmem)
+    sections = [part for part in re.split(r"(?=Compiling entry function|Function properties for)",
+                                          text) if entry in part.split("\n", 1)[0]]
+    text = "\n".join(sections) or text
 
     def number(pattern):
         found = re.search(pattern, text)

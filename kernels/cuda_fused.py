@@ -25,6 +25,7 @@ rows; K models are stacked along a leading axis (K = 1 for ``Trainer.fit``):
         status        (K, 2) int64: batches trained, and the 1-based batch whose
                       loss was not finite (0: none). A model whose status[m, 1]
                       is not 0 when the launch starts has stopped: it is skipped.
+        barriers      (K, 2) int32, zeros: grid mode's barrier counters
     X (N, d), Y (N, k)  the training set, shared by the K models
     index (K, N) int64  model m's order of the rows for this epoch
 
@@ -53,7 +54,8 @@ the group's blocks take items round-robin. A phase never reads what another
 block writes in the same phase, so a barrier between phases is the only
 synchronization across blocks. With one block per model ("block" mode) the
 barrier is ``cuda.syncthreads()``; with several ("grid" mode, a cooperative
-launch) it is a grid-wide sync.
+launch, so that all blocks are resident at once) it is a barrier of the
+model's group of blocks (``group_barrier``).
 
 Matrix products are tiled for shared memory and registers: the block stages
 TILE_K-deep slices of both operands in shared memory and each thread
@@ -70,14 +72,14 @@ before the loss phase counts the batch).
 
 In the CUDA simulator a cooperative grid has one block (it runs blocks one
 after another), so grid mode runs there with one block per model; splitting a
-phase across blocks is exercised only on a real GPU.
+phase across blocks, and the barrier's waiting, run only on a real GPU.
 """
 
 import math
 from collections import namedtuple
 
 import numpy as np
-from numba import config, cuda, float32, float64, int64, types
+from numba import config, cuda, float32, float64, int32, int64, types
 
 from .activations import RELU, SIGMOID
 from .elementwise import (
@@ -103,7 +105,7 @@ Models = namedtuple("Models", ["params", "grads", "buffers", "counts"])
 Optimizer = namedtuple("Optimizer", ["kind", "hyper", "step", "rows"])
 Guard = namedtuple("Guard", ["params", "buffers", "counts"])
 Workspace = namedtuple("Workspace", ["activations", "activation_at", "gradients", "saved",
-                                     "targets", "losses", "status"])
+                                     "targets", "losses", "status", "barriers"])
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 _device = cuda.jit(device=True, inline="always")
@@ -117,28 +119,71 @@ if SIMULATOR:
 
 
 # ---- barriers ----
+# Each takes the launch's barrier counters, the model and the blocks per
+# model, so that the epoch kernel is one source for both modes.
 
 @_device
-def block_barrier():
+def block_barrier(counters, m, group):
+    """Block mode: a model's group is one block."""
     cuda.syncthreads()
+
+
+@_device
+def group_barrier(counters, m, group):
+    """Grid mode: the ``group`` blocks of model m wait for each other.
+
+    counters[m] = (arrived, generation), int32, zero before the session's
+    first launch (the last block to arrive resets ``arrived``, so they stay
+    valid from launch to launch). Thread 0 of each block reads the
+    generation, arrives, and then either opens the next generation (the last
+    to arrive) or waits for it to open; the fences around that order every
+    write of the group before the barrier before every read after it (the
+    pattern of cooperative groups' grid sync, whose blocks must also all be
+    resident at once: the kernel is launched cooperatively).
+
+    Why not ``cuda.cg.this_grid().sync()``: it is a call into the device
+    runtime library, and across that call the epoch kernel's live registers
+    no longer fit (sm_90 PTX: 255 registers and 84 bytes of spills in
+    float32, where this barrier keeps the kernel within its registers). It
+    also waits for every model of the launch, where a model's blocks need
+    only wait for each other."""
+    cuda.syncthreads()
+    if cuda.threadIdx.x == 0:
+        generation = cuda.atomic.add(counters, (m, 1), 0)
+        cuda.threadfence()
+        if cuda.atomic.add(counters, (m, 0), 1) == group - 1:
+            cuda.atomic.exch(counters, (m, 0), 0)
+            cuda.threadfence()
+            cuda.atomic.add(counters, (m, 1), 1)
+        else:
+            while cuda.atomic.add(counters, (m, 1), 0) == generation:
+                pass
+        cuda.threadfence()
+    cuda.syncthreads()
+
+
+@_device
+def independent_blocks():
+    """Block mode needs nothing of the launch."""
 
 
 if SIMULATOR:
     @cuda.jit(device=True)
-    def grid_barrier():
-        cuda.cg.this_grid().sync()
+    def cooperative_blocks():
+        cuda.cg.this_grid()
 else:
-    # cuda.cg.this_grid().sync(), written with the intrinsics behind it:
-    # the public functions are overloads compiled as separate device
-    # functions, which numba-cuda compiles only with a GPU present (it asks
-    # the device for its compute capability), so the kernel would not build
-    # to PTX on a machine without one. The code generated is the same, and
-    # it marks the kernel for a cooperative launch.
-    from numba.cuda.cg import _grid_group_sync, _this_grid
+    # Marks the kernel for a cooperative launch, which numba-cuda makes for
+    # a kernel that takes a grid group (cuda.cg.this_grid()). Written with
+    # the intrinsic behind it: the public function is an overload compiled
+    # as a separate device function, which numba-cuda compiles only with a
+    # GPU present (it asks the device for its compute capability), so the
+    # kernel would not build to PTX on a machine without one.
+    from numba.cuda.cg import _this_grid
 
     @_device
-    def grid_barrier():
-        _grid_group_sync(_this_grid())
+    def cooperative_blocks():
+        """All blocks resident at once (a cooperative launch)."""
+        _this_grid()
 
 
 # ---- work items ----
@@ -567,7 +612,7 @@ def restore_last_good(models, guard, m, batch_number, first, stride):
 
 # ---- the epoch ----
 
-def _make_train_epoch(dtype, barrier):
+def _make_train_epoch(dtype, launch, barrier):
     @cuda.jit
     def train_epoch(table, models, opt, guard, ws, X, Y, index, batch_size, skip_single,
                     loss_kind, taken, group):
@@ -588,13 +633,14 @@ def _make_train_epoch(dtype, barrier):
         params, grads, acts = models.params[m], models.grads[m], ws.activations[m]
         targets, saved = ws.targets[m], ws.saved[m]
         n_total, n_layers = index.shape[1], table.kind.shape[0]
+        launch()
         alive = ws.status[m, 1] == 0  # a model stopped by an earlier divergence sits out
         batches = 0
         nonfinite = 0
         if alive:
             gather_rows(X, Y, index, m, 0, min(batch_size, n_total), acts, targets, first,
                         stride)
-        barrier()
+        barrier(ws.barriers, m, group)
         for start in range(0, n_total, batch_size):
             n = min(batch_size, n_total - start)
             if n == 1 and skip_single:  # BatchNorm needs two rows
@@ -611,7 +657,7 @@ def _make_train_epoch(dtype, barrier):
                                                     saved, n, rank, group, red1, red2)
                         else:
                             activation_forward_phase(table, ws, l, acts, n, first, stride)
-                    barrier()
+                    barrier(ws.barriers, m, group)
             if alive and rank == 0:
                 loss = loss_phase(loss_kind, table, ws, acts, targets, ws.gradients[m, 0], n,
                                   sums)
@@ -619,7 +665,7 @@ def _make_train_epoch(dtype, barrier):
                     ws.losses[m, batches] = loss
                     if math.isfinite(loss):
                         count_batch(table, models, opt, guard, m, slot)
-            barrier()
+            barrier(ws.barriers, m, group)
             if alive:
                 batches += 1
                 if not math.isfinite(ws.losses[m, batches - 1]):
@@ -641,14 +687,14 @@ def _make_train_epoch(dtype, barrier):
                             activation_backward_phase(table, ws, l, acts, dy, dx, n, first,
                                                       stride)
                     current = 1 - current
-                    barrier()
+                    barrier(ws.barriers, m, group)
             if alive:
                 update_phase(opt, m, params, grads, guard.params[m, slot], first, stride)
                 following = start + batch_size
                 rows = min(batch_size, n_total - following)
                 if rows > 1 or (rows == 1 and skip_single == 0):
                     gather_rows(X, Y, index, m, following, rows, acts, targets, first, stride)
-            barrier()
+            barrier(ws.barriers, m, group)
         if rank == 0 and tid == 0:
             ws.status[m, 0] = batches
             if nonfinite:
@@ -668,7 +714,9 @@ def epoch_kernel(dtype, mode):
     dtype = float32 if str(dtype) == "float32" else float64
     key = (dtype, mode)
     if key not in _KERNELS:
-        _KERNELS[key] = _make_train_epoch(dtype, grid_barrier if mode == "grid" else block_barrier)
+        _KERNELS[key] = (_make_train_epoch(dtype, cooperative_blocks, group_barrier)
+                         if mode == "grid" else
+                         _make_train_epoch(dtype, independent_blocks, block_barrier))
     return _KERNELS[key]
 
 
@@ -683,7 +731,7 @@ def argument_types(dtype):
             types.NamedTuple([d2, d2, d2, i2], Models),
             types.NamedTuple([i1, f2, i1, d3], Optimizer),
             types.NamedTuple([d3, d3, i3], Guard),
-            types.NamedTuple([d2, i1, d3, d2, d3, f2, i2], Workspace),
+            types.NamedTuple([d2, i1, d3, d2, d3, f2, i2, int32[:, ::1]], Workspace),
             d2, d2, i2, int64, int64, int64, int64, int64)
 
 
@@ -833,7 +881,8 @@ class FusedTrainingSession:
                             empty((K, host.saved.size), dtype),
                             empty((K,) + host.targets.shape, dtype),
                             empty((K, self.batches_per_epoch), np.float64),
-                            cuda.to_device(np.zeros((K, 2), np.int64)))
+                            cuda.to_device(np.zeros((K, 2), np.int64)),
+                            cuda.to_device(np.zeros((K, 2), np.int32)))
         self.X, self.Y = cuda.to_device(X), cuda.to_device(Y)
         self.index = cuda.device_array((K, X.shape[0]), np.int64)
         self.status = np.zeros((K, 2), np.int64)  # a model's [1] stays set once it diverged

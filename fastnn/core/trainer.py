@@ -11,6 +11,7 @@ from fastnn.kernels.loss import LOSS_CODES, loss_reference
 
 from . import validation as v
 from . import checkpoint
+from .autodevice import choose_device
 from .backends import get_backend, resolve_device
 from .callbacks import EarlyStopping, check_callbacks, schedule_lr
 from .layers import Sequential
@@ -33,9 +34,12 @@ class Trainer:
         (several for multi-label). 'cross_entropy': softmax cross-entropy over
         the k >= 2 outputs; targets are integer class labels in [0, k).
     device : {'auto', 'cpu', 'cuda', 'numpy'}
-        'auto' picks 'cuda' when a GPU is usable (and the CUDA backend
-        exists), else 'cpu'; the environment variable FASTNN_DEVICE overrides
-        it. 'numpy' runs the reference kernels (slow, for checking).
+        'auto' is 'cpu' without a usable GPU; with one, each ``fit`` picks the
+        device predicted to train this network faster at its batch size
+        (fastnn.core.autodevice: a cost model with constants measured on the
+        machine; a tie goes to the cpu). The environment variable
+        FASTNN_DEVICE overrides it. 'numpy' runs the reference kernels (slow,
+        for checking).
     dtype : {'float32', 'float64'}
     seed : int or None
         Seeds the shuffling (``np.random.default_rng(seed)``).
@@ -49,7 +53,12 @@ class Trainer:
 
     Attributes
     ----------
-    device : str, the backend that runs
+    device : str, the backend that runs: with device='auto', before the
+        first fit the device chosen for training at fit's default batch size
+        (32), after a fit the device that fit trained on (predictions run
+        there too)
+    engine : str or None, what ran the last fit: the backend's description,
+        on cuda the engine (fused or layer-by-layer) and how it ran
     rank, size : int, this process's MPI rank and the number of ranks (0, 1
         without ``distributed``)
     """
@@ -68,7 +77,9 @@ class Trainer:
             raise ValueError(f"loss='cross_entropy' needs a model with at least 2 outputs "
                              f"(one per class), this one has {model.out_features}")
         self.dtype = v.check_dtype(dtype)
-        self.device = resolve_device(device)
+        self.auto_device = device == "auto" and distributed is None
+        self.device = choose_device(device, model, 32, 32 * 64, 1, self.dtype) \
+            if self.auto_device else resolve_device(device)
         if seed is not None:
             v.check_int(seed, "seed", minimum=0)
         self.backend = get_backend(self.device)
@@ -87,6 +98,7 @@ class Trainer:
             self.rank, self.size = self.mpi.rank, self.mpi.size
         self.nonfinite = None  # (epoch, batch) where the last fit met a non-finite loss
         self.compile_seconds = 0.0  # how long the last fit compiled before its first epoch
+        self.engine = None  # what ran the last fit (the backend, or its engine on cuda)
 
     # ---- training ----
     def precompile(self, X, y, validation_data=None, progress=None):
@@ -239,6 +251,9 @@ class Trainer:
 
         n = X.shape[0]
         batch_size = min(batch_size, n)  # one batch of everything at most
+        if self.auto_device:  # the faster device for this network, batch and data
+            self.device = choose_device("auto", model, batch_size, n, epochs, self.dtype)
+            self.backend = get_backend(self.device)
         if self.mpi is not None:
             _check_distributed_batch(model, batch_size, self.size)
             progress = progress if self.rank == 0 else False
@@ -266,6 +281,7 @@ class Trainer:
         self.nonfinite = None
         session = self.backend.start_fit(model, self.optimizer, X, Y, batch_size,
                                          LOSS_CODES[self.loss], comm=self.mpi)
+        self.engine = getattr(session, "engine", None) or self.backend.describe()
         try:
             for epoch in range(first_epoch, epochs):
                 start = time.perf_counter()

@@ -1,0 +1,278 @@
+"""``device="auto"``: the faster device for this network, batch size and data.
+
+The rule
+--------
+Without a usable GPU, or with FASTNN_DEVICE set, 'auto' is what
+``backends.resolve_device`` says. With a GPU, the time of the fit is
+predicted on each device and the faster one is chosen; a tie goes to the
+cpu, so the GPU is chosen only when it is predicted faster. For one step of
+a network at ``batch`` rows, on engine e:
+
+    t_step = per_phase[e] * phases + per_element[e] * elements + per_mac[e] * macs
+
+    phases    the phases of a step (cuda_fused.step_phases: the layers that
+              run, forward and backward, plus the loss and the update)
+    elements  batch * (n_in of the first layer + the output width of every
+              layer): the element-wise work of a step
+    macs      3 * batch * sum over Dense layers of n_in * n_out: the
+              multiply-adds of the forward pass, the input and the weight
+              gradients
+
+and for the whole fit, with ``steps`` batches per epoch:
+
+    T = per_fit[e] + bytes / upload[e] + epochs * (per_epoch[e] + steps * t_step)
+
+(``bytes``: the training set, copied to the GPU once per fit; nothing on the
+cpu). The GPU's engine is the one ``cuda_backend.cuda_engine`` picks for the
+network: the fused engine (one launch per epoch) or the layer-by-layer one.
+K models at once (``fit_many``) cost K fits on the cpu, and on the fused
+engine one fit per round of as many models as the GPU holds side by side
+(one per multiprocessor group). One-time costs (JIT compilation) are left
+out: they are paid once per process whichever device runs.
+
+The constants
+-------------
+per_phase, per_element and per_mac are measured on this machine, once, by
+``calibrate``: each engine trains the calibration networks (the benchmarks'
+tiny, small and medium networks), the best epoch of three is timed, and the
+three constants are the non-negative least-squares fit of the step times.
+The result is cached on disk (``cache_path``), keyed by the machine, the GPU
+and the versions of fastnn, numba and numba-cuda. ``device="auto"`` runs the
+calibration the first time it has a GPU to choose against (it costs the
+compilation of the engines plus a few seconds); FASTNN_CALIBRATE=0 turns it
+off, and the defaults below are used instead: the cpu's measured on the
+development machine (2 cores, README's benchmark table), the layer-by-layer
+engine's measured on an H200, and the fused engine's predicted from a naive
+one-block draft of it measured on the same H200 (36 us per step of the tiny
+network, 325 us of the small one): an upper bound, so that without a
+calibration the GPU is chosen only where even that bound wins.
+"""
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from collections import namedtuple
+
+import numpy as np
+
+from .backends import cuda_available, resolve_device
+
+ENGINES = ("cpu", "cuda-fused", "cuda-layers")
+
+#: the constants of one engine (seconds; bytes per second for ``upload``)
+Costs = namedtuple("Costs", ["per_phase", "per_element", "per_mac", "per_epoch", "per_fit",
+                             "upload"])
+
+#: Used until a calibration has run (see the module docstring); float32.
+#: Non-negative least-squares fits of measured step times: cpu, the
+#: README's fastnn-cpu SGD rows (tiny 12.7 us, small 38.7 us, medium 1.98 ms,
+#: large 100 ms per step; the fit is within 3%); cuda-layers, an H200's
+#: fastnn cuda rows before the fused engine (3.96, 4.24, 5.94, 6.55 ms per
+#: step: launch-bound; within 8%); cuda-fused, the naive one-block draft
+#: (36 and 325 us per step of tiny and small), an upper bound. per_epoch
+#: and per_fit: a launch and three small copies per epoch (about 150 us at
+#: the H200's 28-68 us per launch), a session's allocations; upload 10 GB/s.
+DEFAULT_COSTS = {
+    "cpu": Costs(4.45e-7, 8.38e-10, 9.44e-12, 5e-5, 1e-3, float("inf")),
+    "cuda-layers": Costs(3.53e-4, 8.64e-11, 0.0, 1e-4, 5e-3, 1e10),
+    "cuda-fused": Costs(0.0, 0.0, 2.72e-10, 1.5e-4, 5e-3, 1e10),
+}
+
+#: the calibration networks: (d_in, hidden, blocks, batch, steps timed per epoch)
+CALIBRATION_NETWORKS = {"tiny": (16, 32, 2, 32, 64), "small": (32, 64, 2, 64, 32),
+                        "medium": (256, 256, 3, 256, 8)}
+CALIBRATE_VARIABLE = "FASTNN_CALIBRATE"
+
+
+# ---- what a step costs ----
+
+def step_features(table, batch):
+    """(phases, elements, macs) of one training step of the network
+    ``table`` at ``batch`` rows (see the module docstring)."""
+    from fastnn.kernels.cuda_fused import step_phases
+    phases = len(step_phases(table, batch))
+    elements = batch * (int(table.n_in[0]) + int(np.sum(table.n_out)))
+    dense = table.kind == 0
+    macs = 3 * batch * int(np.sum(table.n_in[dense] * table.n_out[dense]))
+    return phases, elements, macs
+
+
+def fit_seconds(costs, table, batch, n_samples, epochs, data_bytes):
+    """The predicted seconds of a fit on the engine with these constants."""
+    phases, elements, macs = step_features(table, batch)
+    step = costs.per_phase * phases + costs.per_element * elements + costs.per_mac * macs
+    steps = -(-n_samples // batch)
+    return costs.per_fit + data_bytes / costs.upload + epochs * (costs.per_epoch + steps * step)
+
+
+def gpu_engine(table, batch, n_models):
+    """'cuda-fused' or 'cuda-layers': what the GPU would run, and how many
+    models it holds side by side (cuda_backend.cuda_engine)."""
+    from .cuda_backend import cuda_engine, gpu_multiprocessors
+    engine, plan = cuda_engine(table, batch, n_models)
+    if engine == "fused":
+        return "cuda-fused", max(1, gpu_multiprocessors() // plan.group)
+    return "cuda-layers", 1
+
+
+def predict(table, batch, n_samples, epochs, data_bytes, dtype, n_models=1, costs=None):
+    """{'cpu': seconds, 'cuda': seconds, 'cuda_engine': name} for ``n_models``
+    fits of the network (one after another on the cpu; side by side on the
+    fused engine, as many at once as the GPU holds)."""
+    costs = costs if costs is not None else engine_costs(dtype)
+    cpu = n_models * fit_seconds(costs["cpu"], table, batch, n_samples, epochs, 0)
+    engine, side_by_side = gpu_engine(table, batch, n_models)
+    rounds = -(-n_models // side_by_side)
+    gpu = rounds * fit_seconds(costs[engine], table, batch, n_samples, epochs, data_bytes)
+    return {"cpu": cpu, "cuda": gpu, "cuda_engine": engine}
+
+
+def choose_device(device, model, batch_size, n_samples, epochs, dtype, n_models=1,
+                  data_bytes=None):
+    """The device a fit runs on, for a ``device`` argument ('auto', 'cpu',
+    'cuda', 'numpy'): ``resolve_device``'s answer, except that 'auto' with a
+    usable GPU (and FASTNN_DEVICE unset) picks the device with the smaller
+    predicted fit time (``predict``; a tie goes to the cpu)."""
+    resolved = resolve_device(device)
+    if device != "auto" or resolved != "cuda" or os.environ.get("FASTNN_DEVICE", "").strip():
+        return resolved
+    batch = min(batch_size, n_samples)
+    if data_bytes is None:
+        data_bytes = n_samples * (model.in_features + model.out_features) * np.dtype(dtype).itemsize
+    times = predict(model.table, batch, n_samples, epochs, data_bytes, dtype, n_models)
+    return "cuda" if times["cuda"] < times["cpu"] else "cpu"
+
+
+# ---- the constants: calibrated once per machine, cached on disk ----
+
+def cache_path(dtype):
+    """Where the calibration of ``dtype`` is kept: FASTNN_CACHE_DIR, else
+    $XDG_CACHE_HOME/fastnn, else ~/.cache/fastnn; one file per machine, GPU,
+    versions and dtype."""
+    import numba
+
+    from fastnn import __version__
+    root = os.environ.get("FASTNN_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "fastnn")
+    key = json.dumps([__version__, numba.__version__, _numba_cuda_version(), platform.node(),
+                      platform.processor() or platform.machine(), os.cpu_count(),
+                      numba.get_num_threads(), _gpu_name(), str(np.dtype(dtype))])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return os.path.join(root, f"device-costs-{np.dtype(dtype)}-{digest}.json")
+
+
+def engine_costs(dtype):
+    """{engine: Costs} for ``dtype``: the cached calibration, else a new one
+    (cached), else (FASTNN_CALIBRATE=0, or no GPU to calibrate) the defaults."""
+    path = cache_path(dtype)
+    try:
+        with open(path) as f:
+            return {name: Costs(**values) for name, values in json.load(f)["costs"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if os.environ.get(CALIBRATE_VARIABLE, "1").strip() == "0" or not _real_gpu():
+        return dict(DEFAULT_COSTS)
+    return calibrate(dtype, path)
+
+
+def calibrate(dtype="float32", path=None, networks=None):
+    """Measure every engine on the calibration networks, fit each engine's
+    constants, write them to ``path`` (``cache_path(dtype)``; atomically)
+    and return them. Needs a GPU for the cuda engines."""
+    from scipy.optimize import nnls
+
+    networks = CALIBRATION_NETWORKS if networks is None else networks
+    costs, measured = {}, {}
+    for engine in ENGINES:
+        rows, times = [], []
+        for name, spec in networks.items():
+            seconds, table = measure_step(engine, spec, dtype)
+            rows.append(step_features(table, spec[3]))
+            times.append(seconds)
+            measured[f"{engine} {name}"] = seconds
+        constants, _ = nnls(np.array(rows, float), np.array(times))
+        default = DEFAULT_COSTS[engine]
+        costs[engine] = Costs(*map(float, constants), default.per_epoch, default.per_fit,
+                              default.upload)
+    write_json(path or cache_path(dtype),
+               {"costs": {name: c._asdict() for name, c in costs.items()},
+                "measured_step_seconds": measured, "dtype": str(np.dtype(dtype)),
+                "when": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return costs
+
+
+def measure_step(engine, spec, dtype):
+    """(seconds per step, layer table) of the network ``spec`` trained by
+    ``engine``: the best of three timed epochs, after one that compiles."""
+    from .cuda_backend import ENGINE_VARIABLE
+    from .layers import BatchNorm, Dense, ReLU, Sequential
+    from .optim import SGD
+    from .trainer import Trainer
+
+    d_in, hidden, blocks, batch, steps = spec
+    layers, width = [], d_in
+    for _ in range(blocks):
+        layers += [Dense(width, hidden), BatchNorm(hidden), ReLU()]
+        width = hidden
+    model = Sequential(*layers, Dense(width, 1), seed=0)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((batch * steps, d_in))
+    y = (X[:, 0] > 0).astype(float)
+    saved = os.environ.get(ENGINE_VARIABLE)
+    if engine != "cpu":
+        os.environ[ENGINE_VARIABLE] = engine.split("-")[1]
+    try:
+        trainer = Trainer(model, optimizer=SGD(lr=1e-3), device=engine.split("-")[0],
+                          dtype=dtype, seed=0)
+        trainer.fit(X, y, epochs=1, batch_size=batch, shuffle=False)
+        history = trainer.fit(X, y, epochs=3, batch_size=batch, shuffle=False)
+    finally:
+        if saved is None:
+            os.environ.pop(ENGINE_VARIABLE, None)
+        else:
+            os.environ[ENGINE_VARIABLE] = saved
+    return min(history["time"]) / steps, model.table
+
+
+def write_json(path, content):
+    """Write ``content`` as JSON to ``path`` atomically (a temporary file in
+    the same folder, then a rename)."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(content, f, indent=1)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def _real_gpu():
+    """A GPU to calibrate on: usable, and not the CUDA simulator."""
+    from numba import config
+    return cuda_available() and not config.ENABLE_CUDASIM
+
+
+def _gpu_name():
+    if not cuda_available():
+        return None
+    from numba import cuda
+    try:
+        name = cuda.get_current_device().name
+        return name.decode() if isinstance(name, bytes) else name
+    except Exception:  # the simulator
+        return "simulator"
+
+
+def _numba_cuda_version():
+    try:
+        from importlib.metadata import version
+        return version("numba-cuda")
+    except Exception:  # not installed
+        return None

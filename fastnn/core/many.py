@@ -1,0 +1,159 @@
+"""``fit_many``: K independent models of one architecture, trained at once.
+
+On the GPU the fused engine trains all K in one launch per epoch, one block
+(or group of blocks) per model, so a grid of small models costs about what
+one of them does; elsewhere the models train one after another, each
+exactly as ``Trainer.fit`` trains it.
+"""
+
+import time
+
+import numpy as np
+
+from fastnn.kernels.loss import LOSS_CODES
+
+from . import validation as v
+from .autodevice import choose_device
+from .layers import Sequential
+from .optim import Adam, Optimizer
+from .trainer import Trainer
+
+
+def fit_many(models, X, y, optimizers=None, seeds=None, loss="bce", device="auto",
+             dtype="float32", epochs=1, batch_size=32, shuffle=True, on_nonfinite="stop"):
+    """Train K models of one architecture on the same data, each with its
+    own initial weights, optimizer (hyper-parameters, e.g. lr and
+    weight_decay) and data order.
+
+    Parameters
+    ----------
+    models : sequence of K Sequential
+        One architecture (the same ``config()``), distinct objects, each
+        with its own initial weights (``Sequential(..., seed=s)``). Converted
+        in place to ``dtype`` and trained in place.
+    X : array (n_samples, in_features)
+    y : array (n_samples,) or (n_samples, out_features); class labels for
+        loss='cross_entropy'
+    optimizers : sequence of K optimizers or None
+        Model m's optimizer (any kind; ``Adam()`` each by default), its
+        state carried over as ``Trainer.fit`` carries it.
+    seeds : sequence of K ints >= 0, or None
+        Model m's shuffling seed (its own order of the rows each epoch, as
+        ``Trainer(seed=seeds[m])`` shuffles); None: 0, 1, ..., K - 1.
+    loss, device, dtype : as ``Trainer``'s. device='auto' compares K fits on
+        the cpu with one launch of the K models on the GPU
+        (fastnn.core.autodevice).
+    epochs, batch_size, shuffle : as ``Trainer.fit``'s.
+    on_nonfinite : {'stop', 'raise'}
+        A model whose loss is not finite stops there with its last good
+        state restored (as ``Trainer.fit`` does) while the others go on
+        ('stop'), or FloatingPointError once every model has finished
+        ('raise').
+
+    Returns
+    -------
+    models : list of K Sequential, the models passed, trained
+    histories : list of K dicts of lists, one entry per epoch, as
+        ``Trainer.fit`` returns them ('loss', 'lr', 'time'; on the GPU the
+        time is that of the launch shared by the K models), plus 'nonfinite':
+        None, or the (epoch, batch) where the model stopped, both 1-based.
+    """
+    models = list(models) if not isinstance(models, Sequential) else [models]
+    if not models or not all(isinstance(m, Sequential) for m in models):
+        raise TypeError("models must be a non-empty sequence of fastnn.Sequential")
+    if len({id(m) for m in models}) != len(models):
+        raise ValueError("models must be distinct objects (each is trained in place)")
+    config = models[0].config()
+    for i, model in enumerate(models[1:], 1):
+        if model.config() != config:
+            raise ValueError(f"models[{i}] has another architecture than models[0]: "
+                             f"fit_many trains one architecture")
+    K = len(models)
+    if optimizers is None:
+        optimizers = [Adam() for _ in models]
+    optimizers = list(optimizers)
+    if len(optimizers) != K or not all(isinstance(o, Optimizer) for o in optimizers):
+        raise TypeError(f"optimizers must be {K} fastnn optimizers, one per model")
+    if len({id(o) for o in optimizers}) != K:
+        raise ValueError("optimizers must be distinct objects (each holds its model's state)")
+    seeds = list(range(K)) if seeds is None else [v.check_int(s, "seeds[]", minimum=0)
+                                                 for s in seeds]
+    if len(seeds) != K:
+        raise ValueError(f"seeds must hold {K} seeds, one per model, got {len(seeds)}")
+    on_nonfinite = v.check_choice(on_nonfinite, "on_nonfinite", ("raise", "stop"))
+    epochs = v.check_int(epochs, "epochs")
+    batch_size = v.check_int(batch_size, "batch_size")
+    shuffle = v.check_bool(shuffle, "shuffle")
+    dtype = v.check_dtype(dtype)
+
+    X = v.check_X(X, "X", models[0].in_features, dtype)
+    chosen = choose_device(device, models[0], batch_size, X.shape[0], epochs, dtype, n_models=K)
+    trainers = [Trainer(model, optimizer=opt, loss=loss, device=chosen, dtype=dtype, seed=seed)
+                for model, opt, seed in zip(models, optimizers, seeds)]
+    histories = None
+    if chosen == "cuda":
+        histories = _fit_on_gpu(trainers, X, y, epochs, batch_size, shuffle)
+    if histories is None:  # the cpu, or a network the fused engine does not take
+        histories = []
+        for trainer in trainers:
+            history = trainer.fit(X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                                  on_nonfinite="stop")
+            history["nonfinite"] = trainer.nonfinite
+            histories.append(history)
+    stopped = [(m, h["nonfinite"]) for m, h in enumerate(histories) if h["nonfinite"]]
+    if stopped and on_nonfinite == "raise":
+        raise FloatingPointError(
+            "non-finite loss: " + ", ".join(f"model {m} at epoch {e}, batch {b}"
+                                            for m, (e, b) in stopped)
+            + "; those models stopped there with the weights of their last step with a "
+              "finite loss restored")
+    return models, histories
+
+
+def _fit_on_gpu(trainers, X, y, epochs, batch_size, shuffle):
+    """The K models in one fused session, or None when the fused engine
+    does not take them (the caller then trains them one after another)."""
+    first = trainers[0]
+    model = first.model
+    Y = first._targets(y, "y", X.shape[0])
+    n = X.shape[0]
+    if model.has_batchnorm:
+        if batch_size < 2:
+            raise ValueError("batch_size must be >= 2 for a model with BatchNorm "
+                             "(batch statistics of one sample are undefined)")
+        if n < 2:
+            raise ValueError("X must have at least 2 samples to train a model with BatchNorm")
+    batch_size = min(batch_size, n)
+    session = first.backend.start_fit_many([t.model for t in trainers],
+                                           [t.optimizer for t in trainers], X, Y, batch_size,
+                                           LOSS_CODES[first.loss])
+    if session is None:
+        return None
+    K = len(trainers)
+    histories = [{"loss": [], "lr": [], "time": [], "nonfinite": None} for _ in trainers]
+    try:
+        for epoch in range(epochs):
+            start = time.perf_counter()
+            indices = np.stack([t.rng.permutation(n) if shuffle else np.arange(n)
+                                for t in trainers])
+            losses, batches, nonfinite = session.train_epochs(indices, batch_size,
+                                                              model.has_batchnorm)
+            elapsed = time.perf_counter() - start
+            for m in range(K):
+                history = histories[m]
+                if history["nonfinite"] is not None:
+                    continue
+                if nonfinite[m]:
+                    history["nonfinite"] = (epoch + 1, int(nonfinite[m]))
+                    continue
+                sizes = np.array(session.batch_sizes(n, batch_size, int(batches[m])))
+                history["loss"].append(float(np.dot(losses[m, :batches[m]], sizes)
+                                             / sizes.sum()))
+                history["lr"].append(trainers[m].optimizer.lr)
+                history["time"].append(elapsed)
+    finally:
+        session.finish()
+    for trainer, history in zip(trainers, histories):
+        trainer.nonfinite = history["nonfinite"]
+        trainer.engine = session.engine
+    return histories

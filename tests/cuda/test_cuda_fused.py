@@ -1,0 +1,260 @@
+"""The fused whole-epoch engine (kernels/cuda_fused.py) against the cpu
+engine: every optimizer, both losses, both dtypes, batch sizes that do not
+divide the data, a last batch of one row skipped with BatchNorm, divergence,
+grid mode; the host kernel launches per epoch; the engine's limits."""
+
+import numpy as np
+import pytest
+from numba.cuda.simulator import kernel as simulated_kernel
+
+import fastnn as fn
+from conftest import SIMULATOR
+from fastnn.core.cuda_backend import ENGINE_VARIABLE, cuda_engine
+from fastnn.kernels import cuda_fused
+
+OPTIMIZERS = {
+    "sgd": lambda: fn.SGD(lr=0.1),
+    "sgd-nesterov": lambda: fn.SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    "rmsprop": lambda: fn.RMSprop(lr=0.01),
+    "rmsprop-centered-momentum": lambda: fn.RMSprop(lr=0.01, momentum=0.5, centered=True,
+                                                    weight_decay=1e-3),
+    "adam": lambda: fn.Adam(lr=0.01, weight_decay=1e-3),
+    "adamw": lambda: fn.AdamW(lr=0.01),
+}
+
+
+def folded_relu_model(k):
+    # bias=False before BatchNorm: that bias has a true gradient of exactly zero,
+    # which Adam/RMSprop would turn from rounding noise into full-size steps.
+    return fn.Sequential(fn.Dense(5, 6, bias=False), fn.BatchNorm(6), fn.ReLU(),
+                         fn.Dense(6, 4), fn.Tanh(), fn.Dense(4, k), seed=0)
+
+
+def plain_batchnorm_model(k):
+    # a stand-alone Sigmoid, a BatchNorm with no ReLU after it and a
+    # cumulative average (momentum=None)
+    return fn.Sequential(fn.Dense(5, 7), fn.Sigmoid(), fn.Dense(7, 3, bias=False),
+                         fn.BatchNorm(3, momentum=None), fn.Dense(3, k), seed=0)
+
+
+# optimizer, loss, dtype, architecture, samples, batch: every batch size here
+# leaves a short last batch, of one row (skipped: BatchNorm) in three cases
+CASES = [
+    ("sgd", "bce", "float64", folded_relu_model, 9, 4),
+    ("sgd-nesterov", "cross_entropy", "float32", plain_batchnorm_model, 10, 4),
+    ("rmsprop", "bce", "float32", plain_batchnorm_model, 11, 4),
+    ("rmsprop-centered-momentum", "cross_entropy", "float64", folded_relu_model, 9, 4),
+    ("adam", "bce", "float64", plain_batchnorm_model, 7, 3),
+    ("adamw", "cross_entropy", "float32", folded_relu_model, 10, 3),
+]
+TOLERANCE = {"float64": (1e-10, 1e-12), "float32": (1e-4, 1e-5)}
+
+
+def targets(loss, n, rng):
+    return rng.integers(0, 3, n) if loss == "cross_entropy" else rng.uniform(size=(n, 2))
+
+
+def fit_both(make_model, optimizer, loss, dtype, n, batch, epochs=2, **fit):
+    """(history, model, trainer) on the cpu and on cuda, from one start."""
+    rng = np.random.default_rng(n)
+    X, y = rng.normal(size=(n, 5)), targets(loss, n, rng)
+    k = 3 if loss == "cross_entropy" else 2
+    out = {}
+    for device in ("cpu", "cuda"):
+        model = make_model(k)
+        trainer = fn.Trainer(model, optimizer=OPTIMIZERS[optimizer](), loss=loss,
+                             device=device, dtype=dtype, seed=0)
+        history = trainer.fit(X, y, epochs=epochs, batch_size=batch, **fit)
+        out[device] = history, model, trainer
+    return out
+
+
+def assert_same_training(out, dtype):
+    rtol, atol = TOLERANCE[dtype]
+    (h_cpu, m_cpu, t_cpu), (h_gpu, m_gpu, t_gpu) = out["cpu"], out["cuda"]
+    for key in h_cpu:
+        if key != "time":
+            np.testing.assert_allclose(h_gpu[key], h_cpu[key], rtol=rtol, err_msg=key)
+    for key, value in m_cpu.state_dict().items():
+        got = m_gpu.state_dict()[key]
+        assert got.dtype == value.dtype, key
+        np.testing.assert_allclose(got, value, rtol=rtol, atol=atol, err_msg=key)
+    np.testing.assert_allclose(t_gpu.optimizer.state, t_cpu.optimizer.state, rtol=rtol,
+                               atol=atol)
+    assert t_gpu.optimizer.step_count[0] == t_cpu.optimizer.step_count[0]
+
+
+@pytest.mark.parametrize("optimizer, loss, dtype, make_model, n, batch", CASES,
+                         ids=[f"{c[0]}-{c[1]}-{c[2]}-{c[3].__name__}-{c[4]}by{c[5]}"
+                              for c in CASES])
+def test_fused_engine_matches_cpu(optimizer, loss, dtype, make_model, n, batch):
+    out = fit_both(make_model, optimizer, loss, dtype, n, batch)
+    assert out["cuda"][2].engine.startswith("fused engine, block mode")
+    assert_same_training(out, dtype)
+
+
+def test_grid_mode_matches_cpu(monkeypatch):
+    # the simulator's cooperative grid has one block per model: this runs the
+    # grid kernel (grid barriers, the block's share of every phase) on it
+    monkeypatch.setenv(ENGINE_VARIABLE, "grid")
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(10, 5)), rng.uniform(size=(10, 2))
+    out = fit_both(folded_relu_model, "adam", "bce", "float64", 10, 4,
+                   validation_data=(X[:3], y[:3]))
+    assert out["cuda"][2].engine.startswith("fused engine, grid mode")
+    assert_same_training(out, "float64")
+
+
+@pytest.mark.parametrize("lr, scale, stop", [(0.1, 5e307, (1, 1)), (1e200, 1.0, (1, 2)),
+                                              (1e50, 1.0, (2, 2))],
+                         ids=["first-batch", "second-batch", "next-epoch"])
+def test_divergence_restores_the_last_good_state_as_the_cpu_does(lr, scale, stop):
+    # the state from before the previous batch (its snapshots alternate over
+    # the fit, across epochs), or from before the fit's first batch
+    rng = np.random.default_rng(4)
+    X, y = rng.normal(size=(12, 5)) * 3 * scale, rng.uniform(size=(12, 2))
+    results = {}
+    for device in ("cpu", "cuda"):
+        model = fn.Sequential(fn.Dense(5, 6), fn.BatchNorm(6), fn.Dense(6, 2), seed=0)
+        trainer = fn.Trainer(model, optimizer=fn.SGD(lr=lr, momentum=0.9), device=device,
+                             dtype="float64", seed=0)
+        with np.errstate(over="ignore"):
+            history = trainer.fit(X, y, epochs=3, batch_size=4, on_nonfinite="stop")
+        results[device] = trainer.nonfinite, history["loss"], model.state_dict()
+    assert results["cpu"][0] == stop
+    assert results["cuda"][0] == stop
+    np.testing.assert_allclose(results["cuda"][1], results["cpu"][1], rtol=1e-10)
+    for key, value in results["cpu"][2].items():
+        np.testing.assert_allclose(results["cuda"][2][key], value, rtol=1e-10, atol=1e-12,
+                                   err_msg=key)
+
+
+def launches_per_epoch(monkeypatch, model, n_samples, batch):
+    """Kernel launches from the host per epoch of a fit: those of a 3-epoch fit
+    minus those of a 1-epoch fit, halved (setup launches cancel out)."""
+    launches = []
+    call = simulated_kernel.FakeCUDAKernel.__call__
+
+    def counting_call(self, *args):
+        if not self._device and simulated_kernel._kernel_context is None:
+            launches.append(self.fn.__name__)
+        return call(self, *args)
+
+    monkeypatch.setattr(simulated_kernel.FakeCUDAKernel, "__call__", counting_call)
+    rng = np.random.default_rng(5)
+    X, y = rng.normal(size=(n_samples, 4)), rng.uniform(size=n_samples)
+    counts = []
+    for epochs in (1, 3):
+        launches.clear()
+        trainer = fn.Trainer(fn.Sequential.from_config(model.config()), optimizer=fn.SGD(lr=0.1),
+                             device="cuda", dtype="float32", seed=0)
+        trainer.fit(X, y, epochs=epochs, batch_size=batch)
+        counts.append(len(launches))
+    return (counts[1] - counts[0]) / 2, trainer.engine
+
+
+@pytest.mark.skipif(not SIMULATOR, reason="counts the simulator's kernel launches")
+@pytest.mark.parametrize("steps", [2, 8])
+def test_an_epoch_is_at_most_four_launches_whatever_its_steps(monkeypatch, steps):
+    model = fn.Sequential(fn.Dense(4, 8), fn.BatchNorm(8), fn.ReLU(), fn.Dense(8, 1))
+    per_epoch, engine = launches_per_epoch(monkeypatch, model, 4 * steps, 4)
+    print(f"{model.config()}: {steps} steps per epoch, {per_epoch:g} launches per epoch "
+          f"({engine})")
+    assert engine.startswith("fused engine")
+    assert per_epoch <= 4
+
+
+@pytest.mark.skipif(not SIMULATOR, reason="counts the simulator's kernel launches")
+def test_the_layer_by_layer_engine_launches_per_step(monkeypatch):
+    # the contrast: what the fused engine saves (FASTNN_CUDA_ENGINE=layers)
+    monkeypatch.setenv(ENGINE_VARIABLE, "layers")
+    model = fn.Sequential(fn.Dense(4, 8), fn.BatchNorm(8), fn.ReLU(), fn.Dense(8, 1))
+    per_epoch, engine = launches_per_epoch(monkeypatch, model, 32, 4)
+    assert engine.startswith("layer-by-layer engine")
+    assert per_epoch > 8 * 10
+
+
+# ---- the limits: a function of the description (and of the GPU's size) ----
+
+def standard(d_in, hidden, blocks):
+    layers, width = [], d_in
+    for _ in range(blocks):
+        layers += [fn.Dense(width, hidden), fn.BatchNorm(hidden), fn.ReLU()]
+        width = hidden
+    return fn.Sequential(*layers, fn.Dense(width, 1))
+
+
+@pytest.mark.parametrize("spec, mode, group", [
+    ((16, 32, 2, 32), "block", 1),        # tiny
+    ((32, 64, 2, 64), "block", 1),        # small
+    ((30, 64, 2, 64), "block", 1),        # the demo
+    ((256, 256, 3, 256), "grid", 132),    # medium: 136 items in a dense backward phase
+    ((1024, 1024, 3, 1024), None, None),  # large: the layer-by-layer engine
+])
+def test_the_fused_plan_of_the_standard_networks_on_an_h200(spec, mode, group):
+    table = standard(*spec[:3]).table
+    engine, plan = cuda_engine(table, spec[3], sm_count=132)
+    if mode is None:
+        assert engine == "layers" and "limits" in plan
+    else:
+        assert engine == "fused" and (plan.mode, plan.group) == (mode, group)
+        assert plan.phases == 4 * spec[2] + 4  # a BatchNorm and its ReLU are one phase
+
+
+def test_many_models_share_the_multiprocessors_in_grid_mode():
+    table = standard(256, 256, 3).table
+    plan, _ = cuda_fused.fused_plan(table, 256, n_models=4, sm_count=132)
+    assert (plan.mode, plan.group) == ("grid", 33)
+    plan, _ = cuda_fused.fused_plan(standard(16, 32, 2).table, 32, n_models=32, sm_count=132)
+    assert (plan.mode, plan.group) == ("block", 1)
+
+
+# ---- many models in one launch ----
+
+def test_fit_many_trains_each_model_as_its_own_fit_on_the_cpu():
+    """Three models in one launch, each with its own initial weights, optimizer
+    (kind, lr, weight decay) and data order, one of them diverging: each ends
+    as its own Trainer.fit on the cpu ends."""
+    rng = np.random.default_rng(6)
+    X, y = rng.normal(size=(10, 5)), rng.uniform(size=(10, 2))
+
+    def make(seed):
+        return fn.Sequential(fn.Dense(5, 6), fn.BatchNorm(6), fn.Dense(6, 2), seed=seed)
+
+    def optimizers():
+        return [fn.SGD(lr=0.1, momentum=0.9, weight_decay=1e-3), fn.Adam(lr=0.02, weight_decay=0.1),
+                fn.SGD(lr=1e200, momentum=0.9)]
+
+    seeds = [3, 4, 5]
+    models, histories = fn.fit_many([make(s) for s in seeds], X, y, optimizers=optimizers(),
+                                    seeds=[7, 8, 9], device="cuda", dtype="float64", epochs=2,
+                                    batch_size=4)
+    assert [h["nonfinite"] for h in histories] == [None, None, (1, 2)]
+    for m, (seed, optimizer) in enumerate(zip(seeds, optimizers())):
+        model = make(seed)
+        trainer = fn.Trainer(model, optimizer=optimizer, device="cpu", dtype="float64",
+                             seed=7 + m)
+        history = trainer.fit(X, y, epochs=2, batch_size=4, on_nonfinite="stop")
+        assert trainer.nonfinite == histories[m]["nonfinite"]
+        np.testing.assert_allclose(histories[m]["loss"], history["loss"], rtol=1e-10)
+        for key, value in model.state_dict().items():
+            np.testing.assert_allclose(models[m].state_dict()[key], value, rtol=1e-10,
+                                       atol=1e-12, err_msg=f"model {m} {key}")
+
+
+def test_fit_many_is_one_launch_per_epoch(monkeypatch):
+    launches = []
+    call = simulated_kernel.FakeCUDAKernel.__call__
+
+    def counting_call(self, *args):
+        if not self._device and simulated_kernel._kernel_context is None:
+            launches.append(self.fn.__name__)
+        return call(self, *args)
+
+    monkeypatch.setattr(simulated_kernel.FakeCUDAKernel, "__call__", counting_call)
+    rng = np.random.default_rng(7)
+    X, y = rng.normal(size=(6, 3)), rng.uniform(size=6)
+    models = [fn.Sequential(fn.Dense(3, 4), fn.Tanh(), fn.Dense(4, 1), seed=s) for s in range(4)]
+    fn.fit_many(models, X, y, optimizers=[fn.SGD(lr=lr) for lr in (0.01, 0.03, 0.1, 0.3)],
+                device="cuda", epochs=2, batch_size=3)
+    assert launches.count("train_epoch") == 2
