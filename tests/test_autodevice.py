@@ -103,7 +103,7 @@ def test_the_default_figures_choose_the_cpu_unless_even_the_upper_bound_wins(gpu
         assert choose(build_model(name), NETWORKS[name][3], epochs=10) == "cpu", name
     gpu["engine"] = ("cuda-layers", 1)
     assert choose(build_model("large"), 1024, n=8192, epochs=3) == "cuda"
-    from fastnn.demo import make_data  # noqa: F401  (the demo: 20000 samples, batch 64)
+    # the demo's network: 20000 samples, batch 64, 10 epochs
     demo = fn.Sequential(fn.Dense(30, 64), fn.BatchNorm(64), fn.ReLU(), fn.Dense(64, 64),
                          fn.BatchNorm(64), fn.ReLU(), fn.Dense(64, 1))
     gpu["engine"] = ("cuda-fused", 132)

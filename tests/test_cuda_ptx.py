@@ -29,6 +29,10 @@ def test_kernel_compiles_to_ptx_for_sm90(name, kernel, types):
     assert r["registers"] > 0
     # Everything fits in registers: no local-memory spills.
     assert r["spill_stores"] == 0 and r["spill_loads"] == 0, r
+    # numba-cuda launches a kernel cooperatively when it takes a grid group:
+    # the fused engine's grid mode does (its blocks must all be resident), and
+    # nothing else does
+    assert ("cudaCG" in ptx) == name.startswith("fused_epoch_grid"), name
 
 
 def test_every_kernel_is_listed():
@@ -43,3 +47,7 @@ def test_every_kernel_is_listed():
     assert not missing, f"kernels without a PTX signature: {missing}"
     # the three products of a dense layer, at two dtypes
     assert sum(name.startswith("gemm_") for name, _, _ in SIGNATURES) == 6
+    # the fused engine's epoch, in both modes, at two dtypes
+    assert {name for name, _, _ in SIGNATURES if name.startswith("fused_epoch_")} == {
+        f"fused_epoch_{mode}[{dtype}]" for mode in ("block", "grid")
+        for dtype in ("float32", "float64")}

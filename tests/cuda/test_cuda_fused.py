@@ -112,13 +112,18 @@ def test_divergence_restores_the_last_good_state_as_the_cpu_does(lr, scale, stop
     # the state from before the previous batch (its snapshots alternate over
     # the fit, across epochs), or from before the fit's first batch
     rng = np.random.default_rng(4)
-    X, y = rng.normal(size=(12, 5)) * 3 * scale, rng.uniform(size=(12, 2))
+    with np.errstate(over="ignore"):
+        X = np.clip(rng.normal(size=(12, 5)) * 3 * scale, -1.7e308, 1.7e308)
+    y = rng.uniform(size=(12, 2))
     results = {}
     for device in ("cpu", "cuda"):
-        model = fn.Sequential(fn.Dense(5, 6), fn.BatchNorm(6), fn.Dense(6, 2), seed=0)
+        # bias=False before BatchNorm: that bias's gradient is rounding noise,
+        # which a huge lr would turn into weights that differ between devices
+        model = fn.Sequential(fn.Dense(5, 6, bias=False), fn.BatchNorm(6), fn.Dense(6, 2),
+                              seed=0)
         trainer = fn.Trainer(model, optimizer=fn.SGD(lr=lr, momentum=0.9), device=device,
                              dtype="float64", seed=0)
-        with np.errstate(over="ignore"):
+        with np.errstate(all="ignore"):
             history = trainer.fit(X, y, epochs=3, batch_size=4, on_nonfinite="stop")
         results[device] = trainer.nonfinite, history["loss"], model.state_dict()
     assert results["cpu"][0] == stop
@@ -130,8 +135,8 @@ def test_divergence_restores_the_last_good_state_as_the_cpu_does(lr, scale, stop
 
 
 def launches_per_epoch(monkeypatch, model, n_samples, batch):
-    """Kernel launches from the host per epoch of a fit: those of a 3-epoch fit
-    minus those of a 1-epoch fit, halved (setup launches cancel out)."""
+    """Kernel launches from the host per epoch of a fit: those of a 2-epoch fit
+    minus those of a 1-epoch fit (the setup's launches cancel out)."""
     launches = []
     call = simulated_kernel.FakeCUDAKernel.__call__
 
@@ -144,22 +149,22 @@ def launches_per_epoch(monkeypatch, model, n_samples, batch):
     rng = np.random.default_rng(5)
     X, y = rng.normal(size=(n_samples, 4)), rng.uniform(size=n_samples)
     counts = []
-    for epochs in (1, 3):
+    for epochs in (1, 2):
         launches.clear()
         trainer = fn.Trainer(fn.Sequential.from_config(model.config()), optimizer=fn.SGD(lr=0.1),
                              device="cuda", dtype="float32", seed=0)
         trainer.fit(X, y, epochs=epochs, batch_size=batch)
         counts.append(len(launches))
-    return (counts[1] - counts[0]) / 2, trainer.engine
+    return counts[1] - counts[0], trainer.engine
 
 
 @pytest.mark.skipif(not SIMULATOR, reason="counts the simulator's kernel launches")
-@pytest.mark.parametrize("steps", [2, 8])
+@pytest.mark.parametrize("steps", [2, 6])
 def test_an_epoch_is_at_most_four_launches_whatever_its_steps(monkeypatch, steps):
     model = fn.Sequential(fn.Dense(4, 8), fn.BatchNorm(8), fn.ReLU(), fn.Dense(8, 1))
     per_epoch, engine = launches_per_epoch(monkeypatch, model, 4 * steps, 4)
-    print(f"{model.config()}: {steps} steps per epoch, {per_epoch:g} launches per epoch "
-          f"({engine})")
+    print(f"Dense(4, 8) BatchNorm(8) ReLU Dense(8, 1): {steps} steps per epoch, {per_epoch} "
+          f"launch(es) per epoch ({engine})")
     assert engine.startswith("fused engine")
     assert per_epoch <= 4
 
@@ -169,9 +174,11 @@ def test_the_layer_by_layer_engine_launches_per_step(monkeypatch):
     # the contrast: what the fused engine saves (FASTNN_CUDA_ENGINE=layers)
     monkeypatch.setenv(ENGINE_VARIABLE, "layers")
     model = fn.Sequential(fn.Dense(4, 8), fn.BatchNorm(8), fn.ReLU(), fn.Dense(8, 1))
-    per_epoch, engine = launches_per_epoch(monkeypatch, model, 32, 4)
+    per_epoch, engine = launches_per_epoch(monkeypatch, model, 8, 4)
+    print(f"Dense(4, 8) BatchNorm(8) ReLU Dense(8, 1): 2 steps per epoch, {per_epoch} "
+          f"launches per epoch ({engine})")
     assert engine.startswith("layer-by-layer engine")
-    assert per_epoch > 8 * 10
+    assert per_epoch > 2 * 10  # two steps
 
 
 # ---- the limits: a function of the description (and of the GPU's size) ----
@@ -254,7 +261,7 @@ def test_fit_many_is_one_launch_per_epoch(monkeypatch):
     monkeypatch.setattr(simulated_kernel.FakeCUDAKernel, "__call__", counting_call)
     rng = np.random.default_rng(7)
     X, y = rng.normal(size=(6, 3)), rng.uniform(size=6)
-    models = [fn.Sequential(fn.Dense(3, 4), fn.Tanh(), fn.Dense(4, 1), seed=s) for s in range(4)]
-    fn.fit_many(models, X, y, optimizers=[fn.SGD(lr=lr) for lr in (0.01, 0.03, 0.1, 0.3)],
+    models = [fn.Sequential(fn.Dense(3, 4), fn.Tanh(), fn.Dense(4, 1), seed=s) for s in range(3)]
+    fn.fit_many(models, X, y, optimizers=[fn.SGD(lr=lr) for lr in (0.01, 0.1, 1.0)],
                 device="cuda", epochs=2, batch_size=3)
     assert launches.count("train_epoch") == 2
