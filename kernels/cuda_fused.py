@@ -5,9 +5,10 @@ K independent models of one architecture at once.
 
 Contract
 --------
-The model is read through network.py's ``LayerTable`` (device copies of its
-arrays) and the optimizer through optim.py's hyper-parameter slots and state
-rows; K models are stacked along a leading axis (K = 1 for ``Trainer.fit``):
+The model is read through network.py's layer table (a device copy of the
+record array, one record of ``LAYER_FIELDS`` per layer) and the optimizer
+through optim.py's hyper-parameter slots and state rows; K models are
+stacked along a leading axis (K = 1 for ``Trainer.fit``):
 
     Models(params, grads, buffers, counts)  (K, P), (K, P), (K, R), (K, L) int64
     Optimizer(kind, hyper, step, rows)      (K,) int64 optim.SGD / RMSPROP / ADAM,
@@ -79,7 +80,7 @@ import math
 from collections import namedtuple
 
 import numpy as np
-from numba import config, cuda, float32, float64, int32, int64, types
+from numba import config, cuda, float32, float64, from_dtype, int32, int64, types
 
 from .activations import RELU, SIGMOID
 from .elementwise import (
@@ -87,7 +88,7 @@ from .elementwise import (
     sgd_element, sigmoid, sigmoid_grad_from_output, tanh_grad_from_output,
 )
 from .loss import BCE
-from .network import BATCHNORM, DENSE, LayerTable
+from .network import BATCHNORM, DENSE, LAYER_FIELDS
 from .optim import (
     ADAM, RMSPROP, SGD, STATE_ROWS, adam_scalars, rmsprop_scalars, sgd_scalars,
 )
@@ -312,7 +313,7 @@ def output_at(table, ws, l):
     """Where layer l writes its output in a model's activations: the next
     block, or for a BatchNorm that applies the ReLU after it, the ReLU's
     output block (network.layer_output)."""
-    return ws.activation_at[l + 1 + table.relu_after[l]]
+    return ws.activation_at[l + 1 + table[l].relu_after]
 
 
 @_device
@@ -329,12 +330,12 @@ def gather_rows(X, Y, index, m, start, n, acts, targets, first, stride):
 @_device
 def dense_forward_phase(table, ws, l, params, acts, n, rank, ranks, a_tile, b_tile):
     """y = x @ W.T + b (dense.dense_forward), tile by tile."""
-    n_in, n_out = table.n_in[l], table.n_out[l]
+    n_in, n_out = table[l].n_in, table[l].n_out
     for tile in range(rank, tiles(n, n_out), ranks):
         gemm_tile(tile, acts, ws.activation_at[l], n_in, 1,
-                  params, table.weight_at[l], 1, n_in,
+                  params, table[l].weight_at, 1, n_in,
                   acts, output_at(table, ws, l), n, n_out, n_in,
-                  params, table.bias_at[l], a_tile, b_tile)
+                  params, table[l].bias_at, a_tile, b_tile)
 
 
 @_device
@@ -343,20 +344,20 @@ def dense_backward_phase(table, ws, l, params, grads, acts, dy, dx, n, rank, ran
     """dW = dy.T @ x, dx = dy @ W (not for the first layer) and db = the
     column sums of dy in float64 (dense.dense_backward), as one list of
     work items: the tiles of dW, the tiles of dx, the chunks of db."""
-    n_in, n_out = table.n_in[l], table.n_out[l]
+    n_in, n_out = table[l].n_in, table[l].n_out
     weight_tiles = tiles(n_out, n_in)
     input_tiles = tiles(n, n_in) if l > 0 else 0
-    bias_chunks = chunks(n_out) if table.bias_at[l] >= 0 else 0
+    bias_chunks = chunks(n_out) if table[l].bias_at >= 0 else 0
     col, lane = cuda.threadIdx.x % COLUMNS, cuda.threadIdx.x // COLUMNS
     for item in range(rank, weight_tiles + input_tiles + bias_chunks, ranks):
         if item < weight_tiles:  # dW(o, i) = sum_r dy[r, o] x[r, i]
             gemm_tile(item, dy, 0, 1, n_out,
                       acts, ws.activation_at[l], n_in, 1,
-                      grads, table.weight_at[l], n_out, n_in, n,
+                      grads, table[l].weight_at, n_out, n_in, n,
                       grads, -1, a_tile, b_tile)
         elif item < weight_tiles + input_tiles:  # dx(r, i) = sum_o dy[r, o] W[o, i]
             gemm_tile(item - weight_tiles, dy, 0, n_out, 1,
-                      params, table.weight_at[l], n_in, 1,
+                      params, table[l].weight_at, n_in, 1,
                       dx, 0, n, n_in, n_out,
                       grads, -1, a_tile, b_tile)
         else:  # db(o) = sum_r dy[r, o]
@@ -367,7 +368,7 @@ def dense_backward_phase(table, ws, l, params, grads, acts, dy, dx, n, rank, ran
                     s += dy[r * n_out + j]
             total, _ = lane_totals(red1, red2, s, 0.0, lane, col)
             if lane == 0 and j < n_out:
-                grads[table.bias_at[l] + j] = total
+                grads[table[l].bias_at + j] = total
 
 
 @_device
@@ -378,15 +379,15 @@ def batchnorm_forward_phase(table, ws, l, m, models, guard, slot, acts, saved, n
     from it (float64 sums over the rows); the running statistics (their old
     values first into the guard's snapshot ``slot``); then y = x * scale +
     shift, and the ReLU after it when the layer has one folded in."""
-    f = table.n_out[l]
+    f = table[l].n_out
     x_at, y_at = ws.activation_at[l], output_at(table, ws, l)
     params, buffers = models.params[m], models.buffers[m]
     col, lane = cuda.threadIdx.x % COLUMNS, cuda.threadIdx.x // COLUMNS
     t = acts.dtype.type
-    eps, momentum = table.eps[l], table.momentum[l]
+    eps, momentum = table[l].eps, table[l].momentum
     if momentum < 0.0:  # a cumulative average: 1 / the batches counted, this one included
         momentum = 1.0 / (models.counts[m, l] + 1)
-    relu_after = table.relu_after[l] == 1
+    relu_after = table[l].relu_after == 1
     for chunk in range(rank, chunks(f), ranks):
         j = chunk * COLUMNS + col
         live = j < f
@@ -407,7 +408,7 @@ def batchnorm_forward_phase(table, ws, l, m, models, guard, slot, acts, saved, n
         inv_std = t(1.0 / math.sqrt(v + eps))
         if live:
             if lane == 0:
-                at, r_at = table.saved_at[l], table.stats_at[l]
+                at, r_at = table[l].saved_at, table[l].stats_at
                 saved[at + j] = mean
                 saved[at + f + j] = var
                 saved[at + 2 * f + j] = inv_std
@@ -417,8 +418,8 @@ def batchnorm_forward_phase(table, ws, l, m, models, guard, slot, acts, saved, n
                 buffers[r_at + j] = (1.0 - momentum) * running_mean + momentum * mean
                 buffers[r_at + f + j] = ((1.0 - momentum) * running_var
                                          + momentum * var * (n / (n - 1.0)))
-            scale = params[table.weight_at[l] + j] * inv_std
-            shift = params[table.bias_at[l] + j] - mean * scale
+            scale = params[table[l].weight_at + j] * inv_std
+            shift = params[table[l].bias_at + j] - mean * scale
             for r in range(lane, n, LANES):
                 value = acts[x_at + r * f + j] * scale + shift
                 acts[y_at + r * f + j] = relu(value) if relu_after else value
@@ -430,12 +431,12 @@ def batchnorm_backward_phase(table, ws, l, params, grads, acts, saved, dy, dx, n
     """BatchNorm's gradients, COLUMNS features per item, as
     batchnorm.batchnorm_backward; with a ReLU folded in, dy is first masked
     by the ReLU's output (activations.activation_backward)."""
-    f = table.n_out[l]
+    f = table[l].n_out
     x_at, y_at = ws.activation_at[l], output_at(table, ws, l)
-    at = table.saved_at[l]
+    at = table[l].saved_at
     col, lane = cuda.threadIdx.x % COLUMNS, cuda.threadIdx.x // COLUMNS
     t = acts.dtype.type
-    relu_after = table.relu_after[l] == 1
+    relu_after = table[l].relu_after == 1
     for chunk in range(rank, chunks(f), ranks):
         j = chunk * COLUMNS + col
         live = j < f
@@ -453,10 +454,10 @@ def batchnorm_backward_phase(table, ws, l, params, grads, acts, saved, dy, dx, n
         if live:
             inv_std = saved[at + 2 * f + j]
             if lane == 0:
-                grads[table.weight_at[l] + j] = sum_dy_xc * inv_std
-                grads[table.bias_at[l] + j] = sum_dy
+                grads[table[l].weight_at + j] = sum_dy_xc * inv_std
+                grads[table[l].bias_at + j] = sum_dy
             if l > 0:  # the first layer needs no input gradient
-                a = params[table.weight_at[l] + j] * inv_std
+                a = params[table[l].weight_at + j] * inv_std
                 c = t(a * inv_std * inv_std * (sum_dy_xc / n))
                 mean_dy = t(sum_dy / n)
                 for r in range(lane, n, LANES):
@@ -469,7 +470,7 @@ def batchnorm_backward_phase(table, ws, l, params, grads, acts, saved, dy, dx, n
 @_device
 def activation_forward_phase(table, ws, l, acts, n, first, stride):
     """y = f(x) element by element (activations.activation_forward)."""
-    size, kind = n * table.n_out[l], table.activation[l]
+    size, kind = n * table[l].n_out, table[l].activation
     x_at, y_at = ws.activation_at[l], ws.activation_at[l + 1]
     for e in range(first, size, stride):
         v = acts[x_at + e]
@@ -484,7 +485,7 @@ def activation_forward_phase(table, ws, l, acts, n, first, stride):
 @_device
 def activation_backward_phase(table, ws, l, acts, dy, dx, n, first, stride):
     """dx = dy * f'(x), from the output y (activations.activation_backward)."""
-    size, kind = n * table.n_out[l], table.activation[l]
+    size, kind = n * table[l].n_out, table[l].activation
     y_at = ws.activation_at[l + 1]
     for e in range(first, size, stride):
         y = acts[y_at + e]
@@ -501,8 +502,8 @@ def loss_phase(loss_kind, table, ws, acts, targets, dz, n, sums):
     """The batch's mean loss (every thread of the block gets it) and
     d loss / d logits into dz, as loss.bce_with_logits or loss.cross_entropy;
     the sums in float64. One block per model runs it."""
-    last = table.kind.shape[0] - 1
-    k = table.n_out[last]
+    last = table.shape[0] - 1
+    k = table[last].n_out
     z_at = ws.activation_at[last + 1]
     tid = cuda.threadIdx.x
     part = 0.0
@@ -537,8 +538,8 @@ def count_batch(table, models, opt, guard, m, slot):
     BatchNorm's num_batches_tracked (its old value into the guard first).
     One thread runs it."""
     opt.step[m] += 1
-    for l in range(table.kind.shape[0]):
-        if table.kind[l] == BATCHNORM:
+    for l in range(table.shape[0]):
+        if table[l].kind == BATCHNORM:
             guard.counts[m, slot, l] = models.counts[m, l]
             models.counts[m, l] += 1
 
@@ -632,7 +633,7 @@ def _make_train_epoch(dtype, launch, barrier):
         first, stride = rank * THREADS + tid, group * THREADS
         params, grads, acts = models.params[m], models.grads[m], ws.activations[m]
         targets, saved = ws.targets[m], ws.saved[m]
-        n_total, n_layers = index.shape[1], table.kind.shape[0]
+        n_total, n_layers = index.shape[1], table.shape[0]
         launch()
         alive = ws.status[m, 1] == 0  # a model stopped by an earlier divergence sits out
         batches = 0
@@ -647,12 +648,12 @@ def _make_train_epoch(dtype, launch, barrier):
                 break
             slot = (taken + batches) % 2
             for l in range(n_layers):
-                if table.folded[l] == 0:  # a folded ReLU is done by the BatchNorm before it
+                if table[l].folded == 0:  # a folded ReLU is done by the BatchNorm before it
                     if alive:
-                        if table.kind[l] == DENSE:
+                        if table[l].kind == DENSE:
                             dense_forward_phase(table, ws, l, params, acts, n, rank, group,
                                                 a_tile, b_tile)
-                        elif table.kind[l] == BATCHNORM:
+                        elif table[l].kind == BATCHNORM:
                             batchnorm_forward_phase(table, ws, l, m, models, guard, slot, acts,
                                                     saved, n, rank, group, red1, red2)
                         else:
@@ -674,13 +675,13 @@ def _make_train_epoch(dtype, launch, barrier):
                     restore_last_good(models, guard, m, taken + batches - 1, first, stride)
             current = 0  # d loss / d logits is in gradient buffer 0
             for l in range(n_layers - 1, -1, -1):
-                if table.folded[l] == 0:
+                if table[l].folded == 0:
                     if alive:
                         dy, dx = ws.gradients[m, current], ws.gradients[m, 1 - current]
-                        if table.kind[l] == DENSE:
+                        if table[l].kind == DENSE:
                             dense_backward_phase(table, ws, l, params, grads, acts, dy, dx, n,
                                                  rank, group, a_tile, b_tile, red1, red2)
-                        elif table.kind[l] == BATCHNORM:
+                        elif table[l].kind == BATCHNORM:
                             batchnorm_backward_phase(table, ws, l, params, grads, acts, saved,
                                                      dy, dx, n, rank, group, red1, red2)
                         else:
@@ -725,9 +726,9 @@ def argument_types(dtype):
     as a session passes them (C-contiguous device arrays, Python ints)."""
     dt = float32 if str(dtype) == "float32" else float64
     i1, i2, i3 = int64[::1], int64[:, ::1], int64[:, :, ::1]
-    f1, f2 = float64[::1], float64[:, ::1]
+    f2 = float64[:, ::1]
     d2, d3 = dt[:, ::1], dt[:, :, ::1]
-    return (types.NamedTuple([i1] * 11 + [f1] * 2, LayerTable),
+    return (types.Array(from_dtype(LAYER_FIELDS), 1, "C"),
             types.NamedTuple([d2, d2, d2, i2], Models),
             types.NamedTuple([i1, f2, i1, d3], Optimizer),
             types.NamedTuple([d3, d3, i3], Guard),
@@ -858,7 +859,7 @@ class FusedTrainingSession:
         self.models, self.optimizers, self.loss_kind = models, optimizers, loss_kind
         first = models[0]
         K, dtype = len(models), first.dtype
-        self.table = LayerTable(*(cuda.to_device(np.ascontiguousarray(a)) for a in first.table))
+        self.table = cuda.to_device(np.ascontiguousarray(first.table).view(np.ndarray))
         states = [opt.engine_state(first.n_params, dtype) for opt in optimizers]
         self.hyper = np.stack([state.hyper for state in states])
         self.opt = Optimizer(cuda.to_device(np.array([opt.kind for opt in optimizers], np.int64)),

@@ -105,6 +105,7 @@ def test_grid_mode_matches_cpu(monkeypatch):
     assert_same_training(out, "float64")
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the simulator's threads overflow
 @pytest.mark.parametrize("lr, scale, stop", [(0.1, 5e307, (1, 1)), (1e200, 1.0, (1, 2)),
                                               (1e50, 1.0, (2, 2))],
                          ids=["first-batch", "second-batch", "next-epoch"])
