@@ -308,6 +308,7 @@ def _fmt_label(value):
 def _train(args):
     import fastnn as fn
 
+    from .core.autodevice import choose_device
     from .core.backends import get_backend, resolve_device
     from .data import encode_labels, file_kind, standardize_stats
 
@@ -390,6 +391,10 @@ def _train(args):
     distributed = args.distributed == "mpi"
     model = fn.mlp(d, args.hidden, 1 if binary else k, batchnorm=args.batchnorm,
                    activation=args.activation, sync=distributed, seed=args.seed)
+    if not distributed:  # --device auto: the device predicted faster for this fit
+        device = choose_device(args.device, model, args.batch_size, n_train, args.epochs,
+                               args.dtype)
+        backend = get_backend(device)
     trainer = fn.Trainer(model, optimizer=_make_optimizer(args.optimizer, lr, args.weight_decay),
                          loss=loss, device=device, dtype=args.dtype, seed=args.seed,
                          distributed="mpi" if distributed else None)

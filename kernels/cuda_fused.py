@@ -794,11 +794,21 @@ def step_phases(table, batch):
             phases.append(("batchnorm backward", ceil_div(n_out, COLUMNS)))
         else:
             phases.append(("activation backward", ceil_div(batch * n_out, THREADS)))
-    n_params = sum(int(table.n_out[l]) * (int(table.n_in[l]) + (table.bias_at[l] >= 0))
-                   if table.kind[l] == DENSE else 2 * int(table.n_out[l]) * (table.kind[l] == BATCHNORM)
-                   for l in range(len(table.kind)))
-    phases.append(("update and gather", ceil_div(n_params, THREADS)))
+    phases.append(("update and gather", ceil_div(parameter_count(table), THREADS)))
     return phases
+
+
+def parameter_count(table):
+    """The trainable parameters of the network: a Dense layer's weight and
+    bias, a BatchNorm's gamma and beta."""
+    count = 0
+    for l in range(len(table.kind)):
+        n_in, n_out = int(table.n_in[l]), int(table.n_out[l])
+        if table.kind[l] == DENSE:
+            count += n_out * n_in + (n_out if table.bias_at[l] >= 0 else 0)
+        elif table.kind[l] == BATCHNORM:
+            count += 2 * n_out
+    return count
 
 
 def fused_plan(table, batch, n_models=1, sm_count=132):
