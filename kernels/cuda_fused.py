@@ -909,6 +909,13 @@ class FusedTrainingSession:
                 f"per step")
 
     # ---- the session protocol of fastnn.core.backends (one model) ----
+    def prepare(self, announce=True):
+        """Compile the epoch kernel for this session's types before the first
+        epoch is timed (numba-cuda would compile it at its first launch); the
+        simulator has nothing to compile."""
+        if not SIMULATOR:
+            self.kernel.compile(argument_types(self.models[0].dtype))
+
     def set_learning_rate(self, lr):
         """The lr of every model from the next epoch on."""
         self.set_learning_rates([lr] * self.n_models)
