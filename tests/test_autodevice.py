@@ -30,12 +30,13 @@ def gpu(monkeypatch):
     return engines
 
 
-def costs(cpu_mac, gpu_mac, gpu_step=0.0, per_fit=0.0):
+def costs(cpu_mac, gpu_mac, gpu_step=0.0, per_fit=0.0, upload=float("inf")):
     """Figures where each device's step costs per_mac * macs (plus a fixed
-    per_phase for the GPU), and nothing else unless said."""
+    per_phase for the GPU), and nothing else unless said (the data's upload
+    free by default)."""
     return {"cpu": Costs(0.0, 0.0, cpu_mac, 0.0, 0.0, float("inf")),
-            "cuda-fused": Costs(gpu_step, 0.0, gpu_mac, 0.0, per_fit, 1e10),
-            "cuda-layers": Costs(gpu_step, 0.0, gpu_mac, 0.0, per_fit, 1e10)}
+            "cuda-fused": Costs(gpu_step, 0.0, gpu_mac, 0.0, per_fit, upload),
+            "cuda-layers": Costs(gpu_step, 0.0, gpu_mac, 0.0, per_fit, upload)}
 
 
 def choose(model, batch, n=4096, epochs=2, n_models=1):
@@ -51,6 +52,10 @@ def test_auto_picks_the_device_predicted_faster(gpu, monkeypatch):
     assert choose(model, 64) == "cuda"
     monkeypatch.setattr(autodevice, "engine_costs", lambda dtype: costs(1e-11, 1e-11))
     assert choose(model, 64) == "cpu"  # a tie goes to the cpu
+    # ... and so does the copy of the data to the GPU when the steps cost the same
+    monkeypatch.setattr(autodevice, "engine_costs", lambda dtype: costs(1e-11, 1e-11 * (1 - 1e-9),
+                                                                        upload=1e9))
+    assert choose(model, 64) == "cpu"
 
 
 def test_the_batch_size_and_the_fixed_costs_decide(gpu, monkeypatch):
