@@ -899,6 +899,8 @@ class FusedTrainingSession:
         self.status = np.zeros((K, 2), np.int64)  # a model's [1] stays set once it diverged
         self.kernel = epoch_kernel(dtype, plan.mode)
         self.plan, self.n_models, self.taken = plan, K, 0
+        if not SIMULATOR:  # compile now (numba-cuda would at the first launch): no epoch's
+            self.kernel.compile(argument_types(dtype))  # time includes it
 
     @property
     def engine(self):
@@ -909,13 +911,6 @@ class FusedTrainingSession:
                 f"per step")
 
     # ---- the session protocol of fastnn.core.backends (one model) ----
-    def prepare(self, announce=True):
-        """Compile the epoch kernel for this session's types before the first
-        epoch is timed (numba-cuda would compile it at its first launch); the
-        simulator has nothing to compile."""
-        if not SIMULATOR:
-            self.kernel.compile(argument_types(self.models[0].dtype))
-
     def set_learning_rate(self, lr):
         """The lr of every model from the next epoch on."""
         self.set_learning_rates([lr] * self.n_models)

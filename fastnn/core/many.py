@@ -129,7 +129,6 @@ def _fit_on_gpu(trainers, X, y, epochs, batch_size, shuffle):
                                            LOSS_CODES[first.loss])
     if session is None:
         return None
-    session.prepare()
     K = len(trainers)
     histories = [{"loss": [], "lr": [], "time": [], "nonfinite": None} for _ in trainers]
     try:
