@@ -16,8 +16,8 @@ CC = (9, 0)
 
 def all_signatures():
     """(name, kernel, argument types) for every kernel and dtype."""
-    from . import cuda_gemm, cuda_ops
-    return cuda_gemm.signatures() + cuda_ops.signatures()
+    from . import cuda_gemm, cuda_graph, cuda_ops
+    return cuda_gemm.signatures() + cuda_ops.signatures() + cuda_graph.signatures()
 
 
 def compile_ptx(kernel, types, cc=CC):
