@@ -21,6 +21,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "tests")]
 
 import numpy as np  # noqa: E402
+
+if not hasattr(np, "row_stack"):  # numba-cuda 0.30.4 imports it; NumPy 2.5 removed it
+    np.row_stack = np.vstack
 from numba import cuda  # noqa: E402
 
 import fastnn as fn  # noqa: E402
@@ -159,7 +162,10 @@ def main(argv=None):
         tc = None if args.quick else torch_cuda_throughput(spec, n_samples, epochs)
         print(f"| {name} | {spec[3]} | {cpu:,.0f} | {gpu:,.0f} | "
               f"{'-' if tc is None else f'{tc:,.0f}'} | {gpu / cpu:.2f} |")
-    passed = ok_ops and ok_fit
+    import gpu_wide
+    wide_lines, ok_wide = gpu_wide.report(args.quick, args.steps)
+    print("\n".join(wide_lines))
+    passed = ok_ops and ok_fit and ok_wide
     print(f"\ngpu_check: {'all checks passed' if passed else 'SOME CHECKS FAILED'}")
     return 0 if passed else 1
 
