@@ -18,6 +18,7 @@ import math
 import os
 import statistics
 import time
+import traceback
 
 import numpy as np
 
@@ -216,7 +217,7 @@ def target_rows(steps=64, epochs=4, quick=False):
         rows = rows[:1]
     elif cublas_available():
         rows.append(("large", "exact", None, "numba"))  # the other GEMM, to compare
-    torch_rates = {}
+    torch_rates, ok = {}, True
     for name, precision, target, gemm in rows:
         spec = (6, 8, 1, 4) if quick else NETWORKS[name]
         n_samples = spec[3] * (2 if quick else steps)
@@ -226,18 +227,21 @@ def target_rows(steps=64, epochs=4, quick=False):
             continue
         from fastnn.kernels.cuda_cublas import gemm_choice
         engine = "cublas" if precision == "tf32" else gemm or gemm_choice()
-        rate = fastnn_samples_per_second(spec, n_samples, 2 if quick else epochs, precision,
-                                         gemm)
+        rate, failure = _guarded(fastnn_samples_per_second, spec, n_samples,
+                                 2 if quick else epochs, precision, gemm)
         if name not in torch_rates:
-            torch_rates[name] = (None if quick else
-                                 torch_graph_samples_per_second(spec, n_samples, epochs))
-        reference = torch_rates[name]
-        ratio = rate / reference if reference else math.nan
-        met = "-" if target is None or not reference else ("yes" if ratio >= target else "NO")
-        lines.append(f"| {name} | {precision} | {engine} | {rate:,.0f} | "
-                     f"{'-' if reference is None else f'{reference:,.0f}'} | {ratio:.2f}x | "
-                     f"{'-' if target is None else f'>= {target}x'} | {met} |")
-    return lines
+            torch_rates[name] = ((None, None) if quick else
+                                 _guarded(torch_graph_samples_per_second, spec, n_samples,
+                                          epochs))
+        reference, torch_failure = torch_rates[name]
+        ratio = rate / reference if rate and reference else math.nan
+        met = "-" if target is None or math.isnan(ratio) else ("yes" if ratio >= target else "NO")
+        lines.append(f"| {name} | {precision} | {engine} | "
+                     f"{failure or f'{rate:,.0f}'} | "
+                     f"{torch_failure or ('-' if reference is None else f'{reference:,.0f}')} | "
+                     f"{ratio:.2f}x | {'-' if target is None else f'>= {target}x'} | {met} |")
+        ok = ok and failure is None
+    return lines, ok
 
 
 # ---- TF32 against float32 ----
@@ -285,13 +289,27 @@ def tf32_accuracy_rows(quick=False):
     return lines, ok
 
 
+def _guarded(function, *args):
+    """(result, None), or (None, 'FAILED: the error') when it raises: one
+    broken measurement must not cost the rest of a run on a lent GPU."""
+    try:
+        return function(*args), None
+    except Exception as exc:  # noqa: BLE001
+        traceback.print_exc()
+        return None, f"FAILED: {type(exc).__name__}: {exc}"[:300]
+
+
 def report(quick=False, steps=64):
-    """(Markdown lines, whether the GEMM and TF32 checks passed)."""
-    gemm, gemm_ok = gemm_rows(quick)
-    accuracy, accuracy_ok = tf32_accuracy_rows(quick)
-    lines = (["", "GEMM, float32: TFLOP/s in a CUDA graph (us per product in the graph, us per "
-              "product called from Python)", ""] + gemm +
-             ["", "Wide networks against PyTorch with CUDA graphs (float32, SGD; samples/s)", ""]
-             + target_rows(steps, quick=quick) +
-             ["", "TF32 against float32 on the demo data", ""] + accuracy)
-    return lines, gemm_ok and accuracy_ok
+    """(Markdown lines, whether every check here passed)."""
+    sections = (("GEMM, float32: TFLOP/s in a CUDA graph (us per product in the graph, "
+                 "us per product called from Python)", gemm_rows, (quick,)),
+                ("Wide networks against PyTorch with CUDA graphs (float32, SGD; samples/s)",
+                 target_rows, (steps, 4, quick)),
+                ("TF32 against float32 on the demo data", tf32_accuracy_rows, (quick,)))
+    lines, passed = [], True
+    for title, function, args in sections:
+        result, failure = _guarded(function, *args)
+        section, ok = result if failure is None else ([failure], False)
+        lines += ["", title, ""] + section
+        passed = passed and ok
+    return lines, passed
