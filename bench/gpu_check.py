@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 
 if not hasattr(np, "row_stack"):  # numba-cuda 0.30.4 imports it; NumPy 2.5 removed it
     np.row_stack = np.vstack
+
 from numba import cuda  # noqa: E402
 
 import fastnn as fn  # noqa: E402

@@ -50,13 +50,6 @@ def empty(shape, dtype):
     return a
 
 
-def _copy(a):
-    """A device-side copy of a device array."""
-    out = cuda.device_array(a.shape, a.dtype)
-    out.copy_to_device(a)
-    return out
-
-
 class DeviceModel:
     """The model's flat buffers on the device, with per-layer views; the
     BatchNorm layers' batches tracked (``counts``) too, advanced by each
