@@ -315,8 +315,11 @@ def main(argv=None):
               f"{together / one_model[name]:.1f}x | >= {FIT_MANY_TARGET:g}x |")
     if not args.quick:
         print("\n".join(calibration_rows()))
+    import gpu_wide
+    wide_lines, ok_wide = gpu_wide.report(args.quick, args.steps)
+    print("\n".join(wide_lines))
     print(f"\n(total: {time.perf_counter() - started:.0f} s)")
-    passed = ok_ops and ok_fit
+    passed = ok_ops and ok_fit and ok_wide
     print(f"\ngpu_check: {'all checks passed' if passed else 'SOME CHECKS FAILED'}")
     return 0 if passed else 1
 

@@ -8,9 +8,15 @@ batches in order; throughput is samples/s over whole epochs, the median of
 several, after one warm-up epoch (JIT compilation is never timed):
 
     fastnn-cpu    fastnn's compiled whole-epoch engine
-    fastnn-cuda   fastnn's CUDA kernels (when numba sees a GPU)
+    fastnn-cuda   fastnn's CUDA kernels (when numba sees a GPU): steps replayed
+                  as CUDA graphs, timed per epoch inside one fit (the first
+                  epoch, which warms up and captures, is not timed)
+    fastnn-cuda-tf32  the same with precision="tf32" (when cuBLAS is installed)
     numpy         fastnn's NumPy reference engine (tiny and small only: slow)
     torch         PyTorch eager on the CPU (when installed)
+    torch-cuda-graphs  PyTorch on the GPU, one training step captured as a CUDA
+                  graph and replayed per batch, data on the GPU (when torch sees
+                  a GPU)
     jax           JAX, the whole epoch jit-compiled as one lax.scan (when installed)
 
 The GEMM floor of a network is the time of its necessary matrix products
@@ -43,7 +49,11 @@ NETWORKS = {
 }
 # batches per epoch (full / --quick); every implementation sees the same data
 BATCHES = {"tiny": (1024, 256), "small": (512, 128), "medium": (64, 16), "large": (8, 4)}
-IMPLEMENTATIONS = ("fastnn-cpu", "fastnn-cuda", "numpy", "torch", "jax")
+IMPLEMENTATIONS = ("fastnn-cpu", "fastnn-cuda", "fastnn-cuda-tf32", "numpy", "torch",
+                   "torch-cuda-graphs", "jax")
+# fastnn-cuda / torch-cuda-graphs wanted on an H100/H200 (issue 11): (network, implementation)
+GPU_TARGETS = {("large", "fastnn-cuda"): 1.0, ("large", "fastnn-cuda-tf32"): 2.5,
+               ("medium", "fastnn-cuda"): 2.0}
 OPTIMIZERS = ("sgd", "adam")
 LR = 1e-3
 
@@ -75,11 +85,63 @@ def _fastnn_epoch(device):
 
         def epoch():
             trainer.fit(X, y, epochs=1, batch_size=batch, shuffle=False)
-            if device == "cuda":
-                from numba import cuda
-                cuda.synchronize()
         return epoch
     return prepare
+
+
+def _fastnn_cuda_rate(precision):
+    """fastnn on the GPU: samples/s from one fit's per-epoch times, the
+    median after the first epoch (which runs the first steps eagerly and
+    captures the CUDA graphs); a fit per epoch would time the copy of the
+    data to the GPU and the captures each time."""
+    def rate(network, optimizer, X, y, epochs):
+        import fastnn as fn
+        opt = fn.SGD(lr=LR) if optimizer == "sgd" else fn.Adam(lr=LR)
+        trainer = fn.Trainer(build_model(network), optimizer=opt, device="cuda",
+                             dtype="float32", precision=precision)
+        history = trainer.fit(X, y, epochs=epochs + 1, batch_size=NETWORKS[network][3],
+                              shuffle=False)
+        return X.shape[0] / statistics.median(history["time"][1:])
+    return rate
+
+
+def _torch_cuda_graphs_prepare(network, optimizer, X, y):
+    """One training step captured into a CUDA graph (PyTorch's recipe: warm
+    up on a side stream, capture, then copy each batch into the captured
+    input tensors and replay)."""
+    import torch
+    model = torch_model(build_model(network).astype("float32")).cuda()
+    opt_class = torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam
+    opt = opt_class(model.parameters(), lr=LR,
+                    **({} if optimizer == "sgd" else {"capturable": True}))
+    Xt, yt = torch.from_numpy(X).cuda(), torch.from_numpy(y).cuda()
+    batch = NETWORKS[network][3]
+    static_x, static_y = Xt[:batch].clone(), yt[:batch].clone()
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+
+    def step():
+        loss_fn(model(static_x)[:, 0], static_y).backward()
+        opt.step()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        step()
+
+    def epoch():
+        for start in range(0, Xt.shape[0], batch):
+            static_x.copy_(Xt[start:start + batch])
+            static_y.copy_(yt[start:start + batch])
+            graph.replay()
+        torch.cuda.synchronize()
+    return epoch
 
 
 def _torch_prepare(network, optimizer, X, y):
@@ -166,17 +228,29 @@ def _jax_prepare(network, optimizer, X, y):
 
 
 def _available(name):
-    if name == "fastnn-cuda":
+    if name.startswith("fastnn-cuda") or name == "torch-cuda-graphs":
         from fastnn.core.backends import cuda_available
-        return cuda_available()
+        if not cuda_available():
+            return False
+    if name == "fastnn-cuda-tf32":
+        from fastnn.core.cuda_backend import CudaBackend
+        return CudaBackend().tf32_products()
+    if name == "torch-cuda-graphs":  # asked in a child: torch's CUDA start-up stays out of here
+        probe = "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
+        return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+    if name.startswith("fastnn-cuda"):
+        return True
     if name in ("torch", "jax"):
         import importlib.util
         return importlib.util.find_spec(name) is not None
     return True
 
 
-PREPARE = {"fastnn-cpu": _fastnn_epoch("cpu"), "fastnn-cuda": _fastnn_epoch("cuda"),
-           "numpy": _fastnn_epoch("numpy"), "torch": _torch_prepare, "jax": _jax_prepare}
+PREPARE = {"fastnn-cpu": _fastnn_epoch("cpu"), "numpy": _fastnn_epoch("numpy"),
+           "torch": _torch_prepare, "torch-cuda-graphs": _torch_cuda_graphs_prepare,
+           "jax": _jax_prepare}
+# implementations measured by their own rate(network, optimizer, X, y, epochs)
+RATES = {"fastnn-cuda": _fastnn_cuda_rate("exact"), "fastnn-cuda-tf32": _fastnn_cuda_rate("tf32")}
 
 
 # ---- measurements ----
@@ -281,6 +355,8 @@ def measure(network, impl, optimizer, quick):
     n = NETWORKS[network][3] * batches
     X, y = make_data(network, n)
     epochs = 2 if impl == "numpy" else 3 if quick else 7
+    if impl in RATES:
+        return RATES[impl](network, optimizer, X, y, epochs)
     return samples_per_second(PREPARE[impl](network, optimizer, X, y), n, epochs)
 
 
@@ -352,7 +428,29 @@ def markdown(report):
     lines.append("")
     lines.append("samples/s, median of whole epochs after a warm-up epoch; float32; same data and "
                  "initial weights for every implementation.")
+    lines += gpu_markdown(report, keys)
     return "\n".join(lines)
+
+
+def gpu_markdown(report, keys):
+    """fastnn on the GPU against PyTorch with CUDA graphs, beside the targets
+    (GPU_TARGETS); no lines without both."""
+    rates = {(r["network"], r["optimizer"], r["implementation"]): r["samples_per_s"]
+             for r in report["results"]}
+    rows = []
+    for net, opt in keys:
+        reference = rates.get((net, opt, "torch-cuda-graphs"))
+        for impl in ("fastnn-cuda", "fastnn-cuda-tf32"):
+            if reference and (net, opt, impl) in rates:
+                target = GPU_TARGETS.get((net, impl))
+                ratio = rates[(net, opt, impl)] / reference
+                verdict = "-" if target is None else ("met" if ratio >= target else "not met")
+                rows.append(f"| {net} | {opt} | {impl} | {ratio:.2f}x | "
+                            f"{'-' if target is None else f'>= {target}x'} | {verdict} |")
+    if not rows:
+        return []
+    return ["", "| network | optimizer | fastnn on the GPU | vs torch-cuda-graphs (float32) "
+                "| target | |", "|---|---|---|---|---|---|"] + rows
 
 
 def _pyplot():

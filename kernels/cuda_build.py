@@ -16,8 +16,9 @@ CC = (9, 0)
 
 def all_signatures():
     """(name, kernel, argument types) for every kernel and dtype."""
-    from . import cuda_fused, cuda_gemm, cuda_ops
-    return cuda_gemm.signatures() + cuda_ops.signatures() + cuda_fused.signatures()
+    from . import cuda_fused, cuda_gemm, cuda_graph, cuda_ops
+    return (cuda_gemm.signatures() + cuda_ops.signatures() + cuda_graph.signatures()
+            + cuda_fused.signatures())
 
 
 def compile_ptx(kernel, types, cc=CC):

@@ -1,28 +1,39 @@
-"""Device-resident training on the GPU: the CUDA counterpart of network.py.
+"""Device-resident training on the GPU, layer by layer: the CUDA counterpart
+of network.py.
 
 Contract: the same flat description as network.py (layers table, params in
 state_dict order, buffers, counts) and the same optimizer layout (optim.py).
 ``CudaTrainingSession`` copies the model, the optimizer state and the whole
-training set to the GPU once, allocates every buffer once, and then for each
-batch only launches kernels: gather, forward, loss, backward, update. Batch
-losses accumulate in a device array that is copied back once per epoch (the
-only synchronization); ``finish`` copies weights, running statistics and
-optimizer state back to the host arrays.
+training set to the GPU once, allocates every buffer once, and then trains
+each batch with one *plan* (kernels/cuda_graph.py): begin_step, gather,
+forward, loss, backward, update, every argument fixed when the plan is built.
+What changes from step to step (the batch cursor, the optimizer step count,
+BatchNorm's batches tracked, the hyper-parameters with the lr) lives in
+device memory, so a step is replayed as a CUDA graph where graphs are used
+and runs the same launches eagerly where not (the simulator). Everything of
+an epoch goes to the session's stream; the batch losses accumulate in a
+device array copied back once per epoch (the only synchronization);
+``finish`` copies weights, running statistics, counts and optimizer state
+back to the host arrays.
 
-The host keeps what it can know without asking the GPU: the batch sizes, the
-optimizer step count (so Adam's bias corrections are computed on the host)
-and BatchNorm's num_batches_tracked (for momentum=None).
+Matrix products go through the session's product engine: cuBLAS (nvmath-
+python, kernels/cuda_cublas.py) when installed, else fastnn's GEMM
+(kernels/cuda_gemm.py); precision="tf32" runs them on TF32 tensor cores
+through cuBLAS. A Dense without bias adds no bias pass.
 """
 
 import math
 import os
+import weakref
 
 import numpy as np
 from numba import cuda
 
 from . import cuda_ops as k
-from .cuda_gemm import gemm
 from . import optim
+from .cuda_cublas import make_gemm
+from .cuda_gemm import NumbaGemm
+from .cuda_graph import DriverGraphs, StepRunner, begin_epoch, begin_step, run_plan, use_graphs
 from .loss import BCE
 from .network import BATCHNORM, DENSE
 
@@ -39,22 +50,19 @@ def empty(shape, dtype):
     return a
 
 
-def _copy(a):
-    """A device-side copy of a device array."""
-    out = cuda.device_array(a.shape, a.dtype)
-    out.copy_to_device(a)
-    return out
-
-
 class DeviceModel:
-    """The model's flat buffers on the device, with per-layer views."""
+    """The model's flat buffers on the device, with per-layer views; the
+    BatchNorm layers' batches tracked (``counts``) too, advanced by each
+    training step on the device."""
 
     def __init__(self, model, stream=0):
         self.table = model.table
-        self.counts = model.counts.copy()
         self.dtype = model.dtype
         self.params = cuda.to_device(model.params, stream=stream)
         self.buffers = cuda.to_device(model.buffers, stream=stream)
+        self.counts = cuda.to_device(model.counts, stream=stream)
+        self.batchnorm_layers = cuda.to_device(
+            np.flatnonzero(model.table.kind == BATCHNORM).astype(np.int64), stream=stream)
         self.layers = [self._views(l) for l in range(self.table.kind.shape[0])]
 
     def _views(self, l):
@@ -78,8 +86,11 @@ class DeviceModel:
     def copy_to_host(self, model, stream=0):
         self.params.copy_to_host(model.params, stream=stream)
         self.buffers.copy_to_host(model.buffers, stream=stream)
-        cuda.synchronize()
-        model.counts[:] = self.counts
+        self.counts.copy_to_host(model.counts, stream=stream)
+        if stream:
+            stream.synchronize()
+        else:
+            cuda.synchronize()
 
 
 class Workspace:
@@ -105,38 +116,44 @@ class Workspace:
         return self.gbuf[which][:self.batch * width].reshape(self.batch, width)
 
 
-def forward(dm, ws, n, training, stream=0):
-    """Forward pass over the first n rows of ws.acts[0]."""
+def forward(dm, ws, n, training, gemm, plan, stream=0):
+    """Append to ``plan`` the forward pass over the first n rows of
+    ws.acts[0]; in training, BatchNorm uses and updates batch statistics."""
     for l, v in enumerate(dm.layers):
         x, y = ws.acts[l], ws.acts[l + 1]
         kind, n_out = v["kind"], v["n_out"]
         if kind == DENSE:
-            gemm(x, v["w"], y, n, trans_a=False, trans_b=True, bias=v["b"], stream=stream)
+            plan.append((gemm.product(x, v["w"], y, n, trans_b=True, bias=v["b"]), ()))
         elif kind == BATCHNORM:
+            grid = k.grid_1d(n_out)
             if training:
                 mean, var, inv_std = ws.bn[l]
-                dm.counts[l] += 1
-                momentum = v["momentum"] if v["momentum"] >= 0 else 1.0 / dm.counts[l]
                 p1, p2 = ws.partial
-                groups = k.launch_column_sums(x, x, mean, n, k.SUM, p1, p2, stream)
-                grid = k.grid_1d(n_out)
-                k.batchnorm_mean_finalize[grid, k.THREADS, stream](p1, groups, n, mean)
-                groups = k.launch_column_sums(x, x, mean, n, k.SUM_SQUARED_DEVIATION, p1, p2,
-                                              stream)
-                k.batchnorm_var_finalize[grid, k.THREADS, stream](
-                    p1, groups, n, v["eps"], momentum, True, mean, var, inv_std,
-                    v["running_mean"], v["running_var"])
-                k.batchnorm_normalize[k.grid_1d(n * n_out), k.THREADS, stream](
-                    x, v["gamma"], v["beta"], mean, inv_std, n, y)
+                launch, args, groups = k.column_sums_launch(x, x, mean, n, k.SUM, p1, p2, stream)
+                plan.append((launch, args))
+                plan.append((k.batchnorm_mean_finalize[grid, k.THREADS, stream],
+                             (p1, groups, n, mean)))
+                launch, args, groups = k.column_sums_launch(x, x, mean, n,
+                                                            k.SUM_SQUARED_DEVIATION, p1, p2,
+                                                            stream)
+                plan.append((launch, args))
+                plan.append((k.batchnorm_var_finalize[grid, k.THREADS, stream],
+                             (p1, groups, n, v["eps"], v["momentum"], dm.counts, l, mean, var,
+                              inv_std, v["running_mean"], v["running_var"])))
+                plan.append((k.batchnorm_normalize[k.grid_1d(n * n_out), k.THREADS, stream],
+                             (x, v["gamma"], v["beta"], mean, inv_std, n, y)))
             else:
-                k.batchnorm_inference[k.grid_1d(n * n_out), k.THREADS, stream](
-                    x, v["gamma"], v["beta"], v["running_mean"], v["running_var"], v["eps"], n, y)
+                plan.append((k.batchnorm_inference[k.grid_1d(n * n_out), k.THREADS, stream],
+                             (x, v["gamma"], v["beta"], v["running_mean"], v["running_var"],
+                              v["eps"], n, y)))
         else:
-            k.activation_forward[k.grid_1d(n * n_out), k.THREADS, stream](v["act"], x, n, y)
+            plan.append((k.activation_forward[k.grid_1d(n * n_out), k.THREADS, stream],
+                         (v["act"], x, n, y)))
 
 
-def backward(dm, ws, grads, n, stream=0):
-    """Backward pass; d loss / d output must be in ws.grad(0, k). Writes grads."""
+def backward(dm, ws, grads, n, gemm, plan, stream=0):
+    """Append to ``plan`` the backward pass; d loss / d output must be in
+    ws.grad(0, k). Writes grads."""
     cur = 0
     p1, p2 = ws.partial
     for l in range(len(dm.layers) - 1, -1, -1):
@@ -147,163 +164,225 @@ def backward(dm, ws, grads, n, stream=0):
         if kind == DENSE:
             pw, pb = v["pw"], v["pb"]
             dw = grads[pw:pw + n_out * n_in].reshape(n_out, n_in)
-            gemm(dy, x, dw, n_out, k=n, trans_a=True, trans_b=False, stream=stream)
+            plan.append((gemm.product(dy, x, dw, n_out, k=n, trans_a=True), ()))
             if pb >= 0:
-                groups = k.launch_column_sums(dy, dy, dy[0], n, k.SUM, p1, p2, stream)
-                k.column_sums_finalize[k.grid_1d(n_out), k.THREADS, stream](
-                    p1, groups, grads[pb:pb + n_out])
+                launch, args, groups = k.column_sums_launch(dy, dy, dy[0], n, k.SUM, p1, p2,
+                                                            stream)
+                plan.append((launch, args))
+                plan.append((k.column_sums_finalize[k.grid_1d(n_out), k.THREADS, stream],
+                             (p1, groups, grads[pb:pb + n_out])))
             if l > 0:
-                gemm(dy, v["w"], dx, n, trans_a=False, trans_b=False, stream=stream)
+                plan.append((gemm.product(dy, v["w"], dx, n), ()))
         elif kind == BATCHNORM:
             mean, var, inv_std = ws.bn[l]
             dgamma = grads[v["pw"]:v["pw"] + n_out]
             dbeta = grads[v["pb"]:v["pb"] + n_out]
-            groups = k.launch_column_sums(x, dy, mean, n, k.BATCHNORM_BACKWARD, p1, p2, stream)
-            k.batchnorm_backward_finalize[k.grid_1d(n_out), k.THREADS, stream](
-                p1, p2, groups, inv_std, dgamma, dbeta)
-            k.batchnorm_backward_dx[k.grid_1d(n * n_out), k.THREADS, stream](
-                dy, x, v["gamma"], mean, inv_std, dgamma, dbeta, n, dx)
+            launch, args, groups = k.column_sums_launch(x, dy, mean, n, k.BATCHNORM_BACKWARD,
+                                                        p1, p2, stream)
+            plan.append((launch, args))
+            plan.append((k.batchnorm_backward_finalize[k.grid_1d(n_out), k.THREADS, stream],
+                         (p1, p2, groups, inv_std, dgamma, dbeta)))
+            plan.append((k.batchnorm_backward_dx[k.grid_1d(n * n_out), k.THREADS, stream],
+                         (dy, x, v["gamma"], mean, inv_std, dgamma, dbeta, n, dx)))
         elif l > 0:
-            k.activation_backward[k.grid_1d(n * n_out), k.THREADS, stream](
-                v["act"], ws.acts[l + 1], dy, n, dx)
+            plan.append((k.activation_backward[k.grid_1d(n * n_out), k.THREADS, stream],
+                         (v["act"], ws.acts[l + 1], dy, n, dx)))
         cur = 1 - cur
 
 
-def optimizer_update(state, w, g, stream=0):
-    """One fused launch updating every element of the flat buffer w from g
-    (device arrays), with ``state`` the optimizer's named state whose buffers
-    are device arrays and whose hyper and step are on the host. The step is
-    incremented and the derived scalars decoded on the host by the same
-    functions the cpu kernels use (kernels/optim.py), in float64, cast to w's
-    dtype."""
-    state.step[0] += 1
-    step, like = int(state.step[0]), np.empty(0, w.dtype)
-    grid = k.grid_1d(w.shape[0])
+def optimizer_update_launch(state, w, g, stream=0):
+    """(launch, args): one fused update of every element of the flat buffer
+    w from g, with ``state`` the optimizer's named state, all on the device
+    (hyper and step included: the kernel decodes them with optim.py's
+    functions; the step must already count this update)."""
+    grid = k.update_grid(w.shape[0])
     if isinstance(state, optim.SGDState):
-        k.sgd_update[grid, k.THREADS, stream](w, g, state.momentum_buffer,
-                                              *optim.sgd_scalars(state.hyper, step, like))
-    elif isinstance(state, optim.RMSpropState):
-        k.rmsprop_update[grid, k.THREADS, stream](w, g, state.square_avg, state.grad_avg,
-                                                  state.momentum_buffer,
-                                                  *optim.rmsprop_scalars(state.hyper, like))
-    else:
-        k.adam_update[grid, k.THREADS, stream](w, g, state.exp_avg, state.exp_avg_sq,
-                                               *optim.adam_scalars(state.hyper, step, like))
+        return k.sgd_update[grid, k.THREADS, stream], (w, g, state.momentum_buffer,
+                                                       state.hyper, state.step)
+    if isinstance(state, optim.RMSpropState):
+        return k.rmsprop_update[grid, k.THREADS, stream], (w, g, state.square_avg,
+                                                           state.grad_avg,
+                                                           state.momentum_buffer, state.hyper,
+                                                           state.step)
+    return k.adam_update[grid, k.THREADS, stream], (w, g, state.exp_avg, state.exp_avg_sq,
+                                                    state.hyper, state.step)
+
+
+def optimizer_update(state, w, g, stream=0):
+    """The functional op: ``state``'s buffers on the device, its hyper and
+    step on the host; the step is incremented there and both are copied over
+    for the one launch."""
+    state.step[0] += 1
+    on_device = type(state)(cuda.to_device(state.hyper), cuda.to_device(state.step), *state[2:])
+    launch, args = optimizer_update_launch(on_device, w, g, stream)
+    launch(*args)
 
 
 class DeviceOptimizer:
-    """The optimizer's state on the device: its (3, n) buffers copied there,
-    viewed by name; the hyper-parameters and step count stay on the host."""
+    """The optimizer's state on the device: its (3, n) buffers, its hyper-
+    parameters and its step count, viewed by name as optim.py's named state."""
 
     def __init__(self, optimizer, n_params, dtype, stream=0):
         host = optimizer.engine_state(n_params, dtype)
         self.optimizer = optimizer
+        self.hyper = host.hyper.copy()  # the host side, where the lr is written
         self.rows = cuda.to_device(optimizer.state, stream=stream)
-        self.start_step = int(host.step[0])
-        self.state = optim.optimizer_state(optimizer.kind, host.hyper,
-                                           np.array(host.step), self.rows)
+        self.state = optim.optimizer_state(optimizer.kind, cuda.to_device(self.hyper, stream),
+                                           cuda.to_device(host.step, stream), self.rows)
 
-    def set_learning_rate(self, lr):
-        self.state.hyper[optim.LR] = lr
-
-    def update(self, params, grads, stream=0):
-        optimizer_update(self.state, params, grads, stream)
-
-    def save(self):
-        """(device copy of the buffers, step) to come back to."""
-        return _copy(self.rows), int(self.state.step[0])
-
-    def restore(self, saved):
-        self.rows.copy_to_device(saved[0])
-        self.state.step[0] = saved[1]
+    def set_learning_rate(self, lr, stream=0):
+        self.hyper[optim.LR] = lr
+        self.state.hyper.copy_to_device(self.hyper, stream=stream)
 
     def copy_to_host(self, stream=0):
         self.rows.copy_to_host(self.optimizer.state, stream=stream)
-        self.optimizer.step_count[0] = self.state.step[0]
+        self.state.step.copy_to_host(self.optimizer.step_count, stream=stream)
+
+
+class EpochStart:
+    """Device copies of everything a training step changes, refreshed at the
+    start of each epoch, to put back after a non-finite loss."""
+
+    def __init__(self, dm, opt):
+        live = (dm.params, dm.buffers, dm.counts, opt.rows, opt.state.step)
+        self.pairs = [(a, cuda.device_array(a.shape, a.dtype)) for a in live]
+
+    def save(self, stream):
+        for live, saved in self.pairs:
+            saved.copy_to_device(live, stream=stream)
+
+    def restore(self, stream):
+        for live, saved in self.pairs:
+            live.copy_to_device(saved, stream=stream)
 
 
 class CudaTrainingSession:
-    """One ``fit`` on the GPU: everything on the device from start to finish."""
+    """One ``fit`` on the GPU: everything on the device from start to finish.
 
-    def __init__(self, model, optimizer, X, Y, batch, loss_kind):
+    ``precision``: 'exact' or 'tf32' (the products on TF32 tensor cores,
+    through cuBLAS; float32 only). ``graphs``: how steps are captured
+    (cuda_graph.DriverGraphs, an object with its methods, or None for eager
+    launches); by default as ``cuda_graph.use_graphs`` decides.
+    """
+
+    def __init__(self, model, optimizer, X, Y, batch, loss_kind, precision="exact",
+                 graphs="default"):
         self.model = model
         self.loss_kind = loss_kind
-        self.dm = DeviceModel(model)
-        self.opt = DeviceOptimizer(optimizer, model.n_params, model.dtype)
-        self.X = cuda.to_device(X)
-        self.Y = cuda.to_device(Y)
+        self.stream = stream = cuda.stream()
+        self.dm = DeviceModel(model, stream)
+        self.opt = DeviceOptimizer(optimizer, model.n_params, model.dtype, stream)
+        self.X = cuda.to_device(X, stream=stream)
+        self.Y = cuda.to_device(Y, stream=stream)
         self.ws = Workspace(self.dm, batch, Y.shape[1])
         self.grads = empty(model.params.shape[0], model.dtype)
         self.losses = empty(math.ceil(X.shape[0] / batch), np.float64)
+        self.index = cuda.device_array(X.shape[0], np.int64)
+        self.cursor = cuda.device_array(1, np.int64)
+        self.epoch_start = EpochStart(self.dm, self.opt)
+        self.gemm = make_gemm(model.dtype, stream, tf32=precision == "tf32", allocate=empty)
+        if graphs == "default":
+            graphs = DriverGraphs() if use_graphs()[0] else None
+        self.runner = StepRunner(self._step_plan, stream, graphs)
+        # not the runner itself: it calls back into this session
+        weakref.finalize(self, _release, graphs, self.runner.executables, self.gemm)
+
+    def _step_plan(self, key):
+        """The launches of one training step of n rows out of batches of
+        batch_size (the gather's stride through the epoch's order)."""
+        batch_size, n = key
+        dm, ws, stream = self.dm, self.ws, self.stream
+        n_out = self.Y.shape[1]
+        plan = [(begin_step[1, 1, stream], (self.cursor, self.opt.state.step, dm.counts,
+                                            dm.batchnorm_layers))]
+        cols = max(self.X.shape[1], n_out)
+        plan.append((k.gather_rows[k.grid_1d(n * cols), k.THREADS, stream],
+                     (self.X, self.Y, self.index, self.cursor, batch_size, n, ws.acts[0],
+                      ws.yb)))
+        forward(dm, ws, n, True, self.gemm, plan, stream)
+        plan.append(loss_and_gradient(self.loss_kind, ws.acts[-1], ws.yb, n, ws.grad(0, n_out),
+                                      self.losses, self.cursor, stream))
+        backward(dm, ws, self.grads, n, self.gemm, plan, stream)
+        plan.append(optimizer_update_launch(self.opt.state, dm.params, self.grads, stream))
+        return plan
 
     def set_learning_rate(self, lr):
-        self.opt.set_learning_rate(lr)
+        self.opt.set_learning_rate(lr, self.stream)
 
     def train_epoch(self, index, batch_size, skip_single, losses, sizes):
         """As the host sessions' train_epoch. The losses are only seen at the
         end of the epoch, so after a non-finite loss the state from the start
         of the epoch is put back (the last state known to be good)."""
-        dm, ws = self.dm, self.ws
-        saved = (_copy(dm.params), _copy(dm.buffers), dm.counts.copy(), self.opt.save())
-        d_index = cuda.to_device(index.astype(np.int64, copy=False))
-        n_total = index.shape[0]
-        k.fill[k.grid_1d(self.losses.shape[0]), k.THREADS](self.losses, 0.0)
-        n_batches = 0
-        n_out = self.Y.shape[1]
-        for start in range(0, n_total, batch_size):
-            n = min(batch_size, n_total - start)
-            if n == 1 and skip_single:
-                continue
-            cols = max(self.X.shape[1], n_out)
-            k.gather_rows[k.grid_1d(n * cols), k.THREADS](self.X, self.Y, d_index, start, n,
-                                                          ws.acts[0], ws.yb)
-            forward(dm, ws, n, True)
-            loss_and_gradient(self.loss_kind, ws.acts[-1], ws.yb, n, ws.grad(0, n_out),
-                              self.losses, n_batches)
-            backward(dm, ws, self.grads, n)
-            self.opt.update(dm.params, self.grads)
-            sizes[n_batches] = n
-            n_batches += 1
+        if batch_size > self.ws.batch:
+            raise ValueError(f"batch_size {batch_size} is larger than the {self.ws.batch} rows "
+                             f"this session allocated")
+        n_total, stream = index.shape[0], self.stream
+        rows = [min(batch_size, n_total - start) for start in range(0, n_total, batch_size)]
+        rows = [n for n in rows if not (n == 1 and skip_single)]
+        self.runner.prepare({(batch_size, n) for n in rows})
+        self.index[:n_total].copy_to_device(np.ascontiguousarray(index, np.int64), stream=stream)
+        self.epoch_start.save(stream)
+        begin_epoch[1, k.THREADS, stream](self.cursor, self.losses)
+        for i, n in enumerate(rows):
+            self.runner.run((batch_size, n))
+            sizes[i] = n
+        n_batches = len(rows)
         if n_batches:  # the one synchronization of the epoch
-            self.losses[:n_batches].copy_to_host(losses[:n_batches])
+            self.losses[:n_batches].copy_to_host(losses[:n_batches], stream=stream)
+        stream.synchronize()
         bad = np.flatnonzero(~np.isfinite(losses[:n_batches]))
         if bad.size:
-            dm.params.copy_to_device(saved[0])
-            dm.buffers.copy_to_device(saved[1])
-            dm.counts[:] = saved[2]
-            self.opt.restore(saved[3])
+            self.epoch_start.restore(stream)
             return n_batches, int(bad[0] + 1)
         return n_batches, 0
 
     def logits(self, X):
-        return predict_logits(self.dm, X)
+        return predict_logits(self.dm, X, self.gemm, self.stream)
 
     def finish(self):
-        """Copy weights, running statistics and optimizer state back to the host."""
-        self.opt.copy_to_host()
-        self.dm.copy_to_host(self.model)
+        """Copy weights, running statistics, counts and optimizer state back
+        to the host."""
+        self.opt.copy_to_host(self.stream)
+        self.dm.copy_to_host(self.model, self.stream)
+
+
+def _release(graphs, executables, gemm):
+    """Destroy a finished session's graphs and cuBLAS handle."""
+    try:
+        for graph in executables.values():
+            graphs.release(graph)
+        gemm.close()
+    except Exception:  # noqa: BLE001 (at interpreter exit the CUDA context may be gone)
+        pass
 
 
 def loss_and_gradient(kind, z, y, n, dz, total, slot, stream=0):
-    """Adds the batch's mean loss to total[slot] and writes d loss / d z."""
+    """(launch, args) adding the batch's mean loss to total[slot[0]] and
+    writing d loss / d z."""
     if kind == BCE:
         cols = z.shape[1]
-        k.bce_with_logits[k.grid_1d(n * cols), k.THREADS, stream](z, y, n, 1.0 / (n * cols), dz,
-                                                                 total, slot)
-    else:
-        k.cross_entropy[k.grid_1d(n), k.THREADS, stream](z, y, n, dz, total, slot)
+        return (k.bce_with_logits[k.grid_1d(n * cols), k.THREADS, stream],
+                (z, y, n, 1.0 / (n * cols), dz, total, slot))
+    return k.cross_entropy[k.grid_1d(n), k.THREADS, stream], (z, y, n, dz, total, slot)
 
 
-def predict_logits(dm, X, chunk=8192):
+def predict_logits(dm, X, gemm=None, stream=0, chunk=8192):
     """Inference-mode logits of host X (n, d) -> host (n, k), in chunks."""
+    gemm = NumbaGemm(stream, allocate=empty) if gemm is None else gemm
     n_out = dm.layers[-1]["n_out"]
     ws = Workspace(dm, max(1, min(chunk, X.shape[0])), n_out)
     out = np.empty((X.shape[0], n_out), dm.dtype)
+    plans = {}
     for start in range(0, X.shape[0], ws.batch):
         n = min(ws.batch, X.shape[0] - start)
         block = np.zeros((ws.batch, X.shape[1]), dm.dtype)
         block[:n] = X[start:start + n]
-        ws.acts[0].copy_to_device(block)
-        forward(dm, ws, n, False)
-        out[start:start + n] = ws.acts[-1].copy_to_host()[:n]
+        ws.acts[0].copy_to_device(block, stream=stream)
+        if n not in plans:
+            plans[n] = []
+            forward(dm, ws, n, False, gemm, plans[n], stream)
+        run_plan(plans[n])
+        out[start:start + n] = ws.acts[-1].copy_to_host(stream=stream)[:n]
+        if stream:
+            stream.synchronize()
     return out

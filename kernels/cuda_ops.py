@@ -20,7 +20,7 @@ float64 slot on the device with one atomic per block.
 
 import math
 
-from numba import cuda, float64
+from numba import config, cuda, float64
 
 from .elementwise import (
     adam_element, bce_term, bce_with_logits_term, relu, relu_grad_from_output,
@@ -28,6 +28,13 @@ from .elementwise import (
     tanh_grad_from_output,
 )
 from .activations import RELU, SIGMOID
+from .optim import adam_scalars, rmsprop_scalars, sgd_scalars
+
+if config.ENABLE_CUDASIM:
+    # The simulator runs kernels as Python, where an @njit function cannot
+    # take a simulated device array: it calls the same functions' Python source.
+    adam_scalars, rmsprop_scalars, sgd_scalars = (
+        f.py_func for f in (adam_scalars, rmsprop_scalars, sgd_scalars))
 
 THREADS = 256              # threads per block of the 1-D element-wise kernels
 COL_THREADS = 32           # features per reduction block
@@ -87,12 +94,19 @@ def column_partial_sums(a, b, center, n, mode, partial1, partial2):
         partial2[group, f] = lane2[0, tx]
 
 
-def launch_column_sums(a, b, center, n, mode, partial1, partial2, stream=0):
-    """Fill partial1/partial2[:groups, :features]; returns the number of groups."""
+def column_sums_launch(a, b, center, n, mode, partial1, partial2, stream=0):
+    """(launch, args, groups): the launch that fills partial1/partial2[:groups,
+    :features], its arguments, and the number of groups."""
     groups = row_groups(n)
     grid = (math.ceil(a.shape[1] / COL_THREADS), groups)
-    column_partial_sums[grid, (COL_THREADS, ROW_THREADS), stream](a, b, center, n, mode,
-                                                                  partial1, partial2)
+    launch = column_partial_sums[grid, (COL_THREADS, ROW_THREADS), stream]
+    return launch, (a, b, center, n, mode, partial1, partial2), groups
+
+
+def launch_column_sums(a, b, center, n, mode, partial1, partial2, stream=0):
+    """Fill partial1/partial2[:groups, :features]; returns the number of groups."""
+    launch, args, groups = column_sums_launch(a, b, center, n, mode, partial1, partial2, stream)
+    launch(*args)
     return groups
 
 
@@ -118,9 +132,13 @@ def batchnorm_mean_finalize(partial, groups, n, mean):
 
 
 @cuda.jit
-def batchnorm_var_finalize(partial, groups, n, eps, momentum, update_running, mean, var,
+def batchnorm_var_finalize(partial, groups, n, eps, momentum, counts, layer, mean, var,
                            inv_std, running_mean, running_var):
-    """Biased variance and inv_std; running statistics as PyTorch updates them."""
+    """Biased variance and inv_std; with layer >= 0, the running statistics
+    as PyTorch updates them, with momentum < 0 meaning PyTorch's
+    momentum=None (the cumulative average: 1 / counts[layer], the batches
+    tracked, read from device memory so that a captured step sees each
+    step's count)."""
     f = cuda.grid(1)
     if f < var.shape[0]:
         s = 0.0
@@ -129,7 +147,9 @@ def batchnorm_var_finalize(partial, groups, n, eps, momentum, update_running, me
         v = s / n
         var[f] = v
         inv_std[f] = 1.0 / math.sqrt(v + eps)
-        if update_running:
+        if layer >= 0:
+            if momentum < 0:
+                momentum = 1.0 / counts[layer]
             running_mean[f] = (1.0 - momentum) * running_mean[f] + momentum * mean[f]
             running_var[f] = (1.0 - momentum) * running_var[f] + momentum * v * (n / (n - 1.0))
 
@@ -215,7 +235,8 @@ def activation_backward(kind, y, dy, n, dx):
 
 @cuda.jit(device=True, inline="always")
 def _block_sum_into(value, total, slot):
-    """Sum ``value`` over the block in shared memory; one atomic add per block."""
+    """Sum ``value`` over the block in shared memory; one atomic add per block
+    into total[slot[0]] (a device scalar: the batch a captured step trains)."""
     lane = cuda.shared.array(THREADS, float64)
     t = cuda.threadIdx.x
     lane[t] = value
@@ -227,7 +248,7 @@ def _block_sum_into(value, total, slot):
         cuda.syncthreads()
         step //= 2
     if t == 0:
-        cuda.atomic.add(total, slot, lane[0])
+        cuda.atomic.add(total, slot[0], lane[0])
 
 
 @cuda.jit
@@ -279,31 +300,42 @@ def bce(z, y, n, scale, total, slot):
 
 
 # ---- optimizer updates: one launch for every parameter of a model ----
+# The hyper-parameters and the step count are read from device memory (a
+# captured step sees each step's count and each epoch's lr) and decoded by
+# optim.py's functions, once per thread; each thread then strides over the
+# parameters, so a grid of at most UPDATE_BLOCKS blocks decodes them few times.
+
+UPDATE_BLOCKS = 1024
+
+
+def update_grid(n):
+    return min(grid_1d(n), UPDATE_BLOCKS)
+
 
 @cuda.jit
-def sgd_update(w, g, buf, lr, momentum, one_minus_dampening, nesterov, weight_decay,
-               first_step):
-    i = cuda.grid(1)
-    if i < w.shape[0]:
+def sgd_update(w, g, buf, hyper, step):
+    lr, momentum, one_minus_dampening, nesterov, weight_decay, first_step = sgd_scalars(
+        hyper, step[0], w)
+    for i in range(cuda.grid(1), w.shape[0], cuda.gridsize(1)):
         w[i], buf[i] = sgd_element(w[i], g[i], buf[i], lr, momentum, one_minus_dampening,
                                    nesterov, weight_decay, first_step)
 
 
 @cuda.jit
-def rmsprop_update(w, g, square_avg, grad_avg, buf, lr, alpha, one_minus_alpha, eps, momentum,
-                   weight_decay, centered):
-    i = cuda.grid(1)
-    if i < w.shape[0]:
+def rmsprop_update(w, g, square_avg, grad_avg, buf, hyper, step):
+    lr, alpha, one_minus_alpha, eps, momentum, weight_decay, centered = rmsprop_scalars(
+        hyper, w)
+    for i in range(cuda.grid(1), w.shape[0], cuda.gridsize(1)):
         w[i], square_avg[i], grad_avg[i], buf[i] = rmsprop_element(
             w[i], g[i], square_avg[i], grad_avg[i], buf[i], lr, alpha, one_minus_alpha, eps,
             momentum, weight_decay, centered)
 
 
 @cuda.jit
-def adam_update(w, g, m, v, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay,
-                decay_factor, decoupled, step_size, bias_correction2_sqrt):
-    i = cuda.grid(1)
-    if i < w.shape[0]:
+def adam_update(w, g, m, v, hyper, step):
+    (one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay_factor, decoupled,
+     step_size, bias_correction2_sqrt) = adam_scalars(hyper, step[0], w)
+    for i in range(cuda.grid(1), w.shape[0], cuda.gridsize(1)):
         w[i], m[i], v[i] = adam_element(w[i], g[i], m[i], v[i], one_minus_beta1, beta2,
                                         one_minus_beta2, eps, weight_decay, decay_factor,
                                         decoupled, step_size, bias_correction2_sqrt)
@@ -312,9 +344,11 @@ def adam_update(w, g, m, v, one_minus_beta1, beta2, one_minus_beta2, eps, weight
 # ---- mini-batch gather ----
 
 @cuda.jit
-def gather_rows(X, Y, index, start, n, xb, yb):
-    """xb[i] = X[index[start + i]], yb[i] = Y[index[start + i]] for i < n."""
+def gather_rows(X, Y, index, cursor, batch_size, n, xb, yb):
+    """xb[i] = X[index[start + i]], yb[i] = Y[index[start + i]] for i < n,
+    start = cursor[0] * batch_size (the batch a captured step trains)."""
     i = cuda.grid(1)
+    start = cursor[0] * batch_size
     d, k = X.shape[1], Y.shape[1]
     if i < n * d:
         r = i // d
@@ -334,16 +368,16 @@ def fill(a, value):
 def signatures():
     """(name, kernel, argument types) of every kernel above at float32 and
     float64, as the launchers call them; the PTX test compiles each one."""
-    from numba import boolean, float32, int64
+    from numba import float32, int64
     out = []
     for dt in (float32, float64):
-        m, v, f64m, f64v = dt[:, ::1], dt[::1], float64[:, ::1], float64[::1]
+        m, v, f64m, f64v, i64v = dt[:, ::1], dt[::1], float64[:, ::1], float64[::1], int64[::1]
         table = {
             "column_partial_sums": (column_partial_sums, (m, m, v, int64, int64, f64m, f64m)),
             "column_sums_finalize": (column_sums_finalize, (f64m, int64, v)),
             "batchnorm_mean_finalize": (batchnorm_mean_finalize, (f64m, int64, int64, v)),
             "batchnorm_var_finalize": (batchnorm_var_finalize,
-                                       (f64m, int64, int64, float64, float64, boolean,
+                                       (f64m, int64, int64, float64, float64, int64[::1], int64,
                                         v, v, v, v, v)),
             "batchnorm_backward_finalize": (batchnorm_backward_finalize,
                                             (f64m, f64m, int64, v, v, v)),
@@ -352,13 +386,13 @@ def signatures():
             "batchnorm_backward_dx": (batchnorm_backward_dx, (m, m, v, v, v, v, v, int64, m)),
             "activation_forward": (activation_forward, (int64, m, int64, m)),
             "activation_backward": (activation_backward, (int64, m, m, int64, m)),
-            "bce_with_logits": (bce_with_logits, (m, m, int64, float64, m, f64v, int64)),
-            "bce": (bce, (m, m, int64, float64, f64v, int64)),
-            "cross_entropy": (cross_entropy, (m, m, int64, m, f64v, int64)),
-            "sgd_update": (sgd_update, (v, v, v, dt, dt, dt, boolean, dt, boolean)),
-            "rmsprop_update": (rmsprop_update, (v, v, v, v, v, dt, dt, dt, dt, dt, dt, boolean)),
-            "adam_update": (adam_update, (v, v, v, v, dt, dt, dt, dt, dt, dt, boolean, dt, dt)),
-            "gather_rows": (gather_rows, (m, m, int64[::1], int64, int64, m, m)),
+            "bce_with_logits": (bce_with_logits, (m, m, int64, float64, m, f64v, i64v)),
+            "bce": (bce, (m, m, int64, float64, f64v, i64v)),
+            "cross_entropy": (cross_entropy, (m, m, int64, m, f64v, i64v)),
+            "sgd_update": (sgd_update, (v, v, v, f64v, i64v)),
+            "rmsprop_update": (rmsprop_update, (v, v, v, v, v, f64v, i64v)),
+            "adam_update": (adam_update, (v, v, v, v, f64v, i64v)),
+            "gather_rows": (gather_rows, (m, m, i64v, i64v, int64, int64, m, m)),
         }
         table["fill"] = (fill, (v, float64))
         for name, (kernel, types) in table.items():

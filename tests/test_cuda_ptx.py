@@ -39,12 +39,13 @@ def test_every_kernel_is_listed():
     """A new @cuda.jit kernel must be added to its module's signatures()."""
     from numba.cuda.dispatcher import CUDADispatcher
 
-    from fastnn.kernels import cuda_ops
+    from fastnn.kernels import cuda_gemm, cuda_graph, cuda_ops
     listed = {id(kernel) for _, kernel, _ in SIGNATURES}
-    defined = [name for name, obj in vars(cuda_ops).items()
-               if isinstance(obj, CUDADispatcher) and obj.targetoptions.get("device") is not True]
-    missing = [name for name in defined if id(getattr(cuda_ops, name)) not in listed]
-    assert not missing, f"kernels without a PTX signature: {missing}"
+    for module in (cuda_ops, cuda_gemm, cuda_graph):
+        defined = [name for name, obj in vars(module).items() if isinstance(obj, CUDADispatcher)
+                   and obj.targetoptions.get("device") is not True]
+        missing = [name for name in defined if id(getattr(module, name)) not in listed]
+        assert not missing, f"kernels of {module.__name__} without a PTX signature: {missing}"
     # the three products of a dense layer, at two dtypes
     assert sum(name.startswith("gemm_") for name, _, _ in SIGNATURES) == 6
     # the fused engine's epoch, in both modes, at two dtypes

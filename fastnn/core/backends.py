@@ -112,6 +112,10 @@ class NumpyBackend:
     def describe(self):
         return "numpy (reference kernels)"
 
+    def tf32_products(self):
+        """Whether Trainer(precision='tf32') gets TF32 products here: no."""
+        return False
+
     def batchnorm_forward(self, x, gamma, beta, eps):
         return batchnorm.batchnorm_forward_reference(x, gamma, beta, eps)
 

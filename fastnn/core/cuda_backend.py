@@ -119,8 +119,9 @@ class CudaBackend:
         groups = ops.launch_column_sums(x, x, mean, n, ops.SUM, p1, p2)
         ops.batchnorm_mean_finalize[ops.grid_1d(f), ops.THREADS](p1, groups, n, mean)
         groups = ops.launch_column_sums(x, x, mean, n, ops.SUM_SQUARED_DEVIATION, p1, p2)
+        no_layer = m.cuda.device_array(1, np.int64)  # layer -1: no running statistics
         ops.batchnorm_var_finalize[ops.grid_1d(f), ops.THREADS](
-            p1, groups, n, eps, 0.0, False, mean, var, inv_std, mean, var)
+            p1, groups, n, eps, 0.0, no_layer, -1, mean, var, inv_std, mean, var)
         ops.batchnorm_normalize[ops.grid_1d(n * f), ops.THREADS](x, gamma, beta, mean, inv_std, n,
                                                                  y)
         return self._out(on_device, y, mean, inv_std)
@@ -145,13 +146,14 @@ class CudaBackend:
         ops = m.ops
         on_device, (z, y) = self._in(z, y)
         n, cols = z.shape
-        total = m.cuda.to_device(np.zeros(1))
+        total, slot = m.cuda.to_device(np.zeros(1)), m.cuda.to_device(np.zeros(1, np.int64))
         scale = 1.0 / (n * cols)
         if with_grad:
             dz = m.network.empty(z.shape, z.dtype)
-            ops.bce_with_logits[ops.grid_1d(n * cols), ops.THREADS](z, y, n, scale, dz, total, 0)
+            ops.bce_with_logits[ops.grid_1d(n * cols), ops.THREADS](z, y, n, scale, dz, total,
+                                                                    slot)
         else:
-            ops.bce[ops.grid_1d(n * cols), ops.THREADS](z, y, n, scale, total, 0)
+            ops.bce[ops.grid_1d(n * cols), ops.THREADS](z, y, n, scale, total, slot)
         value = float(total.copy_to_host()[0])
         if not with_grad:
             return value
@@ -167,9 +169,10 @@ class CudaBackend:
         m = _cuda()
         ops = m.ops
         on_device, (z, y) = self._in(z, y)
-        total = m.cuda.to_device(np.zeros(1))
+        total, slot = m.cuda.to_device(np.zeros(1)), m.cuda.to_device(np.zeros(1, np.int64))
         dz = m.network.empty(z.shape, z.dtype)
-        ops.cross_entropy[ops.grid_1d(z.shape[0]), ops.THREADS](z, y, z.shape[0], dz, total, 0)
+        ops.cross_entropy[ops.grid_1d(z.shape[0]), ops.THREADS](z, y, z.shape[0], dz, total,
+                                                                slot)
         return float(total.copy_to_host()[0]), (dz if on_device else dz.copy_to_host())
 
     def dense_forward(self, x, w, b):
@@ -227,15 +230,18 @@ class CudaBackend:
         """Nothing compiled ahead: the CUDA kernels compile at their first launch."""
         return 0.0
 
-    def start_fit(self, model, optimizer, X, Y, batch, loss_kind, comm=None):
+    def start_fit(self, model, optimizer, X, Y, batch, loss_kind, comm=None, precision="exact"):
         """A training session on the engine ``cuda_engine`` picks; its
-        ``engine`` names it."""
+        ``engine`` names it. precision='tf32' takes the layer-by-layer engine,
+        whose products can run through cuBLAS on TF32 tensor cores."""
         if comm is not None:
             raise ValueError("data-parallel training runs on the cpu backend")
-        session = self.start_fit_many([model], [optimizer], X, Y, batch, loss_kind)
+        session = None
+        if precision == "exact":
+            session = self.start_fit_many([model], [optimizer], X, Y, batch, loss_kind)
         if session is None:
             session = _cuda().network.CudaTrainingSession(model, optimizer, X, Y, batch,
-                                                          loss_kind)
+                                                          loss_kind, precision)
             session.engine = engine_summary(*cuda_engine(model.table, batch))
         return session
 
@@ -255,6 +261,12 @@ class CudaBackend:
                 return None
             plan = plan._replace(group=group)
         return cuda_fused.FusedTrainingSession(models, optimizers, X, Y, batch, loss_kind, plan)
+
+    def tf32_products(self):
+        """True when precision='tf32' runs products on TF32 tensor cores here
+        (cuBLAS through nvmath-python; never in the CUDA simulator)."""
+        from fastnn.kernels.cuda_cublas import cublas_available
+        return cublas_available()
 
     def predict_logits(self, model, X):
         m = _cuda()

@@ -3,6 +3,7 @@
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from .layers import Sequential
 from .optim import Adam, Optimizer
 
 LOSSES = tuple(LOSS_CODES)
+PRECISIONS = ("exact", "tf32")
 
 
 class Trainer:
@@ -50,6 +52,17 @@ class Trainer:
         with one all-reduce per step, every rank applies the same update.
         Runs on the cpu backend. Only rank 0 shows progress and writes
         checkpoints; save the model from rank 0 (``trainer.rank == 0``).
+    precision : {'exact', 'tf32'}
+        'exact' (the default): every product in ``dtype``. 'tf32' (float32
+        only): during ``fit``, the dense layers' matrix products run on the
+        GPU's TF32 tensor cores through cuBLAS (inputs rounded to 10
+        mantissa bits, float32 sums), the trade PyTorch makes with
+        ``torch.backends.cuda.matmul.allow_tf32 = True``: several times the
+        speed on wide layers, results that differ from float32 at about
+        1e-3 relative. It needs the cuda backend with cuBLAS (``pip install
+        "fastnn[cuda]"``, which brings nvmath-python); elsewhere (cpu,
+        numpy, the CUDA simulator, cuda without cuBLAS) the products stay
+        float32 and a warning says so.
 
     Attributes
     ----------
@@ -64,7 +77,7 @@ class Trainer:
     """
 
     def __init__(self, model, optimizer=None, loss="bce", device="auto", dtype="float32", seed=None,
-                 distributed=None):
+                 distributed=None, precision="exact"):
         if not isinstance(model, Sequential):
             raise TypeError(f"model must be a fastnn.Sequential, got {type(model).__name__}")
         if optimizer is None:
@@ -77,12 +90,24 @@ class Trainer:
             raise ValueError(f"loss='cross_entropy' needs a model with at least 2 outputs "
                              f"(one per class), this one has {model.out_features}")
         self.dtype = v.check_dtype(dtype)
+        self.precision = v.check_choice(precision, "precision", PRECISIONS)
+        if self.precision == "tf32" and self.dtype != np.float32:
+            raise ValueError("precision='tf32' rounds float32 products to TF32; with "
+                             "dtype='float64' use precision='exact'")
         self.auto_device = device == "auto" and distributed is None
         self.device = choose_device(device, model, 32, 32 * 64, 1, self.dtype) \
             if self.auto_device else resolve_device(device)
         if seed is not None:
             v.check_int(seed, "seed", minimum=0)
         self.backend = get_backend(self.device)
+        self._fit_options = {}  # what start_fit takes beyond the defaults
+        if self.precision == "tf32":
+            if self.backend.tf32_products():
+                self._fit_options["precision"] = "tf32"
+            else:
+                warnings.warn(f"precision='tf32' needs the cuda backend with cuBLAS "
+                              f"(pip install \"fastnn[cuda]\"); on {self.backend.describe()} "
+                              f"the products stay float32", RuntimeWarning, stacklevel=2)
         self.model = model.astype(self.dtype)
         self.optimizer = optimizer
         self.seed = seed
@@ -280,7 +305,8 @@ class Trainer:
         bar = _progress_bar(epochs, progress)
         self.nonfinite = None
         session = self.backend.start_fit(model, self.optimizer, X, Y, batch_size,
-                                         LOSS_CODES[self.loss], comm=self.mpi)
+                                         LOSS_CODES[self.loss], comm=self.mpi,
+                                         **self._fit_options)
         self.engine = getattr(session, "engine", None) or self.backend.describe()
         try:
             for epoch in range(first_epoch, epochs):
@@ -412,8 +438,9 @@ class Trainer:
         return a[:, 0] if self.model.out_features == 1 else a
 
     def __repr__(self):
+        precision = "" if self.precision == "exact" else f", precision={self.precision!r}"
         return (f"Trainer(device={self.device!r}, dtype={np.dtype(self.dtype).name!r}, "
-                f"optimizer={self.optimizer!r}, loss={self.loss!r})")
+                f"optimizer={self.optimizer!r}, loss={self.loss!r}{precision})")
 
 
 def _check_distributed_batch(model, batch_size, size):
