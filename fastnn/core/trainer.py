@@ -106,7 +106,7 @@ class Trainer:
                 self._fit_options["precision"] = "tf32"
             else:
                 warnings.warn(f"precision='tf32' needs the cuda backend with cuBLAS "
-                              f"(pip install \"fastnn[cuda]\"); on {self.backend.describe()} "
+                              f"(pip install \"fastnn[cuda,cublas]\"); on {self.backend.describe()} "
                               f"the products stay float32", RuntimeWarning, stacklevel=2)
         self.model = model.astype(self.dtype)
         self.optimizer = optimizer
