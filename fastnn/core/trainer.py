@@ -511,7 +511,8 @@ def inference_logits(backend, model, X):
     What remains may be +-inf, which the sigmoid and ``log_softmax`` take to
     their limits. FloatingPointError if a logit is NaN even in float64.
     """
-    logits = backend.predict_logits(model, X).astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is dealt with below
+        logits = backend.predict_logits(model, X).astype(np.float64)
     overflowed = ~np.isfinite(logits).all(axis=1)
     if overflowed.any() and model.dtype != np.float64:
         wide = Sequential.from_config(model.config())  # float64
