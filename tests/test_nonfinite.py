@@ -236,3 +236,20 @@ def test_sklearn_probabilities_are_finite_when_logits_overflow():
     p = clf.predict_proba(X)
     assert np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()
     assert np.isfinite(clf.predict_log_proba(X)[p > 0]).all()
+
+
+@pytest.mark.parametrize("loss,n_outputs", [("bce", 1), ("cross_entropy", 3)])
+def test_evaluation_of_overflowing_logits_is_not_nan_and_warns_nothing(loss, n_outputs):
+    import warnings
+
+    trainer = fn.Trainer(overflowing_model(n_outputs), loss=loss, device="cpu")
+    X = np.random.default_rng(1).choice([-1e10, 1e10], size=(6, 4)).astype(np.float32)
+    y = np.arange(6) % 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scores = trainer.evaluate(X, y)
+    assert not np.isnan(scores["loss"]) and 0 <= scores["accuracy"] <= 1
+    z = np.array([[np.inf], [-np.inf], [np.inf]])  # the limits of the loss at infinite logits
+    scores = fn.Trainer(overflowing_model(1), device="cpu")._scores(z, np.array([[1.0], [0.0],
+                                                                                 [0.0]]))
+    assert scores["loss"] == pytest.approx(1e300 / 3) and scores["accuracy"] == pytest.approx(2 / 3)

@@ -332,7 +332,8 @@ class Trainer:
                 history["lr"].append(self.optimizer.lr)
                 history["time"].append(time.perf_counter() - start)
                 if val is not None:
-                    scores = self._scores(session.logits(val[0]), val[1])
+                    scores = self._scores(inference_logits(session.logits, model, val[0]),
+                                          val[1])
                     history["val_loss"].append(scores["loss"])
                     history["val_accuracy"].append(scores["accuracy"])
                 for values in history.values():  # metrics not measured this epoch: NaN
@@ -388,7 +389,7 @@ class Trainer:
         (n_samples, k)
         """
         X = v.check_X(X, "X", self.model.in_features, self.dtype)
-        logits = inference_logits(self.backend, self.model, X)
+        logits = inference_logits(self._logits, self.model, X)
         if self.loss == "cross_entropy":
             return np.exp(log_softmax(logits)).astype(self.dtype)
         return self._squeeze(sigmoid_reference(logits).astype(self.dtype))
@@ -412,7 +413,7 @@ class Trainer:
         """
         X = v.check_X(X, "X", self.model.in_features, self.dtype)
         Y = self._targets(y, "y", X.shape[0])
-        return self._scores(self._logits(X), Y)
+        return self._scores(inference_logits(self._logits, self.model, X), Y)
 
     def _targets(self, y, name, n_samples):
         """Targets as the engine takes them: (n, k) in [0, 1] for 'bce', one-hot
@@ -426,8 +427,10 @@ class Trainer:
         return one_hot
 
     def _scores(self, logits, Y):
-        loss, _ = loss_reference(LOSS_CODES[self.loss], logits.astype(np.float64),
-                                 Y.astype(np.float64))
+        """Loss and accuracy from float64 logits that may be +-inf: they stand
+        in as +-1e300, which gives the loss its limit without inf - inf."""
+        finite = np.clip(logits, -1e300, 1e300)
+        loss, _ = loss_reference(LOSS_CODES[self.loss], finite, Y.astype(np.float64))
         if self.loss == "cross_entropy":
             accuracy = float(np.mean(np.argmax(logits, axis=1) == np.argmax(Y, axis=1)))
         else:
@@ -503,8 +506,11 @@ def _divergence_message(epoch, bad_batch, losses, nonfinite):
             f"decay, or check the inputs' scale")
 
 
-def inference_logits(backend, model, X):
+def inference_logits(predict_logits, model, X):
     """Inference-mode logits (n, k) in float64, never NaN for finite X.
+
+    ``predict_logits(X)`` gives the logits in the model's dtype (a backend's
+    ``predict_logits`` bound to the model, or a training session's ``logits``).
 
     Rows whose logits overflowed in float32 (an infinite product, or inf -
     inf = NaN) are computed again in float64 with the reference kernels.
@@ -512,7 +518,7 @@ def inference_logits(backend, model, X):
     their limits. FloatingPointError if a logit is NaN even in float64.
     """
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is dealt with below
-        logits = backend.predict_logits(model, X).astype(np.float64)
+        logits = predict_logits(X).astype(np.float64)
     overflowed = ~np.isfinite(logits).all(axis=1)
     if overflowed.any() and model.dtype != np.float64:
         wide = Sequential.from_config(model.config())  # float64
