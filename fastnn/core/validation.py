@@ -79,8 +79,8 @@ def as_float_array(a, name, dtype=None, ndim=None, allow_empty=False, finite=Tru
         raise ValueError(f"{name} must be a {ndim}-D array, got shape {arr.shape}")
     if not allow_empty and arr.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
-    if isinstance(arr, np.memmap):
-        _warn_if_copied(arr, name, np.dtype(dtype))
+    if isinstance(a, np.memmap):  # (np.asarray drops the subclass)
+        _warn_if_copied(a, name, np.dtype(dtype))
     with np.errstate(over="ignore", invalid="ignore"):
         # no copy when arr is already C-ordered in dtype (a memory-mapped
         # .npy stays on disk and is read batch by batch)
