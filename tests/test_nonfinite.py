@@ -225,6 +225,7 @@ def test_infinite_logits_take_the_limits_of_sigmoid_and_softmax():
                                [[0.5, 0.5, 0], [1 / 3, 1 / 3, 1 / 3], [1, 0, 0], [0.5, 0.5, 0]])
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_sklearn_probabilities_are_finite_when_logits_overflow():
     from fastnn.sklearn import FastNNClassifier
 
