@@ -1,25 +1,28 @@
 """Command line: ``fastnn demo`` (also ``python -m fastnn demo``); ``train``,
 ``predict`` and ``info`` are in cli.py."""
 
-import argparse
 import sys
+
+from .cli import _int_at_least, _Parser, run_command
 
 
 def main(argv=None):
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="fastnn", description="fastnn command line")
+    parser = _Parser(prog="fastnn", description="fastnn command line")
     parser.add_argument("--version", action="version", version=f"fastnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="train a small network on generated data and report "
                                        "loss, accuracy, device and samples/s")
-    demo.add_argument("--samples", type=int, default=20000, help="training samples (default 20000)")
-    demo.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
-    demo.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    demo.add_argument("--samples", type=_int_at_least(2), default=20000,
+                      help="training samples (default 20000)")
+    demo.add_argument("--epochs", type=_int_at_least(1), default=10, help="epochs (default 10)")
+    demo.add_argument("--batch-size", type=_int_at_least(2), default=64,
+                      help="batch size (default 64)")
     demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "numpy"],
                       help="default auto: cuda when numba sees a GPU, else cpu")
     demo.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=_int_at_least(0), default=0)
     sub.add_parser("bench", help="training throughput of fastnn vs NumPy, PyTorch and JAX on the "
                                  "standard networks (fastnn bench --help)", add_help=False)
     for name, text in (("train", "train a classifier on a CSV or .npz file and save it"),
@@ -32,17 +35,11 @@ def main(argv=None):
         return cli_main(argv)
     if argv[:1] == ["bench"]:
         from .bench import main as bench_main
-        return bench_main(argv[1:])
+        return run_command("bench", bench_main, argv[1:])
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        from .demo import run
-        try:
-            run(samples=args.samples, epochs=args.epochs, batch_size=args.batch_size,
-                device=args.device, dtype=args.dtype, seed=args.seed)
-        except ValueError as exc:
-            print(f"fastnn demo: error: {exc}", file=sys.stderr)
-            return 2
-    return 0
+    from .demo import run
+    return run_command("demo", run, args.samples, args.epochs, args.batch_size, args.device,
+                       args.dtype, args.seed)
 
 
 if __name__ == "__main__":

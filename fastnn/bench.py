@@ -28,7 +28,7 @@ thread pools that one library leaves spinning (PyTorch's OpenMP, XLA's)
 would otherwise slow down whatever is measured after it.
 """
 
-import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -241,7 +241,6 @@ def _available(name):
     if name.startswith("fastnn-cuda"):
         return True
     if name in ("torch", "jax"):
-        import importlib.util
         return importlib.util.find_spec(name) is not None
     return True
 
@@ -453,20 +452,12 @@ def gpu_markdown(report, keys):
                 "| target | |", "|---|---|---|---|---|---|"] + rows
 
 
-def _pyplot():
-    """matplotlib.pyplot on the Agg backend; SystemExit naming the extra when missing."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SystemExit("fastnn bench: --plot needs matplotlib (pip install \"fastnn[plot]\")")
-    return plt
-
-
 def plot(report, path):
-    """A bar chart of samples/s per network, optimizer and implementation, as PNG."""
-    plt = _pyplot()
+    """A bar chart of samples/s per network, optimizer and implementation, as PNG
+    (main checks that matplotlib is installed before measuring)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     keys = []
     for r in report["results"]:
         if (r["network"], r["optimizer"]) not in keys:
@@ -488,17 +479,20 @@ def plot(report, path):
     fig.savefig(path, dpi=120)
 
 
-def _choices(text, valid, name):
+def _choices(parser, text, valid, name):
     values = [v.strip() for v in text.split(",") if v.strip()]
     bad = [v for v in values if v not in valid]
     if bad or not values:
-        raise SystemExit(f"fastnn bench: --{name} takes a comma-separated list of "
-                         f"{', '.join(valid)}; got {text!r}")
+        parser.error(f"--{name} takes a comma-separated list of {', '.join(valid)}; got {text!r}")
     return values
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="fastnn bench", description=__doc__.split("\n\n")[0])
+    """``fastnn bench``: every problem with the options or the output paths is
+    reported (one line, exit 2) before anything is measured."""
+    from .cli import _Parser, check_output_path
+
+    parser = _Parser(prog="fastnn bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--networks", default=",".join(NETWORKS),
                         help=f"comma-separated, from {', '.join(NETWORKS)} (default: all)")
     parser.add_argument("--backends", default=",".join(IMPLEMENTATIONS),
@@ -510,11 +504,14 @@ def main(argv=None):
     parser.add_argument("--plot", metavar="PATH", help="write a bar chart as PNG (needs matplotlib)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = parser.parse_args(argv)
-    networks = _choices(args.networks, list(NETWORKS), "networks")
-    wanted = _choices(args.backends, list(IMPLEMENTATIONS), "backends")
-    optimizers = _choices(args.optimizers, list(OPTIMIZERS), "optimizers")
-    if args.plot:
-        _pyplot()  # before minutes of measuring, not after
+    networks = _choices(parser, args.networks, list(NETWORKS), "networks")
+    wanted = _choices(parser, args.backends, list(IMPLEMENTATIONS), "backends")
+    optimizers = _choices(parser, args.optimizers, list(OPTIMIZERS), "optimizers")
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None:
+            check_output_path(path, option)
+    if args.plot and importlib.util.find_spec("matplotlib") is None:  # before minutes of
+        parser.error("--plot needs matplotlib (pip install \"fastnn[plot]\")")  # measuring
     implementations = [i for i in wanted if _available(i)]
     skipped = [i for i in wanted if i not in implementations]
     if skipped:
@@ -537,4 +534,5 @@ if __name__ == "__main__":
         net, impl, opt = sys.argv[2:5]
         print(measure(net, impl, opt, quick="--quick" in sys.argv))
     else:
-        sys.exit(main())
+        from .cli import run_command
+        sys.exit(run_command("bench", main))

@@ -3,7 +3,7 @@ CSV/.npz file, predicting with a saved model, and describing a model file.
 
 Every error the user can cause (missing file, unknown column, non-numeric
 data, a bad option value...) is one line on stderr, ``fastnn CMD: error:
-...``, and exit status 2; never a traceback.
+...``, and exit status 2 (1 when training diverges); never a traceback.
 """
 
 import argparse
@@ -25,6 +25,7 @@ ACTIVATIONS = ("relu", "tanh", "sigmoid")
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam")
 READERS = ("auto", "pyarrow", "pandas", "numpy")
 EXIT_ERROR = 2
+EXIT_TRAINING_FAILED = 1  # training diverged (FloatingPointError)
 MAX_CLASSES = 1000  # a --multiclass target with more distinct values is refused
 
 
@@ -156,13 +157,16 @@ def build_parser():
                        help="seeds the initial weights, the validation split and the shuffling "
                             "(default 0)")
     train.add_argument("--out", default="model.npz", metavar="PATH",
-                       help="where to save the model (default model.npz)")
+                       help="where to save the model (default model.npz); an existing file "
+                            "there is replaced (never the input DATA)")
     train.add_argument("--checkpoint-dir", metavar="DIR",
                        help="write a checkpoint to DIR after every epoch (weights, optimizer "
-                            "and shuffling state; the newest 3 are kept)")
+                            "and shuffling state; this run's newest 3 are kept, other runs' "
+                            "files in DIR are left alone)")
     train.add_argument("--resume", action="store_true",
-                       help="continue from the newest valid checkpoint in --checkpoint-dir "
-                            "(same data and options) until --epochs epochs are done in all")
+                       help="continue the run whose checkpoint in --checkpoint-dir was written "
+                            "last, from its newest valid checkpoint (same data and options) "
+                            "until --epochs epochs are done in all")
     train.add_argument("--distributed", choices=("none", "mpi"), default="none",
                        help="mpi: data-parallel training across the processes of "
                             "`mpiexec -n N fastnn train ... --distributed mpi` (cpu; BatchNorm "
@@ -182,7 +186,8 @@ def build_parser():
                          help="features: .csv with a header row (must contain the model's "
                               "feature columns), .npz with an array X, or .npy holding X")
     predict.add_argument("--out", metavar="PATH",
-                         help="write the predictions to this CSV file (default: standard output)")
+                         help="write the predictions to this CSV file, replacing an existing one "
+                              "(never MODEL or DATA; default: standard output)")
     predict.add_argument("--proba", action="store_true",
                          help="add probability columns before prediction: one, probability = "
                               "P(second class), for a two-class model; one per class, "
@@ -210,10 +215,18 @@ def main(argv=None):
     if extra:  # reported by the command's parser: "fastnn train: error: ..."
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     command = {"train": _train, "predict": _predict, "info": _info}[args.command]
+    return run_command(args.command, command, args)
+
+
+def run_command(name, function, *args):
+    """Call ``function(*args)`` for ``fastnn NAME`` and return the exit status:
+    the function's own (when it returns an int) or 0, or, after one line on
+    stderr (never a traceback), 1 when training diverged, 2 for any other
+    error, 130 when interrupted."""
     try:
-        command(args)
+        status = function(*args)
     except KeyboardInterrupt:
-        print(f"fastnn {args.command}: interrupted", file=sys.stderr)
+        print(f"fastnn {name}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `fastnn predict ... | head`
         try:
@@ -221,10 +234,17 @@ def main(argv=None):
         except OSError:
             pass
         return 0
+    except FloatingPointError as exc:
+        print(f"fastnn {name}: error: training diverged: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_TRAINING_FAILED
     except (UsageError, ValueError, TypeError, OSError, RuntimeError, MemoryError) as exc:
-        print(f"fastnn {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"fastnn {name}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
-    return 0
+    except Exception as exc:  # a bug of ours: still one line, with what to report
+        print(f"fastnn {name}: error: unexpected {type(exc).__name__}: {_one_line(exc)} "
+              f"(please report this as a fastnn bug)", file=sys.stderr)
+        return EXIT_ERROR
+    return status if isinstance(status, int) else 0
 
 
 def _one_line(exc):
@@ -249,12 +269,26 @@ def _note(command, text):
     print(f"fastnn {command}: note: {text}", file=sys.stderr, flush=True)
 
 
-def _check_out_dir(path):
+def check_output_path(path, option="--out", inputs=()):
+    """Refuse, before any work, an output path whose directory is missing,
+    that is a directory, or that names one of ``inputs`` ((name, path) pairs:
+    a command never overwrites its own input)."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise UsageError(f"--out {path}: directory {directory} does not exist")
+        raise UsageError(f"{option} {path}: directory {directory} does not exist")
     if os.path.isdir(path):
-        raise UsageError(f"--out {path}: is a directory")
+        raise UsageError(f"{option} {path}: is a directory")
+    for name, source in inputs:
+        if _same_file(path, source):
+            raise UsageError(f"{option} {path} names the input {name} {source}; writing there "
+                             f"would destroy it: choose another path")
+
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _read(command, path, target, reader, features=None):
@@ -331,7 +365,13 @@ def _train(args):
     if args.batchnorm and args.hidden and args.batch_size < 2:
         raise UsageError("--batch-size must be >= 2 with BatchNorm (use --no-batchnorm for "
                          "batches of 1)")
-    _check_out_dir(args.out)
+    check_output_path(args.out, inputs=(("DATA", args.data),))
+    if args.checkpoint_dir is not None:  # before reading the data, not after
+        from .core.checkpoint import prepare_directory
+        try:
+            prepare_directory(args.checkpoint_dir)
+        except ValueError as exc:
+            raise UsageError(str(exc).replace("checkpoint_dir", "--checkpoint-dir", 1)) from None
     device = resolve_device(args.device, "--device")
     backend = get_backend(device)
 
@@ -379,6 +419,7 @@ def _train(args):
         Xt /= scale
         Xv -= mean
         Xv /= scale
+    _check_float32_range(args, Xt, Xv)
     Xt = np.ascontiguousarray(Xt, dtype=dtype)
     Xv = np.ascontiguousarray(Xv, dtype=dtype)
     binary = k == 2
@@ -485,6 +526,22 @@ def _train(args):
     _say(f"model saved to {args.out}")
 
 
+def _check_float32_range(args, Xt, Xv):
+    """The float32 input limit of Trainer.fit, worded for the command line."""
+    from .core.validation import FLOAT32_INPUT_LIMIT, max_abs
+
+    if args.dtype != "float32":
+        return
+    largest = max(max_abs(X) for X in (Xt, Xv) if X.size)
+    if largest > FLOAT32_INPUT_LIMIT:
+        fix = ("drop --no-standardize or use --dtype float64" if not args.standardize
+               else "use --dtype float64")
+        raise UsageError(f"{args.data}: feature values reach {largest:.3g} (after "
+                         f"{'standardization' if args.standardize else 'no standardization'}); "
+                         f"float32 products of such values overflow (float32 stops at 3.4e38): "
+                         f"{fix}")
+
+
 class _EpochPrinter(Callback):
     """fastnn train's line per epoch (above the terminal bar, when there is one)."""
 
@@ -546,7 +603,7 @@ def _predict(args):
 
     command = "predict"
     if args.out is not None:
-        _check_out_dir(args.out)
+        check_output_path(args.out, inputs=(("MODEL", args.model), ("DATA", args.data)))
     model = fn.load(args.model)
     meta = model.metadata or {}
     kind = file_kind(args.data)
@@ -554,7 +611,7 @@ def _predict(args):
     if kind == "csv":
         columns = meta.get("columns")
         if meta.get("format", "csv") == "csv" and isinstance(columns, list) and columns:
-            features = [str(c) for c in columns]
+            features = _feature_columns(args.model, columns, model.in_features)
         else:  # trained on arrays (x0, x1, ...): take the CSV's columns in order
             header = read_header(args.data)
             features = [c for c in header if c != meta.get("target")]
@@ -604,6 +661,17 @@ def _predict(args):
             handle.close()
     if args.out:
         _say(f"wrote {len(codes):,} predictions to {args.out}")
+
+
+def _feature_columns(model_path, columns, n_features):
+    """The CSV columns a model was trained on, from its metadata, checked."""
+    if (len(columns) != n_features or not all(isinstance(c, str) and c for c in columns)
+            or len(set(columns)) != len(columns)):
+        raise UsageError(f"{model_path}: the stored feature column names are damaged (need "
+                         f"{n_features} distinct names, got {len(columns)} entries"
+                         f"{', some repeated' if len(set(map(str, columns))) < len(columns) else ''}"
+                         f")")
+    return list(columns)
 
 
 # ---- info ----

@@ -2,7 +2,11 @@
 
 ``read_table`` reads a CSV file (header row, numeric feature columns, a
 target column of any two or more distinct values), a ``.npz`` file (arrays
-``X`` and ``y``) or a ``.npy`` file (``X`` only). CSV files go through
+``X`` and ``y``) or a ``.npy`` file (``X`` only). .npz members must be
+uncompressed (``np.savez``, not ``np.savez_compressed``): their size on
+disk is then their size in memory, and no small file can expand into
+gigabytes; .npy/.npz headers that declare more data than the file holds are
+refused before anything is allocated. CSV files go through
 pyarrow's multithreaded reader when pyarrow is installed, else pandas' C
 reader, else a plain Python/NumPy reader meant for small files.
 
@@ -18,6 +22,8 @@ import re
 import warnings
 
 import numpy as np
+
+from .core.io import check_npy_file, check_npz_members
 
 ENGINES = ("auto", "pyarrow", "pandas", "numpy")
 CSV_SUFFIXES = (".csv",)
@@ -369,19 +375,22 @@ def _labels(path, target, codes, values):
 
 
 def _parse_labels(texts):
-    """Distinct label texts -> int values if all are integers, else float if
-    all are numbers, else the strings as they are."""
-    try:
-        return np.array([int(s) for s in texts], dtype=np.int64)
-    except (ValueError, OverflowError):
-        pass
-    try:
-        values = np.array([float(s) for s in texts], dtype=np.float64)
-        if np.isfinite(values).all():
+    """Distinct label texts -> their values: int64 if all are integers, else
+    float64 if all are finite numbers, else the strings as they are.
+
+    Labels are strings first: numbers are used only when distinct texts give
+    distinct numbers. "01" and "1", "1.0" and "1", or two integers beyond
+    int64 that round to the same float stay two classes, as strings.
+    """
+    texts = [str(s) for s in texts]
+    for parse, dtype in ((int, np.int64), (float, np.float64)):
+        try:
+            values = np.array([parse(s) for s in texts], dtype=dtype)
+        except (ValueError, OverflowError):
+            continue
+        if np.isfinite(values).all() and np.unique(values).size == len(texts):
             return values
-    except ValueError:
-        pass
-    return np.array([str(s) for s in texts], dtype=str)
+    return np.array(texts, dtype=str)
 
 
 def _check_finite(path, X, names, line_offset=2):
@@ -404,9 +413,11 @@ def _read_arrays(path, kind, target, features):
             if target is not None:
                 raise ValueError(f"{path}: a .npy file holds only the features X; to train, "
                                  f"use a .npz with arrays X and {target} (or a CSV file)")
+            check_npy_file(path)
             X = np.load(path, allow_pickle=False)
             y = None
         else:
+            check_npz_members(path, "NumPy data file")
             with np.load(path, allow_pickle=False) as data:
                 names = list(data.files)
                 if "X" not in names:

@@ -37,7 +37,7 @@ from .core.backends import DEVICES, cuda_available, get_backend, resolve_device
 from .core.callbacks import EarlyStopping
 from .core.builders import mlp
 from .core.optim import SGD, Adam
-from .core.trainer import Trainer
+from .core.trainer import Trainer, inference_logits, log_softmax
 
 __all__ = ["FastNNClassifier"]
 
@@ -352,12 +352,11 @@ class FastNNClassifier(ClassifierMixin, BaseEstimator):
         X = validate_data(self, X, reset=False, dtype=self.model_.dtype, order="C")
         X = _writeable(X)
         self._ensure_writeable()
-        z = get_backend(self._predict_device()).predict_logits(self.model_, X)
-        z = z.astype(np.float64)
+        backend = get_backend(self._predict_device())
+        z = inference_logits(lambda rows: backend.predict_logits(self.model_, rows), self.model_, X)
         if self.n_outputs_ == 1:  # log sigmoid(-z), log sigmoid(z)
             z = np.hstack([np.zeros_like(z), z])
-        z -= z.max(axis=1, keepdims=True)
-        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return log_softmax(z)
 
     def predict_proba(self, X):
         """Class probabilities, (n_samples, n_classes) float64, columns in

@@ -6,6 +6,9 @@ Contract, shared by every version of the op:
     backward: dx = dy * f'(x), with f' written in terms of the output y
               (relu: y > 0; sigmoid: y (1 - y); tanh: 1 - y^2), so the
               backward pass caches only the layer's output.
+    NaN propagates through every version alike: relu(NaN) = NaN and its
+    derivative at a NaN output is NaN (never 0), so a NaN weight or input
+    always reaches the loss and stops training there.
 The cpu kernels take 2-D arrays and write the outputs passed last; the codes
 below name the activations inside the compiled network description.
 """
@@ -44,8 +47,8 @@ def activation_forward_reference(kind, x):
 
 
 def activation_backward_reference(kind, y, dy):
-    if kind == RELU:
-        return dy * (y > 0)
+    if kind == RELU:  # 1 where y > 0, 0 where y <= 0, NaN (y itself) where y is NaN
+        return dy * np.where(y > 0, 1, np.where(y <= 0, 0, y))
     if kind == SIGMOID:
         return dy * y * (1 - y)
     return dy * (1 - y * y)

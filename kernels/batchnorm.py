@@ -148,7 +148,7 @@ def batchnorm_scale_shift(x, gamma, beta, mean, inv_std, relu, y, coef):
         if relu:
             for j in range(f):
                 v = xr[j] * scale[j] + shift[j]
-                yr[j] = v if v > zero else zero
+                yr[j] = zero if v <= zero else v  # keeps NaN, as relu does
         else:
             for j in range(f):
                 yr[j] = xr[j] * scale[j] + shift[j]

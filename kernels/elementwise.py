@@ -47,13 +47,18 @@ def bce_term(p, y):
 
 @_jit
 def relu(x):
-    return x if x > 0.0 else 0.0
+    """max(x, 0) that keeps NaN (as np.maximum does): a NaN weight or
+    activation must reach the loss, where the divergence guard sees it."""
+    return 0.0 if x <= 0.0 else x
 
 
 @_jit
 def relu_grad_from_output(y):
-    """d relu / dx written in terms of the output y = relu(x)."""
-    return 1.0 if y > 0 else 0.0
+    """d relu / dx written in terms of the output y = relu(x): 1 for y > 0,
+    0 for y = 0, NaN for a NaN y (propagated, never turned into 0)."""
+    if y > 0:
+        return 1.0
+    return 0.0 if y <= 0 else y
 
 
 @_jit

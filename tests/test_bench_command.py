@@ -36,10 +36,13 @@ def test_bench_plot(tmp_path, capsys):
 def test_bench_rejects_unknown_names(flag, value, capsys):
     with pytest.raises(SystemExit) as info:
         main(["bench", flag, value])
-    assert value in str(info.value) and flag in str(info.value)
+    assert info.value.code == 2
+    err = capsys.readouterr().err  # one line, as every fastnn command's errors
+    assert err.startswith("fastnn bench: error: ") and err.count("\n") == 1
+    assert value in err and flag in err
 
 
-def test_bench_plot_checks_for_matplotlib_before_measuring(monkeypatch, tmp_path):
+def test_bench_plot_checks_for_matplotlib_before_measuring(monkeypatch, tmp_path, capsys):
     from fastnn import bench
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
@@ -48,5 +51,7 @@ def test_bench_plot_checks_for_matplotlib_before_measuring(monkeypatch, tmp_path
     with pytest.raises(SystemExit) as info:
         main(["bench", "--quick", "--networks", "tiny", "--backends", "fastnn-cpu",
               "--plot", str(tmp_path / "bench.png")])
-    assert "--plot needs matplotlib" in str(info.value) and 'fastnn[plot]' in str(info.value)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("fastnn bench: error: ")
+    assert "--plot needs matplotlib" in err and 'fastnn[plot]' in err
     assert measured == []  # refused before any measurement

@@ -52,3 +52,20 @@ def test_trained_model_exports_to_torch_and_keeps_training_there():
     tmodel = model.to_torch().eval()
     z = tmodel(torch.from_numpy(X))[:, 0].detach().numpy()
     np.testing.assert_allclose(1 / (1 + np.exp(-z)), trainer.predict_proba(X), rtol=1e-12)
+
+
+def test_from_torch_takes_a_sequential_with_named_children_by_position():
+    from collections import OrderedDict
+
+    torch.manual_seed(0)
+    named = torch.nn.Sequential(OrderedDict([
+        ("hidden", torch.nn.Linear(4, 6)), ("norm", torch.nn.BatchNorm1d(6)),
+        ("act", torch.nn.ReLU()), ("head", torch.nn.Linear(6, 2))])).double()
+    plain = torch.nn.Sequential(*named.children())
+    model = fn.from_torch(named)
+    assert [type(layer).__name__ for layer in model.layers] == ["Dense", "BatchNorm", "ReLU",
+                                                               "Dense"]
+    expected = fn.from_torch(plain).state_dict()
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, expected[key])
+    np.testing.assert_array_equal(model.layers[3].weight, named.head.weight.detach().numpy())

@@ -1,20 +1,37 @@
-"""Crash-safe training checkpoints.
+"""Crash-safe training checkpoints that belong to their run.
 
-A checkpoint is one .npz file, ``checkpoint-EEEEEE.npz`` after EEEEEE
-completed epochs, holding the model's state_dict, the optimizer's state and
-step count, the shuffling generator's state, the history so far, and a
-SHA-256 checksum over all of it. It is written atomically (temporary file,
-fsync, rename), so a kill leaves either the previous checkpoint or the new
-one; a truncated or corrupted file (a disk that lied, a copy cut short) fails
-its checksum and is skipped, with a warning, in favour of an older one.
-Files are read with ``allow_pickle=False``.
+Every ``fit`` with a ``checkpoint_dir`` is one *run*, named by a random run
+identity (16 hex digits) that is stored in each of its checkpoints and in
+their file names: ``checkpoint-RRRRRRRRRRRRRRRR-EEEEEE.npz`` after EEEEEE
+completed epochs. A checkpoint holds the model's state_dict, the
+optimizer's state and step count, the shuffling generator's state, the
+history so far, and a SHA-256 checksum over all of it.
+
+A run only ever reads, writes and deletes its own checkpoints: pruning keeps
+the newest ``KEEP`` of its own run and leaves every other file alone, so
+several runs can share a directory. ``resume=True`` continues the run whose
+checkpoint was written last; resuming gives the run its identity back. While
+a run trains, it holds an exclusive lock (``fcntl.flock``, released by the
+system even when the process is killed) on ``.fastnn-run-RUN.lock``, so a
+second process that tries to resume the same run at the same time is refused
+with a clear error instead of both writing and pruning the same files.
+(Without ``fcntl``, as on Windows, runs are not locked.)
+
+Paths are used literally (never as glob patterns), and the directory is
+created, checked and locked by ``open_run`` before training starts, so a
+directory that is a file, lies under a file or cannot be written is reported
+before anything changes. Files are written atomically (temporary file,
+fsync, rename): a kill leaves the previous checkpoint or the new one; a
+truncated or corrupted file fails its checksum and is skipped, with a
+warning, in favour of an older one of the same run. Files are read with
+``allow_pickle=False``.
 """
 
-import glob
 import hashlib
 import json
 import os
 import re
+import secrets
 import warnings
 import zipfile
 
@@ -22,9 +39,14 @@ import numpy as np
 
 from .io import check_npz_members, write_npz_atomically
 
-FORMAT, VERSION = "fastnn-checkpoint", 1
-KEEP = 3  # checkpoints kept in the directory; older ones are deleted
-_PATTERN = re.compile(r"checkpoint-(\d{6})\.npz$")
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: runs are not locked
+    fcntl = None
+
+FORMAT, VERSION = "fastnn-checkpoint", 2
+KEEP = 3  # checkpoints kept per run; older ones of the same run are deleted
+_NAME = re.compile(r"^checkpoint-([0-9a-f]{16})-(\d{6})\.npz$")
 
 
 def _digest(arrays, meta_text):
@@ -38,32 +60,24 @@ def _digest(arrays, meta_text):
     return h.hexdigest()
 
 
-def save_checkpoint(directory, epoch, model, optimizer, rng, history):
-    """Write the checkpoint taken after ``epoch`` completed epochs."""
-    os.makedirs(directory, exist_ok=True)
-    arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
-    arrays["optimizer/state"] = optimizer.state
-    arrays["optimizer/step"] = optimizer.step_count
-    meta = {"format": FORMAT, "version": VERSION, "epoch": epoch,
-            "architecture": model.config(), "dtype": np.dtype(model.dtype).name,
-            "optimizer": type(optimizer).__name__, "lr": optimizer.lr,
-            "rng": rng.bit_generator.state, "history": history}
-    meta_text = json.dumps(meta)
-    arrays["meta"] = np.array(meta_text)
-    arrays["checksum"] = np.array(_digest({k: v for k, v in arrays.items() if k != "meta"},
-                                          meta_text))
-    path = os.path.join(directory, f"checkpoint-{epoch:06d}.npz")
-    write_npz_atomically(path, arrays)
-    for old in list_checkpoints(directory)[KEEP:]:
-        os.unlink(old)
-    return path
+def list_checkpoints(directory, run_id=None):
+    """Checkpoint files in ``directory`` (of run ``run_id`` only, if given),
+    newest epoch first. The directory name is taken literally."""
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found = []
+    for name in names:
+        match = _NAME.match(name)
+        if match and (run_id is None or match.group(1) == run_id):
+            found.append((int(match.group(2)), name))
+    return [os.path.join(directory, name) for _, name in sorted(found, reverse=True)]
 
 
-def list_checkpoints(directory):
-    """Checkpoint files in ``directory``, newest first."""
-    found = [p for p in glob.glob(os.path.join(directory, "checkpoint-*.npz"))
-             if _PATTERN.search(p)]
-    return sorted(found, reverse=True)
+def run_of(path):
+    """The run identity in a checkpoint's file name."""
+    return _NAME.match(os.path.basename(path)).group(1)
 
 
 def read_checkpoint(path):
@@ -85,13 +99,16 @@ def read_checkpoint(path):
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise ValueError(f"{path}: checkpoint format {meta.get('format')!r} version "
                          f"{meta.get('version')!r} is not supported")
+    if meta.get("run") != run_of(path):
+        raise ValueError(f"{path}: the file name and the run identity stored inside "
+                         f"({meta.get('run')!r}) disagree")
     return meta, arrays
 
 
-def newest_valid_checkpoint(directory):
-    """The newest checkpoint that reads and verifies, or None; each one
-    skipped on the way is reported with a warning."""
-    for path in list_checkpoints(directory):
+def newest_valid_checkpoint(directory, run_id):
+    """(meta, arrays) of run ``run_id``'s newest checkpoint that reads and
+    verifies, or None; each one skipped on the way is reported with a warning."""
+    for path in list_checkpoints(directory, run_id):
         try:
             return read_checkpoint(path)
         except ValueError as exc:
@@ -99,9 +116,139 @@ def newest_valid_checkpoint(directory):
     return None
 
 
-def restore(meta, arrays, model, optimizer, rng):
-    """Load a checkpoint into the model, the optimizer and the generator;
-    refuses one taken from another architecture, dtype or optimizer."""
+def latest_run(directory):
+    """The run whose checkpoint was written last (by modification time), or None."""
+    newest = None
+    for path in list_checkpoints(directory):
+        try:
+            mtime = os.stat(path).st_mtime_ns
+        except FileNotFoundError:  # pruned by its run meanwhile
+            continue
+        if newest is None or mtime > newest[0]:
+            newest = (mtime, run_of(path))
+    return None if newest is None else newest[1]
+
+
+def prepare_directory(directory):
+    """Create ``directory`` if needed and make sure it is a writable
+    directory; ValueError naming it otherwise."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except FileExistsError:
+        raise ValueError(f"checkpoint_dir {directory!r} is a file, not a directory") from None
+    except NotADirectoryError:
+        raise ValueError(f"checkpoint_dir {directory!r} lies under a file, not a "
+                         f"directory") from None
+    except OSError as exc:
+        raise ValueError(f"checkpoint_dir {directory!r} cannot be created "
+                         f"({exc.strerror or exc})") from None
+    if not os.path.isdir(directory):
+        raise ValueError(f"checkpoint_dir {directory!r} is not a directory")
+
+
+class CheckpointRun:
+    """The checkpoints of one run in one directory; holds the run's lock
+    until ``close``.
+
+    Attributes
+    ----------
+    directory : str
+    run_id : str
+    resumed : (meta, arrays) or None
+        The checkpoint to continue from (``open_run(..., resume=True)``).
+    """
+
+    def __init__(self, directory, run_id, resumed=None):
+        self.directory, self.run_id, self.resumed = directory, run_id, resumed
+        self._lock = _lock_run(directory, run_id)
+
+    def save(self, epoch, model, optimizer, rng, history, hyperparameters):
+        """Write this run's checkpoint taken after ``epoch`` completed epochs
+        and delete the run's own checkpoints beyond the newest ``KEEP``."""
+        arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
+        arrays["optimizer/state"] = optimizer.state
+        arrays["optimizer/step"] = optimizer.step_count
+        meta = {"format": FORMAT, "version": VERSION, "run": self.run_id, "epoch": epoch,
+                "architecture": model.config(), "dtype": np.dtype(model.dtype).name,
+                "optimizer": type(optimizer).__name__, "hyperparameters": hyperparameters,
+                "rng": rng.bit_generator.state, "history": history}
+        meta_text = json.dumps(meta)
+        arrays["meta"] = np.array(meta_text)
+        arrays["checksum"] = np.array(_digest({k: v for k, v in arrays.items() if k != "meta"},
+                                              meta_text))
+        path = os.path.join(self.directory, f"checkpoint-{self.run_id}-{epoch:06d}.npz")
+        write_npz_atomically(path, arrays)
+        for old in list_checkpoints(self.directory, self.run_id)[KEEP:]:
+            try:
+                os.unlink(old)
+            except FileNotFoundError:  # already gone (removed by hand): nothing to prune
+                pass
+        return path
+
+    def close(self):
+        """Release the run's lock (the lock file stays: removing it could let
+        two processes lock two different files of the same name)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+
+def open_run(directory, resume):
+    """Prepare ``directory`` for a fit and choose its run, before training.
+
+    A new run gets a fresh identity. With ``resume``, the run whose checkpoint
+    was written last is continued from its newest valid checkpoint (a new run
+    starts when the directory holds none, or none of that run verifies).
+
+    Raises
+    ------
+    ValueError
+        When the directory cannot be used, or when the run to resume is
+        being trained by another process right now.
+    """
+    prepare_directory(directory)
+    if resume:
+        run_id = latest_run(directory)
+        if run_id is not None:
+            run = CheckpointRun(directory, run_id)  # locked before reading: no writer meanwhile
+            run.resumed = newest_valid_checkpoint(directory, run_id)
+            if run.resumed is not None:
+                return run
+            run.close()
+    return CheckpointRun(directory, secrets.token_hex(8))
+
+
+def _lock_run(directory, run_id):
+    """An open descriptor holding an exclusive lock on the run's lock file,
+    or None where file locks are not available."""
+    path = os.path.join(directory, f".fastnn-run-{run_id}.lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise ValueError(f"checkpoint_dir {directory!r} is not writable "
+                         f"({exc.strerror or exc})") from None
+    if fcntl is None:
+        os.close(fd)
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ValueError(f"checkpoint_dir {directory!r}: run {run_id} is being trained by "
+                         f"another process right now; wait for it to finish, or use another "
+                         f"checkpoint_dir") from None
+    return fd
+
+
+def restore(meta, arrays, model, optimizer, rng, hyperparameters):
+    """Load a checkpoint into the model, the optimizer and the generator.
+
+    Refuses one taken from another architecture, dtype or optimizer type
+    (before changing anything). The optimizer keeps its own
+    hyper-parameters (``hyperparameters``, as given to this fit): a
+    RuntimeWarning names those that differ from the checkpoint's run.
+    Returns (epochs done, history).
+    """
     if meta["architecture"] != model.config() or meta["dtype"] != np.dtype(model.dtype).name:
         raise ValueError("resume: the checkpoint was written for another architecture or dtype")
     if meta["optimizer"] != type(optimizer).__name__:
@@ -111,6 +258,12 @@ def restore(meta, arrays, model, optimizer, rng):
                            if k.startswith("model/")})
     optimizer.state = arrays["optimizer/state"].astype(model.dtype)
     optimizer.step_count = arrays["optimizer/step"].astype(np.int64)
-    optimizer.lr = meta["lr"]
     rng.bit_generator.state = meta["rng"]
+    before = meta.get("hyperparameters", {})
+    changed = [f"{name} {before[name]!r} -> {value!r}" for name, value in hyperparameters.items()
+               if name in before and before[name] != value]
+    if changed:
+        warnings.warn(f"resume: continuing run {meta['run']} with this optimizer's "
+                      f"hyper-parameters, which differ from the checkpoint's: "
+                      f"{', '.join(changed)}", RuntimeWarning, stacklevel=4)
     return meta["epoch"], meta["history"]

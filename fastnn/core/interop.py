@@ -18,6 +18,9 @@ def from_torch(module):
     """A fastnn Sequential equal to a ``torch.nn.Sequential`` of Linear,
     BatchNorm1d (affine, with running statistics), ReLU, Sigmoid and Tanh.
 
+    Layers are taken by position, whatever the children's names
+    (``Sequential(OrderedDict(...))`` works as ``Sequential(a, b, ...)``).
+
     Weights, biases, running statistics and num_batches_tracked are copied;
     the model gets the torch model's dtype (float32 or float64).
 
@@ -32,8 +35,9 @@ def from_torch(module):
     torch = _torch()
     if not isinstance(module, torch.nn.Sequential):
         raise TypeError(f"module must be a torch.nn.Sequential, got {type(module).__name__}")
+    children = list(module)  # by position: the children may have any names (an OrderedDict)
     layers = []
-    for i, m in enumerate(module):
+    for i, m in enumerate(children):
         if isinstance(m, torch.nn.Linear):
             layers.append(Dense(m.in_features, m.out_features, bias=m.bias is not None))
         elif isinstance(m, torch.nn.BatchNorm1d):
@@ -48,7 +52,8 @@ def from_torch(module):
             raise ValueError(f"module[{i}]: fastnn has no equivalent of {type(m).__name__} "
                              f"(supported: Linear, BatchNorm1d, ReLU, Sigmoid, Tanh)")
     model = Sequential(*layers)
-    state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+    state = {f"{i}.{key}": value.detach().cpu().numpy()
+             for i, m in enumerate(children) for key, value in m.state_dict().items()}
     dtypes = {v.dtype for k, v in state.items() if v.dtype.kind == "f"}
     model.astype(np.float32 if dtypes == {np.dtype(np.float32)} else np.float64)
     model.load_state_dict(state)

@@ -1,14 +1,23 @@
 """Saving and loading models: one .npz file, written atomically, read
-without pickle."""
+without pickle.
+
+``save`` and ``load`` apply one set of rules (``model_from_parts``): a
+file that ``save`` writes always loads, and ``save`` refuses, before
+anything is written, what ``load`` would refuse (non-finite weights or
+running statistics, preprocessing of the wrong length or with a scale that
+is not positive, metadata that is not JSON).
+"""
 
 import json
+import numbers
 import os
-import tempfile
+import secrets
+import stat
 import zipfile
 
 import numpy as np
 
-from .layers import Sequential
+from .layers import Sequential, layers_from_config, state_dict_shapes
 
 FORMAT = "fastnn-model"
 VERSION = 1
@@ -16,40 +25,92 @@ _META = "__fastnn__"
 _MEAN, _SCALE = "__preprocessing_mean__", "__preprocessing_scale__"
 
 
-def _json_labels(classes):
-    """Class labels as JSON values (NumPy scalars become Python ones)."""
-    if classes is None:
-        return None
-    return [c.item() if isinstance(c, np.generic) else c for c in classes]
+def json_ready(value, where):
+    """``value`` as plain JSON values: NumPy scalars and arrays become Python
+    numbers and lists; anything else that JSON cannot hold, or a dict key
+    that is not a string, raises TypeError naming ``where`` (e.g.
+    "metadata['rows']")."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, numbers.Real):  # Fraction, Decimal...
+        return float(value)
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biufUS":
+            raise TypeError(f"{where}: an array of dtype {value.dtype} is not JSON-ready")
+        return json_ready(value.tolist(), where)
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{where}: key {key!r} must be a string (JSON keys are)")
+            out[key] = json_ready(item, f"{where}[{key!r}]")
+        return out
+    raise TypeError(f"{where}: {type(value).__name__} {value!r} is not JSON-ready (str, int, "
+                    f"float, bool, None, and lists and dicts of them)")
 
 
 def save(model, path):
     """Write the model's architecture and state_dict to ``path`` (.npz).
 
-    The file is written to a temporary name beside ``path``, flushed to disk,
-    and renamed over ``path``: a crash leaves the old file or the new one,
-    never half of either.
+    The model is first checked with the rules ``load`` applies (finite
+    weights and running statistics, preprocessing of ``in_features`` finite
+    values with a positive scale, JSON-ready classes and metadata): a model
+    that would not load is refused with ValueError/TypeError before anything
+    is written. The file is written to a temporary name beside ``path``,
+    flushed to disk, and renamed over ``path``: a crash leaves the old file or
+    the new one, never half of either. A new file gets the permissions
+    ``open()`` would give it (0666 less the umask); a replaced file keeps its
+    own.
     """
     if not isinstance(model, Sequential):
         raise TypeError(f"model must be a fastnn.Sequential, got {type(model).__name__}")
     path = os.fspath(path)
     meta = {"format": FORMAT, "version": VERSION, "dtype": np.dtype(model.dtype).name,
-            "architecture": model.config(), "classes": _json_labels(model.classes),
-            "metadata": model.metadata or {}}
+            "architecture": model.config(), "classes": json_ready(model.classes, "classes"),
+            "metadata": json_ready(model.metadata if model.metadata is not None else {},
+                                   "metadata")}
     arrays = dict(model.state_dict())
     if model.preprocessing is not None:
-        arrays[_MEAN] = np.asarray(model.preprocessing["mean"], np.float64)
-        arrays[_SCALE] = np.asarray(model.preprocessing["scale"], np.float64)
-    arrays[_META] = np.array(json.dumps(meta))
+        pre = model.preprocessing
+        if not isinstance(pre, dict) or set(pre) != {"mean", "scale"}:
+            raise ValueError("preprocessing must be a dict with keys 'mean' and 'scale'")
+        for key, name in ((_MEAN, "mean"), (_SCALE, "scale")):
+            try:
+                arrays[key] = np.asarray(pre[name], np.float64)
+            except (TypeError, ValueError):
+                raise ValueError(f"preprocessing {name} must be {model.in_features} finite "
+                                 f"numbers") from None
+    meta_text = json.dumps(meta)
+    model_from_parts(f"{path} (not written)", meta_text, dict(arrays))  # load's rules, first
+    arrays[_META] = np.array(meta_text)
     write_npz_atomically(path, arrays)
 
 
 def write_npz_atomically(path, arrays):
     """np.savez to a temporary file beside ``path``, fsync, rename over
-    ``path``, fsync the directory: a crash leaves the old file or the new one."""
+    ``path``, fsync the directory: a crash leaves the old file or the new one.
+
+    The temporary file is created with mode 0666 less the umask, as ``open()``
+    creates files; when ``path`` exists, the new file takes its permissions.
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastnn-", suffix=".tmp", dir=directory)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{path}: cannot write there, directory {directory} does not "
+                                f"exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path}: is a directory")
     try:
+        keep_mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        keep_mode = None
+    fd, tmp = _create_temporary(directory, path)
+    try:
+        if keep_mode is not None and hasattr(os, "fchmod"):
+            os.fchmod(fd, keep_mode)
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)
             fh.flush()
@@ -69,37 +130,79 @@ def write_npz_atomically(path, arrays):
         os.close(dir_fd)
 
 
+def _create_temporary(directory, path):
+    """(fd, name) of a new file beside ``path``, created with mode 0666 so
+    that the umask applies."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = os.path.join(directory, f".fastnn-{secrets.token_hex(8)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise type(exc)(exc.errno, f"cannot write {path} ({exc.strerror})",
+                            directory) from None
+
+
 def check_npz_members(path, what="fastnn model file"):
     """Refuse, before numpy allocates anything, an .npz whose members are
-    compressed (fastnn never writes them; a zip bomb would be) or declare
-    more data than they hold: np.load sizes its buffer from the declared
-    shape, so a forged header could otherwise ask for terabytes."""
+    compressed (fastnn never writes them; a zip bomb would be), hold Python
+    objects, or declare more data than they hold: np.load sizes its buffer
+    from the declared shape, so a forged header could otherwise ask for
+    terabytes."""
     try:
         with zipfile.ZipFile(path) as archive:
             total = os.path.getsize(path)
             for info in archive.infolist():
-                if info.compress_type != zipfile.ZIP_STORED or info.file_size > total:
-                    raise ValueError(f"{path}: member {info.filename!r} is compressed or larger "
-                                     f"than the file; not a {what}")
-                if not info.filename.endswith(".npy"):
+                name = info.filename
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise ValueError(f"{path}: member {name!r} is compressed; fastnn reads "
+                                     f"only uncompressed .npz files (np.savez, not "
+                                     f"np.savez_compressed), whose size in memory is their "
+                                     f"size on disk")
+                if info.file_size > total:
+                    raise ValueError(f"{path}: member {name!r} claims {info.file_size} bytes, "
+                                     f"more than the whole file; not a {what}")
+                if not name.endswith(".npy"):
                     continue
                 with archive.open(info) as member:
-                    version = np.lib.format.read_magic(member)
-                    if version == (1, 0):
-                        shape, _, dtype = np.lib.format.read_array_header_1_0(member)
-                    elif version == (2, 0):
-                        shape, _, dtype = np.lib.format.read_array_header_2_0(member)
-                    else:
-                        raise ValueError(f"{path}: member {info.filename!r} has .npy format "
-                                         f"version {version}, which fastnn does not read")
-                    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
-                    if dtype.hasobject or declared > info.file_size:
-                        raise ValueError(f"{path}: member {info.filename!r} declares "
-                                         f"{declared} bytes of {dtype} but holds "
-                                         f"{info.file_size}")
+                    _check_npy_header(path, f"member {name!r}", member, info.file_size)
     except (zipfile.BadZipFile, OSError, EOFError, KeyError, NotImplementedError, RuntimeError,
             TypeError) as exc:
         raise ValueError(f"{path}: not a readable {what} ({exc})") from None
+
+
+def check_npy_file(path):
+    """The same header check for a plain .npy file."""
+    try:
+        with open(path, "rb") as fh:
+            _check_npy_header(path, "the header", fh, os.path.getsize(path))
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"{path}: not a readable .npy file ({exc})") from None
+
+
+def _check_npy_header(path, where, fh, size):
+    """Read a .npy header from ``fh``; ValueError naming ``path`` and
+    ``where`` when it is damaged, declares object data or more bytes than
+    ``size``."""
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f".npy format version {version} is not supported")
+    except ValueError as exc:  # numpy's own words, e.g. "Header does not contain the correct keys"
+        raise ValueError(f"{path}: {where} is damaged or not a .npy array ({exc})") from None
+    if dtype.hasobject:
+        raise ValueError(f"{path}: {where} holds Python objects (pickled); fastnn reads plain "
+                         f"numeric arrays only")
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared > size:
+        raise ValueError(f"{path}: {where} declares {declared} bytes of {dtype} but holds "
+                         f"{size}")
 
 
 def load(path):
@@ -109,7 +212,9 @@ def load(path):
     ------
     ValueError
         If the file is not a fastnn model or its contents do not match its
-        declared architecture.
+        declared architecture. The declared architecture is checked against
+        the arrays present before the model is built, so a forged file cannot
+        make ``load`` allocate more than the file holds.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -125,6 +230,13 @@ def load(path):
         raise ValueError(f"{path}: not a readable fastnn model file ({exc})") from None
     if meta_text is None:
         raise ValueError(f"{path}: not a fastnn model file (no {_META} entry)")
+    return model_from_parts(path, meta_text, arrays)
+
+
+def model_from_parts(path, meta_text, arrays):
+    """The model that a file's metadata (JSON text) and arrays describe, or
+    ValueError naming ``path``: the rules of ``load``, which ``save`` applies
+    too. ``arrays`` is consumed."""
     try:
         meta = json.loads(meta_text)
     except json.JSONDecodeError as exc:
@@ -134,24 +246,52 @@ def load(path):
     if meta.get("version") != VERSION:
         raise ValueError(f"{path}: model format version {meta.get('version')!r} is not "
                          f"supported (this fastnn reads version {VERSION})")
-    model = Sequential.from_config(meta.get("architecture", []))
-    model.astype(meta.get("dtype", "float64"))
+    if meta.get("dtype") not in ("float32", "float64"):
+        raise ValueError(f"{path}: dtype must be 'float32' or 'float64', got "
+                         f"{meta.get('dtype')!r}")
     mean, scale = arrays.pop(_MEAN, None), arrays.pop(_SCALE, None)
-    model.load_state_dict(arrays)
+    try:
+        layers = layers_from_config(meta.get("architecture"))
+        _check_declared_shapes(layers, arrays)  # before anything is allocated
+        model = Sequential(*layers)
+        model.astype(meta["dtype"])
+        model.load_state_dict(arrays)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
     if (mean is None) != (scale is None):
         raise ValueError(f"{path}: preprocessing statistics are incomplete")
     if mean is not None:
         for name, value in (("mean", mean), ("scale", scale)):
-            if value.shape != (model.in_features,) or not np.isfinite(value).all():
+            if (value.shape != (model.in_features,) or value.dtype.kind not in "biuf"
+                    or not np.isfinite(value).all()):
                 raise ValueError(f"{path}: preprocessing {name} must be {model.in_features} "
-                                 f"finite values")
+                                 f"finite values, got shape {value.shape}")
         if (scale <= 0).any():
             raise ValueError(f"{path}: preprocessing scale must be positive")
-        model.preprocessing = {"mean": mean, "scale": scale}
+        model.preprocessing = {"mean": mean.astype(np.float64), "scale": scale.astype(np.float64)}
     classes = meta.get("classes")
     if classes is not None and not isinstance(classes, list):
         raise ValueError(f"{path}: 'classes' must be a list")
     model.classes = classes
     metadata = meta.get("metadata", {})
-    model.metadata = metadata if isinstance(metadata, dict) else {}
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path}: 'metadata' must be a dict")
+    model.metadata = metadata
     return model
+
+
+def _check_declared_shapes(layers, arrays):
+    """The architecture's state_dict entries must be exactly the arrays
+    present, shape for shape: the file's own size then bounds what building
+    the model allocates."""
+    expected = state_dict_shapes(layers)
+    missing = sorted(set(expected) - set(arrays))
+    extra = sorted(set(arrays) - set(expected))
+    if missing or extra:
+        raise ValueError(f"the architecture does not match the arrays present: missing "
+                         f"{missing[:5]}, unexpected {extra[:5]}")
+    for key, shape in expected.items():
+        if arrays[key].shape != shape:
+            layer = layers[int(key.split(".")[0])]
+            raise ValueError(f"the architecture declares {layer!r}, whose {key!r} has shape "
+                             f"{shape}, but the file holds shape {arrays[key].shape}")

@@ -406,19 +406,38 @@ class Sequential:
 
     @classmethod
     def from_config(cls, config):
-        if not isinstance(config, (list, tuple)) or not config:
-            raise ValueError(f"architecture must be a non-empty list of layers, got {config!r}")
-        layers = []
-        for i, spec in enumerate(config):
-            if not isinstance(spec, dict) or spec.get("type") not in LAYER_TYPES:
-                raise ValueError(f"architecture[{i}]: unknown layer {spec!r}")
-            kwargs = {k: v for k, v in spec.items() if k != "type"}
-            try:
-                layers.append(LAYER_TYPES[spec["type"]](**kwargs))
-            except TypeError as exc:
-                raise ValueError(f"architecture[{i}]: {exc}") from None
-        return cls(*layers)
+        """The model ``config()`` describes, freshly initialized (float64)."""
+        return cls(*layers_from_config(config))
 
     def __repr__(self):
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"Sequential(\n  {inner}\n)  # {self.n_params} parameters, {self.dtype}"
+
+
+def layers_from_config(config):
+    """The layer objects a ``config()`` list describes; nothing is allocated
+    until they are placed in a Sequential."""
+    if not isinstance(config, (list, tuple)) or not config:
+        raise ValueError(f"architecture must be a non-empty list of layers, got {config!r}")
+    layers = []
+    for i, spec in enumerate(config):
+        if not isinstance(spec, dict) or spec.get("type") not in LAYER_TYPES:
+            raise ValueError(f"architecture[{i}]: unknown layer {spec!r}")
+        kwargs = {k: v for k, v in spec.items() if k != "type"}
+        try:
+            layers.append(LAYER_TYPES[spec["type"]](**kwargs))
+        except TypeError as exc:
+            raise ValueError(f"architecture[{i}]: {exc}") from None
+    return layers
+
+
+def state_dict_shapes(layers):
+    """{key: shape} of the state_dict that ``Sequential(*layers)`` would
+    have, computed without building it (nothing is allocated)."""
+    shapes = {}
+    for i, layer in enumerate(layers):
+        for name, shape in layer._param_shapes() + layer._buffer_shapes():
+            shapes[f"{i}.{name}"] = tuple(shape)
+        if isinstance(layer, BatchNorm):
+            shapes[f"{i}.num_batches_tracked"] = ()
+    return shapes

@@ -33,6 +33,12 @@ class Optimizer:
             self.step_count = np.zeros(1, np.int64)
         return k.optimizer_state(self.kind, self.hyper(), self.step_count, self.state)
 
+    def hyperparameters(self):
+        """The constructor's arguments as they are now, JSON-ready
+        ({"lr": ..., "betas": [...], ...}): what a checkpoint records."""
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in vars(self).items() if key not in ("state", "step_count")}
+
     def reset(self):
         """Forget the moment estimates and the step count."""
         self.state = None

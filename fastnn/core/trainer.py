@@ -1,5 +1,6 @@
 """The Trainer: mini-batch training of a Sequential model on one backend."""
 
+import math
 import os
 import sys
 import time
@@ -108,10 +109,6 @@ class Trainer:
                 warnings.warn(f"precision='tf32' needs the cuda backend with cuBLAS "
                               f"(pip install \"fastnn[cuda,cublas]\"); on {self.backend.describe()} "
                               f"the products stay float32", RuntimeWarning, stacklevel=2)
-        self.model = model.astype(self.dtype)
-        self.optimizer = optimizer
-        self.seed = seed
-        self.rng = np.random.default_rng(seed)
         self.mpi, self.rank, self.size = None, 0, 1
         if distributed is not None:
             v.check_choice(distributed, "distributed", ("mpi",))
@@ -121,7 +118,12 @@ class Trainer:
             from .distributed import MPIContext
             self.mpi = MPIContext()
             self.rank, self.size = self.mpi.rank, self.mpi.size
-        self.nonfinite = None  # (epoch, batch) where the last fit met a non-finite loss
+        # every check is done: only now is the model converted (a refused Trainer changes nothing)
+        self.model = model.astype(self.dtype)
+        self.optimizer = optimizer
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.nonfinite = None  # (epoch, batch) where the last fit met a non-finite value
         self.compile_seconds = 0.0  # how long the last fit compiled before its first epoch
         self.engine = None  # what ran the last fit (the backend, or its engine on cuda)
 
@@ -182,22 +184,35 @@ class Trainer:
             When a batch's loss is NaN or infinite (a diverging run), training
             stops at that batch and the weights and running statistics of the
             last step with a finite loss are put back (on cuda, where losses
-            are read once per epoch: those of the start of the epoch). Then
-            'raise' raises FloatingPointError naming the epoch and batch;
-            'stop' returns the history so far and sets ``self.nonfinite``
-            to (epoch, batch), both 1-based.
+            are read once per epoch: those of the start of the epoch). When
+            every loss of an epoch was finite but the epoch left a parameter,
+            a running statistic or the optimizer's state NaN or infinite (a
+            running variance that overflowed, say), the whole state of the
+            start of that epoch is put back. Then 'raise' raises
+            FloatingPointError naming the epoch (and batch); 'stop' returns
+            the history so far and sets ``self.nonfinite`` to (epoch, batch),
+            both 1-based, batch None for a non-finite state. Either way,
+            after ``fit`` every parameter, buffer and optimizer state is finite.
         checkpoint_dir : path or None
             Write a checkpoint there every ``checkpoint_every`` epochs and
             after the last: weights, running statistics, optimizer state, the
             shuffling generator's state, epoch and history, atomically and
-            with a checksum (see fastnn.core.checkpoint); the newest 3 are kept.
+            with a checksum, named by this run's identity (see
+            fastnn.core.checkpoint); the run's newest 3 are kept, other runs'
+            files are never touched. The directory is created and checked
+            (and the run locked) before training starts.
         checkpoint_every : int >= 1
         resume : bool
-            Continue from the newest valid checkpoint in ``checkpoint_dir``
-            (corrupted ones are skipped with a warning), training until
-            ``epochs`` epochs are complete in all; from scratch if there is
-            none. An interrupted and resumed run ends with the same weights,
-            bit for bit, as an uninterrupted one (same device).
+            Continue the run whose checkpoint in ``checkpoint_dir`` was
+            written last, from its newest valid checkpoint (corrupted ones
+            are skipped with a warning), training until ``epochs`` epochs are
+            complete in all; a new run if there is none. The checkpoint
+            restores the weights, running statistics, the optimizer's state
+            and step count, the shuffling generator and the history; the
+            hyper-parameters are this optimizer's (a RuntimeWarning names
+            those that differ from the checkpoint's). An interrupted and
+            resumed run ends with the same weights, bit for bit, as an
+            uninterrupted one (same device and arguments).
         callbacks : list of objects with ``on_epoch_end(epoch, history, trainer)``, or None
             Called after each epoch, in order, once the epoch's loss (and
             validation scores) are in ``history`` and before early stopping
@@ -211,10 +226,12 @@ class Trainer:
 
         Returns
         -------
-        history : dict of lists, one entry per epoch
+        history : dict of lists, one entry per epoch of the run (after a
+            resume: the epochs before it too), every list the same length
             'loss': mean training loss over the epoch's samples, from the
             training steps themselves (each batch's mean weighted by its
-            size); 'val_loss', 'val_accuracy' with validation data; 'lr';
+            size); 'val_loss', 'val_accuracy' with validation data (NaN for
+            epochs that had none, e.g. before a resume that added it); 'lr';
             'time': seconds per epoch.
         """
         args = dict(X=X, y=y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
@@ -271,8 +288,13 @@ class Trainer:
         if early_stopping is not None and early_stopping.monitor.startswith("val_") and val is None:
             raise ValueError(f"early_stopping monitors {early_stopping.monitor!r}, which needs "
                              f"validation_data")
+        nonfinite = nonfinite_entry(model, self.optimizer.state)
+        if nonfinite is not None:
+            raise ValueError(f"the {nonfinite} holds NaN or inf before training; set finite "
+                             f"values first")
         initial_lr = self.optimizer.lr
         lrs = [schedule_lr(lr_schedule, e, initial_lr) for e in range(epochs)] if lr_schedule else None
+        hyperparameters = self.optimizer.hyperparameters()
 
         n = X.shape[0]
         batch_size = min(batch_size, n)  # one batch of everything at most
@@ -282,20 +304,37 @@ class Trainer:
         if self.mpi is not None:
             _check_distributed_batch(model, batch_size, self.size)
             progress = progress if self.rank == 0 else False
+        run = None
+        if checkpoint_dir is not None and self.rank == 0:
+            # the directory is checked and the run chosen and locked before anything changes
+            run = checkpoint.open_run(checkpoint_dir, resume)
+        try:
+            return self._train(run, checkpoint_dir is not None, X, Y, epochs, batch_size,
+                               shuffle, val, progress, early_stopping, lrs, on_nonfinite,
+                               checkpoint_every, hyperparameters, callbacks)
+        finally:
+            if run is not None:
+                run.close()
+
+    def _train(self, run, checkpointing, X, Y, epochs, batch_size, shuffle, val, progress,
+               early_stopping, lrs, on_nonfinite, checkpoint_every, hyperparameters, callbacks):
+        model = self.model
+        n = X.shape[0]
+        resumed = run.resumed if run is not None else None
+        if self.mpi is not None:
             self.rng.bit_generator.state = self.mpi.comm.bcast(self.rng.bit_generator.state)
+            resumed = self.mpi.comm.bcast(resumed)
         first_epoch, history = 0, None
-        if resume:
-            found = checkpoint.newest_valid_checkpoint(checkpoint_dir)
-            if found is not None:
-                first_epoch, history = checkpoint.restore(*found, model, self.optimizer,
-                                                          self.rng)
+        if resumed is not None:
+            first_epoch, history = checkpoint.restore(*resumed, model, self.optimizer, self.rng,
+                                                      hyperparameters)
         n_batches = -(-n // batch_size)
         losses, sizes = np.zeros(n_batches), np.zeros(n_batches, np.int64)
         if history is None:
             history = {"loss": [], "lr": [], "time": []}
-        if val is not None:
-            history.setdefault("val_loss", [])
-            history.setdefault("val_accuracy", [])
+        if val is not None:  # NaN for the epochs before a resume that adds validation data
+            history.setdefault("val_loss", [math.nan] * len(history["loss"]))
+            history.setdefault("val_accuracy", [math.nan] * len(history["loss"]))
         if early_stopping is not None:
             early_stopping.reset()
         # compile (or load) the engines first: no compile time in the epochs' times
@@ -308,57 +347,60 @@ class Trainer:
                                          LOSS_CODES[self.loss], comm=self.mpi,
                                          **self._fit_options)
         self.engine = getattr(session, "engine", None) or self.backend.describe()
+        epoch_start = _StateSnapshot(model, self.optimizer)
         try:
             for epoch in range(first_epoch, epochs):
                 start = time.perf_counter()
                 if lrs is not None:
                     self.optimizer.lr = lrs[epoch]
                     session.set_learning_rate(lrs[epoch])
+                epoch_start.take()
                 index = self.rng.permutation(n) if shuffle else np.arange(n)
-                done, nonfinite = session.train_epoch(index, batch_size, model.has_batchnorm,
+                done, bad_batch = session.train_epoch(index, batch_size, model.has_batchnorm,
                                                       losses, sizes)
-                if nonfinite:  # that batch's loss was not finite; the last good state is back
-                    self.nonfinite = (epoch + 1, nonfinite)
+                session.finish()  # on cuda: the epoch's state to the host, to be checked there
+                nonfinite = epoch_start.nonfinite_entry()
+                if nonfinite is not None:
+                    epoch_start.restore()  # the host holds the good state; the session is done
+                    session = None
+                if bad_batch or nonfinite is not None:
+                    self.nonfinite = (epoch + 1, bad_batch or None)
                     if on_nonfinite == "raise":
-                        raise FloatingPointError(
-                            f"non-finite loss ({losses[nonfinite - 1]}) at epoch {epoch + 1}, "
-                            f"batch {nonfinite}: training stopped and the weights of the last "
-                            f"step with a finite loss were restored; lower the learning rate or "
-                            f"check the inputs' scale")
+                        raise FloatingPointError(_divergence_message(epoch + 1, bad_batch, losses,
+                                                                     nonfinite))
                     break
                 history["loss"].append(float(np.dot(losses[:done], sizes[:done]) /
                                              sizes[:done].sum()))
                 history["lr"].append(self.optimizer.lr)
                 history["time"].append(time.perf_counter() - start)
                 if val is not None:
-                    scores = self._scores(session.logits(val[0]), val[1])
+                    scores = self._scores(inference_logits(session.logits, model, val[0]),
+                                          val[1])
                     history["val_loss"].append(scores["loss"])
                     history["val_accuracy"].append(scores["accuracy"])
+                for values in history.values():  # metrics not measured this epoch: NaN
+                    values.extend([math.nan] * (len(history["loss"]) - len(values)))
                 if bar is not None:
                     bar.update(history, n)
                 stop = False
-                if callbacks:
-                    session.finish()  # the callbacks see the epoch's weights on the host
+                if callbacks:  # the epoch's weights are on the host (finished above)
                     stop = any([bool(c.on_epoch_end(epoch, history, self)) for c in callbacks])
                     if self.mpi is not None:
                         stop = self.mpi.comm.bcast(stop)
-                if checkpoint_dir is not None and ((epoch + 1) % checkpoint_every == 0
-                                                   or epoch + 1 == epochs):
-                    session.finish()  # the state on the host is what gets written
-                    if self.rank == 0:
-                        checkpoint.save_checkpoint(checkpoint_dir, epoch + 1, model,
-                                                   self.optimizer, self.rng, history)
+                if checkpointing and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+                    if run is not None:  # rank 0 writes
+                        run.save(epoch + 1, model, self.optimizer, self.rng, history,
+                                 hyperparameters)
                     if self.mpi is not None:
                         self.mpi.comm.Barrier()
                 if early_stopping is not None:
-                    if early_stopping.restore_best:
-                        session.finish()  # the best weights must be on the host to be kept
                     if early_stopping.update(epoch, history[early_stopping.monitor][-1], model):
                         break
                 if stop:
                     break
         finally:
-            session.finish()
+            if session is not None:
+                session.finish()
             if bar is not None:
                 bar.close()
         if early_stopping is not None:
@@ -376,7 +418,8 @@ class Trainer:
 
     def predict_proba(self, X):
         """Probabilities, in inference mode: the sigmoid of the logits
-        ('bce'), or their softmax ('cross_entropy').
+        ('bce'), or their softmax ('cross_entropy'); finite and in [0, 1]
+        for finite X, also where the logits overflow (see ``inference_logits``).
 
         Parameters
         ----------
@@ -388,10 +431,10 @@ class Trainer:
         (n_samples, k)
         """
         X = v.check_X(X, "X", self.model.in_features, self.dtype)
-        logits = self._logits(X)
+        logits = inference_logits(self._logits, self.model, X)
         if self.loss == "cross_entropy":
-            return _softmax(logits)
-        return self._squeeze(sigmoid_reference(logits))
+            return np.exp(log_softmax(logits)).astype(self.dtype)
+        return self._squeeze(sigmoid_reference(logits).astype(self.dtype))
 
     def predict(self, X):
         """Labels (int64): probability >= 0.5 for 'bce' (shape as
@@ -412,7 +455,7 @@ class Trainer:
         """
         X = v.check_X(X, "X", self.model.in_features, self.dtype)
         Y = self._targets(y, "y", X.shape[0])
-        return self._scores(self._logits(X), Y)
+        return self._scores(inference_logits(self._logits, self.model, X), Y)
 
     def _targets(self, y, name, n_samples):
         """Targets as the engine takes them: (n, k) in [0, 1] for 'bce', one-hot
@@ -426,8 +469,10 @@ class Trainer:
         return one_hot
 
     def _scores(self, logits, Y):
-        loss, _ = loss_reference(LOSS_CODES[self.loss], logits.astype(np.float64),
-                                 Y.astype(np.float64))
+        """Loss and accuracy from float64 logits that may be +-inf: they stand
+        in as +-1e300, which gives the loss its limit without inf - inf."""
+        finite = np.clip(logits, -1e300, 1e300)
+        loss, _ = loss_reference(LOSS_CODES[self.loss], finite, Y.astype(np.float64))
         if self.loss == "cross_entropy":
             accuracy = float(np.mean(np.argmax(logits, axis=1) == np.argmax(Y, axis=1)))
         else:
@@ -455,9 +500,96 @@ def _check_distributed_batch(model, batch_size, size):
                          f"{unsynced}; use a larger batch_size or BatchNorm(sync=True)")
 
 
-def _softmax(z):
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return (e / e.sum(axis=1, keepdims=True)).astype(z.dtype, copy=False)
+class _StateSnapshot:
+    """Copies of the model's parameters, running statistics and counters and
+    of the optimizer's state and step count (the arrays a session trains in
+    place, or copies back to in ``finish``), taken at the start of an epoch,
+    to put back when the epoch leaves any of them non-finite."""
+
+    def __init__(self, model, optimizer):
+        self.model = model
+        self.live = (model.params, model.buffers, model.counts, optimizer.state,
+                     optimizer.step_count)
+        self.saved = tuple(np.empty_like(a) for a in self.live)
+
+    def take(self):
+        for saved, live in zip(self.saved, self.live):
+            np.copyto(saved, live)
+
+    def restore(self):
+        for saved, live in zip(self.saved, self.live):
+            np.copyto(live, saved)
+
+    def nonfinite_entry(self):
+        return nonfinite_entry(self.model, self.live[3])
+
+
+def nonfinite_entry(model, optimizer_state):
+    """None when every parameter, running statistic and optimizer state
+    value is finite, else the name of the first entry that is not
+    ("model entry '1.running_var'", 'optimizer state', ...)."""
+    if v.all_finite(model.params) and v.all_finite(model.buffers):
+        finite = optimizer_state is None or v.all_finite(optimizer_state)
+        return None if finite else "optimizer state"
+    for key, value in model.state_dict().items():
+        if not np.isfinite(value).all():
+            return f"model entry {key!r}"
+    return "model state"
+
+
+def _divergence_message(epoch, bad_batch, losses, nonfinite):
+    if bad_batch:
+        what = f"non-finite loss ({losses[bad_batch - 1]}) at epoch {epoch}, batch {bad_batch}"
+    else:
+        what = (f"non-finite {nonfinite} after epoch {epoch} (every batch's loss was "
+                f"finite)")
+    restored = ("the state of the start of the epoch was restored" if nonfinite is not None
+                else "the weights of the last step with a finite loss were restored")
+    return (f"{what}: training stopped and {restored}; lower the learning rate or the weight "
+            f"decay, or check the inputs' scale")
+
+
+def inference_logits(predict_logits, model, X):
+    """Inference-mode logits (n, k) in float64, never NaN for finite X.
+
+    ``predict_logits(X)`` gives the logits in the model's dtype (a backend's
+    ``predict_logits`` bound to the model, or a training session's ``logits``).
+
+    Rows whose logits overflowed in float32 (an infinite product, or inf -
+    inf = NaN) are computed again in float64 with the reference kernels.
+    What remains may be +-inf, which the sigmoid and ``log_softmax`` take to
+    their limits. FloatingPointError if a logit is NaN even in float64.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is dealt with below
+        logits = predict_logits(X).astype(np.float64)
+    overflowed = ~np.isfinite(logits).all(axis=1)
+    if overflowed.any() and model.dtype != np.float64:
+        wide = Sequential.from_config(model.config())  # float64
+        wide.load_state_dict(model.state_dict())
+        with np.errstate(over="ignore", invalid="ignore"):
+            logits[overflowed] = get_backend("numpy").predict_logits(
+                wide, X[overflowed].astype(np.float64))
+    nan_rows = np.flatnonzero(np.isnan(logits).any(axis=1))
+    if nan_rows.size:
+        raise FloatingPointError(f"the logits of {nan_rows.size} row(s) of X (first: row "
+                                 f"{nan_rows[0]}) are NaN even in float64: the model's weights "
+                                 f"and these inputs overflow; check the inputs' scale")
+    return logits
+
+
+def log_softmax(z):
+    """log softmax of each row of z (n, k), stable, for logits that may be
+    +-inf: a row with +inf logits shares the probability among them."""
+    top = z.max(axis=1, keepdims=True)
+    finite_top = np.isfinite(top[:, 0])
+    shifted = z - np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        if not finite_top.all():  # the limit: the largest logits share the probability
+            rows = ~finite_top
+            largest = z[rows] == top[rows]
+            out[rows] = np.where(largest, -np.log(largest.sum(axis=1, keepdims=True)), -np.inf)
+    return out
 
 
 class _PlainBar:

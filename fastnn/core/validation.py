@@ -2,6 +2,7 @@
 changes, with a message that names the argument and what was expected."""
 
 import numbers
+import warnings
 
 import numpy as np
 
@@ -78,6 +79,8 @@ def as_float_array(a, name, dtype=None, ndim=None, allow_empty=False, finite=Tru
         raise ValueError(f"{name} must be a {ndim}-D array, got shape {arr.shape}")
     if not allow_empty and arr.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
+    if isinstance(a, np.memmap):  # (np.asarray drops the subclass)
+        _warn_if_copied(a, name, np.dtype(dtype))
     with np.errstate(over="ignore", invalid="ignore"):
         # no copy when arr is already C-ordered in dtype (a memory-mapped
         # .npy stays on disk and is read batch by batch)
@@ -86,6 +89,23 @@ def as_float_array(a, name, dtype=None, ndim=None, allow_empty=False, finite=Tru
         where = "" if converted.dtype == arr.dtype else f" after conversion to {converted.dtype}"
         raise ValueError(f"{name} must contain only finite values (found NaN or inf{where})")
     return converted
+
+
+def _warn_if_copied(arr, name, dtype):
+    """A memory-mapped array is streamed only in C (row-major) order and in
+    the dtype that is asked for; otherwise it is copied into memory in full,
+    which a RuntimeWarning says, with the fix."""
+    reasons = []
+    if not arr.flags.c_contiguous:
+        reasons.append("it is not in C (row-major) order"
+                       + (" but Fortran (column-major)" if arr.flags.f_contiguous else ""))
+    if arr.dtype != dtype:
+        reasons.append(f"its dtype is {arr.dtype}, not {dtype}")
+    if reasons:
+        warnings.warn(f"{name} is a memory-mapped array of {arr.nbytes / 2**20:.0f} MB that is "
+                      f"copied into memory in full because {' and '.join(reasons)}; save it "
+                      f"with np.save(path, np.ascontiguousarray(X, dtype='{dtype}')) to have it "
+                      f"read batch by batch", RuntimeWarning, stacklevel=4)
 
 
 def all_finite(a, block=1 << 20):

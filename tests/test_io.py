@@ -1,0 +1,243 @@
+"""Model files that can be trusted: fn.save applies fn.load's rules before
+writing anything; a file's declared architecture is checked against the
+arrays it holds before anything is allocated; damaged files and unwritable
+targets are named; files get the permissions open() would give them."""
+
+import json
+import os
+import stat
+import tracemalloc
+import zipfile
+
+import numpy as np
+import pytest
+
+import fastnn as fn
+from fastnn.core.checkpoint import list_checkpoints
+
+
+def small_model():
+    model = fn.Sequential(fn.Dense(3, 4), fn.BatchNorm(4), fn.ReLU(), fn.Dense(4, 1), seed=0)
+    model.preprocessing = {"mean": np.zeros(3), "scale": np.ones(3)}
+    model.classes = ["no", "yes"]
+    model.metadata = {"rows": 10}
+    return model
+
+
+def break_preprocessing_length(m):
+    m.preprocessing = {"mean": np.zeros(4), "scale": np.ones(4)}
+
+
+def break_scale(m):
+    m.preprocessing["scale"] = np.array([1.0, 0.0, 1.0])
+
+
+def break_mean(m):
+    m.preprocessing["mean"] = np.array([0.0, np.nan, 0.0])
+
+
+def break_running_var(m):
+    m.layers[1].running_var[2] = np.inf
+
+
+def break_weight(m):
+    m.layers[3].weight[0, 1] = np.nan
+
+
+def break_metadata_value(m):
+    m.metadata = {"rows": 10, "when": object()}
+
+
+def break_metadata_key(m):
+    m.metadata = {1: "one"}
+
+
+def break_metadata_type(m):
+    m.metadata = ["not", "a", "dict"]
+
+
+def break_classes(m):
+    m.classes = {"no": 0, "yes": 1}
+
+
+BREAKS = [break_preprocessing_length, break_scale, break_mean, break_running_var, break_weight,
+          break_metadata_value, break_metadata_key, break_metadata_type, break_classes]
+
+
+@pytest.mark.parametrize("damage", BREAKS, ids=lambda f: f.__name__[6:])
+def test_save_refuses_what_load_would_refuse_and_keeps_the_old_file(tmp_path, damage):
+    path = tmp_path / "model.npz"
+    fn.save(small_model(), path)
+    good = path.read_bytes()
+    model = small_model()
+    damage(model)
+    with pytest.raises((ValueError, TypeError)) as info:
+        fn.save(model, path)
+    assert str(path) in str(info.value) or "metadata" in str(info.value) \
+        or "classes" in str(info.value)
+    assert path.read_bytes() == good  # the good file is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]  # no temporary left
+    fn.load(path)
+
+
+@pytest.mark.parametrize("damage", [break_preprocessing_length, break_scale, break_mean,
+                                    break_running_var, break_metadata_type, break_classes],
+                         ids=lambda f: f.__name__[6:])
+def test_load_refuses_the_same_models_when_written_without_checks(tmp_path, damage):
+    """The rules are the same both ways: these files, forged past save's
+    checks, are refused by load."""
+    model = small_model()
+    damage(model)
+    arrays = {k: v for k, v in model.state_dict().items()}
+    if model.preprocessing is not None:
+        arrays["__preprocessing_mean__"] = np.asarray(model.preprocessing["mean"], np.float64)
+        arrays["__preprocessing_scale__"] = np.asarray(model.preprocessing["scale"], np.float64)
+    meta = {"format": "fastnn-model", "version": 1, "dtype": "float64",
+            "architecture": model.config(), "classes": model.classes,
+            "metadata": model.metadata}
+    path = tmp_path / "forged.npz"
+    np.savez(path, __fastnn__=np.array(json.dumps(meta)), **arrays)
+    with pytest.raises(ValueError, match="forged.npz"):
+        fn.load(path)
+
+
+def test_numpy_values_in_metadata_and_classes_are_saved_as_json(tmp_path):
+    model = small_model()
+    model.classes = np.array([3, 7])
+    model.metadata = {"rows": np.int64(10), "loss": np.float32(0.5), "ok": np.bool_(True),
+                      "name": np.str_("x"), "sizes": np.arange(3), "nested": {"a": (1, 2)}}
+    fn.save(model, tmp_path / "m.npz")
+    loaded = fn.load(tmp_path / "m.npz")
+    assert loaded.classes == [3, 7]
+    assert loaded.metadata == {"rows": 10, "loss": 0.5, "ok": True, "name": "x",
+                               "sizes": [0, 1, 2], "nested": {"a": [1, 2]}}
+
+
+def test_a_non_json_metadata_value_is_named(tmp_path):
+    model = small_model()
+    model.metadata = {"training": {"when": {1, 2}}}
+    with pytest.raises(TypeError, match=r"metadata\['training'\]\['when'\]: set"):
+        fn.save(model, tmp_path / "m.npz")
+
+
+# ---- the declared architecture is checked before anything is allocated ----
+
+def forge(path, architecture, arrays):
+    meta = {"format": "fastnn-model", "version": 1, "dtype": "float64",
+            "architecture": architecture, "classes": None, "metadata": {}}
+    np.savez(path, __fastnn__=np.array(json.dumps(meta)), **arrays)
+
+
+def test_a_huge_declared_layer_is_refused_before_allocating(tmp_path):
+    path = tmp_path / "forged.npz"
+    forge(path, [{"type": "Dense", "in_features": 2000, "out_features": 2000}],
+          {"0.weight": np.zeros((1, 2)), "0.bias": np.zeros(1)})
+    assert path.stat().st_size < 2000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"declares Dense\(2000, 2000.*shape \(2000, 2000\)"
+                                             r".*holds shape \(1, 2\)"):
+            fn.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, peak  # the 32 MB the architecture declares were never allocated
+
+
+def test_missing_or_extra_arrays_are_refused_before_allocating(tmp_path):
+    path = tmp_path / "forged.npz"
+    forge(path, [{"type": "Dense", "in_features": 3000, "out_features": 3000},
+                 {"type": "BatchNorm", "num_features": 3000}], {"0.weight": np.zeros((1, 2))})
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="does not match the arrays present: missing"):
+            fn.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, peak
+
+
+# ---- damaged files and unwritable targets are named ----
+
+def test_a_damaged_array_header_names_the_file_and_the_member(tmp_path):
+    saved, path = tmp_path / "saved.npz", tmp_path / "model.npz"
+    fn.save(small_model(), saved)
+    with zipfile.ZipFile(saved) as src, zipfile.ZipFile(path, "w") as dst:
+        for info in src.infolist():  # one changed byte in a header; checksums made to match
+            data = src.read(info)
+            if info.filename == "0.weight.npy":
+                data = data.replace(b"'descr'", b"'dexcr'")
+            dst.writestr(info, data)
+    with pytest.raises(ValueError, match=r"model.npz: member '0.weight.npy' is damaged or not a "
+                                         r"\.npy array \(Header does not contain the correct "
+                                         r"keys"):
+        fn.load(path)
+
+
+def test_any_flipped_byte_gives_a_value_error_naming_the_file(tmp_path):
+    path = tmp_path / "model.npz"
+    fn.save(small_model(), path)
+    good = path.read_bytes()
+    rng = np.random.default_rng(0)
+    for position in rng.choice(len(good), size=150, replace=False):
+        data = bytearray(good)
+        data[position] ^= 1 << int(rng.integers(8))
+        path.write_bytes(bytes(data))
+        try:
+            fn.load(path)
+        except ValueError as exc:
+            assert str(path) in str(exc), (position, exc)
+        # some flips (padding, a zip field nobody reads) leave a model that loads: fine
+
+
+def test_save_into_a_missing_directory_names_the_target(tmp_path):
+    target = tmp_path / "no-such-dir" / "model.npz"
+    with pytest.raises(FileNotFoundError) as info:
+        fn.save(small_model(), target)
+    assert str(target) in str(info.value) and "does not exist" in str(info.value)
+    assert ".tmp" not in str(info.value)
+
+
+# ---- file modes: as open() would create them ----
+
+@pytest.fixture
+def umask():
+    old = os.umask(0o022)
+    os.umask(old)
+
+    def set_umask(value):
+        os.umask(value)
+    yield set_umask
+    os.umask(old)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_new_model_and_checkpoint_files_respect_the_umask(tmp_path, umask, mask):
+    umask(mask)
+    fn.save(small_model(), tmp_path / "model.npz")
+    assert stat.S_IMODE((tmp_path / "model.npz").stat().st_mode) == 0o666 & ~mask
+    model = fn.Sequential(fn.Dense(3, 1), seed=0)
+    fn.Trainer(model, device="cpu").fit(np.zeros((4, 3)), np.zeros(4), epochs=1,
+                                        checkpoint_dir=tmp_path / "ckpt")
+    (checkpoint,) = list_checkpoints(tmp_path / "ckpt")
+    assert stat.S_IMODE(os.stat(checkpoint).st_mode) == 0o666 & ~mask
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_a_replaced_model_file_keeps_its_permissions(tmp_path, umask):
+    umask(0o022)
+    path = tmp_path / "model.npz"
+    fn.save(small_model(), path)
+    os.chmod(path, 0o640)
+    fn.save(small_model(), path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_compressed_or_forged_members_are_still_refused(tmp_path):
+    compressed = tmp_path / "compressed.npz"
+    np.savez_compressed(compressed, x=np.zeros(10))
+    with pytest.raises(ValueError, match="compressed.npz: member 'x.npy' is compressed"):
+        fn.load(compressed)
+    assert zipfile.is_zipfile(compressed)
