@@ -9,6 +9,8 @@ the fixtures built on these helpers are in conftest.py.
 import copy
 import os
 import re
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -21,6 +23,17 @@ from cases import as_float64, make_inputs, run, tolerance
 
 # tests/cuda runs under the CUDA simulator (see tests/test_cuda_simulator.py)
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+
+# ---- the command line (tests/test_cli.py, test_cli_errors.py) ----
+
+def run_fastnn(cwd, *args, timeout=300):
+    """``python -m fastnn *args`` in ``cwd``, with FASTNN_DEVICE unset;
+    returns the CompletedProcess (stdout and stderr as text)."""
+    env = dict(os.environ)
+    env.pop("FASTNN_DEVICE", None)
+    return subprocess.run([sys.executable, "-m", "fastnn", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 # ---- kernels against their float64 NumPy reference (tests/test_kernels.py, tests/cuda) ----
