@@ -31,11 +31,15 @@ ACTIVATION_CODES = {"relu": RELU, "sigmoid": SIGMOID, "tanh": TANH}
 
 # ---- reference (NumPy) ----
 
-def sigmoid_reference(x):
-    """1 / (1 + exp(-x)) without overflow, in x's dtype (the NumPy twin of
-    elementwise.sigmoid)."""
+def numpy_sigmoid(x):
+    """1 / (1 + exp(-x)) of a NumPy array without overflow, in x's dtype (the
+    NumPy twin of elementwise.sigmoid): the sigmoid's reference, and the
+    sigmoid Trainer.predict_proba applies to the float64 logits."""
     e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+
+
+sigmoid_reference = numpy_sigmoid
 
 
 def activation_forward_reference(kind, x):

@@ -62,8 +62,14 @@ def cross_entropy_reference(z, y):
     return float(loss), (softmax * y.sum(axis=1, keepdims=True) - y) / z.shape[0]
 
 
-def loss_reference(kind, z, y):
+def numpy_loss(kind, z, y):
+    """The mean loss (float) and d loss / d z of the loss code ``kind``, on
+    NumPy logits z and targets y: the losses' reference, and the loss
+    Trainer.evaluate reports for the float64 logits."""
     return bce_with_logits_reference(z, y) if kind == BCE else cross_entropy_reference(z, y)
+
+
+loss_reference = numpy_loss
 
 
 # ---- cpu (2-D inputs) ----

@@ -4,12 +4,39 @@ is not collected.
 
 device='auto' uses the default cost figures in tests (no calibration run
 on a machine with a GPU), so that the choices the tests see do not depend on
-the machine; tests/test_autodevice.py tests the calibration itself."""
+the machine; tests/test_autodevice.py tests the calibration itself.
 
+The fixtures shared by test files are here; the helpers they build on are in
+helpers.py."""
+
+import copy
 import os
 
+import pytest
+
+import fastnn as fn
 from fastnn.core.backends import cuda_available
+
+from helpers import make_model, make_xy
 
 os.environ.setdefault("FASTNN_CALIBRATE", "0")
 
 collect_ignore = [] if cuda_available() else ["cuda"]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """One trained trainer per output count (1 and 2), device 'cpu'."""
+    out = {}
+    for n_out in (1, 2):
+        trainer = fn.Trainer(make_model(n_out), optimizer=fn.Adam(lr=1e-2), device="cpu", seed=0)
+        trainer.fit(*make_xy(n_out), epochs=2, batch_size=3)
+        assert trainer.optimizer.step_count[0] > 0 and trainer.model.counts.sum() > 0
+        out[n_out] = trainer
+    return out
+
+
+@pytest.fixture
+def trainer(trained):
+    """A private copy of the trained single-output trainer."""
+    return copy.deepcopy(trained[1])

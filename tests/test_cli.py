@@ -7,9 +7,6 @@ exit status 2, no traceback.
 """
 
 import csv
-import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -18,18 +15,12 @@ import pytest
 import fastnn as fn
 from fastnn import cli, data
 from fastnn.core.backends import cuda_available
+from helpers import run_fastnn
 
 ENGINES = [name for name in data.available_engines() if name != "numpy"]
 
 
 # ---- helpers ----
-def run_fastnn(cwd, *args, timeout=300):
-    env = dict(os.environ)
-    env.pop("FASTNN_DEVICE", None)
-    return subprocess.run([sys.executable, "-m", "fastnn", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def ok(cwd, *args):
     proc = run_fastnn(cwd, *args)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"

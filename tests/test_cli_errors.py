@@ -5,9 +5,6 @@ demo, bench, and fastnn itself), given bad input, prints one line on stderr,
 inputs."""
 
 import json
-import os
-import subprocess
-import sys
 import time
 import zipfile
 
@@ -15,13 +12,7 @@ import numpy as np
 import pytest
 
 import fastnn as fn
-
-
-def run_fastnn(cwd, *args):
-    env = dict(os.environ)
-    env.pop("FASTNN_DEVICE", None)
-    return subprocess.run([sys.executable, "-m", "fastnn", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+from helpers import run_fastnn
 
 
 @pytest.fixture(scope="module")

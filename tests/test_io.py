@@ -1,10 +1,14 @@
 """Model files that can be trusted: fn.save applies fn.load's rules before
 writing anything; a file's declared architecture is checked against the
 arrays it holds before anything is allocated; damaged files and unwritable
-targets are named; files get the permissions open() would give them."""
+targets are named; files get the permissions open() would give them;
+fn.load refuses missing, truncated, foreign and corrupted files, naming the
+file, and never unpickles."""
 
 import json
 import os
+import pickle
+import re
 import stat
 import tracemalloc
 import zipfile
@@ -14,6 +18,7 @@ import pytest
 
 import fastnn as fn
 from fastnn.core.checkpoint import list_checkpoints
+from helpers import N_IN, expect_error, make_model, same_array
 
 
 def small_model():
@@ -241,3 +246,164 @@ def test_compressed_or_forged_members_are_still_refused(tmp_path):
     with pytest.raises(ValueError, match="compressed.npz: member 'x.npy' is compressed"):
         fn.load(compressed)
     assert zipfile.is_zipfile(compressed)
+
+
+# ---- fn.load: missing, foreign, truncated and corrupted files; never unpickles ----
+
+class _Canary:
+    """Unpickling this creates the file at ``path``: proof that a loader
+    unpickled it."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _meta(**changes):
+    meta = {"format": "fastnn-model", "version": 1, "dtype": "float64",
+            "architecture": make_model().config(), **changes}
+    return np.array(json.dumps(meta))
+
+
+@pytest.fixture
+def saved(tmp_path):
+    path = tmp_path / "model.npz"
+    fn.save(make_model(), path)
+    return path
+
+
+def _write_npz(path, meta=None, **arrays):
+    if meta is not None:
+        arrays["__fastnn__"] = meta
+    np.savez(path, **arrays)
+    return path
+
+
+def test_load_of_a_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.npz"):
+        fn.load(tmp_path / "nope.npz")
+
+
+def test_load_of_a_directory(tmp_path):
+    with pytest.raises((FileNotFoundError, IsADirectoryError, ValueError)):
+        fn.load(tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello world\n", b"PK\x03\x04 not really a zip",
+                                     b"\x93NUMPY garbage"], ids=["empty", "text", "zip-magic",
+                                                                 "npy-magic"])
+def test_load_of_a_file_that_is_not_npz(tmp_path, content):
+    path = tmp_path / "model.npz"
+    path.write_bytes(content)
+    expect_error(lambda: fn.load(path), str(path), "fastnn model")
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.25, 0.5, 0.9, 0.999])
+def test_load_of_a_truncated_model(saved, fraction):
+    data = saved.read_bytes()
+    saved.write_bytes(data[:max(1, int(len(data) * fraction))])
+    expect_error(lambda: fn.load(saved), str(saved), "not a readable fastnn model")
+
+
+def test_load_of_an_npz_without_metadata(tmp_path):
+    path = _write_npz(tmp_path / "m.npz", **make_model().state_dict())
+    expect_error(lambda: fn.load(path), str(path), "__fastnn__")
+
+
+@pytest.mark.parametrize("where", ["extra-entry", "metadata", "state-entry"])
+def test_load_never_unpickles(tmp_path, where):
+    canary = tmp_path / "unpickled"
+    # the canary works: unpickling it does create the file
+    pickle.loads(pickle.dumps(_Canary(tmp_path / "control"))).close()
+    assert (tmp_path / "control").exists()
+
+    evil = np.array([_Canary(canary)], dtype=object)
+    arrays = make_model().state_dict()
+    meta = _meta()
+    if where == "extra-entry":
+        arrays["evil"] = evil
+    elif where == "metadata":
+        meta = evil
+    else:
+        arrays["0.bias"] = evil
+    path = _write_npz(tmp_path / "m.npz", meta, **arrays)
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        fn.load(path)
+    assert not canary.exists(), "fn.load unpickled an object array"
+
+
+BAD_META = [
+    # (id, metadata, what)
+    ("bad-json", np.array("{not json"), "corrupted model metadata"),
+    ("json-list", np.array("[1, 2]"), "not a fastnn model"),
+    ("wrong-format", _meta(format="keras"), "not a fastnn model"),
+    ("version-2", _meta(version=2), "version 2 is not supported"),
+    ("no-version", _meta(version=None), "version None is not supported"),
+    ("unknown-layer", _meta(architecture=[{"type": "Conv2d"}]), "unknown layer"),
+    ("bad-layer-argument", _meta(architecture=[{"type": "Dense", "in_features": 3}]),
+     "architecture\\[0\\]"),
+    ("bad-dtype", _meta(dtype="int32"), "dtype"),
+    pytest.param("architecture-not-a-list", _meta(architecture=5), "architecture",
+                 id="architecture-not-a-list"),
+    pytest.param("architecture-null", _meta(architecture=None), "architecture",
+                 id="architecture-null"),
+]
+
+
+@pytest.mark.parametrize("_, meta, what", BAD_META,
+                         ids=[c[0] if isinstance(c, tuple) else c.id for c in BAD_META])
+def test_load_rejects_bad_metadata(tmp_path, _, meta, what):
+    path = _write_npz(tmp_path / "m.npz", meta, **make_model().state_dict())
+    with pytest.raises(ValueError, match=what):
+        fn.load(path)
+
+
+@pytest.mark.parametrize("key, value, what", [
+    ("0.weight", np.full((4, N_IN), np.nan), "NaN or inf"),
+    ("1.running_var", np.ones(5), "shape"),
+    ("1.num_batches_tracked", np.array(-3), "non-negative integer"),
+])
+def test_load_rejects_bad_arrays(tmp_path, key, value, what):
+    arrays = {**make_model().state_dict(), key: value}
+    path = _write_npz(tmp_path / "m.npz", _meta(), **arrays)
+    expect_error(lambda: fn.load(path), repr(key), what)
+
+
+def test_load_rejects_arrays_missing_from_the_architecture(tmp_path):
+    arrays = make_model().state_dict()
+    del arrays["3.bias"]
+    path = _write_npz(tmp_path / "m.npz", _meta(), **arrays)
+    expect_error(lambda: fn.load(path), "'3.bias'", "missing")
+
+
+def _compression_99(data, entry):
+    data[entry + 10:entry + 12] = (99).to_bytes(2, "little")  # unknown compression method
+
+
+def _encrypted_flag(data, entry):
+    data[entry + 8] |= 1  # general-purpose flag bit 0: "encrypted"
+
+
+@pytest.mark.parametrize("damage", [_compression_99, _encrypted_flag],
+                         ids=["compression-method", "encrypted-flag"])
+def test_load_of_a_model_with_a_corrupted_zip_directory(saved, damage):
+    data = bytearray(saved.read_bytes())
+    damage(data, data.index(b"PK\x01\x02"))  # the first central-directory entry
+    saved.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=re.escape(str(saved))):
+        fn.load(saved)
+
+
+def test_load_round_trip_is_the_control(saved):
+    model = fn.load(saved)
+    original = make_model().state_dict()
+    assert all(same_array(model.state_dict()[k], original[k]) for k in original)
+
+
+def test_save_of_a_non_model_leaves_an_existing_file_alone(saved):
+    content = saved.read_bytes()
+    expect_error(lambda: fn.save("model", saved), "model", "Sequential")
+    assert saved.read_bytes() == content
+    assert os.listdir(saved.parent) == [saved.name]

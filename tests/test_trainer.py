@@ -1,8 +1,12 @@
 """Trainer semantics that are decided and documented: a refused constructor
 or fit changes nothing; resume keeps the optimizer's own hyper-parameters
 (saying which differ) and returns history lists of one length; a
-memory-mapped X that cannot be streamed says so."""
+memory-mapped X that cannot be streamed says so. Then the bad-input cases of
+the constructor, fit, the inference methods and evaluate: each error names
+the argument, and the model, optimizer and generator stay as they were."""
 
+import copy
+import re
 import warnings
 
 import numpy as np
@@ -10,6 +14,10 @@ import pytest
 
 import fastnn as fn
 from fastnn.demo import make_data
+from helpers import (
+    ERRORS, N_IN, N_SAMPLES, assert_unchanged, expect_error, make_model, make_xy, names, no_gpu,
+    same_array, snapshot, with_value,
+)
 
 X, Y = make_data(160, n_features=5, seed=0)
 
@@ -116,3 +124,234 @@ def test_a_memory_mapped_x_that_must_be_copied_warns(tmp_path, order, dtype, cop
         assert "np.ascontiguousarray(X, dtype='float32')" in messages[0]
     else:
         assert messages == []
+
+
+# ---- bad input to fit: an error naming the argument, and nothing changes ----
+# (the rule and what "nothing changes" covers: helpers.py)
+
+X0, Y0 = make_xy(1)
+X2, Y2 = make_xy(2)
+
+# (id, X) -> every entry point that takes X must refuse it, naming X
+BAD_X = [
+    ("1-D", X0[0], "2-D"),
+    ("3-D", X0[:, :, None], "2-D"),
+    ("scalar", 1.0, "2-D"),
+    ("too-few-features", X0[:, :2], rf"\(n_samples, {N_IN}\)"),
+    ("too-many-features", np.hstack([X0, X0]), rf"\(n_samples, {N_IN}\)"),
+    ("nan", with_value(X0, (2, 1), np.nan), "finite"),
+    ("inf", with_value(X0, (0, 0), np.inf), "finite"),
+    ("-inf", with_value(X0, (7, 2), -np.inf), "finite"),
+    ("overflows-float32", with_value(X0, (1, 1), 1e300), "finite"),
+    ("empty-rows", np.empty((0, N_IN)), "empty"),
+    ("empty-list", [], "2-D"),
+    ("str-dtype", X0.astype(str), "real numbers"),
+    ("object-dtype", X0.astype(object), "real numbers"),
+    ("complex-dtype", X0 + 0j, "real numbers"),
+    ("string", "abc", "numeric"),
+    ("none", None, "real numbers"),
+    ("ragged-list", [[1.0, 2.0, 3.0], [1.0, 2.0]], "numeric"),
+]
+BAD_X_IDS = [case[0] for case in BAD_X]
+
+
+@pytest.mark.parametrize("_, X, what", BAD_X, ids=BAD_X_IDS)
+def test_fit_rejects_bad_X(trainer, _, X, what):
+    before = snapshot(trainer)
+    expect_error(lambda: trainer.fit(X, Y0), "X", what)
+    assert_unchanged(trainer, before)
+
+
+def test_fit_rejects_a_single_sample_for_a_batchnorm_model(trainer):
+    before = snapshot(trainer)
+    expect_error(lambda: trainer.fit(X0[:1], Y0[:1]), "X", "at least 2")
+    assert_unchanged(trainer, before)
+
+
+def test_fit_accepts_lists_and_integer_labels(trainer):
+    history = trainer.fit(X0.tolist(), Y0.astype(int).tolist(), epochs=1, batch_size=4)
+    assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
+
+
+BAD_Y = [
+    # (id, n_out, y, what)
+    ("too-short", 1, Y0[:-1], rf"\({N_SAMPLES},\)"),
+    ("too-long", 1, np.append(Y0, 1.0), rf"\({N_SAMPLES},\)"),
+    ("two-columns-for-one-output", 1, np.stack([Y0, Y0], 1), rf"\({N_SAMPLES},\)"),
+    ("3-D", 1, Y0[:, None, None], "-D"),
+    ("1-D-for-two-outputs", 2, Y2[:, 0], rf"\({N_SAMPLES}, 2\)"),
+    ("three-columns-for-two-outputs", 2, np.hstack([Y2, Y2[:, :1]]), rf"\({N_SAMPLES}, 2\)"),
+    ("transposed", 2, Y2.T, rf"\({N_SAMPLES}, 2\)"),
+    ("below-0", 1, with_value(Y0, 3, -0.5), r"\[0, 1\]"),
+    ("above-1", 1, with_value(Y0, 3, 1.5), r"\[0, 1\]"),
+    ("label-2", 1, with_value(Y0, 0, 2), r"\[0, 1\]"),
+    ("below-0-second-output", 2, with_value(Y2, (5, 1), -1.0), r"\[0, 1\]"),
+    ("nan", 1, with_value(Y0, 4, np.nan), "finite"),
+    ("inf", 1, with_value(Y0, 4, np.inf), "finite"),
+    ("empty", 1, np.empty(0), "empty"),
+    ("str-dtype", 1, Y0.astype(str), "real numbers"),
+    ("none", 1, None, "real numbers"),
+]
+
+
+@pytest.mark.parametrize("_, n_out, y, what", BAD_Y, ids=[case[0] for case in BAD_Y])
+def test_fit_rejects_bad_y(trained, _, n_out, y, what):
+    trainer = copy.deepcopy(trained[n_out])
+    X = X0 if n_out == 1 else X2
+    before = snapshot(trainer)
+    expect_error(lambda: trainer.fit(X, y), "y", what)
+    assert_unchanged(trainer, before)
+
+
+BAD_FIT_ARGS = [
+    # (kwargs, argument named, what)
+    (dict(epochs=0), "epochs", ">= 1"),
+    (dict(epochs=-1), "epochs", ">= 1"),
+    (dict(epochs=1.5), "epochs", "integer"),
+    (dict(epochs=2.0), "epochs", "integer"),
+    (dict(epochs=True), "epochs", "integer"),
+    (dict(epochs="2"), "epochs", "integer"),
+    (dict(epochs=None), "epochs", "integer"),
+    (dict(batch_size=0), "batch_size", ">= 1"),
+    (dict(batch_size=-3), "batch_size", ">= 1"),
+    (dict(batch_size=2.5), "batch_size", "integer"),
+    (dict(batch_size=True), "batch_size", "integer"),
+    (dict(batch_size="4"), "batch_size", "integer"),
+    (dict(batch_size=None), "batch_size", "integer"),
+    (dict(batch_size=1), "batch_size", ">= 2.*BatchNorm"),  # the model has BatchNorm
+    (dict(shuffle=1), "shuffle", "True or False"),
+    (dict(shuffle="yes"), "shuffle", "True or False"),
+    (dict(shuffle=None), "shuffle", "True or False"),
+    (dict(validation_data=X0), "validation_data", "pair"),
+    (dict(validation_data=(X0,)), "validation_data", "pair"),
+    (dict(validation_data=(X0, Y0, Y0)), "validation_data", "pair"),
+    (dict(validation_data={"X": X0, "y": Y0}), "validation_data", "pair"),
+    (dict(validation_data="val"), "validation_data", "pair"),
+    (dict(validation_data=(X0[:, :2], Y0)), "validation_data[0]", r"\(n_samples, 3\)"),
+    (dict(validation_data=(X0[0], Y0)), "validation_data[0]", "2-D"),
+    (dict(validation_data=(with_value(X0, (1, 1), np.nan), Y0)), "validation_data[0]", "finite"),
+    (dict(validation_data=(X0[:0], Y0[:0])), "validation_data[0]", "empty"),
+    (dict(validation_data=(X0.astype(str), Y0)), "validation_data[0]", "real numbers"),
+    (dict(validation_data=(X0, Y0 + 2)), "validation_data[1]", r"\[0, 1\]"),
+    (dict(validation_data=(X0, -Y0 - 1)), "validation_data[1]", r"\[0, 1\]"),
+    (dict(validation_data=(X0, Y0[:-1])), "validation_data[1]", "shape"),
+    (dict(validation_data=(X0, with_value(Y0, 0, np.nan))), "validation_data[1]", "finite"),
+]
+
+
+@pytest.mark.parametrize("kwargs, arg, what", BAD_FIT_ARGS,
+                         ids=[f"{next(iter(k))}-{i}" for i, (k, _, _) in enumerate(BAD_FIT_ARGS)])
+def test_fit_rejects_bad_arguments(trainer, kwargs, arg, what):
+    before = snapshot(trainer)
+    expect_error(lambda: trainer.fit(X0, Y0, **kwargs), arg, what)
+    assert_unchanged(trainer, before)
+
+
+def test_fit_rejects_bad_arguments_before_the_first_step_of_a_fresh_trainer():
+    """A trainer that never trained: a failed fit must not even allocate the
+    optimizer state."""
+    trainer = fn.Trainer(make_model(), device="cpu", seed=0)
+    before = snapshot(trainer)
+    assert before["optimizer.state"] is None
+    expect_error(lambda: trainer.fit(X0, Y0, batch_size=0), "batch_size")
+    expect_error(lambda: trainer.fit(X0, Y0, validation_data=(X0, Y0 + 5)),
+                 "validation_data[1]")
+    assert_unchanged(trainer, before)
+
+
+@pytest.mark.parametrize("batch_size", [2**63, 2**64])
+def test_fit_huge_batch_size_trains_or_is_refused_cleanly(batch_size):
+    trainer = fn.Trainer(make_model(), device="cpu", seed=0)
+    before = snapshot(trainer)
+    try:
+        trainer.fit(X0, Y0, batch_size=batch_size)
+    except ERRORS as exc:  # a clean refusal is fine too
+        assert re.search(names("batch_size"), str(exc))
+        assert_unchanged(trainer, before)
+
+
+# ---- bad input to predict_proba / predict / decision_function / evaluate ----
+
+INFERENCE = {
+    "predict_proba": lambda t, X: t.predict_proba(X),
+    "predict": lambda t, X: t.predict(X),
+    "decision_function": lambda t, X: t.decision_function(X),
+    "evaluate": lambda t, X: t.evaluate(X, Y0),
+}
+
+
+@pytest.mark.parametrize("method", INFERENCE)
+@pytest.mark.parametrize("_, X, what", BAD_X, ids=BAD_X_IDS)
+def test_inference_rejects_bad_X(trainer, method, _, X, what):
+    before = snapshot(trainer)
+    expect_error(lambda: INFERENCE[method](trainer, X), "X", what)
+    assert_unchanged(trainer, before)
+
+
+@pytest.mark.parametrize("method", INFERENCE)
+def test_inference_accepts_lists_and_a_single_row(trainer, method):
+    """Inference uses running statistics: one row is fine, even with BatchNorm."""
+    before = snapshot(trainer)
+    if method == "evaluate":
+        result = trainer.evaluate(X0[:1].tolist(), Y0[:1].tolist())
+        assert np.isfinite(result["loss"])
+    else:
+        assert np.shape(INFERENCE[method](trainer, X0[:1].tolist())) == (1,)
+    assert_unchanged(trainer, before)
+
+
+@pytest.mark.parametrize("_, n_out, y, what", BAD_Y, ids=[case[0] for case in BAD_Y])
+def test_evaluate_rejects_bad_y(trained, _, n_out, y, what):
+    trainer = copy.deepcopy(trained[n_out])
+    X = X0 if n_out == 1 else X2
+    before = snapshot(trainer)
+    expect_error(lambda: trainer.evaluate(X, y), "y", what)
+    assert_unchanged(trainer, before)
+
+
+# ---- bad constructor arguments: a failed construction must not convert the model in place ----
+
+TRAINER_CASES = [
+    # (id, kwargs, argument named, what)
+    ("model-str", dict(model="x"), "model", "Sequential"),
+    ("model-layer", dict(model=fn.Dense(2, 1)), "model", "Sequential"),
+    ("optimizer-str", dict(optimizer="adam"), "optimizer", "SGD, RMSprop, Adam"),
+    ("optimizer-class", dict(optimizer=fn.Adam), "optimizer", "SGD, RMSprop, Adam"),
+    ("loss-mse", dict(loss="mse"), "loss", "bce"),
+    ("loss-none", dict(loss=None), "loss", "bce"),
+    ("device-tpu", dict(device="tpu"), "device", "'cpu'"),
+    ("device-upper", dict(device="CPU"), "device", "'cpu'"),
+    ("device-none", dict(device=None), "device", "'cpu'"),
+    pytest.param("device-cuda", dict(device="cuda"), "device", "is_available", marks=no_gpu,
+                 id="device-cuda"),
+    ("dtype-int32", dict(dtype="int32"), "dtype", "'float32' or 'float64'"),
+    ("dtype-float16", dict(dtype="float16"), "dtype", "'float32' or 'float64'"),
+    ("dtype-bogus", dict(dtype="bogus"), "dtype", "'float32' or 'float64'"),
+    ("dtype-int-type", dict(dtype=int), "dtype", "'float32' or 'float64'"),
+    ("seed-negative", dict(seed=-1), "seed", ">= 0"),
+    ("seed-float", dict(seed=0.5), "seed", "integer"),
+    ("seed-str", dict(seed="0"), "seed", "integer"),
+    pytest.param("dtype-none", dict(dtype=None), "dtype", "'float32' or 'float64'",
+                 id="dtype-none"),
+]
+
+
+@pytest.mark.parametrize("_, kwargs, arg, what", TRAINER_CASES,
+                         ids=[c[0] if isinstance(c, tuple) else c.id for c in TRAINER_CASES])
+def test_trainer_rejects_bad_arguments_and_leaves_the_model_alone(_, kwargs, arg, what):
+    model = make_model()  # float64; a successful Trainer converts it to float32
+    before = model.state_dict()
+    kwargs = {"model": model, "optimizer": fn.SGD(lr=0.1), "device": "cpu", **kwargs}
+    expect_error(lambda: fn.Trainer(**kwargs), arg, what)
+    assert model.dtype == np.float64
+    after = model.state_dict()
+    assert all(same_array(after[k], before[k]) for k in before)
+
+
+@pytest.mark.parametrize("override, arg", [("tpu", "FASTNN_DEVICE"), ("auto", "FASTNN_DEVICE"),
+                                            pytest.param("cuda", "device='cuda'", marks=no_gpu)])
+def test_trainer_rejects_a_bad_fastnn_device_override(monkeypatch, override, arg):
+    monkeypatch.setenv("FASTNN_DEVICE", override)
+    model = make_model()
+    expect_error(lambda: fn.Trainer(model, device="auto"), arg)
+    assert model.dtype == np.float64

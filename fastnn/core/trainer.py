@@ -8,8 +8,8 @@ import warnings
 
 import numpy as np
 
-from fastnn.kernels.activations import sigmoid_reference
-from fastnn.kernels.loss import LOSS_CODES, loss_reference
+from fastnn.kernels.activations import numpy_sigmoid
+from fastnn.kernels.loss import LOSS_CODES, numpy_loss
 
 from . import validation as v
 from . import checkpoint
@@ -434,7 +434,7 @@ class Trainer:
         logits = inference_logits(self._logits, self.model, X)
         if self.loss == "cross_entropy":
             return np.exp(log_softmax(logits)).astype(self.dtype)
-        return self._squeeze(sigmoid_reference(logits).astype(self.dtype))
+        return self._squeeze(numpy_sigmoid(logits).astype(self.dtype))
 
     def predict(self, X):
         """Labels (int64): probability >= 0.5 for 'bce' (shape as
@@ -472,7 +472,7 @@ class Trainer:
         """Loss and accuracy from float64 logits that may be +-inf: they stand
         in as +-1e300, which gives the loss its limit without inf - inf."""
         finite = np.clip(logits, -1e300, 1e300)
-        loss, _ = loss_reference(LOSS_CODES[self.loss], finite, Y.astype(np.float64))
+        loss, _ = numpy_loss(LOSS_CODES[self.loss], finite, Y.astype(np.float64))
         if self.loss == "cross_entropy":
             accuracy = float(np.mean(np.argmax(logits, axis=1) == np.argmax(Y, axis=1)))
         else:

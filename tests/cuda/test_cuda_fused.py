@@ -8,7 +8,7 @@ import pytest
 from numba.cuda.simulator import kernel as simulated_kernel
 
 import fastnn as fn
-from conftest import SIMULATOR
+from helpers import SIMULATOR
 from fastnn.core.cuda_backend import ENGINE_VARIABLE, cuda_engine
 from fastnn.kernels import cuda_fused
 

@@ -7,8 +7,7 @@ import pytest
 from numba import cuda
 
 from cases import DTYPES, TEST_CASES
-from conftest import SIMULATOR
-from test_kernels import check_against_reference
+from helpers import SIMULATOR, check_against_reference
 
 import fastnn as fn
 from fastnn.core.validation import is_device_array

@@ -5,11 +5,13 @@ import os
 import subprocess
 import sys
 
+from helpers import SIMULATOR
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_gpu_check_script_passes():
-    quick = ["--quick"] if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else []
+    quick = ["--quick"] if SIMULATOR else []
     result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_check.py"), *quick],
                             capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
