@@ -8,9 +8,9 @@ import pytest
 from numba.cuda.simulator import kernel as simulated_kernel
 
 import fastnn as fn
-from helpers import SIMULATOR
 from fastnn.core.cuda_backend import ENGINE_VARIABLE, cuda_engine
 from fastnn.kernels import cuda_fused
+from helpers import SIMULATOR
 
 OPTIMIZERS = {
     "sgd": lambda: fn.SGD(lr=0.1),
