@@ -37,6 +37,7 @@ from fastnn.core.backends import get_backend  # noqa: E402
 from fastnn.core.cuda_backend import ENGINE_VARIABLE  # noqa: E402
 from cases import DTYPES, TEST_CASES, make_inputs, run, tolerance  # noqa: E402
 from fastnn.bench import BATCHES, NETWORKS  # noqa: E402
+from gpu_wide import build  # noqa: E402  (the standard networks' fastnn models)
 
 QUICK_NETWORK = (6, 8, 1, 4)  # d_in, hidden, blocks, batch
 
@@ -62,15 +63,6 @@ def check_ops(quick):
             ok &= err <= 1
             rows.append((case.id, np.dtype(dtype).name, err))
     return rows, ok
-
-
-def build(spec, seed=0):
-    d_in, hidden, blocks, _ = spec
-    layers, width = [], d_in
-    for _ in range(blocks):
-        layers += [fn.Dense(width, hidden, bias=False), fn.BatchNorm(hidden), fn.ReLU()]
-        width = hidden
-    return fn.Sequential(*layers, fn.Dense(width, 1), seed=seed)
 
 
 @contextmanager
