@@ -4,12 +4,15 @@
 
 JIT compilation happens in the warm-up round, outside the timed region.
 Memory-bound ops report GB/s (bytes read and written once) in extra_info.
+The dense_*_loops and dense_*_blas cases time the cpu dense kernels' two
+paths on the same small shapes, the measurements behind the size at which
+kernels/dense.py switches from its loops to BLAS.
 """
 
 import numpy as np
 import pytest
 
-from cases import BACKENDS, BENCH_CASES, make_inputs, run
+from cases import BACKENDS, BENCH_CASES, DENSE_PATHS, make_inputs, run
 from fastnn.core.backends import cuda_available
 
 ALL_BACKENDS = BACKENDS + (("cuda",) if cuda_available() else ())
@@ -42,6 +45,8 @@ def test_kernel(benchmark, case, backend):
     if backend == "cuda":
         if case.op in ("sgd", "sgd_momentum", "rmsprop", "adam"):
             pytest.skip("cuda optimizer updates are timed in the training benchmarks")
+        if case.op in DENSE_PATHS:
+            pytest.skip("the loops and BLAS paths are the cpu kernels' own")
         inputs, call = _on_device(inputs), _run_synchronized  # device-resident, synchronized
     outputs = benchmark.pedantic(call, args=(case, backend, inputs), warmup_rounds=1,
                                  rounds=20, iterations=1)

@@ -29,6 +29,13 @@ class Case:
         return f"{self.op}-{'x'.join(map(str, self.shape))}"
 
 
+# Dense shapes around the cpu kernels' switch from loops to BLAS (64): batches
+# 1, 2 and 31, odd widths 1, 7, 33 and 65, as (batch, n_in, n_out).
+DENSE_PATH_SHAPES = [(batch, n_in, n_out) for batch in (1, 2, 31)
+                     for n_in, n_out in ((1, 1), (7, 33), (33, 7), (33, 65), (65, 1))]
+DENSE_PATHS = ("dense_forward_loops", "dense_backward_loops", "dense_forward_blas",
+               "dense_backward_blas")
+
 # Awkward shapes first (batch 2, odd widths, sizes that are not multiples of a
 # SIMD width or a block size); the last shape of each op is a "large" one.
 TEST_SHAPES = {
@@ -39,6 +46,12 @@ TEST_SHAPES = {
     "cross_entropy": [(2, 2), (37, 5), (1000, 10)],
     "dense_forward": [(2, 1, 1), (2, 7, 5), (33, 13, 17), (256, 256, 256)],
     "dense_backward": [(2, 1, 1), (2, 7, 5), (33, 13, 17), (256, 256, 256)],
+    # the two paths of the cpu kernels, each on every shape (the dispatching
+    # ops above choose between them by size: any width of 65 takes BLAS)
+    "dense_forward_loops": DENSE_PATH_SHAPES,
+    "dense_backward_loops": DENSE_PATH_SHAPES,
+    "dense_forward_blas": DENSE_PATH_SHAPES,
+    "dense_backward_blas": DENSE_PATH_SHAPES,
     "relu": [(2, 7), (33, 13)],
     "sigmoid": [(2, 7), (33, 13)],
     "tanh": [(2, 7), (33, 13)],
@@ -59,6 +72,11 @@ BENCH_SHAPES = {
     "cross_entropy": [(64, 10), (1024, 10), (65536, 10)],
     "dense_forward": [(64, 64, 64), (256, 256, 256), (1024, 1024, 1024)],
     "dense_backward": [(64, 64, 64), (256, 256, 256), (1024, 1024, 1024)],
+    # the benchmark networks' small products, on both paths
+    "dense_forward_loops": [(32, 32, 1), (64, 64, 1), (2, 64, 32), (32, 32, 32)],
+    "dense_forward_blas": [(32, 32, 1), (64, 64, 1), (2, 64, 32), (32, 32, 32)],
+    "dense_backward_loops": [(32, 32, 1), (64, 64, 1), (2, 64, 32), (32, 32, 32)],
+    "dense_backward_blas": [(32, 32, 1), (64, 64, 1), (2, 64, 32), (32, 32, 32)],
     "sgd": [(4096,), (65536,), (1 << 20,)],
     "sgd_momentum": [(4096,), (65536,), (1 << 20,)],
     "rmsprop": [(4096,), (65536,), (1 << 20,)],
@@ -110,10 +128,10 @@ def make_inputs(case, dtype, seed=0):
         return dict(logits=normal(*shape) * 4, y=(rng.uniform(size=shape) > 0.5).astype(dtype))
     if op == "cross_entropy":
         return dict(logits=normal(*shape) * 4, y=rng.integers(0, shape[1], shape[0]).astype(dtype))
-    if op in ("dense_forward", "dense_backward"):
+    if op.startswith("dense"):
         n, n_in, n_out = shape
         inputs = dict(x=normal(n, n_in), w=normal(n_out, n_in) / np.sqrt(n_in).astype(dtype))
-        if op == "dense_forward":
+        if op.startswith("dense_forward"):
             inputs["b"] = normal(n_out)
         else:
             inputs["dy"] = normal(n, n_out)
@@ -145,10 +163,30 @@ def run(case, backend, inputs):
         return (ops.dense_forward(a["x"], a["w"], a["b"], backend=backend),)
     if op == "dense_backward":
         return ops.dense_backward(a["dy"], a["x"], a["w"], backend=backend)
+    if op in DENSE_PATHS:
+        return run_dense_path(op, backend, a)
     if op in ("relu", "sigmoid", "tanh"):
         return (ops.activation_forward(a["x"], op, backend=backend),
                 ops.activation_backward(a["y"], a["dy"], op, backend=backend))
     return (run_optimizer(case.op, backend, a["w"], a["grads"]),)
+
+
+def run_dense_path(op, backend, a):
+    """One path of the cpu dense kernels, called directly (the reference on
+    the numpy backend); outputs as the dense ops return them."""
+    from fastnn.kernels import dense
+    x, w = a["x"], a["w"]
+    if op.startswith("dense_forward"):
+        if backend == "numpy":
+            return (dense.dense_forward_reference(x, w, a["b"]),)
+        y = np.empty((x.shape[0], w.shape[0]), x.dtype)
+        getattr(dense, op)(x, w, a["b"], y)
+        return (y,)
+    if backend == "numpy":
+        return dense.dense_backward_reference(a["dy"], x, w)
+    dx, dw, db = np.empty_like(x), np.empty_like(w), np.empty(w.shape[0], x.dtype)
+    getattr(dense, op)(a["dy"], x, w, dx, dw, db, np.empty(w.shape[0]))
+    return dx, dw, db
 
 
 def run_optimizer(name, backend, w, grads):

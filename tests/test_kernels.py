@@ -8,7 +8,8 @@ rtol a small multiple of the dtype's eps (see cases.tolerance).
 import numpy as np
 import pytest
 
-from cases import BACKENDS, DTYPES, TEST_CASES
+from cases import BACKENDS, DENSE_PATH_SHAPES, DTYPES, TEST_CASES, Case, make_inputs, run
+from fastnn.kernels import dense
 from helpers import check_against_reference
 
 
@@ -17,6 +18,28 @@ from helpers import check_against_reference
 @pytest.mark.parametrize("case", TEST_CASES, ids=lambda c: c.id)
 def test_kernel_matches_float64_reference(case, dtype, backend):
     check_against_reference(case, dtype, backend)
+
+
+@pytest.mark.parametrize("shape", DENSE_PATH_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_dense_kernels_take_the_path_their_size_calls_for(shape):
+    """Loops for the smallest products, BLAS from a width of 65 on: the
+    dispatching kernels give exactly what the chosen path gives."""
+    batch, n_in, n_out = shape
+    small = max(shape) <= 64
+    assert dense.forward_takes_loops(*shape) == (small and batch * n_out <= 64)
+    assert dense.backward_takes_loops(*shape) == (small and batch * n_in * n_out <= 1024)
+    forward_path = "loops" if dense.forward_takes_loops(*shape) else "blas"
+    backward_path = "loops" if dense.backward_takes_loops(*shape) else "blas"
+    for dtype in DTYPES:
+        inputs = make_inputs(Case("dense_forward", shape), dtype)
+        np.testing.assert_array_equal(run(Case("dense_forward", shape), "cpu", inputs)[0],
+                                      run(Case(f"dense_forward_{forward_path}", shape), "cpu",
+                                          inputs)[0])
+        inputs = make_inputs(Case("dense_backward", shape), dtype)
+        for out, expected in zip(run(Case("dense_backward", shape), "cpu", inputs),
+                                 run(Case(f"dense_backward_{backward_path}", shape), "cpu",
+                                     inputs), strict=True):
+            np.testing.assert_array_equal(out, expected)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
