@@ -49,8 +49,10 @@ from .core.io import load, save
 from .core.layers import BatchNorm, Dense, ReLU, Sequential, Sigmoid, Tanh
 from .core.many import fit_many
 from .core.optim import SGD, Adam, AdamW, Optimizer, RMSprop
+from .core.threads import ThreadContentionWarning
 from .core.trainer import Trainer
 
 __all__ = ["Sequential", "Dense", "BatchNorm", "ReLU", "Sigmoid", "Tanh", "mlp", "Trainer", "SGD",
            "RMSprop", "Adam", "AdamW", "Optimizer", "Callback", "EarlyStopping", "StepDecay",
-           "CosineDecay", "save", "load", "from_torch", "ops", "fit_many", "__version__"]
+           "CosineDecay", "save", "load", "from_torch", "ops", "fit_many",
+           "ThreadContentionWarning", "__version__"]

@@ -27,6 +27,7 @@ import numpy as np
 
 from fastnn.kernels import activations, batchnorm, dense, loss, network, optim
 
+from . import threads
 from .compilation import compile_ahead
 from .cuda_backend import CudaBackend
 
@@ -157,6 +158,7 @@ class CpuBackend(NumpyBackend):
     engine_predict_logits = staticmethod(network.predict_logits)
 
     def start_fit(self, model, optimizer, X, Y, batch, loss_kind, comm=None):
+        threads.warn_once_if_contended()
         return HostSession(self, model, optimizer, X, Y, batch, loss_kind, comm)
 
     def prepare(self, model, optimizer, X, Y, loss_kind, comm=None, X_val=None, announce=True):
