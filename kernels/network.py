@@ -86,6 +86,7 @@ from .dense import dense_backward, dense_backward_reference, dense_forward
 from .dense import dense_forward_reference
 from .loss import loss_and_gradient
 from .optim import optimizer_update
+from .views import matrix_at, matrix_at_reference
 
 # Compile time is a user-visible cost (a first run compiles everything), and it
 # grows with each separately compiled function: numba re-optimizes and re-emits
@@ -188,7 +189,7 @@ def guard_for(net):
 @_internal
 def block(flat, offset, rows, cols):
     """The (rows, cols) matrix stored at ``offset`` of a flat buffer."""
-    return flat[offset:offset + rows * cols].reshape((rows, cols))
+    return matrix_at(flat, offset, rows, cols)
 
 
 @_internal
@@ -555,6 +556,7 @@ def _gather_batch(X, Y, index, start, n, xb, yb):
 #: each kernel the walks call, by name, and its NumPy reference with the same
 #: argument contract (outputs written in place)
 REFERENCE_KERNELS = {
+    "matrix_at": matrix_at_reference,
     "dense_forward": _dense_forward, "dense_backward": _dense_backward,
     "batchnorm_forward": _batchnorm_forward, "batchnorm_inference": _batchnorm_inference,
     "batchnorm_backward": _batchnorm_backward,

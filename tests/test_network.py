@@ -122,3 +122,30 @@ def test_cpu_training_matches_reference_engine(optimizer, dtype):
     for key, value in results["numpy"][1].items():
         np.testing.assert_allclose(results["cpu"][1][key], value, rtol=rtol, atol=rtol,
                                    err_msg=key)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matrix_at_is_the_reshaped_slice_and_writes_through(dtype):
+    """The engine's views of its flat buffers (kernels/views.py): the same
+    matrix as the reshaped slice, C-contiguous, sharing the buffer's memory."""
+    from numba import njit
+
+    from fastnn.kernels.views import matrix_at, matrix_at_reference
+
+    @njit
+    def view_and_write(flat, offset, rows, cols):
+        view = matrix_at(flat, offset, rows, cols)
+        if rows:
+            view[rows - 1, cols - 1] = -1.0
+        return view
+
+    for offset, rows, cols in [(0, 1, 1), (7, 3, 5), (3, 0, 4), (2, 31, 7)]:
+        flat = np.arange(300, dtype=dtype)
+        expected = matrix_at_reference(flat.copy(), offset, rows, cols)
+        view = view_and_write(flat, np.int64(offset), np.int64(rows), np.int64(cols))
+        assert view.dtype == dtype and view.shape == (rows, cols) and view.flags.c_contiguous
+        if rows:
+            assert flat[offset + rows * cols - 1] == -1.0  # written through to the buffer
+            expected[-1, -1] = -1.0
+        np.testing.assert_array_equal(view, expected)
+        assert np.count_nonzero(flat != np.arange(300, dtype=dtype)) == (rows > 0)  # only that
