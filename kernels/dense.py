@@ -83,8 +83,9 @@ def backward_takes_loops(batch, n_in, n_out):
 def dense_forward(x, w, b, y):
     """y = x @ w.T + b, written into y. b may be empty (no bias).
 
-    Inlined into its caller, so that choosing the path costs no call of its
-    own (a compiled call with array arguments costs about 0.1 us here)."""
+    Inlined into its caller: compiled on its own, the choice of path cost
+    about 0.07 us per call (32 x 32 -> 1 in a compiled loop: 0.25 us against
+    0.19 us inlined, 0.17 us calling the loops directly)."""
     if forward_takes_loops(x.shape[0], x.shape[1], w.shape[0]):
         dense_forward_loops(x, w, b, y)
     else:
