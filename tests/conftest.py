@@ -6,11 +6,18 @@ device='auto' uses the default cost figures in tests (no calibration run
 on a machine with a GPU), so that the choices the tests see do not depend on
 the machine; tests/test_autodevice.py tests the calibration itself.
 
+The PyTorch oracle tests import torch when they are collected, so every cpu
+fit of the session shares the process with PyTorch's thread pool: limited to
+one thread, as fastnn's ThreadContentionWarning advises, it neither slows the
+fits nor makes the first of them warn (whichever test that happens to be;
+tests/test_threads.py checks the warning in processes of its own).
+
 The fixtures shared by test files are here; the helpers they build on are in
 helpers.py."""
 
 import copy
 import os
+import sys
 
 import pytest
 
@@ -22,6 +29,11 @@ from helpers import make_model, make_xy
 os.environ.setdefault("FASTNN_CALIBRATE", "0")
 
 collect_ignore = [] if cuda_available() else ["cuda"]
+
+
+def pytest_collection_finish(session):
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
