@@ -39,7 +39,8 @@ def repeat_part(net, ws, grads, opt, X, Y, index, loss, part, l, n, reps):
     n_params = net.params.shape[0]
     for _ in range(reps):
         if part == GATHER:
-            engine.gather_batch(X, Y, index, 0, n, engine.layer_blocks(net, ws, 0, n)[0], ws.targets)
+            first_input, _ = engine.layer_blocks(net, ws, 0, n)
+            engine.gather_batch(X, Y, index, 0, n, first_input, ws.targets)
         elif part == FORWARD:
             if t[l].kind == engine.DENSE:
                 engine.dense_layer_forward(net, ws, l, n)
