@@ -58,3 +58,19 @@ def test_the_warning_without_threadpoolctl_names_torch():
 def test_no_warning_once_torch_runs_one_thread():
     pytest.importorskip("torch")
     assert contention_warnings("import torch; torch.set_num_threads(1)") == []
+
+
+def test_a_fit_leaves_torch_thread_count_alone():
+    """fastnn never starts numba's threading layer (whose OpenMP start-up would
+    reset PyTorch's thread count), so the remedy the warning gives holds."""
+    pytest.importorskip("torch")
+    code = ("import torch; torch.set_num_threads(1)\n"
+            "import numpy as np, fastnn as fn\n"
+            "X, y = np.random.default_rng(0).normal(size=(64, 3)), np.arange(64) % 2\n"
+            "trainer = fn.Trainer(fn.mlp(3, [4], 1, seed=0), device='auto', dtype='float64')\n"
+            "trainer.fit(X, y, epochs=1, batch_size=16)\n"
+            "print(trainer.device, torch.get_num_threads())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "1", result.stdout

@@ -160,7 +160,8 @@ def cache_path(dtype):
         "fastnn")
     key = json.dumps([__version__, numba.__version__, _numba_cuda_version(), platform.node(),
                       platform.processor() or platform.machine(), os.cpu_count(),
-                      numba.get_num_threads(), _gpu_name(), str(np.dtype(dtype))])
+                      numba.config.NUMBA_NUM_THREADS,  # get_num_threads() starts numba's pool
+                      _gpu_name(), str(np.dtype(dtype))])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return os.path.join(root, f"device-costs-{np.dtype(dtype)}-{digest}.json")
 

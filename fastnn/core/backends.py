@@ -185,7 +185,9 @@ class CpuBackend(NumpyBackend):
 
     def describe(self):
         import numba
-        return f"cpu (numba {numba.__version__}, {numba.get_num_threads()} threads)"
+        # numba's configured thread count: numba.get_num_threads() would start numba's
+        # threading layer, whose OpenMP start-up resets PyTorch's thread count in the process
+        return f"cpu (numba {numba.__version__}, {numba.config.NUMBA_NUM_THREADS} threads)"
 
     def batchnorm_forward(self, x, gamma, beta, eps):
         f = x.shape[1]

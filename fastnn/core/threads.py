@@ -11,12 +11,17 @@ the cpu backend it looks for such pools and says once per process what it
 found and how to limit it.
 
 threadpoolctl, when it is installed, lists every OpenMP and BLAS pool loaded
-in the process; a pool counts as another library's when its file lies outside
-numpy's and SciPy's folders and it has more than one thread. Without
-threadpoolctl, only PyTorch is recognized (``torch.get_num_threads()``).
+in the process; a pool counts as another library's when it has more than one
+thread and its file lies in an installed package other than numpy, SciPy and
+numba (PyTorch's torch/lib/libgomp.so.1, scikit-learn's bundled OpenMP). A
+system library is not counted: numba's threading layer, which fastnn's engine
+does not use but which starts when anything asks numba for its thread count,
+loads the system's OpenMP. PyTorch is also recognized by itself, with or
+without threadpoolctl (``torch.get_num_threads()``).
 """
 
 import os
+import site
 import sys
 import warnings
 
@@ -56,14 +61,17 @@ def contending_pools():
         from threadpoolctl import threadpool_info
     except ImportError:
         return _torch_pool()
-    own = [_folder(name) for name in ("numpy", "scipy") if name in sys.modules]
+    packages = [os.path.realpath(folder) for folder in site.getsitepackages()
+                + [site.getusersitepackages()]]
+    own = [_folder(name) for name in ("numpy", "scipy", "numba") if name in sys.modules]
     found = []
     for pool in threadpool_info():
         path = os.path.realpath(pool.get("filepath") or "")
-        if pool.get("num_threads", 1) > 1 and not any(_inside(path, folder) for folder in own):
+        if (pool.get("num_threads", 1) > 1 and any(_inside(path, folder) for folder in packages)
+                and not any(_inside(path, folder) for folder in own)):
             found.append(f"{pool.get('prefix')} ({pool.get('user_api')}, "
                          f"{pool['num_threads']} threads, {path})")
-    return found
+    return found or _torch_pool()
 
 
 def _torch_pool():
