@@ -39,6 +39,12 @@ def test_no_warning_without_another_pool():
     assert contention_warnings("") == []
 
 
+def test_no_warning_for_scikit_learns_openmp():
+    """fastnn's scikit-learn estimator loads scikit-learn's bundled OpenMP."""
+    pytest.importorskip("sklearn")
+    assert contention_warnings("import fastnn.sklearn") == []
+
+
 def test_one_warning_when_torch_shares_the_cores():
     pytest.importorskip("torch")
     messages = contention_warnings("import torch; torch.set_num_threads(2)\n"

@@ -12,9 +12,9 @@ found and how to limit it.
 
 threadpoolctl, when it is installed, lists every OpenMP and BLAS pool loaded
 in the process; a pool counts as another library's when it has more than one
-thread and its file lies in an installed package other than numpy, SciPy and
-numba (PyTorch's torch/lib/libgomp.so.1, scikit-learn's bundled OpenMP). A
-system library is not counted: numba's threading layer, which fastnn's engine
+thread and its file lies in an installed package other than those of
+OWN_PACKAGES below (PyTorch's torch/lib/libgomp.so.1, say). A system library
+is not counted: numba's threading layer, which fastnn's engine
 does not use but which starts when anything asks numba for its thread count,
 loads the system's OpenMP. PyTorch is also recognized by itself, with or
 without threadpoolctl (``torch.get_num_threads()``).
@@ -31,6 +31,13 @@ class ThreadContentionWarning(RuntimeWarning):
 
 
 _warned = False
+
+# Packages whose pools are not counted, with the folder of the libraries their
+# wheels bundle: the BLAS fastnn uses (numpy's, SciPy's), numba's, and
+# scikit-learn's OpenMP, which fastnn's scikit-learn estimator loads and which
+# runs only inside scikit-learn's own estimators.
+OWN_PACKAGES = {"numpy": "numpy.libs", "scipy": "scipy.libs", "numba": "numba.libs",
+                "sklearn": "scikit_learn.libs"}
 
 
 def warn_once_if_contended():
@@ -63,7 +70,7 @@ def contending_pools():
         return _torch_pool()
     packages = [os.path.realpath(folder) for folder in site.getsitepackages()
                 + [site.getusersitepackages()]]
-    own = [_folder(name) for name in ("numpy", "scipy", "numba") if name in sys.modules]
+    own = _own_folders()
     found = []
     for pool in threadpool_info():
         path = os.path.realpath(pool.get("filepath") or "")
@@ -82,11 +89,16 @@ def _torch_pool():
     return [f"PyTorch's intra-op pool (torch.get_num_threads() = {get_num_threads()})"]
 
 
-def _folder(package):
-    """The folder holding an imported package (site-packages/numpy), whose
-    bundled libraries lie in it or beside it (numpy.libs, numpy/.dylibs)."""
-    return os.path.dirname(os.path.realpath(sys.modules[package].__file__))
+def _own_folders():
+    """The folders of the imported packages of OWN_PACKAGES and of the
+    libraries their wheels bundle (site-packages/numpy, site-packages/numpy.libs)."""
+    folders = []
+    for package, libraries in OWN_PACKAGES.items():
+        if package in sys.modules:
+            folder = os.path.dirname(os.path.realpath(sys.modules[package].__file__))
+            folders += [folder, os.path.join(os.path.dirname(folder), libraries)]
+    return folders
 
 
 def _inside(path, folder):
-    return path.startswith(folder + os.sep) or path.startswith(folder + ".libs" + os.sep)
+    return path.startswith(folder + os.sep)
