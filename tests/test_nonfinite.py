@@ -78,17 +78,19 @@ def test_a_nan_weight_gives_nan_logits_on_every_host_backend(dtype):
 
 @pytest.mark.parametrize("device", HOST_DEVICES)
 def test_nan_born_inside_the_forward_pass_stops_training_on_every_backend(device):
-    # finite weights and inputs whose products overflow: inf - inf = NaN in the first layer;
-    # a ReLU that turned that NaN into 0 would hide it from the loss, and the state would
-    # stay finite: a fit that "works"
-    model = fn.Sequential(fn.Dense(2, 3), fn.ReLU(), fn.Dense(3, 1), seed=0).astype("float64")
-    model.layers[0].weight[:] = [[1e200, -1e200], [1.0, 1.0], [1.0, -1.0]]
+    # finite weights and inputs whose product overflows: the first hidden unit is inf, and
+    # inf * 0 = NaN in both units of the second layer (not inf - inf, which a BLAS product
+    # may sum to inf); a ReLU that turned that NaN into 0 would hide it from the loss
+    model = fn.Sequential(fn.Dense(2, 3), fn.ReLU(), fn.Dense(3, 2), fn.ReLU(), fn.Dense(2, 1),
+                          seed=0).astype("float64")
+    model.layers[0].weight[:] = [[1e200, 1e200], [1e-200, 1e-200], [1e-200, -1e-200]]
+    model.layers[2].weight[:] = [[0.0, 1.0, 1.0], [0.0, -1.0, 1.0]]
     X = np.full((8, 2), 1e200)
     y = np.arange(8) % 2
     trainer = fn.Trainer(model, optimizer=fn.SGD(lr=0.1), device=device, dtype="float64", seed=0)
     params = model.params.copy()
     with pytest.raises(FloatingPointError, match="non-finite loss"):
-        trainer.fit(X, y, epochs=1, batch_size=4)
+        trainer.fit(X, y, epochs=1, batch_size=8)  # one batch: its loss is the only check
     assert trainer.nonfinite == (1, 1)
     assert_all_finite(model, trainer)
     np.testing.assert_array_equal(model.params, params)
@@ -236,6 +238,7 @@ def test_sklearn_probabilities_are_finite_when_logits_overflow():
     X = np.random.default_rng(1).choice([-1e10, 1e10], size=(6, 4))
     p = clf.predict_proba(X)
     assert np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()
+    np.testing.assert_allclose(p.sum(axis=1), 1, rtol=1e-12)  # a distribution, not NaN -> 0
     assert np.isfinite(clf.predict_log_proba(X)[p > 0]).all()
 
 
@@ -254,3 +257,25 @@ def test_evaluation_of_overflowing_logits_is_not_nan_and_warns_nothing(loss, n_o
     scores = fn.Trainer(overflowing_model(1), device="cpu")._scores(z, np.array([[1.0], [0.0],
                                                                                  [0.0]]))
     assert scores["loss"] == pytest.approx(1e300 / 3) and scores["accuracy"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("loss,n_outputs", [("bce", 1), ("cross_entropy", 3)])
+def test_validation_scores_during_fit_are_not_nan_when_logits_overflow(loss, n_outputs):
+    import warnings
+
+    model = overflowing_model(n_outputs)
+    model.layers[0].bias[:] = 0
+    model.layers[2].bias[:] = 0  # zero inputs train with finite logits
+    trainer = fn.Trainer(model, loss=loss, optimizer=fn.SGD(lr=1e-6), device="cpu",
+                         dtype="float32", seed=0)
+    classes = max(n_outputs, 2)
+    X_val = np.random.default_rng(1).choice([-1e10, 1e10], size=(6, 4)).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert not np.isfinite(trainer.decision_function(X_val)).all()  # they overflow
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        history = trainer.fit(np.zeros((8, 4), np.float32), np.arange(8) % classes, epochs=1,
+                              batch_size=8, validation_data=(X_val, np.arange(6) % classes))
+    assert not np.isnan(history["val_loss"][0]) and 0 <= history["val_accuracy"][0] <= 1
+    assert history["val_loss"][0] == pytest.approx(trainer.evaluate(X_val, np.arange(6) % classes)
+                                                   ["loss"])
