@@ -60,6 +60,24 @@ def test_resume_continues_the_run_written_last_not_another(tmp_path):
     assert len({run_of(p) for p in list_checkpoints(tmp_path)}) == 2
 
 
+
+def test_a_checkpoint_whose_name_and_stored_run_disagree_is_not_resumed(tmp_path):
+    _, trainer = make()
+    trainer.fit(X, Y, epochs=3, batch_size=32, checkpoint_dir=tmp_path)
+    newest = list_checkpoints(tmp_path)[0]
+    renamed = tmp_path / f"checkpoint-{'0' * 16}-000003.npz"  # another run's name, newest file
+    os.rename(newest, renamed)
+    with pytest.raises(ValueError, match="the file name and the run identity stored inside"):
+        read_checkpoint(renamed)
+    resumed, trainer = make()
+    with pytest.warns(RuntimeWarning, match="skipping checkpoint: .*disagree"):
+        history = trainer.fit(X, Y, epochs=3, batch_size=32, checkpoint_dir=tmp_path,
+                              resume=True)
+    assert len(history["loss"]) == 3 and run_of(list_checkpoints(tmp_path)[0]) != "0" * 16
+    fresh, trainer = make()
+    trainer.fit(X, Y, epochs=3, batch_size=32)
+    assert np.array_equal(resumed.params, fresh.params)  # a new run, not the renamed file's
+
 @pytest.mark.parametrize("name,neighbour", [("exp[1]", "exp1"), ("run*", "run-x"),
                                             ("a?", "ab")])
 def test_checkpoint_dir_is_a_literal_path_not_a_pattern(tmp_path, name, neighbour):
@@ -127,6 +145,19 @@ def test_pruning_tolerates_files_already_gone(tmp_path, monkeypatch):
         run.close()
     assert epochs_of(list_checkpoints(tmp_path)) == [5, 4, 3]
 
+
+
+def test_choosing_the_run_to_resume_tolerates_files_already_gone(tmp_path, monkeypatch):
+    _, trainer = make()
+    trainer.fit(X, Y, epochs=2, batch_size=32, checkpoint_dir=tmp_path)
+    (run,) = {run_of(p) for p in list_checkpoints(tmp_path)}
+    real_list = checkpoint.list_checkpoints
+
+    def listed_then_pruned(directory, run_id=None):  # another run prunes it after the listing
+        gone = os.path.join(directory, f"checkpoint-{'f' * 16}-000009.npz")
+        return [gone] + real_list(directory, run_id)
+    monkeypatch.setattr(checkpoint, "list_checkpoints", listed_then_pruned)
+    assert checkpoint.latest_run(str(tmp_path)) == run
 
 SCRIPT = textwrap.dedent("""
     import sys
