@@ -114,6 +114,7 @@ def test_every_command_fails_with_one_line_and_no_traceback(work, case):
                                                           "bench") else "fastnn"
     assert lines[0].startswith(f"{command}: error: "), lines[0]
     assert words in lines[0], lines[0]
+    assert "unexpected" not in lines[0], lines[0]  # each of these errors is an expected one
     assert proc.returncode == status, (proc.returncode, lines[0])
     after = {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()}
     assert {k: after.get(k) for k in before} == before  # no input was touched
