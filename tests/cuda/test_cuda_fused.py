@@ -135,9 +135,9 @@ def test_divergence_restores_the_last_good_state_as_the_cpu_does(lr, scale, stop
                                    err_msg=key)
 
 
-def launches_per_epoch(monkeypatch, model, n_samples, batch):
-    """Kernel launches from the host per epoch of a fit: those of a 2-epoch fit
-    minus those of a 1-epoch fit (the setup's launches cancel out)."""
+def count_launches(monkeypatch):
+    """A list that collects the name of every kernel launched from the host
+    (the simulator's kernel call, wrapped; launches inside a kernel not counted)."""
     launches = []
     call = simulated_kernel.FakeCUDAKernel.__call__
 
@@ -147,6 +147,13 @@ def launches_per_epoch(monkeypatch, model, n_samples, batch):
         return call(self, *args)
 
     monkeypatch.setattr(simulated_kernel.FakeCUDAKernel, "__call__", counting_call)
+    return launches
+
+
+def launches_per_epoch(monkeypatch, model, n_samples, batch):
+    """Kernel launches from the host per epoch of a fit: those of a 2-epoch fit
+    minus those of a 1-epoch fit (the setup's launches cancel out)."""
+    launches = count_launches(monkeypatch)
     rng = np.random.default_rng(5)
     X, y = rng.normal(size=(n_samples, 4)), rng.uniform(size=n_samples)
     counts = []
@@ -251,15 +258,7 @@ def test_fit_many_trains_each_model_as_its_own_fit_on_the_cpu():
 
 
 def test_fit_many_is_one_launch_per_epoch(monkeypatch):
-    launches = []
-    call = simulated_kernel.FakeCUDAKernel.__call__
-
-    def counting_call(self, *args):
-        if not self._device and simulated_kernel._kernel_context is None:
-            launches.append(self.fn.__name__)
-        return call(self, *args)
-
-    monkeypatch.setattr(simulated_kernel.FakeCUDAKernel, "__call__", counting_call)
+    launches = count_launches(monkeypatch)
     rng = np.random.default_rng(7)
     X, y = rng.normal(size=(6, 3)), rng.uniform(size=6)
     models = [fn.Sequential(fn.Dense(3, 4), fn.Tanh(), fn.Dense(4, 1), seed=s) for s in range(3)]
