@@ -31,9 +31,20 @@ os.environ.setdefault("FASTNN_CALIBRATE", "0")
 collect_ignore = [] if cuda_available() else ["cuda"]
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """The simulator test (tests/test_cuda_simulator.py) goes last: it waits for
+    its process, which runs beside the other tests."""
+    items.sort(key=lambda item: getattr(getattr(item, "module", None), "__name__", "")
+               == "test_cuda_simulator")
+
+
 def pytest_collection_finish(session):
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
+    simulator = sys.modules.get("test_cuda_simulator")
+    if simulator is not None and any(getattr(item, "module", None) is simulator
+                                     for item in session.items):
+        simulator.start()  # the CUDA simulator's process, beside this one
 
 
 @pytest.fixture(scope="module")
