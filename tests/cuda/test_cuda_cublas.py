@@ -20,6 +20,13 @@ from numba import config, cuda
 import fastnn as fn
 from fastnn.kernels import cuda_cublas
 
+
+@pytest.fixture(autouse=True)
+def layer_by_layer_engine(monkeypatch):
+    """These tests are about the layer-by-layer engine (kernels/cuda_network.py):
+    the fused engine would take their small networks."""
+    monkeypatch.setenv("FASTNN_CUDA_ENGINE", "layers")
+
 if not config.ENABLE_CUDASIM:
     pytest.skip("the stand-in reads device memory from the host: simulator only",
                 allow_module_level=True)

@@ -23,6 +23,13 @@ from fastnn.kernels.cuda_graph import (StepRunner, begin_epoch, begin_step, run_
 from fastnn.kernels.loss import BCE
 
 
+@pytest.fixture(autouse=True)
+def layer_by_layer_engine(monkeypatch):
+    """These tests are about the layer-by-layer engine (kernels/cuda_network.py):
+    the fused engine would take their small networks."""
+    monkeypatch.setenv("FASTNN_CUDA_ENGINE", "layers")
+
+
 class RecordingGraphs:
     """The DriverGraphs interface, without a GPU (see the module docstring)."""
 

@@ -12,6 +12,13 @@ import fastnn as fn
 from fastnn.core.cuda_backend import CudaBackend
 
 
+@pytest.fixture(autouse=True)
+def layer_by_layer_engine(monkeypatch):
+    """These tests are about the layer-by-layer engine (kernels/cuda_network.py):
+    the fused engine would take their small networks."""
+    monkeypatch.setenv("FASTNN_CUDA_ENGINE", "layers")
+
+
 def test_tf32_products_or_a_warning_and_float32_products():
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(8, 3)), (rng.uniform(size=8) > 0.5) * 1.0
