@@ -56,9 +56,10 @@ def test_cuda_kernels_and_training_pass_in_the_simulator():
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-    out.seek(0)
-    err.seek(0)
-    stdout, stderr = out.read(), err.read()
+    with out, err:
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     summary = stdout.strip().splitlines()[-1] if stdout.strip() else ""
     print(stdout[-3000:])
     assert process.returncode == 0, stdout[-6000:] + stderr[-3000:]
