@@ -293,7 +293,10 @@ def machine_info():
 
     import fastnn
     info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "numba_threads": numba.get_num_threads(), "python": platform.python_version(),
+            # the configured count: get_num_threads() would start numba's threading layer
+            # here, whose OpenMP start-up resets PyTorch's thread count (as in describe())
+            "numba_threads": numba.config.NUMBA_NUM_THREADS,
+            "python": platform.python_version(),
             "fastnn": fastnn.__version__, "numpy": np.__version__, "numba": numba.__version__,
             "blas_env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
                                                     "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
