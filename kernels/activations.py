@@ -16,14 +16,13 @@ below name the activations inside the compiled network description.
 import math
 
 import numpy as np
-from numba import njit
 
 from .elementwise import (
     relu, relu_grad_from_output, sigmoid, sigmoid_grad_from_output,
     tanh_grad_from_output,
 )
+from .jit import jit
 
-_jit = njit(cache=True, error_model="numpy")
 
 RELU, SIGMOID, TANH = 0, 1, 2
 ACTIVATION_CODES = {"relu": RELU, "sigmoid": SIGMOID, "tanh": TANH}
@@ -60,7 +59,7 @@ def activation_backward_reference(kind, y, dy):
 
 # ---- cpu ----
 
-@_jit
+@jit
 def activation_forward(kind, x, y):
     """y = f(x) for the activation code ``kind``."""
     for i in range(x.shape[0]):
@@ -77,7 +76,7 @@ def activation_forward(kind, x, y):
                 yr[j] = math.tanh(xr[j])
 
 
-@_jit
+@jit
 def activation_backward(kind, y, dy, dx):
     """dx = dy * f'(x), from the forward output y. dx may alias dy."""
     for i in range(y.shape[0]):

@@ -20,13 +20,11 @@ write the outputs passed last.
 """
 
 import numpy as np
-from numba import njit
 
 from .collective import allreduce_sum
+from .jit import jit, inline
 
-_jit = njit(cache=True, error_model="numpy")
 # the steps of the two kernels above them, inlined into each (one copy to compile)
-_inline = njit(cache=True, error_model="numpy", inline="always")
 
 
 # ---- reference (NumPy, any float dtype; the tests run it in float64) ----
@@ -70,7 +68,7 @@ def batchnorm_update_running_reference(running_mean, running_var, mean, var, n, 
 # (synchronized BatchNorm), and ``rows`` the number of rows of the global
 # batch; in one process ``comm`` is None and ``rows`` is x.shape[0].
 
-@_jit
+@jit
 def batchnorm_forward(x, gamma, beta, eps, relu, y, mean, var, inv_std, sums, coef, comm, rows):
     """Training-mode forward; writes y and the batch mean, var, inv_std.
     With ``relu``, writes max(y, 0) instead (BatchNorm then ReLU, fused)."""
@@ -86,7 +84,7 @@ def batchnorm_forward(x, gamma, beta, eps, relu, y, mean, var, inv_std, sums, co
     batchnorm_scale_shift(x, gamma, beta, mean, inv_std, relu, y, coef)
 
 
-@_inline
+@inline
 def batch_sums(x, out):
     """out[j] = sum over the batch of x[i, j] (out float64)."""
     for j in range(out.shape[0]):
@@ -97,7 +95,7 @@ def batch_sums(x, out):
             out[j] += row[j]
 
 
-@_inline
+@inline
 def squared_deviation_sums(x, mean, out):
     """out[j] = sum over the batch of (x[i, j] - mean[j])^2 (out float64)."""
     for j in range(out.shape[0]):
@@ -109,7 +107,7 @@ def squared_deviation_sums(x, mean, out):
             out[j] += d * d
 
 
-@_inline
+@inline
 def batchnorm_statistics(squares, rows, eps, var, inv_std):
     """Biased variance and 1 / sqrt(var + eps) from the squared deviations of ``rows`` rows."""
     for j in range(var.shape[0]):
@@ -118,7 +116,7 @@ def batchnorm_statistics(squares, rows, eps, var, inv_std):
         inv_std[j] = 1.0 / np.sqrt(v + eps)
 
 
-@_jit
+@jit
 def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps, relu, y, sums, coef):
     """Inference-mode forward with the running statistics; writes y
     (max(y, 0) with ``relu``)."""
@@ -130,7 +128,7 @@ def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps, relu, y,
     batchnorm_scale_shift(x, gamma, beta, mean, inv_std, relu, y, coef)
 
 
-@_inline
+@inline
 def batchnorm_scale_shift(x, gamma, beta, mean, inv_std, relu, y, coef):
     """y = x * scale + shift with scale = gamma * inv_std, shift = beta - mean * scale
     (PyTorch's CPU kernel folds the affine transform the same way); max(y, 0)
@@ -154,7 +152,7 @@ def batchnorm_scale_shift(x, gamma, beta, mean, inv_std, relu, y, coef):
                 yr[j] = xr[j] * scale[j] + shift[j]
 
 
-@_jit
+@jit
 def batchnorm_backward(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta, sums, coef, comm, rows):
     """Writes dx, dgamma, dbeta given the forward cache (x, mean, inv_std).
 
@@ -173,7 +171,7 @@ def batchnorm_backward(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta, sums, coe
         batchnorm_backward_dx(dy, x, gamma, mean, inv_std, sum_dy, sum_dy_xc, rows, dx, coef)
 
 
-@_inline
+@inline
 def batchnorm_backward_sums(dy, x, mean, sum_dy, sum_dy_xc):
     """sum_i dy[i, j] and sum_i dy[i, j] (x[i, j] - mean[j]) (float64 outputs)."""
     for j in range(sum_dy.shape[0]):
@@ -187,7 +185,7 @@ def batchnorm_backward_sums(dy, x, mean, sum_dy, sum_dy_xc):
             sum_dy_xc[j] += dyr[j] * (xr[j] - mean[j])
 
 
-@_inline
+@inline
 def batchnorm_backward_dx(dy, x, gamma, mean, inv_std, sum_dy, sum_dy_xc, rows, dx, coef):
     """dx = gamma inv_std (dy - sum_dy / rows - (x - mean) inv_std^2 sum_dy_xc / rows),
     where the sums run over all ``rows`` rows of the batch."""
@@ -206,7 +204,7 @@ def batchnorm_backward_dx(dy, x, gamma, mean, inv_std, sum_dy, sum_dy_xc, rows, 
             dxr[j] = a[j] * (dyr[j] - mean_dy[j]) - c[j] * (xr[j] - mean[j])
 
 
-@_jit
+@jit
 def batchnorm_update_running(running_mean, running_var, mean, var, rows, momentum):
     """In-place running-statistics update (unbiased variance, as PyTorch)."""
     unbias = rows / (rows - 1.0)

@@ -26,8 +26,10 @@ layers; the host calls the same MPI library through mpi4py for the rest.
 from collections import namedtuple
 
 import numpy as np
-from numba import njit, types
+from numba import types
 from numba.extending import overload
+
+from .jit import jit
 
 Communicator = namedtuple("Communicator", ["allreduce", "bcast", "handle", "float32", "float64",
                                            "int64", "sum", "send", "rank", "size"])
@@ -55,7 +57,7 @@ def shard(comm, start, n):
     return rank_rows(comm.rank, comm.size, start, n)
 
 
-@njit(cache=True)
+@jit
 def rank_rows(rank, size, start, n):
     """(offset, rows) of rank ``rank``'s share of [start, start + n) among ``size``."""
     base, extra = divmod(n, size)

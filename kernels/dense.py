@@ -17,18 +17,14 @@ compiled here finish in less time than a BLAS call costs to enter.
 """
 
 import numpy as np
-from numba import njit
 
 from .batchnorm import batch_sums
+from .jit import dot_loops, inline, jit, loops
 
-_jit = njit(cache=True, error_model="numpy")
 # The loop kernels may fuse a multiply and an add (one rounding instead of
 # two), and the forward one may split a dot product over SIMD lanes: each
 # output's order of operations is fixed when the kernel compiles, the same
 # in every run and with any number of threads (the loops run on one).
-_loops = njit(cache=True, error_model="numpy", fastmath={"contract"})
-_dot_loops = njit(cache=True, error_model="numpy", fastmath={"contract", "reassoc"})
-_inline = njit(cache=True, error_model="numpy", inline="always")
 
 # Below these sizes the loop kernels beat BLAS, whose calls cost 0.2-0.4 us
 # to enter from compiled code; above them BLAS's register-blocked SIMD kernels
@@ -66,20 +62,20 @@ def dense_backward_reference(dy, x, w):
 
 # ---- cpu ----
 
-@_inline
+@inline
 def forward_takes_loops(batch, n_in, n_out):
     """Whether dense_forward runs on the loop kernel (True) or BLAS (False)."""
     return max(batch, n_in, n_out) <= LOOP_MAX_WIDTH and batch * n_out <= FORWARD_LOOP_MAX_OUTPUTS
 
 
-@_inline
+@inline
 def backward_takes_loops(batch, n_in, n_out):
     """Whether dense_backward runs on the loop kernel (True) or BLAS (False)."""
     return (max(batch, n_in, n_out) <= LOOP_MAX_WIDTH
             and batch * n_in * n_out <= BACKWARD_LOOP_MAX_PRODUCT)
 
 
-@_inline
+@inline
 def dense_forward(x, w, b, y):
     """y = x @ w.T + b, written into y. b may be empty (no bias).
 
@@ -92,7 +88,7 @@ def dense_forward(x, w, b, y):
         dense_forward_blas(x, w, b, y)
 
 
-@_inline
+@inline
 def dense_backward(dy, x, w, dx, dw, db, sums):
     """Gradients of a dense layer, written into dx, dw and db (inlined into
     its caller, as dense_forward is).
@@ -106,7 +102,7 @@ def dense_backward(dy, x, w, dx, dw, db, sums):
         dense_backward_blas(dy, x, w, dx, dw, db, sums)
 
 
-@_jit
+@jit
 def dense_forward_blas(x, w, b, y):
     """dense_forward through BLAS."""
     np.dot(x, w.T, y)
@@ -117,7 +113,7 @@ def dense_forward_blas(x, w, b, y):
                 row[j] += b[j]
 
 
-@_jit
+@jit
 def dense_backward_blas(dy, x, w, dx, dw, db, sums):
     """dense_backward through BLAS."""
     if dx.shape[0]:
@@ -127,7 +123,7 @@ def dense_backward_blas(dy, x, w, dx, dw, db, sums):
         store_bias_gradient(dy, db, sums)
 
 
-@_inline
+@inline
 def store_bias_gradient(dy, db, sums):
     """db = dy summed over the batch, accumulated in float64 in sums, then
     stored in db's dtype."""
@@ -137,7 +133,7 @@ def store_bias_gradient(dy, db, sums):
         db[j] = total[j]
 
 
-@_dot_loops
+@dot_loops
 def dense_forward_loops(x, w, b, y):
     """dense_forward in loops, four rows of x at a time (each row of w is
     read once for four outputs). Each output is a dot product over n_in,
@@ -175,7 +171,7 @@ def dense_forward_loops(x, w, b, y):
             y[i, j] = total + (b[j] if has_bias else zero)
 
 
-@_loops
+@loops
 def dense_backward_loops(dy, x, w, dx, dw, db, sums):
     """dense_backward in loops. dw: one pass over the batch adds four
     samples' terms to a row of dw at a time, dw[j] += (dy[i, j] x[i] + ... +
@@ -237,7 +233,7 @@ def dense_backward_loops(dy, x, w, dx, dw, db, sums):
                 input_row[k] += d * weights[k]
 
 
-@_jit
+@jit
 def gemm_floor_step(xs, ws, dys, outs, dws, dxs, reps):
     """The matrix products of ``reps`` training steps and nothing else, made
     with the same calls as the kernels above: y = x @ w.T and dw = dy.T @ x

@@ -1,7 +1,7 @@
 """Element math written once, shared by every backend.
 
-Contract: each function takes and returns scalars. They are ``@njit`` with
-``inline="always"`` so that numba inlines them into the CPU kernels and, in the
+Contract: each function takes and returns scalars. They are jit.py's
+``inline`` flavour (``inline="always"``), so that numba inlines them into the CPU kernels and, in the
 CUDA backend, into ``@cuda.jit`` kernels (numba-cuda accepts inlined CPU
 dispatchers without asking a GPU for its compute capability, so the kernels
 still compile to PTX on a machine without one). ``error_model="numpy"``: a
@@ -11,15 +11,15 @@ which also lets the loops that call them vectorize.
 
 import math
 
-from numba import njit
+from .jit import inline
 
-_jit = njit(inline="always", error_model="numpy", cache=True)
+
 
 #: PyTorch clamps log(z) and log(1 - z) at -100 in binary_cross_entropy.
 LOG_CLAMP = -100.0
 
 
-@_jit
+@inline
 def sigmoid(z):
     """Logistic function, evaluated without overflow for any finite z."""
     if z >= 0:
@@ -28,7 +28,7 @@ def sigmoid(z):
     return e / (1.0 + e)
 
 
-@_jit
+@inline
 def bce_with_logits_term(z, y):
     """One element of BCE on a logit: -[y log s(z) + (1-y) log(1-s(z))].
 
@@ -37,7 +37,7 @@ def bce_with_logits_term(z, y):
     return max(z, 0.0) - z * y + math.log1p(math.exp(-abs(z)))
 
 
-@_jit
+@inline
 def bce_term(p, y):
     """One element of BCE on a probability, logs clamped at -100 like PyTorch."""
     log_p = max(math.log(p), LOG_CLAMP) if p > 0.0 else LOG_CLAMP
@@ -45,14 +45,14 @@ def bce_term(p, y):
     return -(y * log_p + (1.0 - y) * log_q)
 
 
-@_jit
+@inline
 def relu(x):
     """max(x, 0) that keeps NaN (as np.maximum does): a NaN weight or
     activation must reach the loss, where the divergence guard sees it."""
     return 0.0 if x <= 0.0 else x
 
 
-@_jit
+@inline
 def relu_grad_from_output(y):
     """d relu / dx written in terms of the output y = relu(x): 1 for y > 0,
     0 for y = 0, NaN for a NaN y (propagated, never turned into 0)."""
@@ -61,12 +61,12 @@ def relu_grad_from_output(y):
     return 0.0 if y <= 0 else y
 
 
-@_jit
+@inline
 def sigmoid_grad_from_output(y):
     return y * (1.0 - y)
 
 
-@_jit
+@inline
 def tanh_grad_from_output(y):
     return 1.0 - y * y
 
@@ -79,7 +79,7 @@ def tanh_grad_from_output(y):
 # as float64, which would turn float32 updates into float64 arithmetic and
 # keep them from vectorizing.
 
-@_jit
+@inline
 def sgd_element(w, g, buf, lr, momentum, one_minus_dampening, nesterov, weight_decay,
                 first_step):
     """torch.optim.SGD: returns (w, momentum_buffer)."""
@@ -90,7 +90,7 @@ def sgd_element(w, g, buf, lr, momentum, one_minus_dampening, nesterov, weight_d
     return w - lr * d, buf
 
 
-@_jit
+@inline
 def rmsprop_element(w, g, square_avg, grad_avg, buf, lr, alpha, one_minus_alpha, eps,
                     momentum, weight_decay, centered):
     """torch.optim.RMSprop: returns (w, square_avg, grad_avg, momentum_buffer)."""
@@ -109,7 +109,7 @@ def rmsprop_element(w, g, square_avg, grad_avg, buf, lr, alpha, one_minus_alpha,
     return w, square_avg, grad_avg, buf
 
 
-@_jit
+@inline
 def adam_element(w, g, m, v, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay,
                  decay_factor, decoupled, step_size, bias_correction2_sqrt):
     """torch.optim.Adam: returns (w, exp_avg, exp_avg_sq). Decoupled (AdamW):

@@ -22,13 +22,13 @@ The loss codes name the losses inside the compiled engine.
 from collections import namedtuple
 
 import numpy as np
-from numba import njit, types
+from numba import types
 from numba.extending import overload
 
 from .activations import sigmoid_reference
 from .elementwise import bce_term, bce_with_logits_term, sigmoid
+from .jit import jit
 
-_jit = njit(cache=True, error_model="numpy")
 
 BCE, CROSS_ENTROPY = 0, 1
 LOSS_CODES = {"bce": BCE, "cross_entropy": CROSS_ENTROPY}
@@ -74,7 +74,7 @@ loss_reference = numpy_loss
 
 # ---- cpu (2-D inputs) ----
 
-@_jit
+@jit
 def bce(z, y):
     total = 0.0
     for i in range(z.shape[0]):
@@ -83,7 +83,7 @@ def bce(z, y):
     return total / z.size
 
 
-@_jit
+@jit
 def bce_with_logits(z, y, dz):
     """Returns the mean loss and writes d loss / d z into dz."""
     total = 0.0
@@ -98,7 +98,7 @@ def bce_with_logits(z, y, dz):
     return total * scale
 
 
-@_jit
+@jit
 def cross_entropy(z, y, dz):
     """Returns the mean softmax cross-entropy and writes d loss / d z into dz."""
     n, k = z.shape

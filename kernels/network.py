@@ -69,7 +69,6 @@ import types
 from collections import namedtuple
 
 import numpy as np
-from numba import njit
 from numba.core.registry import CPUDispatcher
 
 from .activations import (
@@ -84,6 +83,7 @@ from .batchnorm import (
 from .collective import allreduce_sum, broadcast, shard
 from .dense import dense_backward, dense_backward_reference, dense_forward
 from .dense import dense_forward_reference
+from .jit import inline, internal, jit
 from .loss import loss_and_gradient
 from .optim import optimizer_update
 from .views import matrix_at, matrix_at_reference
@@ -91,13 +91,10 @@ from .views import matrix_at, matrix_at_reference
 # Compile time is a user-visible cost (a first run compiles everything), and it
 # grows with each separately compiled function: numba re-optimizes and re-emits
 # the code of every function a function calls. So the engine's entry points
-# (_jit) call the kernels, which are compiled once each; the glue between them
+# (jit) call the kernels, which are compiled once each; the glue between them
 # (the walks, the per-layer functions, one step) is inlined into the entry
-# points (_inline), and the small views the glue uses are compiled once, with no
-# Python entry point (_internal).
-_jit = njit(cache=True, error_model="numpy")
-_inline = njit(inline="always", cache=True, error_model="numpy")
-_internal = njit(cache=True, error_model="numpy", no_cpython_wrapper=True)
+# points (inline), and the small views the glue uses are compiled once, with no
+# Python entry point (internal). The flavours are defined in jit.py.
 
 # layer kinds
 DENSE, BATCHNORM, ACTIVATION = 0, 1, 2
@@ -186,13 +183,13 @@ def guard_for(net):
 
 # ---- named views (LLVM inlines them: they cost nothing at run time) ----
 
-@_internal
+@internal
 def block(flat, offset, rows, cols):
     """The (rows, cols) matrix stored at ``offset`` of a flat buffer."""
     return matrix_at(flat, offset, rows, cols)
 
 
-@_internal
+@internal
 def dense_views(table, flat, l):
     """Dense layer l's (weight (n_out, n_in), bias (n_out,)) in params or in
     grads; the bias is empty for a layer without one."""
@@ -202,7 +199,7 @@ def dense_views(table, flat, l):
     return weight, bias
 
 
-@_internal
+@internal
 def batchnorm_views(table, flat, l):
     """BatchNorm layer l's (gamma, beta) in params or in grads."""
     row = table[l]
@@ -210,21 +207,21 @@ def batchnorm_views(table, flat, l):
             flat[row.bias_at:row.bias_at + row.n_out])
 
 
-@_internal
+@internal
 def running_statistics(table, buffers, l):
     """BatchNorm layer l's (running_mean, running_var)."""
     at, f = table[l].stats_at, table[l].n_out
     return buffers[at:at + f], buffers[at + f:at + 2 * f]
 
 
-@_internal
+@internal
 def saved_statistics(table, ws, l):
     """BatchNorm layer l's batch (mean, var, inv_std) from the forward pass."""
     f, at = table[l].n_out, table[l].saved_at
     return ws.saved[at:at + f], ws.saved[at + f:at + 2 * f], ws.saved[at + 2 * f:at + 3 * f]
 
 
-@_internal
+@internal
 def layer_blocks(net, ws, l, n):
     """Layer l's (input (n, n_in), output (n, n_out)): its output is the next
     block, or, for a BatchNorm that applies the ReLU after it, the ReLU's
@@ -234,14 +231,14 @@ def layer_blocks(net, ws, l, n):
             block(ws.activations, ws.activation_at[l + 1 + row.relu_after], n, row.n_out))
 
 
-@_internal
+@internal
 def network_output(net, ws, n):
     """The logits, (n, k)."""
     last = net.table.shape[0] - 1
     return block(ws.activations, ws.activation_at[last + 1], n, net.table[last].n_out)
 
 
-@_internal
+@internal
 def gradient(ws, which, rows, cols):
     """Gradient buffer ``which`` (0 or 1) viewed as (rows, cols)."""
     return block(ws.gradients[which], 0, rows, cols)
@@ -249,7 +246,7 @@ def gradient(ws, which, rows, cols):
 
 # ---- data movement (kernels, each with a NumPy reference below) ----
 
-@_internal
+@internal
 def gather_batch(X, Y, index, start, n, xb, yb):
     """xb[i] = X[index[start + i]] and yb[i] = Y[index[start + i]] for i < n."""
     for i in range(n):
@@ -260,7 +257,7 @@ def gather_batch(X, Y, index, start, n, xb, yb):
             yb[i, j] = Y[row, j]
 
 
-@_internal
+@internal
 def copy_into(destination, source):
     """destination[...] = source, for arrays of one shape (any dimension)."""
     flat_destination = destination.reshape(destination.size)
@@ -271,14 +268,14 @@ def copy_into(destination, source):
 
 # ---- one forward and one backward function per layer kind ----
 
-@_inline
+@inline
 def dense_layer_forward(net, ws, l, n):
     x, y = layer_blocks(net, ws, l, n)
     weight, bias = dense_views(net.table, net.params, l)
     dense_forward(x, weight, bias, y)
 
 
-@_inline
+@inline
 def dense_layer_backward(net, ws, grads, l, n, dy, dx):
     x, _ = layer_blocks(net, ws, l, n)
     weight, _ = dense_views(net.table, net.params, l)
@@ -286,7 +283,7 @@ def dense_layer_backward(net, ws, grads, l, n, dy, dx):
     dense_backward(dy, x, weight, dx, dweight, dbias, ws.sums)
 
 
-@_inline
+@inline
 def batchnorm_layer_forward(net, ws, l, n, n_global, training, comm):
     """Batch statistics in training (over the global batch when the layer is
     synchronized), the running statistics otherwise."""
@@ -315,7 +312,7 @@ def batchnorm_layer_forward(net, ws, l, n, n_global, training, comm):
     batchnorm_update_running(running_mean, running_var, mean, var, rows, momentum)
 
 
-@_inline
+@inline
 def batchnorm_layer_backward(net, ws, grads, l, n, n_global, dy, dx, comm):
     x, _ = layer_blocks(net, ws, l, n)
     mean, _, inv_std = saved_statistics(net.table, ws, l)
@@ -329,13 +326,13 @@ def batchnorm_layer_backward(net, ws, grads, l, n, n_global, dy, dx, comm):
                            ws.coefficients, None, n)
 
 
-@_inline
+@inline
 def activation_layer_forward(net, ws, l, n):
     x, y = layer_blocks(net, ws, l, n)
     activation_forward(net.table[l].activation, x, y)
 
 
-@_inline
+@inline
 def activation_layer_backward(net, ws, l, n, dy, dx):
     _, y = layer_blocks(net, ws, l, n)
     activation_backward(net.table[l].activation, y, dy, dx)
@@ -343,7 +340,7 @@ def activation_layer_backward(net, ws, l, n, dy, dx):
 
 # ---- the walks ----
 
-@_inline
+@inline
 def forward(net, ws, n, n_global, training, comm):
     """Forward pass over the first n rows of the input block, in training mode
     (batch statistics, running statistics updated) or inference mode."""
@@ -359,7 +356,7 @@ def forward(net, ws, n, n_global, training, comm):
             activation_layer_forward(net, ws, l, n)
 
 
-@_inline
+@inline
 def backward(net, ws, grads, n, n_global, comm):
     """Backward pass; d loss / d logits must be in gradient buffer 0. Writes grads."""
     t = net.table
@@ -379,7 +376,7 @@ def backward(net, ws, grads, n, n_global, comm):
 
 # ---- one step, one epoch ----
 
-@_inline
+@inline
 def train_step(net, ws, grads, X, Y, index, start, n_global, loss, comm):
     """Forward and backward pass on rows index[start:start + n_global] of (X, Y)
     (this process's shard of them, with a communicator).
@@ -408,7 +405,7 @@ def train_step(net, ws, grads, X, Y, index, start, n_global, loss, comm):
     return grads[n_params] if comm is not None else value
 
 
-@_inline
+@inline
 def scale_in_place(a, factor):
     """a *= factor, element by element, in a's dtype."""
     f = a.dtype.type(factor)
@@ -417,7 +414,7 @@ def scale_in_place(a, factor):
             a[i, j] *= f
 
 
-@_inline
+@inline
 def take_snapshot(net, guard):
     """Copy the model state into the guard's next snapshot slot."""
     slot = guard.taken[0] % 2
@@ -427,7 +424,7 @@ def take_snapshot(net, guard):
     guard.taken[0] += 1
 
 
-@_inline
+@inline
 def restore_last_good(net, guard):
     """Put back the state from before the previous batch (the last one with a
     finite loss), or from before this batch if it was the first."""
@@ -437,7 +434,7 @@ def restore_last_good(net, guard):
     copy_into(net.counts, guard.counts[slot])
 
 
-@_inline
+@inline
 def share_running_statistics(net, comm):
     """Rank 0's running statistics to every process, when some BatchNorm
     layer is not synchronized (each process then computes its own, as
@@ -451,7 +448,7 @@ def share_running_statistics(net, comm):
         broadcast(comm, net.counts)
 
 
-@_jit
+@jit
 def train_epoch(net, ws, grads, opt, X, Y, index, batch_size, skip_single, losses, sizes, loss,
                 guard, comm):
     """One epoch of mini-batch training over rows ``index`` of (X, Y).
@@ -483,7 +480,7 @@ def train_epoch(net, ws, grads, opt, X, Y, index, batch_size, skip_single, losse
     return n_batches, 0
 
 
-@_jit
+@jit
 def predict_logits(net, ws, X, out):
     """Inference-mode forward pass over all rows of X, in chunks of the
     workspace's batch capacity; writes the logits into out (n, k)."""

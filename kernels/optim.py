@@ -30,13 +30,12 @@ import math
 from collections import namedtuple
 
 import numpy as np
-from numba import njit, types
+from numba import types
 from numba.extending import overload
 
 from .elementwise import adam_element, rmsprop_element, sgd_element
+from .jit import jit, inline
 
-_jit = njit(cache=True, error_model="numpy")
-_inline = njit(inline="always", cache=True, error_model="numpy")
 
 SGD, RMSPROP, ADAM = 0, 1, 2
 
@@ -79,7 +78,7 @@ def optimizer_state(kind, hyper, step, rows):
 # ---- the hyper-parameters, decoded once per optimizer ----
 # ``like`` is any array of the parameters' dtype: the scalars come back in it.
 
-@_inline
+@inline
 def sgd_scalars(hyper, step, like):
     """(lr, momentum, 1 - dampening, nesterov, weight_decay, first_step)."""
     t = like.dtype.type
@@ -87,7 +86,7 @@ def sgd_scalars(hyper, step, like):
             t(hyper[WEIGHT_DECAY]), step == 1)
 
 
-@_inline
+@inline
 def rmsprop_scalars(hyper, like):
     """(lr, alpha, 1 - alpha, eps, momentum, weight_decay, centered)."""
     t = like.dtype.type
@@ -95,7 +94,7 @@ def rmsprop_scalars(hyper, like):
             t(hyper[MOMENTUM]), t(hyper[WEIGHT_DECAY]), hyper[CENTERED] != 0.0)
 
 
-@_inline
+@inline
 def adam_scalars(hyper, step, like):
     """(1 - beta1, beta2, 1 - beta2, eps, weight_decay, 1 - lr * weight_decay,
     decoupled, lr / (1 - beta1^t), sqrt(1 - beta2^t)): the bias corrections
@@ -220,7 +219,7 @@ def _optimizer_update_by_state_type(state, w, g):
     return None
 
 
-@_jit
+@jit
 def optimizer_update_compiled(state, w, g):
     """``optimizer_update`` compiled, for callers in Python (the functional API)."""
     optimizer_update(state, w, g)
