@@ -5,6 +5,8 @@ before and after fit."""
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,7 +17,17 @@ from fastnn.core import autodevice
 from fastnn.core import trainer as trainer_module
 from fastnn.core.autodevice import Costs
 
-pytest.importorskip("numba.cuda")  # the phases of a step come from the fused engine's plan
+
+
+def test_the_cost_model_imports_without_numba_cuda():
+    # the phases of a step come from the fused engine's plan, which is pure Python
+    code = ("import sys; import fastnn.core.autodevice, fastnn.kernels.cuda_fused.plan; "
+            "from fastnn.bench import build_model; "
+            "print(fastnn.core.autodevice.step_features(build_model('tiny').table, 32)); "
+            "assert 'numba.cuda' not in sys.modules, 'numba.cuda imported'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.fixture

@@ -1,0 +1,94 @@
+"""The update phase of the fused engine: the optimizer update of every
+parameter, the count of a trained batch, and the divergence guard's
+restore."""
+
+from ..elementwise import adam_element, rmsprop_element, sgd_element
+from ..network import BATCHNORM
+from ..optim import ADAM, RMSPROP, SGD, STATE_ROWS, adam_scalars, rmsprop_scalars, sgd_scalars
+from .primitives import SIMULATOR, device
+
+if SIMULATOR:
+    # The simulator runs kernels as Python and hands them simulated arrays,
+    # which compiled CPU functions cannot take: call the Python functions
+    # behind the @njit ones that take arrays.
+    sgd_scalars, rmsprop_scalars, adam_scalars = (
+        f.py_func for f in (sgd_scalars, rmsprop_scalars, adam_scalars))
+
+@device
+def count_batch(table, models, opt, guard, m, slot):
+    """A batch whose loss was finite counts: the optimizer's step, and each
+    BatchNorm's num_batches_tracked (its old value into the guard first).
+    One thread runs it."""
+    opt.step[m] += 1
+    for l in range(table.shape[0]):
+        if table[l].kind == BATCHNORM:
+            guard.counts[m, slot, l] = models.counts[m, l]
+            models.counts[m, l] += 1
+
+
+# which row of the optimizer's state holds each named buffer (optim.STATE_ROWS)
+SGD_MOMENTUM = STATE_ROWS[SGD].index("momentum_buffer")
+RMSPROP_SQUARE_AVG = STATE_ROWS[RMSPROP].index("square_avg")
+RMSPROP_MOMENTUM = STATE_ROWS[RMSPROP].index("momentum_buffer")
+RMSPROP_GRAD_AVG = STATE_ROWS[RMSPROP].index("grad_avg")
+ADAM_EXP_AVG = STATE_ROWS[ADAM].index("exp_avg")
+ADAM_EXP_AVG_SQ = STATE_ROWS[ADAM].index("exp_avg_sq")
+
+
+@device
+def update_phase(opt, m, params, grads, snapshot, first, stride):
+    """The optimizer update of parameters first, first + stride, ..., each
+    one's old value into the guard's snapshot first. The hyper-parameters
+    are decoded by optim.py's scalar functions, the element math is
+    elementwise.py's (what the cpu kernels run)."""
+    kind, hyper, step, rows = opt.kind[m], opt.hyper[m], opt.step[m], opt.rows[m]
+    if kind == SGD:
+        lr, momentum, one_minus_dampening, nesterov, weight_decay, first_step = sgd_scalars(
+            hyper, step, params)
+        for i in range(first, params.shape[0], stride):
+            w = params[i]
+            snapshot[i] = w
+            params[i], rows[SGD_MOMENTUM, i] = sgd_element(
+                w, grads[i], rows[SGD_MOMENTUM, i], lr, momentum, one_minus_dampening,
+                nesterov, weight_decay, first_step)
+    elif kind == RMSPROP:
+        lr, alpha, one_minus_alpha, eps, momentum, weight_decay, centered = rmsprop_scalars(
+            hyper, params)
+        for i in range(first, params.shape[0], stride):
+            w = params[i]
+            snapshot[i] = w
+            (params[i], rows[RMSPROP_SQUARE_AVG, i], rows[RMSPROP_GRAD_AVG, i],
+             rows[RMSPROP_MOMENTUM, i]) = rmsprop_element(
+                w, grads[i], rows[RMSPROP_SQUARE_AVG, i], rows[RMSPROP_GRAD_AVG, i],
+                rows[RMSPROP_MOMENTUM, i], lr, alpha, one_minus_alpha, eps, momentum,
+                weight_decay, centered)
+    else:
+        (one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay_factor, decoupled,
+         step_size, bias_correction2_sqrt) = adam_scalars(hyper, step, params)
+        for i in range(first, params.shape[0], stride):
+            w = params[i]
+            snapshot[i] = w
+            params[i], rows[ADAM_EXP_AVG, i], rows[ADAM_EXP_AVG_SQ, i] = adam_element(
+                w, grads[i], rows[ADAM_EXP_AVG, i], rows[ADAM_EXP_AVG_SQ, i], one_minus_beta1,
+                beta2, one_minus_beta2, eps, weight_decay, decay_factor, decoupled, step_size,
+                bias_correction2_sqrt)
+
+
+@device
+def restore_last_good(models, guard, m, batch_number, first, stride):
+    """After batch ``batch_number`` (counted over the fit, from 0) had a loss
+    that was not finite: the state from before the previous batch, as
+    network.restore_last_good. For the fit's first batch that is the state
+    before it: the parameters and counts were not changed yet, the running
+    statistics are in snapshot 0."""
+    params, buffers, counts = models.params[m], models.buffers[m], models.counts[m]
+    slot = 0
+    if batch_number >= 1:
+        slot = (batch_number - 1) % 2
+        for i in range(first, params.shape[0], stride):
+            params[i] = guard.params[m, slot, i]
+        for i in range(first, counts.shape[0], stride):
+            counts[i] = guard.counts[m, slot, i]
+    for i in range(first, buffers.shape[0], stride):
+        buffers[i] = guard.buffers[m, slot, i]
+
