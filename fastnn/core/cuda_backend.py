@@ -33,7 +33,7 @@ def gpu_multiprocessors():
 def cuda_engine(table, batch, n_models=1, sm_count=None):
     """The one place that decides how the GPU trains a network.
 
-    Returns ('fused', FusedPlan) when the fused engine (kernels/cuda_fused.py,
+    Returns ('fused', FusedPlan) when the fused engine (kernels/cuda_fused/,
     one launch per epoch) takes ``n_models`` models of the network ``table``
     at batches of up to ``batch`` rows, else ('layers', reason): the
     layer-by-layer engine (kernels/cuda_network.py; one model). The fused
@@ -251,16 +251,22 @@ class CudaBackend:
         grid mode, also when a cooperative launch cannot hold a block per
         model)."""
         from fastnn.kernels import cuda_fused
+
+        from .compilation import announce_compilation
         engine, plan = cuda_engine(models[0].table, batch, len(models))
         if engine != "fused":
             return None
-        if plan.mode == "grid":
-            kernel = cuda_fused.epoch_kernel(models[0].dtype, "grid")
-            group = cuda_fused.cooperative_group(kernel, models[0].dtype, plan.group, len(models))
-            if group == 0:
-                return None
-            plan = plan._replace(group=group)
-        return cuda_fused.FusedTrainingSession(models, optimizers, X, Y, batch, loss_kind, plan)
+        dtype = models[0].dtype
+        # the kernel compiles (or loads from numba's disk cache) here, before any epoch
+        with announce_compilation(f"the fused GPU engine ({plan.mode} mode, {np.dtype(dtype)})"):
+            if plan.mode == "grid":
+                kernel = cuda_fused.epoch_kernel(dtype, "grid")
+                group = cuda_fused.cooperative_group(kernel, dtype, plan.group, len(models))
+                if group == 0:
+                    return None
+                plan = plan._replace(group=group)
+            return cuda_fused.FusedTrainingSession(models, optimizers, X, Y, batch, loss_kind,
+                                                   plan)
 
     def tf32_products(self):
         """True when precision='tf32' runs products on TF32 tensor cores here

@@ -13,20 +13,27 @@ stacked along a leading axis (K = 1 for ``Trainer.fit``):
     Models(params, grads, buffers, counts)  (K, P), (K, P), (K, R), (K, L) int64
     Optimizer(kind, hyper, step, rows)      (K,) int64 optim.SGD / RMSPROP / ADAM,
                                             (K, HYPER_SIZE) float64, (K,) int64,
-                                            (K, 3, P): the named buffers in
-                                            optim.STATE_ROWS order
+                                            (K, r * P): the first r named buffers
+                                            in optim.STATE_ROWS order, one after
+                                            another (r: the most any of the K
+                                            optimizers uses)
     Guard(params, buffers, counts)          (K, 2, P), (K, 2, R), (K, 2, L): the two
                                             alternating snapshots of network.Guard
-    Workspace(activations, activation_at, gradients, saved, targets, losses, status)
+    Workspace(activations, activation_at, gradients, saved, targets, losses, status,
+              barriers, arena)
         activations   (K, A), laid out by network.workspace's activation_at (L + 1,)
         gradients     (K, 2, batch * max_width), the backward ping-pong pair
         saved         (K, S), each BatchNorm's batch mean, var, inv_std
-        targets       (K, batch, k)
+        targets       (K, batch * k), row-major
         losses        (K, batches) float64, each trained batch's mean loss
         status        (K, 2) int64: batches trained, and the 1-based batch whose
                       loss was not finite (0: none). A model whose status[m, 1]
                       is not 0 when the launch starts has stopped: it is skipped.
         barriers      (K, 2) int32, zeros: grid mode's barrier counters
+        arena         (len(plan.RESIDENT),) int64: where block mode keeps each
+                      of a model's arrays in the block's dynamic shared memory
+                      (plan.arena_layout), -1 for global memory (grid mode:
+                      all -1). The launch gives the arena's bytes.
     X (N, d), Y (N, k)  the training set, shared by the K models
     index (K, N) int64  model m's order of the rows for this epoch
 
@@ -58,8 +65,14 @@ barrier is ``cuda.syncthreads()``; with several ("grid" mode, a cooperative
 launch, so that all blocks are resident at once) it is a barrier of the
 model's group of blocks (``group_barrier``).
 
+Block mode keeps the model in the block's shared memory for the epoch,
+what of it fits (plan.arena_layout): the parameters and optimizer rows are
+copied in when the launch starts and back when it ends; the phases read
+every array through epoch.Views, the same code wherever an array lives.
+
 Matrix products are tiled for shared memory and registers: the block stages
-TILE_K-deep slices of both operands in shared memory and each thread
+TILE_K-deep slices of both operands in shared memory (the loads of the next
+slice in flight while the block multiplies this one) and each thread
 accumulates a PER_THREAD x PER_THREAD block of outputs in registers. Batch
 reductions (BatchNorm statistics and gradients, bias gradients, the loss)
 accumulate in float64, as the cpu kernels do, and follow their formulas
@@ -74,10 +87,37 @@ before the loss phase counts the batch).
 In the CUDA simulator a cooperative grid has one block (it runs blocks one
 after another), so grid mode runs there with one block per model; splitting a
 phase across blocks, and the barrier's waiting, run only on a real GPU.
+
+Modules
+-------
+    plan.py        pure Python: the compile-time sizes, which networks and how
+                   (fused_plan), block mode's shared-memory layout
+    primitives.py  the barrier, work items, the tile product, block reductions
+    layers.py      a forward and a backward phase per layer kind, the gather
+    losses.py      the loss phase
+    updates.py     the optimizer update, a batch's count, the guard's restore
+    epoch.py       the kernels: the epoch as a sequence of phases
+    cache.py       the kernels' disk cache, keyed by every source they compile in
+    session.py     the host side: one session per fit (or fit_many)
+
+Where new work goes: a loss is a branch of losses.loss_phase (per-row sample
+weights: an array of epoch.Views gathered beside the targets by
+layers.gather_rows, and a factor in the loss's sums); an activation is a
+branch of layers.activation_forward_phase and activation_backward_phase
+(and of the BatchNorm phases' folded ReLU if it is folded too); a layer kind
+(Dropout) is a forward and a backward phase in layers.py, dispatched by
+epoch.forward_layer and epoch.backward_layer and counted by
+plan.step_phases (a mask from a counter-based hash of the fit's seed, the
+step and the element needs no state: the backward phase recomputes it); an
+optimizer is a branch of updates.update_phase; gradient clipping is a phase
+between the backward pass and the update in epoch.run_epoch (a norm needs
+a block reduction, and in grid mode a barrier after the blocks' partial
+sums). A new module imported from kernels/ is added to
+cache.COMPILED_FROM (a test checks).
 """
 
 from .plan import (  # noqa: F401  (pure Python: importable without numba-cuda)
-    BLOCK_ITEMS, COLUMNS, GRID_MAX_BATCH, GRID_MAX_WIDTH, LANES, THREADS, TILE, TILE_K,
+    BLOCK_ITEMS, COLUMNS, GRID_MAX_BATCH, GRID_MAX_WIDTH, LANES, MODES, THREADS, TILE, TILE_K,
     FusedPlan, fused_plan, parameter_count, step_phases,
 )
 
@@ -85,7 +125,7 @@ from .plan import (  # noqa: F401  (pure Python: importable without numba-cuda)
 # the plan above imports without it.
 _CUDA_NAMES = {
     "Models": "epoch", "Optimizer": "epoch", "Guard": "epoch", "Workspace": "epoch",
-    "MODES": "epoch", "epoch_kernel": "epoch", "argument_types": "epoch",
+    "epoch_kernel": "epoch", "argument_types": "epoch",
     "signatures": "epoch", "cooperative_group": "session", "FusedTrainingSession": "session",
 }
 

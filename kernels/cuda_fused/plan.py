@@ -1,28 +1,48 @@
-"""The fused engine's plan: which networks it takes, and how (pure Python).
+"""The fused engine's plan: which networks it takes, how (block or grid
+mode), and which of a model's arrays block mode keeps in shared memory.
 
-Nothing here imports ``numba.cuda``: the cost model of ``device="auto"``
-(fastnn/core/autodevice.py) and its tests read a step's phases from this
-module on machines without a GPU or numba-cuda.
+Pure Python: nothing here imports ``numba.cuda``, so the cost model of
+``device="auto"`` (fastnn/core/autodevice.py) and its tests read a step's
+phases from this module on machines without a GPU or numba-cuda. The device
+code takes its compile-time sizes from here too.
 """
 
 from collections import namedtuple
 
+import numpy as np
+
 from ..network import BATCHNORM, DENSE
 
+# ---- the kernel's compile-time sizes ----
 THREADS = 256                  # threads per block
 TILE = 32                      # a product's work item: a TILE x TILE tile of its output
 TILE_K = 32                    # the inner dimension advances TILE_K at a time in shared memory
-TILE_ROW = TILE + 1            # a shared tile's row, padded by one against bank conflicts
+TILE_ROW = TILE + 2            # a staged slice's row: padded against bank conflicts, and even,
+#                                so that a thread's two adjacent values load as one vector
 SIDE = 16                      # a tile's threads form a SIDE x SIDE square...
 PER_THREAD = TILE // SIDE      # ...each accumulating PER_THREAD x PER_THREAD outputs
+STAGED = TILE * TILE_K // THREADS  # elements of each operand a thread stages per slice
+UNROLL = 8                     # steps of the product loop between two tests of its bound
 COLUMNS = 32                   # a reduction's work item: COLUMNS features, all rows
 LANES = THREADS // COLUMNS     # row lanes per feature (a warp reads 32 features of a row)
 
+MODES = ("block", "grid")
+BLOCK, GRID = 0, 1             # the modes as the device code sees them
+
+# ---- which networks, and how ----
+
 #: Block mode while no phase of a step has more than this many work items
-#: (tiles of TILE x TILE outputs, chunks of COLUMNS features): one block then
-#: works through them itself, which is cheaper than paying a grid barrier
-#: (1.3 to 1.5 us on an H200, against about 0.05 us for a block barrier) at
-#: every one of a step's phases.
+#: (tiles of TILE x TILE outputs, chunks of COLUMNS features). One block
+#: then works through a phase's items itself, with the model in its shared
+#: memory (``arena_layout``): a TILE_K-deep slice of a tile costs about
+#: 0.3 us there (32 steps of 4 FMAs per thread, 8 warps), against about
+#: 0.5 us read from global memory (one L2 round trip per slice, the loads
+#: issued together) plus a grid barrier of 1.3 to 1.5 us per phase on an
+#: H200 (a block barrier: about 0.05 us). The small network (batch 64,
+#: widths 64: at most 10 items, 1 or 2 slices each) is then about 21 us per
+#: step in one block against about 28 us in a group of 10. These are
+#: estimates from those figures, not measurements: ``bench/gpu_check.py``
+#: and ``FASTNN_CUDA_ENGINE=block|grid`` time both modes on a GPU.
 BLOCK_ITEMS = 16
 #: Grid mode up to these sizes; beyond them a step's matrix products are
 #: large enough that the layer-by-layer engine's GEMMs (cuBLAS-class tiles,
@@ -40,9 +60,6 @@ def step_phases(table, batch):
     (name, work items), where a Dense layer's items are output tiles, a
     BatchNorm's feature chunks, and the element-wise phases' (activations,
     update) their elements in blocks of THREADS."""
-    def ceil_div(a, b):
-        return -(-int(a) // b)
-
     def product_tiles(rows, cols):
         return ceil_div(rows, TILE) * ceil_div(cols, TILE)
 
@@ -107,3 +124,51 @@ def fused_plan(table, batch, n_models=1, sm_count=132):
                       f"{GRID_MAX_WIDTH}; batch {batch}, at most {GRID_MAX_BATCH})")
     group = min(items, max(1, sm_count // n_models))
     return FusedPlan("grid", group, items, len(phases)), None
+
+
+# ---- block mode: the model in shared memory ----
+
+#: A model's arrays that block mode keeps in the block's shared memory for
+#: the whole epoch, in the order they are placed while they fit: the
+#: parameters (read by two products per Dense layer and step), the
+#: workspace (activations, the backward pass's two gradient buffers,
+#: BatchNorm's saved statistics, the batch's targets), the gradients, the
+#: optimizer's state rows. What does not fit stays in global memory. The
+#: kernel reads this order (``ARENA_*``); grid mode keeps everything in
+#: global memory (its blocks share the model).
+RESIDENT = ("params", "activations", "gradients", "saved", "targets", "grads", "rows")
+(ARENA_PARAMS, ARENA_ACTIVATIONS, ARENA_GRADIENTS, ARENA_SAVED, ARENA_TARGETS, ARENA_GRADS,
+ ARENA_ROWS) = range(len(RESIDENT))
+#: Shared memory one block may use, in bytes: sm_90's opt-in maximum (H100,
+#: H200), for when the device cannot be asked (the CUDA simulator).
+SHARED_MEMORY_BYTES = 232448
+#: ... and without the opt-in (any GPU since sm_20).
+DEFAULT_SHARED_MEMORY_BYTES = 48 * 1024
+ALIGN = 4  # arrays start at multiples of 4 elements (16 bytes in float32)
+
+
+def static_shared_bytes(itemsize):
+    """The shared memory the epoch kernel declares itself: two staged
+    TILE_K-deep slices of a product's operands, and the float64 scratch of
+    the block reductions."""
+    return 2 * TILE_K * TILE_ROW * itemsize + (2 * LANES * COLUMNS + THREADS) * 8
+
+
+def arena_layout(sizes, itemsize, budget):
+    """Where block mode keeps a model's arrays: (offsets, bytes).
+
+    ``sizes`` maps each name of RESIDENT to its elements; each array in turn
+    is placed in the arena (the block's dynamic shared memory) while the
+    arena stays within ``budget`` bytes. ``offsets`` (int64, one per name of
+    RESIDENT) is the array's first element in the arena, or -1: in global
+    memory. ``bytes`` is the arena's size."""
+    offsets, used = np.full(len(RESIDENT), -1, np.int64), 0
+    for i, name in enumerate(RESIDENT):
+        words = ceil_div(sizes[name], ALIGN) * ALIGN
+        if words and (used + words) * itemsize <= budget:
+            offsets[i], used = used, used + words
+    return offsets, used * itemsize
+
+
+def ceil_div(a, b):
+    return -(-int(a) // b)

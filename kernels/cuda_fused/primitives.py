@@ -1,22 +1,45 @@
-"""Device primitives of the fused engine: the barriers between phases, the
+"""Device primitives of the fused engine: the barrier between phases, the
 work items of a phase, the tile product and the block reductions (CUDA
-device functions, inlined into the epoch kernel)."""
+device functions, inlined into the epoch kernel).
 
-from numba import config, cuda
+Indices into shared memory, and into a model's flat arrays inside the
+product, are unsigned 32-bit: numba then adds no negative-index wraparound,
+the arithmetic is 32-bit, and NVVM can prove the alignment of a thread's
+two adjacent values and load them as one vector. A model's flat arrays hold
+far fewer than 2^32 elements within the engine's limits (plan.py).
+"""
 
-from .plan import COLUMNS, LANES, PER_THREAD, SIDE, THREADS, TILE, TILE_K
+from numba import config, cuda, uint32 as U, uint64 as U64
+
+from .plan import (
+    COLUMNS, GRID, LANES, SIDE, STAGED, THREADS, TILE, TILE_K, TILE_ROW, UNROLL,
+)
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
-device = cuda.jit(device=True, inline="always")
+# Device functions are compiled once per signature and inlined by NVVM
+# (forceinline): inlining them into their callers in numba's own IR instead
+# copies each callee's IR at every call site and level, which took minutes
+# for the epoch kernel. A function that returns a view of an array must be
+# inlined in numba's IR (numba returns only arrays passed in): ``inline``.
+# (The simulator runs Python and knows no forceinline.)
+device = cuda.jit(device=True) if SIMULATOR else cuda.jit(device=True, forceinline=True)
+inline = cuda.jit(device=True, inline="always")
+# 16-byte aligned staging tiles (the simulator takes no alignment and needs none)
+SHARED_ALIGNMENT = None if SIMULATOR else 16
+TILE_WORDS = TILE_K * TILE_ROW  # one operand's staged slice, in elements
+
 
 # ---- barriers ----
-# Each takes the launch's barrier counters, the model and the blocks per
-# model, so that the epoch kernel is one source for both modes.
 
 @device
-def block_barrier(counters, m, group):
-    """Block mode: a model's group is one block."""
-    cuda.syncthreads()
+def barrier(mode, counters, m, group):
+    """The barrier between two phases: the block's (block mode: a model's
+    group is one block) or the model's group of blocks (grid mode). ``mode``
+    is a constant of the kernel, so the other branch compiles away."""
+    if mode == GRID:
+        group_barrier(counters, m, group)
+    else:
+        cuda.syncthreads()
 
 
 @device
@@ -53,11 +76,6 @@ def group_barrier(counters, m, group):
     cuda.syncthreads()
 
 
-@device
-def independent_blocks():
-    """Block mode needs nothing of the launch."""
-
-
 if SIMULATOR:
     @cuda.jit(device=True)
     def cooperative_blocks():
@@ -91,75 +109,125 @@ def chunks(cols):
     return (cols + COLUMNS - 1) // COLUMNS
 
 
+# ---- the tile product ----
+
 @device
-def gemm_tile(tile, a, a_at, a_row, a_col, b, b_at, b_row, b_col, c, c_at, rows, cols, depth,
-              bias, bias_at, a_tile, b_tile):
+def staged_slot(along_k):
+    """(row, k) in an operand's slice of this thread's first staged element,
+    and the rows, ks between its elements: consecutive threads run along the
+    operand's contiguous axis (k when ``along_k``), so that they read
+    consecutive addresses."""
+    tid = U(cuda.threadIdx.x)
+    if along_k:
+        return tid // U(TILE_K), tid % U(TILE_K), U(THREADS // TILE_K), U(0)
+    return tid % U(TILE), tid // U(TILE), U(0), U(THREADS // TILE)
+
+
+@device
+def load_slice(x, x_at, x_row, x_k, first, count, k0, depth, values):
+    """This thread's STAGED elements of the TILE_K-deep slice at k0 of an
+    operand X(i, k) = x[x_at + i * x_row + k * x_k], rows first ... first +
+    TILE - 1, into ``values`` (registers): every load is issued before any
+    value is used; rows at or beyond ``count`` and k at or beyond ``depth``
+    are zero."""
+    i, k, di, dk = staged_slot(x_k == 1)
+    at = U(x_at) + (U(first) + i) * U(x_row) + (U(k0) + k) * U(x_k)
+    step = di * U(x_row) + dk * U(x_k)
+    zero = values.dtype.type(0)
+    for s in range(STAGED):
+        value = zero
+        if first + i + U(s) * di < count and k0 + k + U(s) * dk < depth:
+            value = x[at + U(s) * step]
+        values[s] = value
+
+
+@device
+def store_slice(tile, values, x_k):
+    """The staged ``values`` of load_slice into ``tile``, k-major: element
+    (i, k) at k * TILE_ROW + i."""
+    i, k, di, dk = staged_slot(x_k == 1)
+    at = k * U(TILE_ROW) + i
+    step = dk * U(TILE_ROW) + di
+    for s in range(STAGED):
+        tile[at + U(s) * step] = values[s]
+
+
+@device
+def put(c, c_at, r, col, rows, cols, value, bias, bias_at):
+    """C[r, col] = value (+ bias[bias_at + col] when bias_at >= 0), inside
+    the rows x cols output only."""
+    if r < rows and col < cols:
+        if bias_at >= 0:
+            value += bias[U(bias_at) + col]
+        c[U(c_at) + r * U(cols) + col] = value
+
+
+@device
+def product_tile(tile, a, a_at, a_row, a_k, b, b_at, b_k, b_col, c, c_at, rows, cols, depth,
+                 bias, bias_at, a_tile, b_tile):
     """One TILE x TILE tile (numbered row-major) of C = A @ B (+ bias):
 
-        C[i, j] = sum_q A(i, q) B(q, j) (+ bias[bias_at + j] when bias_at >= 0)
-        A(i, q) = a[a_at + i * a_row + q * a_col]   (rows x depth)
-        B(q, j) = b[b_at + q * b_row + j * b_col]   (depth x cols)
+        C[i, j] = sum_k A(i, k) B(k, j) (+ bias[bias_at + j] when bias_at >= 0)
+        A(i, k) = a[a_at + i * a_row + k * a_k]     (rows x depth)
+        B(k, j) = b[b_at + k * b_k + j * b_col]     (depth x cols)
         C[i, j] -> c[c_at + i * cols + j]           (row-major, rows x cols)
 
     The strides read a transposed operand in place. The block stages a
-    TILE_K-deep slice of A and of B in shared memory (consecutive threads
-    load along the operand's contiguous axis; the tiles are padded by one
-    column against bank conflicts), then each thread multiplies its
-    PER_THREAD x PER_THREAD outputs, rows ty + SIDE * i and columns
-    tx + SIDE * j, accumulating in registers. Every thread of the block
-    calls this together (it synchronizes the block)."""
-    tid = cuda.threadIdx.x
-    tx = tid % SIDE
-    ty = tid // SIDE
+    TILE_K-deep slice of A and of B in shared memory (a_tile, b_tile:
+    TILE_WORDS each, k-major, rows padded to TILE_ROW), each thread holding
+    its STAGED elements of the next slice in registers while the block
+    multiplies this one. Each thread accumulates the 2 x 2 outputs of rows
+    2 ty, 2 ty + 1 and columns 2 tx, 2 tx + 1 in registers: per step of k,
+    one two-element load of A's slice, one of B's, four FMAs. k runs in
+    steps of UNROLL, compile-time, zeros past ``depth`` (both operands are
+    zero there), so the sums run in the order of k. Every thread of the
+    block calls this together (it synchronizes the block)."""
+    tid = U(cuda.threadIdx.x)
+    tx, ty = tid % U(SIDE), tid // U(SIDE)
     tiles_across = (cols + TILE - 1) // TILE
     row0 = (tile // tiles_across) * TILE
     col0 = (tile % tiles_across) * TILE
-    acc = cuda.local.array((PER_THREAD, PER_THREAD), c.dtype)
-    a_reg = cuda.local.array(PER_THREAD, c.dtype)
-    b_reg = cuda.local.array(PER_THREAD, c.dtype)
+    a_next = cuda.local.array(STAGED, c.dtype)
+    b_next = cuda.local.array(STAGED, c.dtype)
     zero = c.dtype.type(0)
-    for i in range(PER_THREAD):
-        for j in range(PER_THREAD):
-            acc[i, j] = zero
-    for q0 in range(0, depth, TILE_K):
-        for e in range(tid, TILE * TILE_K, THREADS):
-            if a_col == 1:
-                q, i = e % TILE_K, e // TILE_K
-            else:
-                i, q = e % TILE, e // TILE
-            value = zero
-            if row0 + i < rows and q0 + q < depth:
-                value = a[a_at + (row0 + i) * a_row + (q0 + q) * a_col]
-            a_tile[q, i] = value
-            if b_col == 1:
-                j, q = e % TILE, e // TILE
-            else:
-                q, j = e % TILE_K, e // TILE_K
-            value = zero
-            if col0 + j < cols and q0 + q < depth:
-                value = b[b_at + (q0 + q) * b_row + (col0 + j) * b_col]
-            b_tile[q, j] = value
+    c00 = zero
+    c01 = zero
+    c10 = zero
+    c11 = zero
+    a_own, b_own = U(2) * ty, U(2) * tx
+    load_slice(a, a_at, a_row, a_k, row0, rows, 0, depth, a_next)
+    load_slice(b, b_at, b_col, b_k, col0, cols, 0, depth, b_next)
+    for k0 in range(0, depth, TILE_K):
+        store_slice(a_tile, a_next, a_k)
+        store_slice(b_tile, b_next, b_k)
         cuda.syncthreads()
-        for q in range(min(TILE_K, depth - q0)):
-            for i in range(PER_THREAD):
-                a_reg[i] = a_tile[q, ty + SIDE * i]
-            for j in range(PER_THREAD):
-                b_reg[j] = b_tile[q, tx + SIDE * j]
-            for i in range(PER_THREAD):
-                for j in range(PER_THREAD):
-                    acc[i, j] += a_reg[i] * b_reg[j]
+        if k0 + TILE_K < depth:  # the next slice's loads, in flight during the products
+            load_slice(a, a_at, a_row, a_k, row0, rows, k0 + TILE_K, depth, a_next)
+            load_slice(b, b_at, b_col, b_k, col0, cols, k0 + TILE_K, depth, b_next)
+        # 64-bit offsets here: a 32-bit one would be widened at every load,
+        # where a 64-bit one lets each step's offset fold into the load
+        a_at_k, b_at_k = U64(a_own), U64(b_own)
+        for _ in range(0, min(TILE_K, depth - k0), UNROLL):
+            for u in range(UNROLL):
+                a0 = a_tile[a_at_k + U64(u * TILE_ROW)]
+                a1 = a_tile[a_at_k + U64(u * TILE_ROW + 1)]
+                b0 = b_tile[b_at_k + U64(u * TILE_ROW)]
+                b1 = b_tile[b_at_k + U64(u * TILE_ROW + 1)]
+                c00 += a0 * b0
+                c01 += a0 * b1
+                c10 += a1 * b0
+                c11 += a1 * b1
+            a_at_k += U64(UNROLL * TILE_ROW)
+            b_at_k += U64(UNROLL * TILE_ROW)
         cuda.syncthreads()
-    for i in range(PER_THREAD):
-        r = row0 + ty + SIDE * i
-        if r < rows:
-            for j in range(PER_THREAD):
-                col = col0 + tx + SIDE * j
-                if col < cols:
-                    value = acc[i, j]
-                    if bias_at >= 0:
-                        value += bias[bias_at + col]
-                    c[c_at + r * cols + col] = value
+    r, col = U(row0) + a_own, U(col0) + b_own
+    put(c, c_at, r, col, rows, cols, c00, bias, bias_at)
+    put(c, c_at, r, col + U(1), rows, cols, c01, bias, bias_at)
+    put(c, c_at, r + U(1), col, rows, cols, c10, bias, bias_at)
+    put(c, c_at, r + U(1), col + U(1), rows, cols, c11, bias, bias_at)
 
+
+# ---- reductions ----
 
 @device
 def block_total(sums, value):

@@ -4,9 +4,14 @@ the GPU for a fit, one launch of the epoch kernel per epoch."""
 import numpy as np
 from numba import cuda
 
+from ..optim import STATE_ROWS
 from .epoch import Guard, Models, Optimizer, Workspace, argument_types, epoch_kernel
-from .plan import THREADS
+from .plan import (
+    DEFAULT_SHARED_MEMORY_BYTES, RESIDENT, SHARED_MEMORY_BYTES, THREADS, arena_layout,
+    static_shared_bytes,
+)
 from .primitives import SIMULATOR
+
 
 def cooperative_group(kernel, dtype, wanted, n_models):
     """The blocks per model a cooperative launch of ``n_models`` models can
@@ -19,6 +24,36 @@ def cooperative_group(kernel, dtype, wanted, n_models):
     else:
         resident = kernel.compile(argument_types(dtype)).max_cooperative_grid_blocks(THREADS)
     return min(wanted, resident // n_models)
+
+
+def place_model(compiled, sizes, itemsize):
+    """(layout, bytes) of block mode's arena (plan.arena_layout) within the
+    shared memory a block may have on this GPU: its opt-in maximum (which
+    the compiled kernel is allowed, for launches that ask more than the
+    default 48 KB) less what the kernel declares itself. Where the GPU
+    refuses the opt-in, the default stands."""
+    if compiled is None:  # the simulator: the figures of an H100 or H200
+        return arena_layout(sizes, itemsize, SHARED_MEMORY_BYTES - static_shared_bytes(itemsize))
+    static = compiled.shared_mem_per_block
+    device_limit = int(cuda.get_current_device().MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+    layout, nbytes = arena_layout(sizes, itemsize, device_limit - static)
+    if static + nbytes > DEFAULT_SHARED_MEMORY_BYTES:
+        try:
+            allow_dynamic_shared_memory(compiled, nbytes)
+        except Exception:  # noqa: BLE001  (a driver that refuses: the default limit)
+            layout, nbytes = arena_layout(sizes, itemsize, DEFAULT_SHARED_MEMORY_BYTES - static)
+    return layout, nbytes
+
+
+def allow_dynamic_shared_memory(compiled, nbytes):
+    """Let launches of the compiled kernel ask ``nbytes`` of dynamic shared
+    memory (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, the opt-in
+    beyond 48 KB per block), as numba-cuda sets a kernel's shared memory
+    carve-out."""
+    from numba.cuda.cudadrv.driver import binding, driver
+    function = compiled._codelibrary.get_cufunc()
+    attribute = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    driver.cuKernelSetAttribute(attribute, nbytes, function.handle, function.device.id)
 
 
 # ---- the session ----
@@ -40,15 +75,18 @@ class FusedTrainingSession:
 
         self.models, self.optimizers, self.loss_kind = models, optimizers, loss_kind
         first = models[0]
-        K, dtype = len(models), first.dtype
+        K, dtype, size = len(models), first.dtype, first.n_params
         self.table = cuda.to_device(np.ascontiguousarray(first.table).view(np.ndarray))
-        states = [opt.engine_state(first.n_params, dtype) for opt in optimizers]
+        states = [opt.engine_state(size, dtype) for opt in optimizers]
         self.hyper = np.stack([state.hyper for state in states])
+        # the state rows the launch's optimizers use, each model's one after another
+        self.n_rows = max(len(STATE_ROWS[opt.kind]) for opt in optimizers)
         self.opt = Optimizer(cuda.to_device(np.array([opt.kind for opt in optimizers], np.int64)),
                              cuda.to_device(self.hyper),
                              cuda.to_device(np.array([state.step[0] for state in states],
                                                      np.int64)),
-                             cuda.to_device(np.stack([opt.state for opt in optimizers])))
+                             cuda.to_device(np.stack([opt.state[:self.n_rows].reshape(-1)
+                                                      for opt in optimizers])))
         params = np.stack([m.params for m in models])
         buffers = np.stack([m.buffers for m in models])
         counts = np.stack([m.counts for m in models])
@@ -58,29 +96,40 @@ class FusedTrainingSession:
         self.guard = Guard(*(cuda.to_device(a) for a in pairs))
         host = workspace(first.table, batch, Y.shape[1], dtype)
         self.batches_per_epoch = -(-X.shape[0] // batch)
+        self.kernel = epoch_kernel(dtype, plan.mode)
+        compiled = None
+        if not SIMULATOR:  # compile (or load from the disk cache) now, not at the first
+            compiled = self.kernel.compile(argument_types(dtype))  # launch: no epoch's time
+        sizes = {"params": size, "activations": host.activations.size,  # includes it
+                 "gradients": host.gradients.size, "saved": host.saved.size,
+                 "targets": host.targets.size, "grads": size, "rows": self.n_rows * size}
+        layout, self.arena_bytes = np.full(len(RESIDENT), -1, np.int64), 0
+        if plan.mode == "block":
+            layout, self.arena_bytes = place_model(compiled, sizes, np.dtype(dtype).itemsize)
         self.ws = Workspace(empty((K, host.activations.size), dtype),
                             cuda.to_device(host.activation_at),
                             empty((K,) + host.gradients.shape, dtype),
                             empty((K, host.saved.size), dtype),
-                            empty((K,) + host.targets.shape, dtype),
+                            empty((K, host.targets.size), dtype),
                             empty((K, self.batches_per_epoch), np.float64),
                             cuda.to_device(np.zeros((K, 2), np.int64)),
-                            cuda.to_device(np.zeros((K, 2), np.int32)))
+                            cuda.to_device(np.zeros((K, 2), np.int32)),
+                            cuda.to_device(layout))
+        self.resident = [name for name, at in zip(RESIDENT, layout) if at >= 0]
         self.X, self.Y = cuda.to_device(X), cuda.to_device(Y)
         self.index = cuda.device_array((K, X.shape[0]), np.int64)
         self.status = np.zeros((K, 2), np.int64)  # a model's [1] stays set once it diverged
-        self.kernel = epoch_kernel(dtype, plan.mode)
         self.plan, self.n_models, self.taken = plan, K, 0
-        if not SIMULATOR:  # compile now (numba-cuda would at the first launch): no epoch's
-            self.kernel.compile(argument_types(dtype))  # time includes it
 
     @property
     def engine(self):
         """One line naming the engine and how it runs."""
         plan = self.plan
+        where = (f"{self.arena_bytes / 1024:.0f} KB of each model in shared memory "
+                 f"({', '.join(self.resident)})" if self.resident else "the model in global memory")
         return (f"fused engine, {plan.mode} mode: {self.n_models} model(s) x {plan.group} "
                 f"block(s) of {THREADS} threads, one launch per epoch, {plan.phases} phases "
-                f"per step")
+                f"per step, {where}")
 
     # ---- the session protocol of fastnn.core.backends (one model) ----
     def set_learning_rate(self, lr):
@@ -121,7 +170,7 @@ class FusedTrainingSession:
         self.ws.status.copy_to_device(self.status)
         stopped = self.status[:, 1] != 0
         group = self.plan.group
-        self.kernel[self.n_models * group, THREADS](
+        self.kernel[self.n_models * group, THREADS, 0, self.arena_bytes](
             self.table, self.state, self.opt, self.guard, self.ws, self.X, self.Y, self.index,
             batch_size, int(skip_single), self.loss_kind, self.taken, group)
         losses = self.ws.losses.copy_to_host()
@@ -143,5 +192,5 @@ class FusedTrainingSession:
         rows, steps = self.opt.rows.copy_to_host(), self.opt.step.copy_to_host()
         for m, (model, optimizer) in enumerate(zip(self.models, self.optimizers)):
             model.params[:], model.buffers[:], model.counts[:] = params[m], buffers[m], counts[m]
-            optimizer.state[:] = rows[m]
+            optimizer.state[:self.n_rows] = rows[m].reshape(self.n_rows, -1)
             optimizer.step_count[0] = steps[m]

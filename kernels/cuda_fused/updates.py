@@ -1,6 +1,13 @@
 """The update phase of the fused engine: the optimizer update of every
 parameter, the count of a trained batch, and the divergence guard's
-restore."""
+restore.
+
+A new optimizer is a kind of optim.py (its scalar function, its state rows)
+and a branch of ``update_phase``; a transformation of the gradients before
+the update (clipping) is a phase of its own before it, in epoch.run_epoch
+(a norm over all parameters needs a block reduction, and in grid mode a
+barrier between the blocks' partial sums and the update).
+"""
 
 from ..elementwise import adam_element, rmsprop_element, sgd_element
 from ..network import BATCHNORM
@@ -13,6 +20,7 @@ if SIMULATOR:
     # behind the @njit ones that take arrays.
     sgd_scalars, rmsprop_scalars, adam_scalars = (
         f.py_func for f in (sgd_scalars, rmsprop_scalars, adam_scalars))
+
 
 @device
 def count_batch(table, models, opt, guard, m, slot):
@@ -36,41 +44,49 @@ ADAM_EXP_AVG_SQ = STATE_ROWS[ADAM].index("exp_avg_sq")
 
 
 @device
-def update_phase(opt, m, params, grads, snapshot, first, stride):
+def update_phase(opt, m, v, snapshot, first, stride):
     """The optimizer update of parameters first, first + stride, ..., each
-    one's old value into the guard's snapshot first. The hyper-parameters
-    are decoded by optim.py's scalar functions, the element math is
-    elementwise.py's (what the cpu kernels run)."""
-    kind, hyper, step, rows = opt.kind[m], opt.hyper[m], opt.step[m], opt.rows[m]
+    one's old value into the guard's ``snapshot`` first. v.rows holds the
+    optimizer's state rows one after another (row r of parameter i at
+    r * P + i). The hyper-parameters are decoded by optim.py's scalar
+    functions, the element math is elementwise.py's (what the cpu kernels
+    run)."""
+    kind, hyper, step = opt.kind[m], opt.hyper[m], opt.step[m]
+    params, grads, rows = v.params, v.grads, v.rows
+    size = params.shape[0]
     if kind == SGD:
         lr, momentum, one_minus_dampening, nesterov, weight_decay, first_step = sgd_scalars(
             hyper, step, params)
-        for i in range(first, params.shape[0], stride):
+        buffer = SGD_MOMENTUM * size
+        for i in range(first, size, stride):
             w = params[i]
             snapshot[i] = w
-            params[i], rows[SGD_MOMENTUM, i] = sgd_element(
-                w, grads[i], rows[SGD_MOMENTUM, i], lr, momentum, one_minus_dampening,
-                nesterov, weight_decay, first_step)
+            params[i], rows[buffer + i] = sgd_element(
+                w, grads[i], rows[buffer + i], lr, momentum, one_minus_dampening, nesterov,
+                weight_decay, first_step)
     elif kind == RMSPROP:
         lr, alpha, one_minus_alpha, eps, momentum, weight_decay, centered = rmsprop_scalars(
             hyper, params)
-        for i in range(first, params.shape[0], stride):
+        square = RMSPROP_SQUARE_AVG * size
+        average = RMSPROP_GRAD_AVG * size
+        buffer = RMSPROP_MOMENTUM * size
+        for i in range(first, size, stride):
             w = params[i]
             snapshot[i] = w
-            (params[i], rows[RMSPROP_SQUARE_AVG, i], rows[RMSPROP_GRAD_AVG, i],
-             rows[RMSPROP_MOMENTUM, i]) = rmsprop_element(
-                w, grads[i], rows[RMSPROP_SQUARE_AVG, i], rows[RMSPROP_GRAD_AVG, i],
-                rows[RMSPROP_MOMENTUM, i], lr, alpha, one_minus_alpha, eps, momentum,
-                weight_decay, centered)
+            params[i], rows[square + i], rows[average + i], rows[buffer + i] = rmsprop_element(
+                w, grads[i], rows[square + i], rows[average + i], rows[buffer + i], lr, alpha,
+                one_minus_alpha, eps, momentum, weight_decay, centered)
     else:
         (one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay_factor, decoupled,
          step_size, bias_correction2_sqrt) = adam_scalars(hyper, step, params)
-        for i in range(first, params.shape[0], stride):
+        average = ADAM_EXP_AVG * size
+        square = ADAM_EXP_AVG_SQ * size
+        for i in range(first, size, stride):
             w = params[i]
             snapshot[i] = w
-            params[i], rows[ADAM_EXP_AVG, i], rows[ADAM_EXP_AVG_SQ, i] = adam_element(
-                w, grads[i], rows[ADAM_EXP_AVG, i], rows[ADAM_EXP_AVG_SQ, i], one_minus_beta1,
-                beta2, one_minus_beta2, eps, weight_decay, decay_factor, decoupled, step_size,
+            params[i], rows[average + i], rows[square + i] = adam_element(
+                w, grads[i], rows[average + i], rows[square + i], one_minus_beta1, beta2,
+                one_minus_beta2, eps, weight_decay, decay_factor, decoupled, step_size,
                 bias_correction2_sqrt)
 
 

@@ -264,4 +264,4 @@ def test_fit_many_is_one_launch_per_epoch(monkeypatch):
     models = [fn.Sequential(fn.Dense(3, 4), fn.Tanh(), fn.Dense(4, 1), seed=s) for s in range(3)]
     fn.fit_many(models, X, y, optimizers=[fn.SGD(lr=lr) for lr in (0.01, 0.1, 1.0)],
                 device="cuda", epochs=2, batch_size=3)
-    assert launches.count("train_epoch") == 2
+    assert sum(name.startswith("train_epoch") for name in launches) == 2
