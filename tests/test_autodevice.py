@@ -32,12 +32,13 @@ def test_the_cost_model_imports_without_numba_cuda():
 
 @pytest.fixture
 def gpu(monkeypatch):
-    """A usable GPU with 132 multiprocessors on which the fused engine (1 block
-    per model) trains every network, unless a test says otherwise."""
+    """A usable GPU with 132 multiprocessors on which the fused engine in block
+    mode (1 block per model) trains every network, unless a test says
+    otherwise: gpu["engine"] = (engine, models side by side, blocks per model)."""
     monkeypatch.delenv("FASTNN_DEVICE", raising=False)
     monkeypatch.setattr(autodevice, "resolve_device", lambda device: (
         os.environ.get("FASTNN_DEVICE") or "cuda") if device == "auto" else device)
-    engines = {"engine": ("cuda-fused", 132)}
+    engines = {"engine": ("cuda-block", 132, 1)}
     monkeypatch.setattr(autodevice, "gpu_engine", lambda table, batch, n: engines["engine"])
     return engines
 
@@ -46,9 +47,9 @@ def costs(cpu_mac, gpu_mac, gpu_step=0.0, per_fit=0.0, upload=float("inf")):
     """Figures where each device's step costs per_mac * macs (plus a fixed
     per_phase for the GPU), and nothing else unless said (the data's upload
     free by default)."""
-    return {"cpu": Costs(0.0, 0.0, cpu_mac, 0.0, 0.0, float("inf")),
-            "cuda-fused": Costs(gpu_step, 0.0, gpu_mac, 0.0, per_fit, upload),
-            "cuda-layers": Costs(gpu_step, 0.0, gpu_mac, 0.0, per_fit, upload)}
+    gpu = Costs(gpu_step, 0.0, gpu_mac, 0.0, per_fit, upload)
+    return {"cpu": Costs(0.0, 0.0, cpu_mac, 0.0, 0.0, float("inf")), "cuda-block": gpu,
+            "cuda-grid": gpu, "cuda-layers": gpu}
 
 
 def choose(model, batch, n=4096, epochs=2, n_models=1):
@@ -89,10 +90,23 @@ def test_many_models_side_by_side_on_the_gpu(gpu, monkeypatch):
     model = build_model("tiny")
     assert choose(model, 32) == "cpu"
     assert choose(model, 32, n_models=32) == "cuda"
-    gpu["engine"] = ("cuda-fused", 8)  # 8 at a time: 4 rounds, still 8x fewer than the cpu
+    gpu["engine"] = ("cuda-block", 8, 1)  # 8 at a time: 4 rounds, still 8x fewer than the cpu
     assert choose(model, 32, n_models=32) == "cuda"
-    gpu["engine"] = ("cuda-layers", 1)
+    gpu["engine"] = ("cuda-layers", 1, 1)
     assert choose(model, 32, n_models=32) == "cpu"
+
+
+def test_grid_mode_shares_a_steps_work_over_its_blocks(gpu, monkeypatch):
+    # 132 blocks share the multiply-adds: at 133x the cpu's cost per
+    # multiply-add, grid mode is slower than the cpu, at 131x faster
+    model = build_model("medium")
+    gpu["engine"] = ("cuda-grid", 1, 132)
+    monkeypatch.setattr(autodevice, "engine_costs", lambda dtype: costs(1e-11, 1.33e-9))
+    assert choose(model, 256) == "cpu"
+    monkeypatch.setattr(autodevice, "engine_costs", lambda dtype: costs(1e-11, 1.31e-9))
+    assert choose(model, 256) == "cuda"
+    gpu["engine"] = ("cuda-block", 132, 1)
+    assert choose(model, 256) == "cpu"
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -102,7 +116,8 @@ def test_never_picks_the_device_predicted_slower(gpu, monkeypatch, seed):
                            10.0 ** rng.uniform(-4, -1), 1e10 if name != "cpu" else np.inf)
                for name in autodevice.ENGINES}
     monkeypatch.setattr(autodevice, "engine_costs", lambda dtype: figures)
-    gpu["engine"] = (str(rng.choice(["cuda-fused", "cuda-layers"])), int(rng.integers(1, 200)))
+    gpu["engine"] = (str(rng.choice(["cuda-block", "cuda-grid", "cuda-layers"])),
+                     int(rng.integers(1, 200)), int(rng.integers(1, 133)))
     model = build_model(str(rng.choice(list(NETWORKS))))
     batch, n, epochs, k = (int(rng.integers(2, 2048)), int(rng.integers(2, 100000)),
                            int(rng.integers(1, 50)), int(rng.integers(1, 64)))
@@ -112,32 +127,56 @@ def test_never_picks_the_device_predicted_slower(gpu, monkeypatch, seed):
     assert times[chosen] <= times["cpu" if chosen == "cuda" else "cuda"]
 
 
-def test_the_default_figures_choose_the_cpu_unless_even_the_upper_bound_wins(gpu, monkeypatch):
-    # the defaults are the measured cpu (2 cores) and layer-by-layer (H200)
-    # figures and an upper bound for the fused engine
+@pytest.fixture
+def h200(monkeypatch):
+    """A usable GPU with 132 multiprocessors, the engine cuda_engine plans for it."""
+    from fastnn.core import cuda_backend
+    monkeypatch.delenv("FASTNN_DEVICE", raising=False)
+    monkeypatch.delenv("FASTNN_CUDA_ENGINE", raising=False)
+    monkeypatch.setattr(autodevice, "resolve_device", lambda device: "cuda")
+    monkeypatch.setattr(cuda_backend, "gpu_multiprocessors", lambda: 132)
     monkeypatch.setattr(autodevice, "engine_costs", lambda dtype: dict(autodevice.DEFAULT_COSTS))
-    for name in ("tiny", "small"):
-        assert choose(build_model(name), NETWORKS[name][3], epochs=10) == "cpu", name
-    gpu["engine"] = ("cuda-layers", 1)
-    assert choose(build_model("large"), 1024, n=8192, epochs=3) == "cuda"
-    # the demo's network: 20000 samples, batch 64, 10 epochs
-    demo = fn.Sequential(fn.Dense(30, 64), fn.BatchNorm(64), fn.ReLU(), fn.Dense(64, 64),
-                         fn.BatchNorm(64), fn.ReLU(), fn.Dense(64, 1))
-    gpu["engine"] = ("cuda-fused", 132)
-    assert choose(demo, 64, n=20000, epochs=10) == "cpu"
+
+
+@pytest.mark.parametrize("name, batch, n, epochs, n_models, device, engine", [
+    ("tiny", 32, 32 * 1024, 3, 1, "cpu", "cuda-block"),      # a tie (11 us a step each)...
+    ("tiny", 32, 32 * 1024, 3, 32, "cuda", "cuda-block"),    # ... but 32 models at once
+    ("small", 64, 64 * 512, 3, 1, "cuda", "cuda-block"),
+    ("medium", 256, 256 * 64, 3, 1, "cuda", "cuda-grid"),
+    ("large", 1024, 1024 * 8, 3, 1, "cuda", "cuda-layers"),
+    ("demo", 64, 20000, 10, 1, "cuda", "cuda-block"),        # python -m fastnn demo
+    ("small", 64, 64 * 64, 1, 1, "cpu", "cuda-block"),       # too short to pay for the GPU
+    ("large", 32, 32 * 64, 1, 1, "cpu", "cuda-layers"),      # at batch 32: launch-bound
+])
+def test_the_default_figures_pick_the_gpu_where_it_is_expected_to_win(
+        h200, name, batch, n, epochs, n_models, device, engine):
+    if name == "demo":
+        model = fn.Sequential(fn.Dense(30, 64), fn.BatchNorm(64), fn.ReLU(), fn.Dense(64, 64),
+                              fn.BatchNorm(64), fn.ReLU(), fn.Dense(64, 1))
+    else:
+        model = build_model(name)
+    times = autodevice.predict(model.table, batch, n, epochs, 0, "float32", n_models)
+    assert times["cuda_engine"] == engine
+    assert autodevice.choose_device("auto", model, batch, n, epochs, "float32",
+                                    n_models=n_models) == device
 
 
 def test_the_default_figures_reproduce_what_they_were_fitted_to():
+    # measured (cpu: the README's rows; layers: an H200) or predicted (the
+    # fused engine: see DEFAULT_COSTS), seconds per step; grid mode's
+    # multiply-adds and elements shared by the plan's 132 blocks of medium
     measured = {"cpu": {"tiny": 32 / 2529124, "small": 64 / 1655002, "medium": 256 / 128992,
                         "large": 1024 / 10230},
                 "cuda-layers": {"tiny": 32 / 8089, "small": 64 / 15109, "medium": 256 / 43066,
                                 "large": 1024 / 156444},
-                "cuda-fused": {"tiny": 36e-6, "small": 325e-6}}
+                "cuda-block": {"tiny": 11.2e-6, "small": 21e-6},
+                "cuda-grid": {"medium": 120e-6}}
     for engine, steps in measured.items():
         c = autodevice.DEFAULT_COSTS[engine]
         for name, seconds in steps.items():
+            group = 132 if engine == "cuda-grid" else 1
             phases, elements, macs = autodevice.step_features(build_model(name).table,
-                                                              NETWORKS[name][3])
+                                                              NETWORKS[name][3], group)
             predicted = c.per_phase * phases + c.per_element * elements + c.per_mac * macs
             assert predicted == pytest.approx(seconds, rel=0.15), (engine, name)
 
@@ -186,12 +225,10 @@ def test_the_trainer_chooses_at_construction_and_again_at_each_fit(monkeypatch):
 
 # ---- the calibration: measured once, cached on disk ----
 
-def test_calibration_fits_the_figures_and_caches_them(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTNN_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("FASTNN_CALIBRATE", "1")
-    monkeypatch.setattr(autodevice, "_real_gpu", lambda: True)
-    truth = {"cpu": (1e-6, 2e-9, 3e-11), "cuda-fused": (2e-6, 0.0, 1e-12),
-             "cuda-layers": (3e-4, 1e-10, 2e-13)}
+def fake_measurements(monkeypatch, truth, work=0.1):
+    """measure_step replaced by step times that follow ``truth``'s constants
+    ({engine: (per_phase, per_element, per_mac)}), each measurement
+    ``work`` seconds of training; returns the list of (engine, spec) measured."""
     measured = []
 
     def fake_measure(engine, spec, dtype):
@@ -199,9 +236,19 @@ def test_calibration_fits_the_figures_and_caches_them(tmp_path, monkeypatch):
                               fn.Dense(spec[1], 1))
         measured.append((engine, spec))
         features = autodevice.step_features(model.table, spec[3])
-        return float(np.dot(truth[engine], features)), model.table
+        return float(np.dot(truth[engine], features)), features, work
 
     monkeypatch.setattr(autodevice, "measure_step", fake_measure)
+    return measured
+
+
+def test_calibration_fits_the_figures_says_so_and_caches_them(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FASTNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("FASTNN_CALIBRATE", "1")
+    monkeypatch.setattr(autodevice, "_real_gpu", lambda: True)
+    truth = {"cpu": (1e-6, 2e-9, 3e-11), "cuda-block": (2e-6, 0.0, 1e-12),
+             "cuda-grid": (3e-4, 1e-10, 2e-13)}
+    measured = fake_measurements(monkeypatch, truth)
     networks = {"a": (4, 8, 1, 16, 4), "b": (8, 32, 1, 64, 4), "c": (64, 128, 1, 256, 4),
                 "d": (16, 16, 1, 8, 4)}
     monkeypatch.setattr(autodevice, "CALIBRATION_NETWORKS", networks)
@@ -211,11 +258,26 @@ def test_calibration_fits_the_figures_and_caches_them(tmp_path, monkeypatch):
         got = figures[engine]
         np.testing.assert_allclose([got.per_phase, got.per_element, got.per_mac], constants,
                                    rtol=1e-6, atol=1e-15)
+    assert figures["cuda-layers"] == autodevice.DEFAULT_COSTS["cuda-layers"]  # not measured
     path = autodevice.cache_path("float32")
+    err = capsys.readouterr().err
+    assert "measuring this machine's cpu and GPU for device='auto'" in err
+    assert path in err and "done in" in err
     with open(path) as f:
         assert set(json.load(f)["costs"]) == set(autodevice.ENGINES)
     assert autodevice.engine_costs("float32") == figures and len(measured) == 12  # cached
+    assert capsys.readouterr().err == ""
     with open(path, "w") as f:
         f.write("{not json")
     monkeypatch.setenv("FASTNN_CALIBRATE", "0")
     assert autodevice.engine_costs("float32") == autodevice.DEFAULT_COSTS  # damaged: defaults
+
+
+def test_calibration_stops_measuring_after_its_time(tmp_path, monkeypatch, capsys):
+    truth = {engine: (1e-6, 0.0, 1e-12) for engine in autodevice.CALIBRATED}
+    measured = fake_measurements(monkeypatch, truth, work=4.0)
+    figures = autodevice.calibrate("float32", str(tmp_path / "costs.json"))
+    # 4 s each: three measurements (of the cpu) reach the 10 s
+    assert [engine for engine, _ in measured] == ["cpu"] * 3
+    assert figures["cuda-block"] == autodevice.DEFAULT_COSTS["cuda-block"]
+    assert "(12.0 s measuring)" in capsys.readouterr().err

@@ -24,34 +24,38 @@ and for the whole fit, with ``steps`` batches per epoch:
 
 (``bytes``: the training set, copied to the GPU once per fit; nothing on the
 cpu). The GPU's engine is the one ``cuda_backend.cuda_engine`` picks for the
-network: the fused engine (one launch per epoch) or the layer-by-layer one.
-K models at once (``fit_many``) cost K fits on the cpu, and on the fused
-engine one fit per round of as many models as the GPU holds side by side
-(one per multiprocessor group). One-time costs (JIT compilation) are left
-out: they are paid once per process whichever device runs.
+network, each with its own constants: the fused engine in block mode
+('cuda-block': one block per model, the model in its shared memory) or in
+grid mode ('cuda-grid': a group of blocks per model, which share a step's
+elements and multiply-adds: those count per block), or the layer-by-layer
+engine ('cuda-layers'). K models at once (``fit_many``) cost K fits on the
+cpu, and on the fused engine one fit per round of as many models as the GPU
+holds side by side (one per multiprocessor group). One-time costs (JIT
+compilation) are left out: they are paid once per machine, the compiled
+engines being cached on disk, whichever device runs.
 
 The constants
 -------------
 per_phase, per_element and per_mac are measured on this machine, once, by
-``calibrate``: each engine trains the calibration networks (the benchmarks'
-tiny, small and medium networks), the best epoch of three is timed, and the
-three constants are the non-negative least-squares fit of the step times.
-The result is cached on disk (``cache_path``), keyed by the machine, the GPU
-and the versions of fastnn, numba and numba-cuda. ``device="auto"`` runs the
-calibration the first time it has a GPU to choose against (it costs the
-compilation of the engines plus a few seconds); FASTNN_CALIBRATE=0 turns it
-off, and the defaults below are used instead: the cpu's measured on the
-development machine (2 cores, README's benchmark table), the layer-by-layer
-engine's measured on an H200, and the fused engine's predicted from a naive
-one-block draft of it measured on the same H200 (36 us per step of the tiny
-network, 325 us of the small one): an upper bound, so that without a
-calibration the GPU is chosen only where even that bound wins.
+``calibrate``: the cpu and both modes of the fused engine train the
+calibration networks (the benchmarks' tiny, small and medium networks, a
+few dozen steps each), the best epoch of three is timed, and the three
+constants of each engine are the non-negative least-squares fit of its step
+times. The measurements take at most CALIBRATION_SECONDS; the engines they
+run are compiled first where numba's cache does not hold them yet (once per
+machine, announced). The layer-by-layer engine keeps its defaults. The
+result is cached on disk (``cache_path``), keyed by the machine, the GPU and
+the versions of fastnn, numba and numba-cuda. ``device="auto"`` runs the
+calibration the first time it has a GPU to choose against, saying so on
+stderr; FASTNN_CALIBRATE=0 turns it off, and the defaults below are used
+instead (``DEFAULT_COSTS``).
 """
 
 import hashlib
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from collections import namedtuple
@@ -60,62 +64,78 @@ import numpy as np
 
 from .backends import cuda_available, resolve_device
 
-ENGINES = ("cpu", "cuda-fused", "cuda-layers")
+ENGINES = ("cpu", "cuda-block", "cuda-grid", "cuda-layers")
 
 #: the constants of one engine (seconds; bytes per second for ``upload``)
 Costs = namedtuple("Costs", ["per_phase", "per_element", "per_mac", "per_epoch", "per_fit",
                              "upload"])
 
 #: Used until a calibration has run (see the module docstring); float32.
-#: Non-negative least-squares fits of measured step times: cpu, the
-#: README's fastnn-cpu SGD rows (tiny 12.7 us, small 38.7 us, medium 1.98 ms,
-#: large 100 ms per step; the fit is within 3%); cuda-layers, an H200's
-#: fastnn cuda rows before the fused engine (3.96, 4.24, 5.94, 6.55 ms per
-#: step: launch-bound; within 8%); cuda-fused, the naive one-block draft
-#: (36 and 325 us per step of tiny and small), an upper bound. per_epoch
-#: and per_fit: a launch and three small copies per epoch (about 150 us at
-#: the H200's 28-68 us per launch), a session's allocations; upload 10 GB/s.
+#: cpu: the non-negative least-squares fit of the README's fastnn-cpu SGD
+#: rows (tiny 12.7 us, small 38.7 us, medium 1.98 ms, large 100 ms per step;
+#: within 3%). cuda-layers: the same fit of an H200's fastnn cuda rows
+#: before the fused engine (3.96, 4.24, 5.94, 6.55 ms per step: launch-bound;
+#: within 8%). The fused engine's are predictions, not measurements: block
+#: mode through the tiny network at 11.2 us per step (a one-block draft with
+#: the weights in shared memory, measured on an H200) and the small one at
+#: 21 us (plan.BLOCK_ITEMS' estimate): 0.8 us per phase, 9.4e-12 s per
+#: multiply-add on one multiprocessor; grid mode with the same rate per
+#: block and 6.8 us per phase (a grid barrier, and BatchNorm phases spread
+#: over only their feature chunks' blocks), which puts the medium network at
+#: 120 us per step. per_epoch and per_fit: a launch and three small copies
+#: per epoch (about 150 us at the H200's 28-68 us per launch), a session's
+#: allocations; upload 10 GB/s. ``bench/gpu_check.py`` prints the figures a
+#: GPU measures.
 DEFAULT_COSTS = {
     "cpu": Costs(4.45e-7, 8.38e-10, 9.44e-12, 5e-5, 1e-3, float("inf")),
+    "cuda-block": Costs(8.15e-7, 0.0, 9.41e-12, 1.5e-4, 5e-3, 1e10),
+    "cuda-grid": Costs(6.8e-6, 0.0, 9.41e-12, 1.5e-4, 5e-3, 1e10),
     "cuda-layers": Costs(3.53e-4, 8.64e-11, 0.0, 1e-4, 5e-3, 1e10),
-    "cuda-fused": Costs(0.0, 0.0, 2.72e-10, 1.5e-4, 5e-3, 1e10),
 }
 
 #: the calibration networks: (d_in, hidden, blocks, batch, steps timed per epoch)
 CALIBRATION_NETWORKS = {"tiny": (16, 32, 2, 32, 64), "small": (32, 64, 2, 64, 32),
                         "medium": (256, 256, 3, 256, 8)}
+#: the engines the calibration measures (the others keep their defaults),
+#: and what FASTNN_CUDA_ENGINE forces for each
+CALIBRATED = {"cpu": None, "cuda-block": "block", "cuda-grid": "grid"}
+#: the most seconds the calibration spends measuring (compiling aside)
+CALIBRATION_SECONDS = 10.0
 CALIBRATE_VARIABLE = "FASTNN_CALIBRATE"
 
 
 # ---- what a step costs ----
 
-def step_features(table, batch):
+def step_features(table, batch, group=1):
     """(phases, elements, macs) of one training step of the network
-    ``table`` at ``batch`` rows (see the module docstring)."""
-    from fastnn.kernels.cuda_fused import step_phases
+    ``table`` at ``batch`` rows (see the module docstring), the elements and
+    multiply-adds shared by ``group`` blocks (the fused engine's grid mode)."""
+    from fastnn.kernels.cuda_fused.plan import step_phases
     phases = len(step_phases(table, batch))
     elements = batch * (int(table.n_in[0]) + int(np.sum(table.n_out)))
     dense = table.kind == 0
     macs = 3 * batch * int(np.sum(table.n_in[dense] * table.n_out[dense]))
-    return phases, elements, macs
+    return phases, -(-elements // group), -(-macs // group)
 
 
-def fit_seconds(costs, table, batch, n_samples, epochs, data_bytes):
+def fit_seconds(costs, table, batch, n_samples, epochs, data_bytes, group=1):
     """The predicted seconds of a fit on the engine with these constants."""
-    phases, elements, macs = step_features(table, batch)
+    phases, elements, macs = step_features(table, batch, group)
     step = costs.per_phase * phases + costs.per_element * elements + costs.per_mac * macs
     steps = -(-n_samples // batch)
     return costs.per_fit + data_bytes / costs.upload + epochs * (costs.per_epoch + steps * step)
 
 
 def gpu_engine(table, batch, n_models):
-    """'cuda-fused' or 'cuda-layers': what the GPU would run, and how many
-    models it holds side by side (cuda_backend.cuda_engine)."""
+    """(engine, models side by side, blocks per model) of what the GPU would
+    run (cuda_backend.cuda_engine): 'cuda-block' or 'cuda-grid' (the fused
+    engine, as many models at once as the GPU has multiprocessors for their
+    groups) or 'cuda-layers' (one model at a time)."""
     from .cuda_backend import cuda_engine, gpu_multiprocessors
     engine, plan = cuda_engine(table, batch, n_models)
     if engine == "fused":
-        return "cuda-fused", max(1, gpu_multiprocessors() // plan.group)
-    return "cuda-layers", 1
+        return f"cuda-{plan.mode}", max(1, gpu_multiprocessors() // plan.group), plan.group
+    return "cuda-layers", 1, 1
 
 
 def predict(table, batch, n_samples, epochs, data_bytes, dtype, n_models=1, costs=None):
@@ -124,9 +144,9 @@ def predict(table, batch, n_samples, epochs, data_bytes, dtype, n_models=1, cost
     fused engine, as many at once as the GPU holds)."""
     costs = costs if costs is not None else engine_costs(dtype)
     cpu = n_models * fit_seconds(costs["cpu"], table, batch, n_samples, epochs, 0)
-    engine, side_by_side = gpu_engine(table, batch, n_models)
+    engine, side_by_side, group = gpu_engine(table, batch, n_models)
     rounds = -(-n_models // side_by_side)
-    gpu = rounds * fit_seconds(costs[engine], table, batch, n_samples, epochs, data_bytes)
+    gpu = rounds * fit_seconds(costs[engine], table, batch, n_samples, epochs, data_bytes, group)
     return {"cpu": cpu, "cuda": gpu, "cuda_engine": engine}
 
 
@@ -172,7 +192,9 @@ def engine_costs(dtype):
     path = cache_path(dtype)
     try:
         with open(path) as f:
-            return {name: Costs(**values) for name, values in json.load(f)["costs"].items()}
+            cached = {name: Costs(**values) for name, values in json.load(f)["costs"].items()}
+        if set(cached) == set(ENGINES):
+            return cached
     except (OSError, ValueError, KeyError, TypeError):
         pass
     if os.environ.get(CALIBRATE_VARIABLE, "1").strip() == "0" or not _real_gpu():
@@ -180,35 +202,50 @@ def engine_costs(dtype):
     return calibrate(dtype, path)
 
 
-def calibrate(dtype="float32", path=None, networks=None):
-    """Measure every engine on the calibration networks, fit each engine's
-    constants, write them to ``path`` (``cache_path(dtype)``; atomically)
-    and return them. Needs a GPU for the cuda engines."""
+def calibrate(dtype="float32", path=None, networks=None, stream=None):
+    """Measure the CALIBRATED engines on the calibration networks, fit each
+    one's constants, write all of them (the others' defaults) to ``path``
+    (``cache_path(dtype)``; atomically) and return them. Needs a GPU for the
+    cuda engines. One line on ``stream`` (stderr) says what it does and how
+    long it took; the measurements stop after CALIBRATION_SECONDS, and each
+    engine is fitted to what was measured by then."""
     from scipy.optimize import nnls
 
+    stream = sys.stderr if stream is None else stream
     networks = CALIBRATION_NETWORKS if networks is None else networks
-    costs, measured = {}, {}
-    for engine in ENGINES:
+    path = path or cache_path(dtype)
+    stream.write(f"fastnn: measuring this machine's cpu and GPU for device='auto' (once; "
+                 f"kept in {path}) ...")
+    stream.flush()
+    started, spent = time.perf_counter(), 0.0
+    costs, measured = dict(DEFAULT_COSTS), {}
+    for engine in CALIBRATED:
         rows, times = [], []
         for name, spec in networks.items():
-            seconds, table = measure_step(engine, spec, dtype)
-            rows.append(step_features(table, spec[3]))
+            if spent >= CALIBRATION_SECONDS:
+                break
+            seconds, features, work = measure_step(engine, spec, dtype)
+            rows.append(features)
             times.append(seconds)
             measured[f"{engine} {name}"] = seconds
-        constants, _ = nnls(np.array(rows, float), np.array(times))
-        default = DEFAULT_COSTS[engine]
-        costs[engine] = Costs(*map(float, constants), default.per_epoch, default.per_fit,
-                              default.upload)
-    write_json(path or cache_path(dtype),
-               {"costs": {name: c._asdict() for name, c in costs.items()},
-                "measured_step_seconds": measured, "dtype": str(np.dtype(dtype)),
-                "when": time.strftime("%Y-%m-%d %H:%M:%S")})
+            spent += work
+        if rows:
+            constants, _ = nnls(np.array(rows, float), np.array(times))
+            costs[engine] = DEFAULT_COSTS[engine]._replace(
+                **dict(zip(("per_phase", "per_element", "per_mac"), map(float, constants))))
+    write_json(path, {"costs": {name: c._asdict() for name, c in costs.items()},
+                      "measured_step_seconds": measured, "dtype": str(np.dtype(dtype)),
+                      "when": time.strftime("%Y-%m-%d %H:%M:%S")})
+    stream.write(f" done in {time.perf_counter() - started:.1f} s ({spent:.1f} s measuring)\n")
+    stream.flush()
     return costs
 
 
 def measure_step(engine, spec, dtype):
-    """(seconds per step, layer table) of the network ``spec`` trained by
-    ``engine``: the best of three timed epochs, after one that compiles."""
+    """(seconds per step, step features, seconds spent training) of the
+    network ``spec`` trained by ``engine`` (the fused engine's mode forced
+    through FASTNN_CUDA_ENGINE): the best of three timed epochs, after one
+    that compiles (compiling is not counted as time spent training)."""
     from .cuda_backend import ENGINE_VARIABLE
     from .layers import BatchNorm, Dense, ReLU, Sequential
     from .optim import SGD
@@ -224,19 +261,21 @@ def measure_step(engine, spec, dtype):
     X = rng.standard_normal((batch * steps, d_in))
     y = (X[:, 0] > 0).astype(float)
     saved = os.environ.get(ENGINE_VARIABLE)
-    if engine != "cpu":
-        os.environ[ENGINE_VARIABLE] = engine.split("-")[1]
+    if CALIBRATED[engine] is not None:
+        os.environ[ENGINE_VARIABLE] = CALIBRATED[engine]
     try:
-        trainer = Trainer(model, optimizer=SGD(lr=1e-3), device=engine.split("-")[0],
-                          dtype=dtype, seed=0)
-        trainer.fit(X, y, epochs=1, batch_size=batch, shuffle=False)
+        device = "cpu" if engine == "cpu" else "cuda"
+        trainer = Trainer(model, optimizer=SGD(lr=1e-3), device=device, dtype=dtype, seed=0)
+        warm_up = trainer.fit(X, y, epochs=1, batch_size=batch, shuffle=False)
         history = trainer.fit(X, y, epochs=3, batch_size=batch, shuffle=False)
+        group = 1 if engine == "cpu" else gpu_engine(model.table, batch, 1)[2]
     finally:
         if saved is None:
             os.environ.pop(ENGINE_VARIABLE, None)
         else:
             os.environ[ENGINE_VARIABLE] = saved
-    return min(history["time"]) / steps, model.table
+    work = sum(warm_up["time"]) + sum(history["time"])
+    return min(history["time"]) / steps, step_features(model.table, batch, group), work
 
 
 def write_json(path, content):

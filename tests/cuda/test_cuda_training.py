@@ -62,14 +62,16 @@ def test_auto_picks_the_device_its_cost_figures_say_is_faster(monkeypatch):
     monkeypatch.delenv("FASTNN_DEVICE", raising=False)
     figures = dict(autodevice.DEFAULT_COSTS)
     monkeypatch.setattr(autodevice, "engine_costs", lambda dtype: figures)
-    figures["cuda-fused"] = figures["cpu"]._replace(per_mac=0.0, per_element=0.0, per_phase=0.0)
+    for engine in ("cuda-block", "cuda-grid"):
+        figures[engine] = figures["cpu"]._replace(per_mac=0.0, per_element=0.0, per_phase=0.0)
     trainer = fn.Trainer(model(), device="auto")
     assert trainer.device == "cuda"
     assert trainer.backend.describe().startswith("cuda (")
     monkeypatch.setenv("FASTNN_DEVICE", "cpu")
     assert fn.Trainer(model(), device="auto").device == "cpu"
     monkeypatch.delenv("FASTNN_DEVICE")
-    figures["cuda-fused"] = figures["cpu"]._replace(per_mac=1.0)
+    for engine in ("cuda-block", "cuda-grid"):
+        figures[engine] = figures["cpu"]._replace(per_mac=1.0)
     assert fn.Trainer(model(), device="auto").device == "cpu"
 
 
