@@ -57,7 +57,8 @@ phases, separated by barriers:
                next batch's rows by the permutation (no dependency between them)
 
 A phase splits its work into items (a TILE x TILE tile of a matrix product,
-a chunk of COLUMNS features of a batch reduction, a stride of elements) and
+a chunk of COLUMNS features of a batch reduction, GRID_COLUMNS in grid mode,
+a stride of elements) and
 the group's blocks take items round-robin. A phase never reads what another
 block writes in the same phase, so a barrier between phases is the only
 synchronization across blocks. With one block per model ("block" mode) the

@@ -22,7 +22,7 @@ from .layers import (
 from .losses import loss_phase
 from .plan import (
     ARENA_ACTIVATIONS, ARENA_GRADIENTS, ARENA_GRADS, ARENA_PARAMS, ARENA_ROWS, ARENA_SAVED,
-    ARENA_TARGETS, BLOCK, COLUMNS, GRID, LANES, MODES, THREADS,
+    ARENA_TARGETS, BLOCK, COLUMNS, GRID, GRID_COLUMNS, MODES, THREADS,
 )
 from .primitives import (
     SHARED_ALIGNMENT, TILE_WORDS, barrier, cooperative_blocks, device, inline,
@@ -46,8 +46,11 @@ Workspace = namedtuple("Workspace", ["activations", "activation_at", "gradients"
 Views = namedtuple("Views", ["params", "grads", "rows", "buffers", "counts", "acts",
                              "gradient0", "gradient1", "saved", "targets"])
 #: The block's own shared memory: the product's staging tiles, the float64
-#: scratch of the reductions.
-Scratch = namedtuple("Scratch", ["a_tile", "b_tile", "red1", "red2", "sums"])
+#: scratch of the reductions; and the features of a reduction's work item:
+#: COLUMNS in block mode, GRID_COLUMNS in grid mode, whose BatchNorm phases
+#: then spread over four times as many blocks (each with a quarter of the
+#: rows per lane to walk: these phases wait on global memory row by row).
+Scratch = namedtuple("Scratch", ["a_tile", "b_tile", "red1", "red2", "sums", "columns"])
 
 
 @inline
@@ -227,10 +230,10 @@ def run_epoch(mode, table, models, opt, guard, ws, X, Y, index, batch_size, skip
     model with its last good state put back."""
     a_tile = cuda.shared.array(TILE_WORDS, X.dtype, alignment=SHARED_ALIGNMENT)
     b_tile = cuda.shared.array(TILE_WORDS, X.dtype, alignment=SHARED_ALIGNMENT)
-    red1 = cuda.shared.array((LANES, COLUMNS), float64)
-    red2 = cuda.shared.array((LANES, COLUMNS), float64)
+    red1 = cuda.shared.array(THREADS, float64)
+    red2 = cuda.shared.array(THREADS, float64)
     sums = cuda.shared.array(THREADS, float64)
-    s = Scratch(a_tile, b_tile, red1, red2, sums)
+    s = Scratch(a_tile, b_tile, red1, red2, sums, GRID_COLUMNS if mode == GRID else COLUMNS)
     m, rank = cuda.blockIdx.x // group, cuda.blockIdx.x % group
     first, stride = rank * THREADS + cuda.threadIdx.x, group * THREADS
     n_total = index.shape[1]

@@ -19,14 +19,14 @@ and activation_backward_phase (the element math in elementwise.py).
 
 import math
 
-from numba import cuda, uint32 as U
+from numba import uint32 as U
 
 from ..activations import RELU, SIGMOID
 from ..elementwise import (
     relu, relu_grad_from_output, sigmoid, sigmoid_grad_from_output, tanh_grad_from_output,
 )
-from .plan import COLUMNS, LANES
-from .primitives import chunks, device, lane_totals, product_tile, tiles
+from .plan import THREADS
+from .primitives import chunks, device, lane_of, lane_totals, product_tile, tiles
 
 
 @device
@@ -74,8 +74,9 @@ def dense_backward_phase(table, activation_at, l, v, dy, dx, n, rank, ranks, s):
     n_in, n_out = table[l].n_in, table[l].n_out
     weight_tiles = tiles(n_out, n_in)
     input_tiles = tiles(n, n_in) if l > 0 else 0
-    bias_chunks = chunks(n_out) if table[l].bias_at >= 0 else 0
-    col, lane = cuda.threadIdx.x % COLUMNS, cuda.threadIdx.x // COLUMNS
+    columns = s.columns
+    bias_chunks = chunks(n_out, columns) if table[l].bias_at >= 0 else 0
+    col, lane = lane_of(columns)
     for item in range(rank, weight_tiles + input_tiles + bias_chunks, ranks):
         if item < weight_tiles:  # dW(o, i) = sum_r dy[r, o] x[r, i]
             product_tile(item, dy, 0, 1, n_out,
@@ -88,19 +89,19 @@ def dense_backward_phase(table, activation_at, l, v, dy, dx, n, rank, ranks, s):
                          dx, 0, n, n_in, n_out,
                          v.grads, -1, s.a_tile, s.b_tile)
         else:  # db(o) = sum_r dy[r, o]
-            j = (item - weight_tiles - input_tiles) * COLUMNS + col
+            j = (item - weight_tiles - input_tiles) * columns + col
             total = 0.0
             if j < n_out:
-                for r in range(lane, n, LANES):
+                for r in range(lane, n, THREADS // columns):
                     total += dy[element(0, r, n_out, j)]
-            total, _ = lane_totals(s.red1, s.red2, total, 0.0, lane, col)
+            total, _ = lane_totals(s.red1, s.red2, total, 0.0, lane, col, columns, n)
             if lane == 0 and j < n_out:
                 v.grads[table[l].bias_at + j] = total
 
 
 @device
 def batchnorm_forward_phase(table, activation_at, l, v, snapshot, n, rank, ranks, s):
-    """Training-mode BatchNorm, COLUMNS features per item, as
+    """Training-mode BatchNorm, s.columns features per item, as
     batchnorm.batchnorm_forward: the batch mean, then the squared deviations
     from it (float64 sums over the rows); the running statistics (their old
     values first into the guard's ``snapshot`` of the buffers); then
@@ -109,27 +110,29 @@ def batchnorm_forward_phase(table, activation_at, l, v, snapshot, n, rank, ranks
     f = table[l].n_out
     x_at, y_at = activation_at[l], output_at(table, activation_at, l)
     acts = v.acts
-    col, lane = cuda.threadIdx.x % COLUMNS, cuda.threadIdx.x // COLUMNS
+    columns = s.columns
+    lanes = THREADS // columns
+    col, lane = lane_of(columns)
     t = acts.dtype.type
     eps, momentum = table[l].eps, table[l].momentum
     if momentum < 0.0:  # a cumulative average: 1 / the batches counted, this one included
         momentum = 1.0 / (v.counts[l] + 1)
     relu_after = table[l].relu_after == 1
-    for chunk in range(rank, chunks(f), ranks):
-        j = chunk * COLUMNS + col
+    for chunk in range(rank, chunks(f, columns), ranks):
+        j = chunk * columns + col
         live = j < f
         total = 0.0
         if live:
-            for r in range(lane, n, LANES):
+            for r in range(lane, n, lanes):
                 total += acts[element(x_at, r, f, j)]
-        total, _ = lane_totals(s.red1, s.red2, total, 0.0, lane, col)
+        total, _ = lane_totals(s.red1, s.red2, total, 0.0, lane, col, columns, n)
         mean = t(total / n)
         total = 0.0
         if live:
-            for r in range(lane, n, LANES):
+            for r in range(lane, n, lanes):
                 d = acts[element(x_at, r, f, j)] - mean
                 total += d * d
-        squares, _ = lane_totals(s.red1, s.red2, total, 0.0, lane, col)
+        squares, _ = lane_totals(s.red1, s.red2, total, 0.0, lane, col, columns, n)
         variance = squares / n
         var = t(variance)
         inv_std = t(1.0 / math.sqrt(variance + eps))
@@ -147,36 +150,38 @@ def batchnorm_forward_phase(table, activation_at, l, v, snapshot, n, rank, ranks
                                            + momentum * var * (n / (n - 1.0)))
             scale = v.params[table[l].weight_at + j] * inv_std
             shift = v.params[table[l].bias_at + j] - mean * scale
-            for r in range(lane, n, LANES):
+            for r in range(lane, n, lanes):
                 value = acts[element(x_at, r, f, j)] * scale + shift
                 acts[element(y_at, r, f, j)] = relu(value) if relu_after else value
 
 
 @device
 def batchnorm_backward_phase(table, activation_at, l, v, dy, dx, n, rank, ranks, s):
-    """BatchNorm's gradients, COLUMNS features per item, as
+    """BatchNorm's gradients, s.columns features per item, as
     batchnorm.batchnorm_backward; with a ReLU folded in, dy is first masked
     by the ReLU's output (activations.activation_backward)."""
     f = table[l].n_out
     x_at, y_at = activation_at[l], output_at(table, activation_at, l)
     acts, at = v.acts, table[l].saved_at
-    col, lane = cuda.threadIdx.x % COLUMNS, cuda.threadIdx.x // COLUMNS
+    columns = s.columns
+    lanes = THREADS // columns
+    col, lane = lane_of(columns)
     t = acts.dtype.type
     relu_after = table[l].relu_after == 1
-    for chunk in range(rank, chunks(f), ranks):
-        j = chunk * COLUMNS + col
+    for chunk in range(rank, chunks(f, columns), ranks):
+        j = chunk * columns + col
         live = j < f
         mean = v.saved[at + j] if live else t(0)
         s1 = 0.0
         s2 = 0.0
         if live:
-            for r in range(lane, n, LANES):
+            for r in range(lane, n, lanes):
                 d = dy[element(0, r, f, j)]
                 if relu_after:
                     d = t(d * relu_grad_from_output(acts[element(y_at, r, f, j)]))
                 s1 += d
                 s2 += d * (acts[element(x_at, r, f, j)] - mean)
-        sum_dy, sum_dy_xc = lane_totals(s.red1, s.red2, s1, s2, lane, col)
+        sum_dy, sum_dy_xc = lane_totals(s.red1, s.red2, s1, s2, lane, col, columns, n)
         if live:
             inv_std = v.saved[at + 2 * f + j]
             if lane == 0:
@@ -186,7 +191,7 @@ def batchnorm_backward_phase(table, activation_at, l, v, dy, dx, n, rank, ranks,
                 a = v.params[table[l].weight_at + j] * inv_std
                 c = t(a * inv_std * inv_std * (sum_dy_xc / n))
                 mean_dy = t(sum_dy / n)
-                for r in range(lane, n, LANES):
+                for r in range(lane, n, lanes):
                     d = dy[element(0, r, f, j)]
                     if relu_after:
                         d = t(d * relu_grad_from_output(acts[element(y_at, r, f, j)]))

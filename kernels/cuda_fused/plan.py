@@ -23,7 +23,8 @@ SIDE = 16                      # a tile's threads form a SIDE x SIDE square...
 PER_THREAD = TILE // SIDE      # ...each accumulating PER_THREAD x PER_THREAD outputs
 STAGED = TILE * TILE_K // THREADS  # elements of each operand a thread stages per slice
 UNROLL = 8                     # steps of the product loop between two tests of its bound
-COLUMNS = 32                   # a reduction's work item: COLUMNS features, all rows
+COLUMNS = 32                   # a reduction's work item: COLUMNS features, all rows...
+GRID_COLUMNS = 8               # ...and in grid mode (more items: more of the group's blocks)
 LANES = THREADS // COLUMNS     # row lanes per feature (a warp reads 32 features of a row)
 
 MODES = ("block", "grid")
@@ -58,8 +59,9 @@ FusedPlan = namedtuple("FusedPlan", ["mode", "group", "items", "phases"])
 def step_phases(table, batch):
     """The phases of one training step at a full batch: a list of
     (name, work items), where a Dense layer's items are output tiles, a
-    BatchNorm's feature chunks, and the element-wise phases' (activations,
-    update) their elements in blocks of THREADS."""
+    BatchNorm's chunks of COLUMNS features (grid mode cuts them four times
+    finer: the group's size follows the products), and the element-wise
+    phases' (activations, update) their elements in blocks of THREADS."""
     def product_tiles(rows, cols):
         return ceil_div(rows, TILE) * ceil_div(cols, TILE)
 
@@ -151,7 +153,7 @@ def static_shared_bytes(itemsize):
     """The shared memory the epoch kernel declares itself: two staged
     TILE_K-deep slices of a product's operands, and the float64 scratch of
     the block reductions."""
-    return 2 * TILE_K * TILE_ROW * itemsize + (2 * LANES * COLUMNS + THREADS) * 8
+    return 2 * TILE_K * TILE_ROW * itemsize + 3 * THREADS * 8
 
 
 def arena_layout(sizes, itemsize, budget):

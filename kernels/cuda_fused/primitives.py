@@ -11,9 +11,7 @@ far fewer than 2^32 elements within the engine's limits (plan.py).
 
 from numba import config, cuda, uint32 as U, uint64 as U64
 
-from .plan import (
-    COLUMNS, GRID, LANES, SIDE, STAGED, THREADS, TILE, TILE_K, TILE_ROW, UNROLL,
-)
+from .plan import GRID, SIDE, STAGED, THREADS, TILE, TILE_K, TILE_ROW, UNROLL
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 # Device functions are compiled once per signature and inlined by NVVM
@@ -104,9 +102,17 @@ def tiles(rows, cols):
 
 
 @device
-def chunks(cols):
-    """The number of COLUMNS-wide chunks of cols features."""
-    return (cols + COLUMNS - 1) // COLUMNS
+def chunks(cols, columns):
+    """The number of ``columns``-wide chunks of cols features."""
+    return (cols + columns - 1) // columns
+
+
+@device
+def lane_of(columns):
+    """(feature, row lane) of this thread in a reduction's work item of
+    ``columns`` features: THREADS // columns row lanes, consecutive threads
+    on consecutive features of a row."""
+    return cuda.threadIdx.x % columns, cuda.threadIdx.x // columns
 
 
 # ---- the tile product ----
@@ -248,18 +254,20 @@ def block_total(sums, value):
 
 
 @device
-def lane_totals(red1, red2, value1, value2, lane, col):
-    """The sums over the LANES row lanes of two float64 partial sums of one
-    feature, added in lane order (deterministic); every thread gets its
-    feature's. Every thread of the block calls this together."""
-    red1[lane, col] = value1
-    red2[lane, col] = value2
+def lane_totals(red1, red2, value1, value2, lane, col, columns, rows):
+    """The sums over the row lanes of two float64 partial sums of one
+    feature (red1, red2: THREADS scratch each; THREADS // columns lanes, of
+    which the first min(lanes, rows) hold rows), added in lane order
+    (deterministic, and the cpu kernels' order while there are no more rows
+    than lanes); every thread gets its feature's. Every thread of the block
+    calls this together."""
+    red1[lane * columns + col] = value1
+    red2[lane * columns + col] = value2
     cuda.syncthreads()
     total1 = 0.0
     total2 = 0.0
-    for q in range(LANES):
-        total1 += red1[q, col]
-        total2 += red2[q, col]
+    for q in range(min(THREADS // columns, rows)):
+        total1 += red1[q * columns + col]
+        total2 += red2[q * columns + col]
     cuda.syncthreads()
     return total1, total2
-
