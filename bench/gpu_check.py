@@ -2,12 +2,16 @@
 backend (each cuda engine: the fused one in block and grid mode, the
 layer-by-layer one; fit_many), then the training throughput of the standard
 networks: fastnn cuda, fastnn cpu, PyTorch eager and PyTorch with CUDA graphs
-(one training step captured, replayed per batch) with the targets of issue
-10 beside the measured ratios, fit_many's row (32 tiny models against one
-model's samples/s), and the cost figures of device='auto' measured here.
+(one training step captured, replayed per batch) with the targets beside
+the measured ratios, fit_many's row (32 tiny models against one model's
+samples/s), the cost figures of device='auto' measured here, and the wide
+networks' rows (bench/gpu_wide.py).
 
     python bench/gpu_check.py            # on a machine with an NVIDIA GPU
     python bench/gpu_check.py --quick    # tiny shapes (the CUDA simulator test)
+
+The full run takes a few minutes on an H100 or H200, most of it compiling
+(the fused engine's kernels once per machine: numba's disk cache keeps them).
 
 Every device buffer fastnn allocates is filled with NaN first
 (FASTNN_CUDA_POISON=1), and a NaN anywhere in an output fails the check, so a
@@ -37,9 +41,15 @@ from fastnn.core.backends import get_backend  # noqa: E402
 from fastnn.core.cuda_backend import ENGINE_VARIABLE  # noqa: E402
 from cases import DENSE_PATHS, DTYPES, TEST_CASES, make_inputs, run, tolerance  # noqa: E402
 from fastnn.bench import BATCHES, NETWORKS  # noqa: E402
+import gpu_wide  # noqa: E402
 from gpu_wide import build  # noqa: E402  (the standard networks' fastnn models)
 
 QUICK_NETWORK = (6, 8, 1, 4)  # d_in, hidden, blocks, batch
+# The sizes of the full run (tests/cuda/test_gpu_check.py shrinks them to run
+# every section of it in the CUDA simulator)
+OPS_LARGEST = 1 << 20  # the ops' cases up to this side (--quick: 16)
+FIT_SAMPLES = 1024     # rows of each short fit checked against the cpu
+FIT_MANY_CHECKED = 8   # models of the fit_many check
 
 
 def worst_error(out, ref, rtol, atol):
@@ -53,7 +63,7 @@ def worst_error(out, ref, rtol, atol):
 def check_ops(quick):
     rows, ok = [], True
     cases = [c for c in TEST_CASES  # the cpu dense kernels' two paths are not cuda ops
-             if c.op not in DENSE_PATHS and max(c.shape) <= (16 if quick else 1 << 20)]
+             if c.op not in DENSE_PATHS and max(c.shape) <= (16 if quick else OPS_LARGEST)]
     for case in cases:
         for dtype in DTYPES:
             inputs = make_inputs(case, dtype, seed=1)
@@ -231,7 +241,7 @@ def calibration_rows():
     return lines
 
 
-#: fastnn cuda (fused) / torch with CUDA graphs, samples/s, in one run (issue 10)
+#: the targets: fastnn cuda (fused) / torch with CUDA graphs, samples/s, in one run
 TARGETS = {"tiny": 10.0, "small": 4.0, "medium": 2.0}
 FIT_MANY_MODELS, FIT_MANY_TARGET = 32, 20.0  # 32 tiny models vs one model's samples/s
 LR = 1e-3
@@ -251,7 +261,8 @@ def main(argv=None):
     parser.add_argument("--networks", default="tiny,small,medium,large")
     parser.add_argument("--steps", type=int, default=None,
                         help="training steps per timed epoch (default: fastnn bench's: tiny "
-                             "1024, small 512, medium 64, large 8)")
+                             "1024, small 512, medium 64, large 8; the wide networks' rows: "
+                             f"{gpu_wide.STEPS})")
     args = parser.parse_args(argv)
     if not cuda.is_available():
         print("gpu_check: numba sees no CUDA device", file=sys.stderr)
@@ -262,14 +273,15 @@ def main(argv=None):
     rows, ok_ops = check_ops(args.quick)
     spec = QUICK_NETWORK if args.quick else NETWORKS["small"]
     fit_rows, ok_fit = [], True
-    checks = [(spec, 11 if args.quick else 1024, engine) for engine in ("fused", "layers")]
+    checks = [(spec, 11 if args.quick else FIT_SAMPLES, engine)
+              for engine in ("fused", "layers")]
     if not args.quick:  # grid mode: several blocks per model, only on a real GPU
-        checks.append((NETWORKS["medium"], 1024, "fused"))
+        checks.append((NETWORKS["medium"], FIT_SAMPLES, "fused"))
     for check in checks:
         more, good = check_fit(*check)
         fit_rows, ok_fit = fit_rows + more, ok_fit and good
     if not args.quick:  # (in the simulator, tests/cuda/test_cuda_fused.py checks fit_many)
-        more, good = check_fit_many(spec, 1024, 8)
+        more, good = check_fit_many(spec, FIT_SAMPLES, FIT_MANY_CHECKED)
         fit_rows, ok_fit = fit_rows + more, ok_fit and good
     print("\n| check | dtype | worst error / tolerance | result |\n|---|---|---|---|")
     for name, dtype, err in rows + fit_rows:
@@ -308,8 +320,7 @@ def main(argv=None):
               f"{together / one_model[name]:.1f}x | >= {FIT_MANY_TARGET:g}x |")
     if not args.quick:
         print("\n".join(calibration_rows()))
-    import gpu_wide
-    wide_lines, ok_wide = gpu_wide.report(args.quick, args.steps)
+    wide_lines, ok_wide = gpu_wide.report(args.quick, args.steps or gpu_wide.STEPS)
     print("\n".join(wide_lines))
     print(f"\n(total: {time.perf_counter() - started:.0f} s)")
     passed = ok_ops and ok_fit and ok_wide

@@ -1,4 +1,4 @@
-"""gpu_check's rows for wide networks (issue 11): the GEMM table (fastnn's
+"""gpu_check's rows for wide networks: the GEMM table (fastnn's
 GEMM against cuBLAS), the large / large-tf32 / medium training rows against
 PyTorch with CUDA graphs, beside their targets, and the accuracy of TF32
 against float32 on the demo data. ``bench/gpu_check.py`` prints them; each
@@ -30,6 +30,7 @@ GEMM_TARGETS = {1024: 20.0, 4096: 30.0}   # TFLOP/s, fastnn's GEMM, float32, H20
 # network row: (standard network, precision, fastnn / torch-with-graphs target)
 TARGET_ROWS = (("large", "exact", 1.0), ("large", "tf32", 2.5), ("medium", "exact", 2.0))
 LR = 1e-3
+STEPS = 64  # training steps per timed epoch of the network rows
 
 
 def build(spec, seed=0):
@@ -206,7 +207,7 @@ def torch_graph_samples_per_second(spec, n_samples, epochs, tf32=False):
     return n_samples / statistics.median(times)
 
 
-def target_rows(steps=64, epochs=4, quick=False):
+def target_rows(steps=STEPS, epochs=4, quick=False):
     """large, large-tf32 and medium against PyTorch with CUDA graphs
     (float32, SGD), with the targets; large with each GEMM, to choose."""
     from fastnn.kernels.cuda_cublas import cublas_available
@@ -299,7 +300,7 @@ def _guarded(function, *args):
         return None, f"FAILED: {type(exc).__name__}: {exc}"[:300]
 
 
-def report(quick=False, steps=64):
+def report(quick=False, steps=STEPS):
     """(Markdown lines, whether every check here passed)."""
     sections = (("GEMM, float32: TFLOP/s in a CUDA graph (us per product in the graph, "
                  "us per product called from Python)", gemm_rows, (quick,)),
