@@ -7,6 +7,16 @@ from .cli import _int_at_least, _Parser, run_command
 
 
 def main(argv=None):
+    """``fastnn COMMAND ...``; returns the exit status. Ctrl-C at any moment,
+    also while NumPy and numba load, is one line on stderr and status 130."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before a command's own handler (run_command) took over
+        print("fastnn: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv):
     from . import __version__
 
     parser = _Parser(prog="fastnn", description="fastnn command line")

@@ -21,7 +21,7 @@ from sklearn.utils import check_random_state  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 import fastnn as fn  # noqa: E402
-from fastnn.core.backends import cuda_available  # noqa: E402
+from fastnn.core.cuda_backend import cuda_available  # noqa: E402
 from fastnn.sklearn import FastNNClassifier  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
