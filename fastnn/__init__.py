@@ -57,7 +57,7 @@ _EXPORTS = {
     "ReduceLROnPlateau": "core.callbacks", "save": "core.io", "load": "core.io",
     "fit_many": "core.many", "ThreadContentionWarning": "core.threads",
 }
-_SUBMODULES = ("ops", "core", "kernels", "cli", "data", "demo", "bench", "sklearn")
+_SUBMODULES = ("ops", "core", "kernels")
 
 __all__ = ["Sequential", "Dense", "BatchNorm", "ReLU", "Sigmoid", "Tanh", "mlp", "Trainer", "SGD",
            "RMSprop", "Adam", "AdamW", "Optimizer", "Callback", "EarlyStopping", "StepDecay",

@@ -210,10 +210,7 @@ def measure_step(engine, spec, dtype):
     Y = (X[:, :1] > 0).astype(dtype)
     backend, optimizer, loss = BACKENDS[engine.split("-")[0]], SGD(lr=1e-3), LOSS_CODES["bce"]
     index, losses, sizes = np.arange(batch * steps), np.zeros(steps), np.zeros(steps, np.int64)
-    saved = os.environ.get(config.CUDA_ENGINE)
-    if engine != "cpu":
-        os.environ[config.CUDA_ENGINE] = engine.split("-")[1]
-    try:
+    with config.forced_cuda_engine(None if engine == "cpu" else engine.split("-")[1]):
         backend.prepare(model, optimizer, X, Y, loss, announce=False)
         session = backend.start_fit(model, optimizer, X, Y, batch, loss)
         times = []
@@ -225,11 +222,6 @@ def measure_step(engine, spec, dtype):
                 times.append(time.perf_counter() - start)
         finally:
             session.finish()
-    finally:
-        if saved is None:
-            os.environ.pop(config.CUDA_ENGINE, None)
-        else:
-            os.environ[config.CUDA_ENGINE] = saved
     return min(times[1:]) / steps, model.table
 
 

@@ -22,6 +22,7 @@ FASTNN_CUDA_POISON    '1': new GPU buffers are filled with NaN, so a kernel that
 """
 
 import os
+from contextlib import contextmanager
 
 DEVICE = "FASTNN_DEVICE"
 CALIBRATE = "FASTNN_CALIBRATE"
@@ -74,6 +75,23 @@ def cache_dir():
 def cuda_engine():
     """FASTNN_CUDA_ENGINE: 'fused', 'block', 'grid', 'layers', or None when unset."""
     return _choice(CUDA_ENGINE, CUDA_ENGINE_CHOICES)
+
+
+@contextmanager
+def forced_cuda_engine(engine):
+    """FASTNN_CUDA_ENGINE set to ``engine`` (None: left as it is) inside the
+    ``with`` block, and put back after it (the calibration measures each
+    engine this way)."""
+    saved = os.environ.get(CUDA_ENGINE)
+    if engine is not None:
+        os.environ[CUDA_ENGINE] = engine
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(CUDA_ENGINE, None)
+        else:
+            os.environ[CUDA_ENGINE] = saved
 
 
 def cuda_graphs():

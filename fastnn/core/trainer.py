@@ -97,12 +97,11 @@ class Trainer:
             raise ValueError("precision='tf32' rounds float32 products to TF32; with "
                              "dtype='float64' use precision='exact'")
         self.auto_device = device == "auto" and distributed is None
+        self._device_argument = device
         # device='auto': the choice for a nominal fit (batches of 32) until fit chooses again
-        self.device = (choose_device("auto", model, 32, 32 * 64, 1, self.dtype)
-                       if self.auto_device else choose_device(device))
+        self._choose_device(model, 32, 32 * 64, 1)
         if seed is not None:
             v.check_int(seed, "seed", minimum=0)
-        self.backend = get_backend(self.device)
         self._fit_options = {}  # what start_fit takes beyond the defaults
         if self.precision == "tf32":
             if self.backend.tf32_products():
@@ -131,13 +130,14 @@ class Trainer:
         self.stop_training = False  # set during a fit when a callback asks to stop
         self._session = None  # the engine session of the fit under way
 
-    def _choose_device(self, batch_size, n_samples, epochs):
-        """With device='auto': the device of a fit with these figures
-        (fastnn.core.device.choose_device), and its backend."""
-        if self.auto_device:
-            self.device = choose_device("auto", self.model, batch_size, n_samples, epochs,
-                                        self.dtype)
-            self.backend = get_backend(self.device)
+    def _choose_device(self, model, batch_size, n_samples, epochs):
+        """Set the device (and backend) that runs a fit of ``model`` with these
+        figures: fastnn.core.device.choose_device's answer for this Trainer's
+        device argument ('auto': the faster device for this fit; under MPI,
+        'auto' is decided without a fit in view)."""
+        self.device = choose_device(self._device_argument, model if self.auto_device else None,
+                                    batch_size, n_samples, epochs, self.dtype)
+        self.backend = get_backend(self.device)
 
     def _checked_model(self):
         """The model, refused when it is no longer in this Trainer's dtype (it
@@ -180,7 +180,7 @@ class Trainer:
             progress = v.check_bool(progress, "progress")
         batch_size = v.check_int(batch_size, "batch_size")
         epochs = v.check_int(epochs, "epochs")
-        self._choose_device(min(batch_size, X.shape[0]), X.shape[0], epochs)
+        self._choose_device(model, min(batch_size, X.shape[0]), X.shape[0], epochs)
         return self.backend.prepare(model, self.optimizer, X, Y, LOSS_CODES[self.loss],
                                     comm=self.mpi, X_val=X_val, announce=progress is not False)
 
@@ -363,7 +363,7 @@ class Trainer:
         if self.mpi is not None:
             _check_distributed_batch(model, batch_size, self.size)
             progress = progress if self.rank == 0 else False
-        self._choose_device(batch_size, n, epochs)
+        self._choose_device(model, batch_size, n, epochs)
         run = None
         if checkpoint_dir is not None and self.rank == 0:
             # the directory is checked and the run chosen and locked before anything changes
