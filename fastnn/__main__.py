@@ -1,9 +1,11 @@
 """Command line: ``fastnn demo`` (also ``python -m fastnn demo``); ``train``,
-``predict`` and ``info`` are in cli.py."""
+``predict`` and ``info`` are in cli.py.
+
+This module (the console script's entry point) and the package's
+``__init__`` import only what Python has already loaded at start-up, so a
+Ctrl-C is answered by ``main`` from the first instant of fastnn's code."""
 
 import sys
-
-from .cli import _int_at_least, _Parser, run_command
 
 
 def main(argv=None):
@@ -18,6 +20,7 @@ def main(argv=None):
 
 def _main(argv):
     from . import __version__
+    from .cli import _int_at_least, _Parser, run_command
 
     parser = _Parser(prog="fastnn", description="fastnn command line")
     parser.add_argument("--version", action="version", version=f"fastnn {__version__}")
