@@ -53,6 +53,10 @@ def work(tmp_path_factory):
         for info in src.infolist():  # a damaged .npy header (checksums made to match)
             raw = src.read(info)
             dst.writestr(info, raw.replace(b"'descr'", b"'dexcr'"))
+    raw = work / "raw-member.npz"  # a member whose name lacks .npy: raw bytes
+    raw.write_bytes((work / "model.npz").read_bytes())
+    with zipfile.ZipFile(raw, "a") as archive:
+        archive.writestr("notes", b"raw bytes, not an array")
     meta = {"format": "fastnn-model", "version": 1, "dtype": "float32",
             "architecture": [{"type": "Dense", "in_features": 20000, "out_features": 20000}],
             "classes": None, "metadata": {}}
@@ -95,6 +99,8 @@ CASES = {
     "predict-flipped-model": (["predict", "flipped.npz", "data.csv"], 2,
                               "flipped.npz: member '0.weight.npy' is damaged"),
     "info-flipped-model": (["info", "flipped.npz"], 2, "flipped.npz: member"),
+    "info-raw-member": (["info", "raw-member.npz"], 2, "raw-member.npz: member 'notes' is "
+                                                       "damaged or not a .npy array"),
     "info-forged-size": (["info", "forged.npz"], 2, "forged.npz: the architecture declares "
                                                     "Dense(20000, 20000"),
     "info-missing": (["info", "nothing.npz"], 2, "nothing.npz"),

@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 from . import validation as v
+from .checkpoint import restore
 from .progress import ProgressBar
 
 MONITORS = {"val_loss": "min", "loss": "min", "val_accuracy": "max"}
@@ -502,8 +503,6 @@ class Checkpointing(Callback):
         self.callbacks = stateful(callbacks)
 
     def on_fit_start(self, trainer, history):
-        from .checkpoint import restore
-
         if self.resumed is None:
             return
         restored = restore(*self.resumed, trainer.model, trainer.optimizer, trainer.rng,

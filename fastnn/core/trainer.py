@@ -40,9 +40,10 @@ class Trainer:
     device : {'auto', 'cpu', 'cuda', 'numpy'}
         'auto' is 'cpu' without a usable GPU; with one, each ``fit`` picks the
         device predicted to train this network faster at its batch size
-        (fastnn.core.autodevice: a cost model with constants measured on the
-        machine; a tie goes to the cpu). The environment variable
-        FASTNN_DEVICE overrides it. 'numpy' runs the reference kernels (slow,
+        (fastnn.core.device.choose_device, with the cost model of
+        fastnn.core.autodevice: constants measured on the machine; a tie
+        goes to the cpu). The environment variable FASTNN_DEVICE overrides
+        it. 'numpy' runs the reference kernels (slow,
         for checking).
     dtype : {'float32', 'float64'}
     seed : int or None
@@ -76,6 +77,9 @@ class Trainer:
         on cuda the engine (fused or layer-by-layer) and how it ran
     rank, size : int, this process's MPI rank and the number of ranks (0, 1
         without ``distributed``)
+    stop_training : bool, set during a fit once a callback asked to stop
+        (a callback may set it too); after a resume, whether the run had
+        stopped
     """
 
     def __init__(self, model, optimizer=None, loss="bce", device="auto", dtype="float32", seed=None,
