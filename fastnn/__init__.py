@@ -8,6 +8,7 @@ normalization and binary cross-entropy, one API for the CPU and the GPU.
 """
 
 import importlib
+from typing import TYPE_CHECKING
 
 from .version import __version__
 
@@ -43,10 +44,23 @@ def _attach_kernels():
 
 _attach_kernels()
 
+if TYPE_CHECKING:  # the public names, as tools that read the source (the API reference) see them
+    from . import ops
+    from .core.builders import mlp
+    from .core.callbacks import Callback, CosineDecay, EarlyStopping, ReduceLROnPlateau, StepDecay
+    from .core.io import load, save
+    from .core.layers import BatchNorm, Dense, ReLU, Sequential, Sigmoid, Tanh, from_torch
+    from .core.many import fit_many
+    from .core.optim import SGD, Adam, AdamW, Optimizer, RMSprop
+    from .core.threads import ThreadContentionWarning
+    from .core.trainer import Trainer
+
 #: Where each public name lives: imported on first use (``fn.Trainer``,
 #: ``from fastnn import Trainer``), so that ``import fastnn`` costs nothing
 #: and loads no numerical library until one is needed (the command line
-#: starts, and answers Ctrl-C, before NumPy and numba are loaded).
+#: starts, and answers Ctrl-C, before NumPy and numba are loaded). The
+#: imports above say the same for static readers (tests/test_structure.py
+#: checks that they agree).
 _EXPORTS = {
     "Sequential": "core.layers", "Dense": "core.layers", "BatchNorm": "core.layers",
     "ReLU": "core.layers", "Sigmoid": "core.layers", "Tanh": "core.layers",

@@ -156,6 +156,21 @@ def test_the_device_is_decided_in_one_function():
     assert len(calls) == 1, calls  # one method: at construction, and for each fit
 
 
+def test_the_lazy_exports_and_the_static_imports_agree():
+    """fastnn/__init__'s names, imported on first use, and the same names
+    imported under TYPE_CHECKING for tools that read the source (mkdocstrings)."""
+    tree = ast.parse(open(modules()["fastnn"]).read())
+    static = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            for statement in node.body:
+                for alias in statement.names:
+                    static[alias.name] = (statement.module or alias.name)
+    lazy = dict(fastnn._EXPORTS, **{name: name for name in ("ops",)})
+    assert static == lazy
+    assert set(fastnn.__all__) == set(lazy) | {"__version__"}
+
+
 def test_import_fastnn_loads_no_numerical_library():
     code = ("import sys, fastnn; "
             "print(sorted(m for m in ('numpy', 'numba', 'scipy') if m in sys.modules))")

@@ -403,6 +403,11 @@ class ReduceLROnPlateau(Callback):
     epoch on, and the count restarts; for ``cooldown`` epochs after a
     reduction, bad epochs are not counted.
 
+    The lowered lr stays in the optimizer after ``fit`` (as with PyTorch's
+    scheduler); the best value and the counters are in ``state_dict``, and
+    checkpoints hold them and the optimizer's lr, so a resumed run lowers
+    the lr at the same epochs.
+
     Parameters
     ----------
     monitor : {'val_loss', 'val_accuracy', 'loss'}
@@ -412,11 +417,6 @@ class ReduceLROnPlateau(Callback):
     cooldown : int >= 0
     min_delta : float >= 0
     eps : float >= 0
-
-    The lowered lr stays in the optimizer after ``fit`` (as with PyTorch's
-    scheduler); the best value and the counters are in ``state_dict``, and
-    checkpoints hold them and the optimizer's lr, so a resumed run lowers
-    the lr at the same epochs.
     """
 
     def __init__(self, monitor="val_loss", factor=0.1, patience=10, min_lr=0.0, cooldown=0,
