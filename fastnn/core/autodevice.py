@@ -2,8 +2,9 @@
 
 The rule
 --------
-Without a usable GPU, or with FASTNN_DEVICE set, 'auto' is what
-``backends.resolve_device`` says. With a GPU, the time of the fit is
+Without a usable GPU, or with FASTNN_DEVICE set, 'auto' needs no
+prediction (``fastnn.core.device.choose_device``, the one function that
+decides the device, says what it is). With a GPU, the time of the fit is
 predicted on each device and the faster one is chosen; a tie goes to the
 cpu, so the GPU is chosen only when it is predicted faster. For one step of
 a network at ``batch`` rows, on engine e:
@@ -62,7 +63,10 @@ from collections import namedtuple
 
 import numpy as np
 
-from .backends import cuda_available, resolve_device
+from fastnn.version import __version__
+
+from . import config
+from .cuda_backend import cuda_available
 
 ENGINES = ("cpu", "cuda-block", "cuda-grid", "cuda-layers")
 
@@ -96,12 +100,11 @@ DEFAULT_COSTS = {
 #: the calibration networks: (d_in, hidden, blocks, batch, steps timed per epoch)
 CALIBRATION_NETWORKS = {"tiny": (16, 32, 2, 32, 64), "small": (32, 64, 2, 64, 32),
                         "medium": (256, 256, 3, 256, 8)}
-#: the engines the calibration measures (the others keep their defaults),
-#: and what FASTNN_CUDA_ENGINE forces for each
-CALIBRATED = {"cpu": None, "cuda-block": "block", "cuda-grid": "grid"}
+#: the engines the calibration measures (the others keep their defaults);
+#: a cuda engine's name after 'cuda-' is what FASTNN_CUDA_ENGINE forces
+CALIBRATED = ("cpu", "cuda-block", "cuda-grid")
 #: the most seconds the calibration spends measuring (compiling aside)
 CALIBRATION_SECONDS = 10.0
-CALIBRATE_VARIABLE = "FASTNN_CALIBRATE"
 
 
 # ---- what a step costs ----
@@ -150,22 +153,6 @@ def predict(table, batch, n_samples, epochs, data_bytes, dtype, n_models=1, cost
     return {"cpu": cpu, "cuda": gpu, "cuda_engine": engine}
 
 
-def choose_device(device, model, batch_size, n_samples, epochs, dtype, n_models=1,
-                  data_bytes=None):
-    """The device a fit runs on, for a ``device`` argument ('auto', 'cpu',
-    'cuda', 'numpy'): ``resolve_device``'s answer, except that 'auto' with a
-    usable GPU (and FASTNN_DEVICE unset) picks the device with the smaller
-    predicted fit time (``predict``; a tie goes to the cpu)."""
-    resolved = resolve_device(device)
-    if device != "auto" or resolved != "cuda" or os.environ.get("FASTNN_DEVICE", "").strip():
-        return resolved
-    batch = min(batch_size, n_samples)
-    if data_bytes is None:
-        data_bytes = n_samples * (model.in_features + model.out_features) * np.dtype(dtype).itemsize
-    times = predict(model.table, batch, n_samples, epochs, data_bytes, dtype, n_models)
-    return "cuda" if times["cuda"] < times["cpu"] else "cpu"
-
-
 # ---- the constants: calibrated once per machine, cached on disk ----
 
 def cache_path(dtype):
@@ -174,16 +161,12 @@ def cache_path(dtype):
     versions and dtype."""
     import numba
 
-    from fastnn import __version__
-    root = os.environ.get("FASTNN_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-        "fastnn")
     key = json.dumps([__version__, numba.__version__, _numba_cuda_version(), platform.node(),
                       platform.processor() or platform.machine(), os.cpu_count(),
                       numba.config.NUMBA_NUM_THREADS,  # get_num_threads() starts numba's pool
                       _gpu_name(), str(np.dtype(dtype))])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return os.path.join(root, f"device-costs-{np.dtype(dtype)}-{digest}.json")
+    return os.path.join(config.cache_dir(), f"device-costs-{np.dtype(dtype)}-{digest}.json")
 
 
 def engine_costs(dtype):
@@ -197,7 +180,7 @@ def engine_costs(dtype):
             return cached
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    if os.environ.get(CALIBRATE_VARIABLE, "1").strip() == "0" or not _real_gpu():
+    if not config.calibrate() or not _real_gpu():
         return dict(DEFAULT_COSTS)
     return calibrate(dtype, path)
 
@@ -243,39 +226,41 @@ def calibrate(dtype="float32", path=None, networks=None, stream=None):
 
 def measure_step(engine, spec, dtype):
     """(seconds per step, step features, seconds spent training) of the
-    network ``spec`` trained by ``engine`` (the fused engine's mode forced
-    through FASTNN_CUDA_ENGINE): the best of three timed epochs, after one
-    that compiles (compiling is not counted as time spent training)."""
-    from .cuda_backend import ENGINE_VARIABLE
+    network ``spec`` trained by ``engine`` (a session of its backend, as
+    ``Trainer.fit`` drives it; the fused engine's mode forced through
+    FASTNN_CUDA_ENGINE): the best of three timed epochs, after one that
+    compiles (compiling is not counted as time spent training)."""
+    from fastnn.kernels.loss import LOSS_CODES
+
+    from .backends import BACKENDS
     from .layers import BatchNorm, Dense, ReLU, Sequential
     from .optim import SGD
-    from .trainer import Trainer
 
     d_in, hidden, blocks, batch, steps = spec
     layers, width = [], d_in
     for _ in range(blocks):
         layers += [Dense(width, hidden), BatchNorm(hidden), ReLU()]
         width = hidden
-    model = Sequential(*layers, Dense(width, 1), seed=0)
+    model = Sequential(*layers, Dense(width, 1), seed=0).astype(dtype)
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((batch * steps, d_in))
-    y = (X[:, 0] > 0).astype(float)
-    saved = os.environ.get(ENGINE_VARIABLE)
-    if CALIBRATED[engine] is not None:
-        os.environ[ENGINE_VARIABLE] = CALIBRATED[engine]
-    try:
-        device = "cpu" if engine == "cpu" else "cuda"
-        trainer = Trainer(model, optimizer=SGD(lr=1e-3), device=device, dtype=dtype, seed=0)
-        warm_up = trainer.fit(X, y, epochs=1, batch_size=batch, shuffle=False)
-        history = trainer.fit(X, y, epochs=3, batch_size=batch, shuffle=False)
+    X = rng.standard_normal((batch * steps, d_in)).astype(dtype)
+    Y = (X[:, :1] > 0).astype(dtype)
+    backend, optimizer, loss = BACKENDS[engine.split("-")[0]], SGD(lr=1e-3), LOSS_CODES["bce"]
+    index, losses, sizes = np.arange(batch * steps), np.zeros(steps), np.zeros(steps, np.int64)
+    with config.forced_cuda_engine(None if engine == "cpu" else engine.split("-")[1]):
+        backend.prepare(model, optimizer, X, Y, loss, announce=False)
+        session = backend.start_fit(model, optimizer, X, Y, batch, loss)
         group = 1 if engine == "cpu" else gpu_engine(model.table, batch, 1)[2]
-    finally:
-        if saved is None:
-            os.environ.pop(ENGINE_VARIABLE, None)
-        else:
-            os.environ[ENGINE_VARIABLE] = saved
-    work = sum(warm_up["time"]) + sum(history["time"])
-    return min(history["time"]) / steps, step_features(model.table, batch, group), work
+        times = []
+        try:
+            for _ in range(4):
+                start = time.perf_counter()
+                session.train_epoch(index, batch, True, losses, sizes)
+                session.finish()
+                times.append(time.perf_counter() - start)
+        finally:
+            session.finish()
+    return min(times[1:]) / steps, step_features(model.table, batch, group), sum(times)
 
 
 def write_json(path, content):
@@ -295,8 +280,8 @@ def write_json(path, content):
 
 def _real_gpu():
     """A GPU to calibrate on: usable, and not the CUDA simulator."""
-    from numba import config
-    return cuda_available() and not config.ENABLE_CUDASIM
+    import numba
+    return cuda_available() and not numba.config.ENABLE_CUDASIM
 
 
 def _gpu_name():
