@@ -38,7 +38,7 @@ def test_every_section_of_the_full_run_passes_on_shrunk_shapes(monkeypatch, tmp_
         monkeypatch.setattr(module, "NETWORKS", networks)
     monkeypatch.setattr(gpu_check, "BATCHES", {name: (1, 1) for name in networks})
     # the ops' cases up to side 4 (the --quick test runs those up to 16)
-    for name, value in (("OPS_LARGEST", 4), ("FIT_SAMPLES", 6), ("FIT_MANY_CHECKED", 2),
+    for name, value in (("OPS_LARGEST", 4), ("FIT_SAMPLES", 4), ("FIT_MANY_CHECKED", 2),
                         ("FIT_MANY_MODELS", 2)):
         monkeypatch.setattr(gpu_check, name, value)
     monkeypatch.setattr(gpu_wide, "GEMM_SIZES", (33,))
