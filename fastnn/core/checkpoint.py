@@ -5,7 +5,8 @@ identity (16 hex digits) that is stored in each of its checkpoints and in
 their file names: ``checkpoint-RRRRRRRRRRRRRRRR-EEEEEE.npz`` after EEEEEE
 completed epochs. A checkpoint holds the model's state_dict, the
 optimizer's state and step count, the shuffling generator's state, the
-history so far, and a SHA-256 checksum over all of it.
+Dropout masks' key, the history so far, and a SHA-256 checksum over all of
+it.
 
 A run only ever reads, writes and deletes its own checkpoints: pruning keeps
 the newest ``KEEP`` of its own run and leaves every other file alone, so
@@ -162,7 +163,7 @@ class CheckpointRun:
         self.directory, self.run_id, self.resumed = directory, run_id, resumed
         self._lock = _lock_run(directory, run_id)
 
-    def save(self, epoch, model, optimizer, rng, history, hyperparameters):
+    def save(self, epoch, model, optimizer, rng, history, hyperparameters, dropout_key):
         """Write this run's checkpoint taken after ``epoch`` completed epochs
         and delete the run's own checkpoints beyond the newest ``KEEP``."""
         arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
@@ -171,7 +172,7 @@ class CheckpointRun:
         meta = {"format": FORMAT, "version": VERSION, "run": self.run_id, "epoch": epoch,
                 "architecture": model.config(), "dtype": np.dtype(model.dtype).name,
                 "optimizer": type(optimizer).__name__, "hyperparameters": hyperparameters,
-                "rng": rng.bit_generator.state, "history": history}
+                "rng": rng.bit_generator.state, "dropout_key": dropout_key, "history": history}
         meta_text = json.dumps(meta)
         arrays["meta"] = np.array(meta_text)
         arrays["checksum"] = np.array(_digest({k: v for k, v in arrays.items() if k != "meta"},
@@ -267,3 +268,9 @@ def restore(meta, arrays, model, optimizer, rng, hyperparameters):
                       f"hyper-parameters, which differ from the checkpoint's: "
                       f"{', '.join(changed)}", RuntimeWarning, stacklevel=4)
     return meta["epoch"], meta["history"]
+
+
+def dropout_key_of(meta, default):
+    """The Dropout key a checkpoint's run drew its masks with (``default``
+    for a checkpoint written without one)."""
+    return int(meta.get("dropout_key", default))

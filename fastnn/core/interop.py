@@ -3,7 +3,9 @@
 
 import numpy as np
 
-from .layers import BatchNorm, Dense, ReLU, Sequential, Sigmoid, Tanh
+from .layers import (
+    GELU, BatchNorm, Dense, Dropout, LeakyReLU, ReLU, Sequential, Sigmoid, SiLU, Tanh,
+)
 
 
 def _torch():
@@ -16,7 +18,8 @@ def _torch():
 
 def from_torch(module):
     """A fastnn Sequential equal to a ``torch.nn.Sequential`` of Linear,
-    BatchNorm1d (affine, with running statistics), ReLU, Sigmoid and Tanh.
+    BatchNorm1d (affine, with running statistics), ReLU, Sigmoid, Tanh,
+    LeakyReLU, GELU, SiLU and Dropout.
 
     Layers are taken by position, whatever the children's names
     (``Sequential(OrderedDict(...))`` works as ``Sequential(a, b, ...)``).
@@ -45,12 +48,19 @@ def from_torch(module):
                 raise ValueError(f"module[{i}]: BatchNorm1d needs affine=True and "
                                  f"track_running_stats=True to convert")
             layers.append(BatchNorm(m.num_features, eps=m.eps, momentum=m.momentum))
-        elif type(m) in (torch.nn.ReLU, torch.nn.Sigmoid, torch.nn.Tanh):
+        elif type(m) in (torch.nn.ReLU, torch.nn.Sigmoid, torch.nn.Tanh, torch.nn.SiLU):
             layers.append({torch.nn.ReLU: ReLU, torch.nn.Sigmoid: Sigmoid,
-                           torch.nn.Tanh: Tanh}[type(m)]())
+                           torch.nn.Tanh: Tanh, torch.nn.SiLU: SiLU}[type(m)]())
+        elif type(m) is torch.nn.LeakyReLU:
+            layers.append(LeakyReLU(m.negative_slope))
+        elif type(m) is torch.nn.GELU:
+            layers.append(GELU(m.approximate))
+        elif type(m) is torch.nn.Dropout:
+            layers.append(Dropout(m.p))
         else:
             raise ValueError(f"module[{i}]: fastnn has no equivalent of {type(m).__name__} "
-                             f"(supported: Linear, BatchNorm1d, ReLU, Sigmoid, Tanh)")
+                             f"(supported: Linear, BatchNorm1d, ReLU, Sigmoid, Tanh, LeakyReLU, "
+                             f"GELU, SiLU, Dropout)")
     model = Sequential(*layers)
     state = {f"{i}.{key}": value.detach().cpu().numpy()
              for i, m in enumerate(children) for key, value in m.state_dict().items()}
@@ -72,9 +82,15 @@ def to_torch(model):
         elif isinstance(layer, BatchNorm):
             modules.append(torch.nn.BatchNorm1d(layer.num_features, eps=layer.eps,
                                                 momentum=layer.momentum))
+        elif isinstance(layer, LeakyReLU):
+            modules.append(torch.nn.LeakyReLU(layer.negative_slope))
+        elif isinstance(layer, GELU):
+            modules.append(torch.nn.GELU(layer.approximate))
+        elif isinstance(layer, Dropout):
+            modules.append(torch.nn.Dropout(layer.p))
         else:
-            modules.append({ReLU: torch.nn.ReLU, Sigmoid: torch.nn.Sigmoid,
-                            Tanh: torch.nn.Tanh}[type(layer)]())
+            modules.append({ReLU: torch.nn.ReLU, Sigmoid: torch.nn.Sigmoid, Tanh: torch.nn.Tanh,
+                            SiLU: torch.nn.SiLU}[type(layer)]())
     tmodel = torch.nn.Sequential(*modules).to(getattr(torch, np.dtype(model.dtype).name))
     tmodel.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()})
     return tmodel
