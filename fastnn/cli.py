@@ -19,9 +19,10 @@ import warnings
 import numpy as np
 
 from .core.backends import DEVICES
+from .core.builders import ACTIVATIONS as MLP_ACTIVATIONS
 from .core.callbacks import Callback
 
-ACTIVATIONS = ("relu", "tanh", "sigmoid")
+ACTIVATIONS = tuple(name for name in MLP_ACTIVATIONS if name != "identity")
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam")
 READERS = ("auto", "pyarrow", "pandas", "numpy")
 EXIT_ERROR = 2
@@ -122,7 +123,12 @@ def build_parser():
     train.add_argument("--no-batchnorm", dest="batchnorm", action="store_false",
                        help="no BatchNorm after each hidden Dense layer (default: BatchNorm on)")
     train.add_argument("--activation", choices=ACTIVATIONS, default="relu",
-                       help="hidden activation (default relu)")
+                       help="hidden activation (default relu; leaky_relu: slope 0.01; gelu_tanh: "
+                            "GELU's tanh approximation)")
+    train.add_argument("--dropout", type=_float_in(0.0, 1.0, high_open=True, what="in [0, 1)"),
+                       default=0.0, metavar="P",
+                       help="a Dropout(P) after each hidden activation: each hidden unit is "
+                            "zeroed with probability P at each training step (default 0: none)")
     train.add_argument("--epochs", type=_int_at_least(1), default=10, metavar="N",
                        help="maximum number of epochs (default 10)")
     train.add_argument("--batch-size", type=_int_at_least(1), default=64, metavar="B",
@@ -330,6 +336,8 @@ def _describe_layers(model):
             parts.append(f"Dense({spec['in_features']},{spec['out_features']})")
         elif name == "BatchNorm":
             parts.append(f"BatchNorm({spec['num_features']})")
+        elif name == "Dropout":
+            parts.append(f"Dropout({spec['p']:g})")
         else:
             parts.append(name)
     return " ".join(parts)
@@ -431,7 +439,8 @@ def _train(args):
     lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else 1e-2)
     distributed = args.distributed == "mpi"
     model = fn.mlp(d, args.hidden, 1 if binary else k, batchnorm=args.batchnorm,
-                   activation=args.activation, sync=distributed, seed=args.seed)
+                   activation=args.activation, sync=distributed, seed=args.seed,
+                   dropout=args.dropout)
     if not distributed:  # --device auto: the device predicted faster for this fit
         device = choose_device(args.device, model, args.batch_size, n_train, args.epochs,
                                args.dtype)
@@ -493,7 +502,7 @@ def _train(args):
         "data": os.path.basename(args.data), "format": kind, "rows": n, "train_rows": n_train,
         "validation_rows": n_val, "columns": names, "target": target, "task":
         "binary" if binary else "multiclass", "loss": loss, "hidden": args.hidden,
-        "batchnorm": args.batchnorm, "activation": args.activation,
+        "batchnorm": args.batchnorm, "activation": args.activation, "dropout": args.dropout,
         "standardize": args.standardize, "optimizer": args.optimizer, "lr": lr,
         "weight_decay": args.weight_decay, "batch_size": args.batch_size,
         "epochs": args.epochs, "epochs_run": epochs_run, "best_epoch": best_epoch,

@@ -4,7 +4,11 @@ scaling, inference without dropping, and the determinism a counter-based
 generator gives: run to run, numpy reference to cpu engine, and across a
 resume from a checkpoint, also with seed=None."""
 
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -171,3 +175,29 @@ def test_a_resumed_run_with_dropout_is_bit_identical_to_an_uninterrupted_one(tmp
     assert np.array_equal(resumed.params, full.params)
     assert np.array_equal(resumed.buffers, full.buffers)
     assert history["loss"] == expected["loss"]
+
+
+THREADS = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import fastnn as fn
+    from fastnn.demo import make_data
+    X, y = make_data(2000, n_features=16, seed=0)
+    m = fn.mlp(16, [64, 64], 1, dropout=0.2, seed=0)
+    fn.Trainer(m, optimizer=fn.Adam(lr=1e-3), device="cpu", seed=0, clip_grad_norm=1.0).fit(
+        X, y, epochs=3, batch_size=64)
+    np.save(sys.argv[1], m.params)
+""")
+
+
+def test_weights_with_dropout_are_bit_identical_across_runs_and_with_1_or_2_threads(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(THREADS)
+    results = []
+    for threads in ("1", "2", "2"):
+        env = dict(os.environ, OPENBLAS_NUM_THREADS=threads, NUMBA_NUM_THREADS=threads,
+                   OMP_NUM_THREADS=threads)
+        out = tmp_path / f"w{len(results)}.npy"
+        subprocess.run([sys.executable, str(script), str(out)], env=env, cwd=tmp_path, check=True)
+        results.append(np.load(out))
+    assert np.array_equal(results[0], results[1]) and np.array_equal(results[1], results[2])
