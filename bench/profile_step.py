@@ -2,10 +2,11 @@
 what a change costs a whole step.
 
     python bench/profile_step.py [--network tiny] [--optimizer sgd] [--rounds 200]
-                                 [--dropout P] [--against DIR]
+                                 [--activation relu] [--dropout P] [--against DIR]
 
-Builds a ``fastnn bench`` network in float32 (with ``--dropout P``, a
-Dropout(P) after each hidden activation), starts a fit session on it and
+Builds a ``fastnn bench`` network in float32 (with ``--activation``, another
+hidden activation than ReLU, which BatchNorm applies itself; with
+``--dropout P``, a Dropout(P) after each one), starts a fit session on it and
 times each part of one step (the batch gather, every layer's forward and
 backward, the loss, the optimizer update) by calling the engine's own layer
 functions in a compiled loop, so that no Python call is timed. Each round
@@ -115,19 +116,20 @@ def microseconds(session, part, l, n, rounds, round_seconds=5e-4):
     return best * 1e6
 
 
-def build_model(network, dropout=0.0, seed=0):
-    """The ``fastnn bench`` network, with Dropout(dropout) after each hidden activation."""
+def build_model(network, dropout=0.0, activation="relu", seed=0):
+    """The ``fastnn bench`` network, with another activation and Dropout(dropout)
+    after each hidden activation."""
     d_in, hidden, blocks, _ = NETWORKS[network]
-    return fn.mlp(d_in, [hidden] * blocks, 1, seed=seed, dropout=dropout)
+    return fn.mlp(d_in, [hidden] * blocks, 1, seed=seed, dropout=dropout, activation=activation)
 
 
-def session_for(network, optimizer, dropout, n_batches):
+def session_for(network, optimizer, dropout, n_batches, activation="relu"):
     """A compiled cpu fit session on the network (float32), its index over
     n_batches batches in order."""
     batch = NETWORKS[network][3]
     X, y = make_data(network, n_batches * batch)
     opt = fn.SGD(lr=1e-3) if optimizer == "sgd" else fn.Adam(lr=1e-3)
-    trainer = fn.Trainer(build_model(network, dropout), optimizer=opt, device="cpu",
+    trainer = fn.Trainer(build_model(network, dropout, activation), optimizer=opt, device="cpu",
                          dtype="float32", seed=0)
     trainer.fit(X, y, epochs=1, batch_size=batch, shuffle=False)  # compile
     session = trainer.backend.start_fit(trainer.model, opt, X, y[:, None].copy(), batch,
@@ -136,10 +138,10 @@ def session_for(network, optimizer, dropout, n_batches):
     return trainer, session
 
 
-def profile(network, optimizer, rounds, dropout):
+def profile(network, optimizer, rounds, dropout, activation="relu"):
     """[(part, microseconds)] for one step of ``network``."""
     batch = NETWORKS[network][3]
-    trainer, session = session_for(network, optimizer, dropout, 4)
+    trainer, session = session_for(network, optimizer, dropout, 4, activation)
     table = trainer.model.table
     rows = [("gather", GATHER, 0)]
     for l in range(table.shape[0]):
@@ -240,15 +242,18 @@ def main():
     parser.add_argument("--network", default="tiny", choices=sorted(NETWORKS))
     parser.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
     parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--activation", default="relu",
+                        help="the hidden activation (fastnn.mlp's names; default relu)")
     parser.add_argument("--dropout", type=float, default=None, metavar="P",
                         help="a Dropout(P) after each hidden activation (--against: default 0.1)")
     parser.add_argument("--against", metavar="DIR",
                         help="also time whole steps against the engine in DIR/kernels")
     args = parser.parse_args()
     dropout = args.dropout or 0.0
-    timed, redrawn, step = profile(args.network, args.optimizer, args.rounds, dropout)
-    print(f"{args.network}, {args.optimizer}, float32, batch {NETWORKS[args.network][3]}"
-          f"{f', Dropout({dropout})' if dropout else ''}: microseconds per call "
+    timed, redrawn, step = profile(args.network, args.optimizer, args.rounds, dropout,
+                                   args.activation)
+    print(f"{args.network}, {args.optimizer}, float32, batch {NETWORKS[args.network][3]}, "
+          f"{args.activation}{f', Dropout({dropout})' if dropout else ''}: microseconds per call "
           f"(min of {args.rounds} rounds)")
     for name, us in timed:
         print(f"  {name:<44} {us:8.3f}")
