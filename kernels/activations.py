@@ -22,7 +22,6 @@ below name the activations inside the compiled network description.
 import math
 
 import numpy as np
-from scipy.special import erf
 
 from .elementwise import (
     GELU_KAPPA, GELU_PDF, SQRT1_2, SQRT_2_OVER_PI, gelu, gelu_grad, gelu_tanh, gelu_tanh_grad,
@@ -50,6 +49,12 @@ def numpy_sigmoid(x):
 
 
 sigmoid_reference = numpy_sigmoid
+
+
+def erf(x):
+    """math.erf of every element, in x's dtype (NumPy has no erf; SciPy's would
+    cost every ``import fastnn`` the import of scipy.special)."""
+    return np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype)
 
 
 def activation_forward_reference(kind, negative_slope, x):
