@@ -12,11 +12,16 @@ from fastnn.kernels.activations import ACTIVATION_CODES, FROM_INPUT
 
 from .core import validation as v
 from .core.backends import get_backend
+from .core.device import choose_device
 
 __all__ = ["batchnorm_forward", "batchnorm_backward", "bce", "bce_with_logits", "cross_entropy",
            "sgd_step",
            "dense_forward", "dense_backward", "activation_forward", "activation_backward",
            "dropout_forward", "dropout_backward"]
+
+
+def _backend(backend):
+    return get_backend(choose_device(backend, name="backend"))
 
 
 def _vector(a, name, n, dtype):
@@ -67,7 +72,7 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5, backend="cpu"):
     gamma = _vector(gamma, "gamma", x.shape[1], x.dtype)
     beta = _vector(beta, "beta", x.shape[1], x.dtype)
     eps = v.check_float(eps, "eps", low=0.0, low_inclusive=False)
-    return get_backend(backend, "backend").batchnorm_forward(x, gamma, beta, eps)
+    return _backend(backend).batchnorm_forward(x, gamma, beta, eps)
 
 
 def batchnorm_backward(dy, x, gamma, mean, inv_std, backend="cpu"):
@@ -91,7 +96,7 @@ def batchnorm_backward(dy, x, gamma, mean, inv_std, backend="cpu"):
     f = x.shape[1]
     gamma, mean, inv_std = (_vector(a, n, f, x.dtype) for a, n in
                             ((gamma, "gamma"), (mean, "mean"), (inv_std, "inv_std")))
-    return get_backend(backend, "backend").batchnorm_backward(dy, x, gamma, mean, inv_std)
+    return _backend(backend).batchnorm_backward(dy, x, gamma, mean, inv_std)
 
 
 def bce(z, y, backend="cpu"):
@@ -113,7 +118,7 @@ def bce(z, y, backend="cpu"):
     if not v.is_device_array(z) and (z.min() < 0 or z.max() > 1):
         raise ValueError(f"z must hold probabilities in [0, 1], got values in [{z.min()}, {z.max()}]")
     shape = (z.shape[0], z.size // z.shape[0])
-    return get_backend(backend, "backend").bce(z.reshape(shape), y.reshape(shape))
+    return _backend(backend).bce(z.reshape(shape), y.reshape(shape))
 
 
 def bce_with_logits(logits, y, backend="cpu"):
@@ -133,7 +138,7 @@ def bce_with_logits(logits, y, backend="cpu"):
     """
     z, y = _pair(logits, y, "logits")
     shape, flat = z.shape, (z.shape[0], z.size // z.shape[0])
-    value, dz = get_backend(backend, "backend").bce_with_logits(z.reshape(flat), y.reshape(flat))
+    value, dz = _backend(backend).bce_with_logits(z.reshape(flat), y.reshape(flat))
     return value, dz.reshape(shape)
 
 
@@ -158,7 +163,7 @@ def cross_entropy(logits, y, backend="cpu"):
     labels = v.check_class_labels(y, "y", z.shape[0], z.shape[1])
     one_hot = np.zeros(z.shape, z.dtype)
     one_hot[np.arange(z.shape[0]), labels] = 1
-    return get_backend(backend, "backend").cross_entropy(z, one_hot)
+    return _backend(backend).cross_entropy(z, one_hot)
 
 
 def sgd_step(w, grad, lr, backend="cpu"):
@@ -183,7 +188,7 @@ def sgd_step(w, grad, lr, backend="cpu"):
     lr = v.check_float(lr, "lr", low=0.0, low_inclusive=False)
     if not v.is_device_array(w) and not np.isfinite(w).all():
         raise ValueError("w must contain only finite values (found NaN or inf)")
-    chosen = get_backend(backend, "backend")
+    chosen = _backend(backend)
     flat = w.reshape(w.size)
     state = kopt.optimizer_state(kopt.SGD, kopt.pack_hyper(lr=lr), np.zeros(1, np.int64),
                                  np.zeros((3, flat.size), w.dtype))
@@ -209,7 +214,7 @@ def dense_forward(x, w, b=None, backend="cpu"):
         raise ValueError(f"w must have shape (n_out, {x.shape[1]}), got {w.shape}")
     if b is not None:
         b = _vector(b, "b", w.shape[0], x.dtype)
-    return get_backend(backend, "backend").dense_forward(x, w, b)
+    return _backend(backend).dense_forward(x, w, b)
 
 
 def dense_backward(dy, x, w, backend="cpu"):
@@ -226,7 +231,7 @@ def dense_backward(dy, x, w, backend="cpu"):
     if w.shape[1] != x.shape[1]:
         raise ValueError(f"w must have shape (n_out, {x.shape[1]}), got {w.shape}")
     dy = _like(dy, "dy", (x.shape[0], w.shape[0]), x.dtype)
-    return get_backend(backend, "backend").dense_backward(dy, x, w)
+    return _backend(backend).dense_backward(dy, x, w)
 
 
 def activation_forward(x, activation, backend="cpu", negative_slope=0.01):
@@ -248,7 +253,7 @@ def activation_forward(x, activation, backend="cpu", negative_slope=0.01):
     code = ACTIVATION_CODES[v.check_choice(activation, "activation", ACTIVATION_CODES)]
     negative_slope = v.check_float(negative_slope, "negative_slope")
     x = v.as_float_array(x, "x", ndim=2)
-    return get_backend(backend, "backend").activation_forward(code, negative_slope, x)
+    return _backend(backend).activation_forward(code, negative_slope, x)
 
 
 def activation_backward(y, dy, activation, backend="cpu", x=None, negative_slope=0.01):
@@ -282,7 +287,7 @@ def activation_backward(y, dy, activation, backend="cpu", x=None, negative_slope
         y = v.as_float_array(y, "y", ndim=2)
         dy = _like(dy, "dy", y.shape, y.dtype)
         x = y  # not read
-    return get_backend(backend, "backend").activation_backward(code, negative_slope, x, y, dy)
+    return _backend(backend).activation_backward(code, negative_slope, x, y, dy)
 
 
 def dropout_forward(x, p, key=0, step=0, layer=0, first_row=0, backend="cpu"):
@@ -311,7 +316,7 @@ def dropout_forward(x, p, key=0, step=0, layer=0, first_row=0, backend="cpu"):
     layer = v.check_int(layer, "layer", minimum=0)
     first_row = v.check_int(first_row, "first_row", minimum=0)
     x = v.as_float_array(x, "x", ndim=2)
-    return get_backend(backend, "backend").dropout_forward(x, key, step, layer, first_row, p)
+    return _backend(backend).dropout_forward(x, key, step, layer, first_row, p)
 
 
 def dropout_backward(dy, mask, backend="cpu"):
@@ -323,4 +328,4 @@ def dropout_backward(dy, mask, backend="cpu"):
     """
     dy = v.as_float_array(dy, "dy", ndim=2)
     mask = _like(mask, "mask", dy.shape, dy.dtype)
-    return get_backend(backend, "backend").dropout_backward(dy, mask)
+    return _backend(backend).dropout_backward(dy, mask)

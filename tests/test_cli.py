@@ -14,7 +14,7 @@ import pytest
 
 import fastnn as fn
 from fastnn import cli, data
-from fastnn.core.backends import cuda_available
+from fastnn.core.cuda_backend import cuda_available
 from helpers import run_fastnn
 
 ENGINES = [name for name in data.available_engines() if name != "numpy"]
@@ -198,6 +198,12 @@ def test_zero_one_csv_numpy_reader_options_and_no_validation(work):
     header, rows = read_csv(ok(work, "predict", "zo.npz", "zo.csv").stdout, from_text=True)
     assert {r[0] for r in rows} <= {"0", "1"} and len(rows) == 300
     assert "preprocessing: none stored" in ok(work, "info", "zo.npz").stdout
+
+
+def test_the_activations_are_fn_mlps():
+    """cli.py imports only the standard library, so it lists the names itself."""
+    from fastnn.core.builders import ACTIVATIONS
+    assert set(cli.ACTIVATIONS) == set(ACTIVATIONS) - {"identity"}
 
 
 def test_dropout_and_a_new_activation(work):
