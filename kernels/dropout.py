@@ -133,21 +133,15 @@ def dropout_forward(x, key, step, layer, first_row, p, y, mask, words):
         for k in range((cols + 1) // 2):
             counter += SPLITMIX_GAMMA
             word[k] = mix64(counter)
-        xr = x[i]
-        yr = y[i]
-        mr = mask[i]
         for j in range(cols):
             m = kept if bits[j] >= t else dropped
-            mr[j] = m
-            yr[j] = xr[j] * m
+            mask[i, j] = m
+            y[i, j] = x[i, j] * m
 
 
 @inline
 def dropout_backward(dy, mask, dx):
     """dx = dy * mask. dx may have no rows (a first layer needs no input gradient)."""
     for i in range(dx.shape[0]):
-        dyr = dy[i]
-        mr = mask[i]
-        dxr = dx[i]
-        for j in range(dxr.shape[0]):
-            dxr[j] = dyr[j] * mr[j]
+        for j in range(dx.shape[1]):
+            dx[i, j] = dy[i, j] * mask[i, j]

@@ -545,7 +545,8 @@ def train_epoch(net, ws, grads, opt, X, Y, index, batch_size, skip_single, losse
         if not np.isfinite(value):
             restore_last_good(net, guard)
             return n_batches, n_batches
-        clip_gradients(ws.clip, grads[:n_params])
+        if ws.clip[CLIP_NORM] > 0.0 or ws.clip[CLIP_VALUE] > 0.0:
+            clip_gradients(ws.clip, grads[:n_params])
         optimizer_update(opt, net.params, grads[:n_params])
         share_running_statistics(net, comm)
     return n_batches, 0
