@@ -29,7 +29,7 @@ the cpu engine and the CUDA kernels draw the same one, each process of a
 data-parallel run draws its own rows of the global batch's, and a run
 resumed from a checkpoint (which keeps the key and the step count) draws
 what the uninterrupted run would have. Two elements per 64-bit word halve
-the hashing, the cost of a Dropout layer on the cpu.
+the hashing.
 
 Kept or drawn again for the backward pass: kept, in the workspace (one
 activation block of memory per Dropout layer). Measured 2026-12-06 on the
@@ -37,9 +37,7 @@ activation block of memory per Dropout layer). Measured 2026-12-06 on the
 over 800 rounds), ``python bench/profile_step.py --dropout 0.1``: on the
 tiny network's 32 x 32 blocks in float32 a Dropout layer's forward pass,
 which draws the mask, takes 0.78 us; its backward pass multiplies by the kept
-mask in 0.26 us, and would take 0.64 us drawing the mask again. Two
-elements per 64-bit word halve the hashing (a whole 64-bit hash per element
-measured 1.24 ns an element against 0.78).
+mask in 0.26 us, and would take 0.64 us drawing the mask again.
 """
 
 import numpy as np
