@@ -53,6 +53,8 @@ CHECKED = [
     FastNNClassifier(hidden_layer_sizes=(16,), activation="logistic", learning_rate_init=0.03,
                      max_iter=50, early_stopping=True, validation_fraction=0.2,
                      n_iter_no_change=3, device="cpu"),
+    FastNNClassifier(hidden_layer_sizes=(32,), activation="gelu", dropout=0.2,
+                     learning_rate_init=0.01, max_iter=60, device="cpu"),
 ]
 
 
