@@ -46,7 +46,7 @@ from .core.builders import mlp
 from .core.callbacks import Callback, CosineDecay, EarlyStopping, StepDecay
 from .core.interop import from_torch
 from .core.io import load, save
-from .core.layers import BatchNorm, Dense, ReLU, Sequential, Sigmoid, Tanh
+from .core.layers import BatchNorm, Dense, ReLU, Sequential, Sigmoid, Tanh, standardization
 from .core.many import fit_many
 from .core.optim import SGD, Adam, AdamW, Optimizer, RMSprop
 from .core.threads import ThreadContentionWarning
@@ -54,5 +54,5 @@ from .core.trainer import Trainer
 
 __all__ = ["Sequential", "Dense", "BatchNorm", "ReLU", "Sigmoid", "Tanh", "mlp", "Trainer", "SGD",
            "RMSprop", "Adam", "AdamW", "Optimizer", "Callback", "EarlyStopping", "StepDecay",
-           "CosineDecay", "save", "load", "from_torch", "ops", "fit_many",
+           "CosineDecay", "save", "load", "standardization", "from_torch", "ops", "fit_many",
            "ThreadContentionWarning", "__version__"]

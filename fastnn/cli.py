@@ -344,7 +344,7 @@ def _train(args):
 
     from .core.autodevice import choose_device
     from .core.backends import get_backend, resolve_device
-    from .data import encode_labels, file_kind, standardize_stats
+    from .data import encode_labels, file_kind
 
     command = "train"
     kind = file_kind(args.data)
@@ -414,7 +414,8 @@ def _train(args):
     del X
     mean = scale = None
     if args.standardize:
-        mean, scale = standardize_stats(Xt)
+        stats = fn.standardization(Xt)
+        mean, scale = stats["mean"], stats["scale"]
         Xt -= mean
         Xt /= scale
         Xv -= mean
@@ -625,10 +626,7 @@ def _predict(args):
         raise UsageError(f"{args.model}: a multi-label model ({out_k} sigmoid outputs) is not "
                          f"supported by fastnn predict")
     trainer = fn.Trainer(model, loss=loss, device=args.device, dtype=model.dtype)
-    if model.preprocessing is not None:  # model.preprocess(X), in place: X is ours
-        X -= model.preprocessing["mean"]
-        X /= model.preprocessing["scale"]
-    proba = trainer.predict_proba(X.astype(model.dtype, copy=False))
+    proba = trainer.predict_proba(X)  # standardized by the Trainer (model.preprocessing)
     if loss == "bce":
         codes = (proba >= 0.5).astype(np.int64)
         shown = proba[:, None]  # P(second class)

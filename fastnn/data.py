@@ -76,27 +76,6 @@ def encode_labels(y):
     return codes.reshape(-1).astype(np.int64), classes
 
 
-def standardize_stats(X):
-    """Per-column mean and scale for ``(X - mean) / scale``.
-
-    ``scale`` is the (population) standard deviation, and 1.0 where it is 0
-    (or below rounding noise: 1e-12 relative to the column's magnitude), so
-    a constant column maps to 0 instead of dividing by zero.
-
-    Returns
-    -------
-    mean, scale : ndarray (n_features,) float64
-    """
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2 or X.shape[0] == 0:
-        raise ValueError(f"X must be a non-empty 2-D array, got shape {X.shape}")
-    mean = X.mean(axis=0)
-    std = X.std(axis=0)
-    negligible = std <= 1e-12 * np.maximum(np.abs(mean), 1.0)
-    scale = np.where(negligible, 1.0, std)
-    return mean, scale
-
-
 def available_engines():
     """The CSV engines usable here, best first ('numpy' always is)."""
     return [name for name in ("pyarrow", "pandas") if _engine_module(name) is not None] + \

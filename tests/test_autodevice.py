@@ -26,7 +26,8 @@ def gpu(monkeypatch):
     monkeypatch.setattr(autodevice, "resolve_device", lambda device: (
         os.environ.get("FASTNN_DEVICE") or "cuda") if device == "auto" else device)
     engines = {"engine": ("cuda-fused", 132)}
-    monkeypatch.setattr(autodevice, "gpu_engine", lambda table, batch, n: engines["engine"])
+    monkeypatch.setattr(autodevice, "gpu_engine",
+                        lambda table, batch, n, loss=0, weighted=False: engines["engine"])
     return engines
 
 
@@ -153,7 +154,8 @@ def test_the_trainer_chooses_at_construction_and_again_at_each_fit(monkeypatch):
     fit, then the device that fit trained on, chosen for its batch size."""
     decisions = []
 
-    def fake_choice(device, model, batch_size, n_samples, epochs, dtype, n_models=1):
+    def fake_choice(device, model, batch_size, n_samples, epochs, dtype, n_models=1, loss=0,
+                    weighted=False):
         decisions.append((batch_size, n_samples, epochs))
         return "numpy" if batch_size >= 8 else "cpu"  # two host backends stand in
 
@@ -170,6 +172,17 @@ def test_the_trainer_chooses_at_construction_and_again_at_each_fit(monkeypatch):
     explicit = fn.Trainer(fn.Sequential(fn.Dense(3, 1)), device="cpu")
     explicit.fit(X, y, batch_size=10)
     assert explicit.device == "cpu" and len(decisions) == 3
+
+
+@pytest.mark.parametrize("loss, weighted", [(0, True), (2, False), (3, False), (4, True)],
+                         ids=["bce-weighted", "mse", "l1", "huber-weighted"])
+def test_a_fit_the_fused_engine_cannot_train_is_predicted_on_the_layer_by_layer_engine(
+        loss, weighted):
+    """Regression losses and sample weights train layer by layer on the GPU
+    (cuda_backend.cuda_engine), so auto predicts that engine's time for them."""
+    table = fn.mlp(16, [32, 32], 1).table
+    assert autodevice.gpu_engine(table, 32, 1)[0] == "cuda-fused"
+    assert autodevice.gpu_engine(table, 32, 1, loss, weighted) == ("cuda-layers", 1)
 
 
 # ---- the calibration: measured once, cached on disk ----

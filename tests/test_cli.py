@@ -382,7 +382,7 @@ def test_engine_choice():
         data.resolve_engine("polars")
 
 
-def test_encode_labels_and_standardize_stats():
+def test_encode_labels_and_standardization():
     codes, classes = data.encode_labels(np.array(["yes", "no", "yes"]))
     assert codes.tolist() == [1, 0, 1] and classes == ["no", "yes"]
     assert all(type(c) is str for c in classes)
@@ -394,7 +394,8 @@ def test_encode_labels_and_standardize_stats():
     with pytest.raises(ValueError):
         data.encode_labels(np.array([0.0, np.nan]))
     X = np.array([[1.0, 5.0, 2.0], [3.0, 5.0, 4.0]])
-    mean, scale = data.standardize_stats(X)
-    np.testing.assert_allclose(mean, [2, 5, 3])
-    np.testing.assert_allclose(scale, [1, 1, 1])  # the constant column gets 1.0
-    np.testing.assert_allclose(data.standardize_stats(X * 4)[1], [4, 1, 4])
+    stats = fn.standardization(X)
+    np.testing.assert_allclose(stats["mean"], [2, 5, 3])
+    np.testing.assert_allclose(stats["scale"], [1, 1, 1])  # the constant column gets 1.0
+    np.testing.assert_allclose(fn.standardization(X * 4)["scale"], [4, 1, 4])
+    np.testing.assert_allclose(fn.standardization(np.array([1.0, 3.0]))["mean"], [2.0])

@@ -356,9 +356,10 @@ def test_pickle_and_fastnn_save(tmp_path):
     model = fn.load(tmp_path / "m.npz")
     assert model.classes == ["x", "y", "z"]
     assert model.metadata["estimator"] == "fastnn.sklearn.FastNNClassifier"
-    trainer = fn.Trainer(model, loss="cross_entropy", device="cpu")
-    np.testing.assert_array_equal(clf.predict(Xt),
-                                  np.asarray(model.classes)[trainer.predict(Xt)])
+    assert model.loss == "cross_entropy"  # the estimator's head, saved with the model
+    np.testing.assert_array_equal(fn.Trainer(model, device="cpu").predict(Xt), clf.predict(Xt))
+    np.testing.assert_array_equal(model.predict(Xt), clf.predict(Xt))
+    np.testing.assert_allclose(model.predict_proba(Xt), clf.predict_proba(Xt), rtol=1e-6)
 
 
 def test_alpha_is_l2_weight_decay():

@@ -108,30 +108,32 @@ def fit_seconds(costs, table, batch, n_samples, epochs, data_bytes):
     return costs.per_fit + data_bytes / costs.upload + epochs * (costs.per_epoch + steps * step)
 
 
-def gpu_engine(table, batch, n_models):
+def gpu_engine(table, batch, n_models, loss=0, weighted=False):
     """'cuda-fused' or 'cuda-layers': what the GPU would run, and how many
     models it holds side by side (cuda_backend.cuda_engine)."""
     from .cuda_backend import cuda_engine, gpu_multiprocessors
-    engine, plan = cuda_engine(table, batch, n_models)
+    engine, plan = cuda_engine(table, batch, n_models, loss=loss, weighted=weighted)
     if engine == "fused":
         return "cuda-fused", max(1, gpu_multiprocessors() // plan.group)
     return "cuda-layers", 1
 
 
-def predict(table, batch, n_samples, epochs, data_bytes, dtype, n_models=1, costs=None):
+def predict(table, batch, n_samples, epochs, data_bytes, dtype, n_models=1, costs=None, loss=0,
+            weighted=False):
     """{'cpu': seconds, 'cuda': seconds, 'cuda_engine': name} for ``n_models``
     fits of the network (one after another on the cpu; side by side on the
-    fused engine, as many at once as the GPU holds)."""
+    fused engine, as many at once as the GPU holds), with the loss code
+    ``loss`` and sample weights or not (the GPU engine depends on both)."""
     costs = costs if costs is not None else engine_costs(dtype)
     cpu = n_models * fit_seconds(costs["cpu"], table, batch, n_samples, epochs, 0)
-    engine, side_by_side = gpu_engine(table, batch, n_models)
+    engine, side_by_side = gpu_engine(table, batch, n_models, loss, weighted)
     rounds = -(-n_models // side_by_side)
     gpu = rounds * fit_seconds(costs[engine], table, batch, n_samples, epochs, data_bytes)
     return {"cpu": cpu, "cuda": gpu, "cuda_engine": engine}
 
 
 def choose_device(device, model, batch_size, n_samples, epochs, dtype, n_models=1,
-                  data_bytes=None):
+                  data_bytes=None, loss=0, weighted=False):
     """The device a fit runs on, for a ``device`` argument ('auto', 'cpu',
     'cuda', 'numpy'): ``resolve_device``'s answer, except that 'auto' with a
     usable GPU (and FASTNN_DEVICE unset) picks the device with the smaller
@@ -142,7 +144,8 @@ def choose_device(device, model, batch_size, n_samples, epochs, dtype, n_models=
     batch = min(batch_size, n_samples)
     if data_bytes is None:
         data_bytes = n_samples * (model.in_features + model.out_features) * np.dtype(dtype).itemsize
-    times = predict(model.table, batch, n_samples, epochs, data_bytes, dtype, n_models)
+    times = predict(model.table, batch, n_samples, epochs, data_bytes, dtype, n_models,
+                    loss=loss, weighted=weighted)
     return "cuda" if times["cuda"] < times["cpu"] else "cpu"
 
 

@@ -5,7 +5,7 @@ import math
 
 from . import validation as v
 
-MONITORS = {"val_loss": "min", "loss": "min", "val_accuracy": "max"}
+MONITORS = {"val_loss": "min", "loss": "min", "val_accuracy": "max", "val_r2": "max"}
 
 
 class Callback:
@@ -59,8 +59,9 @@ class EarlyStopping:
     Parameters
     ----------
     patience : int >= 1
-    monitor : {'val_loss', 'val_accuracy', 'loss'}
-        The val_* metrics need ``validation_data``.
+    monitor : {'val_loss', 'val_accuracy', 'val_r2', 'loss'}
+        The val_* metrics need ``validation_data``; 'val_accuracy' is a
+        classifier's score, 'val_r2' a regression's.
     min_delta : float >= 0
         An improvement smaller than this does not count.
     restore_best : bool

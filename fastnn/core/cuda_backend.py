@@ -30,21 +30,44 @@ def gpu_multiprocessors():
         return 1
 
 
-def cuda_engine(table, batch, n_models=1, sm_count=None):
+def fused_refuses(loss, weighted):
+    """Why the fused engine cannot train a fit with the loss code ``loss`` and
+    sample weights (``weighted``), or None: it trains the classification
+    losses (BCE and cross-entropy) without sample weights; the
+    layer-by-layer engine trains everything."""
+    from fastnn.kernels.loss import BCE, CROSS_ENTROPY, LOSS_CODES
+    if loss not in (BCE, CROSS_ENTROPY):
+        name = {code: name for name, code in LOSS_CODES.items()}[loss]
+        return f"the fused engine does not train loss={name!r}"
+    if weighted:
+        return "the fused engine does not train with sample weights"
+    return None
+
+
+def cuda_engine(table, batch, n_models=1, sm_count=None, loss=0, weighted=False):
     """The one place that decides how the GPU trains a network.
 
     Returns ('fused', FusedPlan) when the fused engine (kernels/cuda_fused.py,
     one launch per epoch) takes ``n_models`` models of the network ``table``
-    at batches of up to ``batch`` rows, else ('layers', reason): the
-    layer-by-layer engine (kernels/cuda_network.py; one model). The fused
-    engine's limits are ``cuda_fused.fused_plan``'s. FASTNN_CUDA_ENGINE
-    forces a choice (``ENGINES``)."""
+    at batches of up to ``batch`` rows, with the loss code ``loss``
+    (kernels/loss.py) and sample weights or not (``weighted``), else
+    ('layers', reason): the layer-by-layer engine (kernels/cuda_network.py;
+    one model). The fused engine's limits are ``fused_refuses``' and
+    ``cuda_fused.fused_plan``'s. FASTNN_CUDA_ENGINE forces a choice
+    (``ENGINES``); forcing the fused engine on a fit it cannot train is a
+    ValueError."""
     from fastnn.kernels import cuda_fused
     forced = os.environ.get(ENGINE_VARIABLE, "").strip()
     if forced and forced not in ENGINES:
         raise ValueError(f"{ENGINE_VARIABLE} must be one of {list(ENGINES)}, got {forced!r}")
     if forced == "layers":
         return "layers", f"{ENGINE_VARIABLE}=layers"
+    refused = fused_refuses(loss, weighted)
+    if refused is not None:
+        if forced:
+            raise ValueError(f"{ENGINE_VARIABLE}={forced} asks for the fused engine, but "
+                             f"{refused}; unset it or set it to 'layers'")
+        return "layers", refused
     if sm_count is None:
         sm_count = gpu_multiprocessors()
     plan, reason = cuda_fused.fused_plan(table, batch, n_models, sm_count)
@@ -80,9 +103,10 @@ def _cuda():
 class CudaBackend:
     name = "cuda"
 
-    def describe(self, model=None, batch_size=None):
-        """'cuda (GPU name)'; given a model and a batch size, also the engine
-        that would train it (``cuda_engine``)."""
+    def describe(self, model=None, batch_size=None, loss=0, weighted=False):
+        """'cuda (GPU name)'; given a model and a batch size (and the loss
+        code and whether the fit has sample weights), also the engine that
+        would train it (``cuda_engine``)."""
         cuda = _cuda().cuda
         try:
             device = cuda.get_current_device()
@@ -91,7 +115,8 @@ class CudaBackend:
             name = "CUDA device"
         if model is None:
             return f"cuda ({name})"
-        return f"cuda ({name}), {engine_summary(*cuda_engine(model.table, batch_size))}"
+        engine = cuda_engine(model.table, batch_size, loss=loss, weighted=weighted)
+        return f"cuda ({name}), {engine_summary(*engine)}"
 
     # ---- moving data ----
     def _in(self, *arrays):
@@ -141,38 +166,33 @@ class CudaBackend:
             dy, x, gamma, mean, inv_std, dgamma, dbeta, n, dx)
         return self._out(on_device, dx, dgamma, dbeta)
 
-    def _loss(self, z, y, with_grad):
+    def bce(self, z, y):
         m = _cuda()
         ops = m.ops
-        on_device, (z, y) = self._in(z, y)
+        _, (z, y) = self._in(z, y)
         n, cols = z.shape
         total, slot = m.cuda.to_device(np.zeros(1)), m.cuda.to_device(np.zeros(1, np.int64))
-        scale = 1.0 / (n * cols)
-        if with_grad:
-            dz = m.network.empty(z.shape, z.dtype)
-            ops.bce_with_logits[ops.grid_1d(n * cols), ops.THREADS](z, y, n, scale, dz, total,
-                                                                    slot)
-        else:
-            ops.bce[ops.grid_1d(n * cols), ops.THREADS](z, y, n, scale, total, slot)
-        value = float(total.copy_to_host()[0])
-        if not with_grad:
-            return value
-        return value, (dz if on_device else dz.copy_to_host())
+        ops.bce[ops.grid_1d(n * cols), ops.THREADS](z, y, n, 1.0 / (n * cols), total, slot)
+        return float(total.copy_to_host()[0])
 
-    def bce(self, z, y):
-        return self._loss(z, y, False)
-
-    def bce_with_logits(self, z, y):
-        return self._loss(z, y, True)
-
-    def cross_entropy(self, z, y):
+    def loss(self, engine_loss, z, y, w):
+        """(mean loss, d loss / d z) of the loss ``engine_loss`` on z, y (n, k)
+        with row weights w ((n,) float64, host or device, or None)."""
         m = _cuda()
-        ops = m.ops
         on_device, (z, y) = self._in(z, y)
+        n = z.shape[0]
+        weights, weight_total = m.network.no_weights()
+        if w is not None:  # the training step's gather, over the rows in order
+            _, (W,) = self._in(w)
+            weights, weight_total = m.network.empty(n, np.float64), m.network.empty(1, np.float64)
+            index = m.cuda.to_device(np.arange(n, dtype=np.int64))
+            cursor = m.cuda.to_device(np.zeros(1, np.int64))
+            m.ops.gather_weights[1, m.ops.THREADS](W, index, cursor, n, n, weights, weight_total)
         total, slot = m.cuda.to_device(np.zeros(1)), m.cuda.to_device(np.zeros(1, np.int64))
         dz = m.network.empty(z.shape, z.dtype)
-        ops.cross_entropy[ops.grid_1d(z.shape[0]), ops.THREADS](z, y, z.shape[0], dz, total,
-                                                                slot)
+        launch, args = m.network.loss_and_gradient(engine_loss, z, y, weights, weight_total, n,
+                                                   dz, total, slot)
+        launch(*args)
         return float(total.copy_to_host()[0]), (dz if on_device else dz.copy_to_host())
 
     def dense_forward(self, x, w, b):
@@ -226,32 +246,38 @@ class CudaBackend:
                 device.copy_to_host(host)
 
     # ---- training ----
-    def prepare(self, model, optimizer, X, Y, loss_kind, comm=None, X_val=None, announce=True):
+    def prepare(self, model, optimizer, X, Y, loss, comm=None, X_val=None, announce=True,
+                weights=None):
         """Nothing compiled ahead: the CUDA kernels compile at their first launch."""
         return 0.0
 
-    def start_fit(self, model, optimizer, X, Y, batch, loss_kind, comm=None, precision="exact"):
+    def start_fit(self, model, optimizer, X, Y, batch, loss, comm=None, weights=None,
+                  precision="exact"):
         """A training session on the engine ``cuda_engine`` picks; its
         ``engine`` names it. precision='tf32' takes the layer-by-layer engine,
         whose products can run through cuBLAS on TF32 tensor cores."""
+        from fastnn.kernels.loss import loss_code
         if comm is not None:
             raise ValueError("data-parallel training runs on the cpu backend")
+        engine = cuda_engine(model.table, batch, loss=loss_code(loss), weighted=weights is not None)
         session = None
-        if precision == "exact":
-            session = self.start_fit_many([model], [optimizer], X, Y, batch, loss_kind)
+        if precision == "exact" and engine[0] == "fused":
+            session = self.start_fit_many([model], [optimizer], X, Y, batch, loss)
         if session is None:
-            session = _cuda().network.CudaTrainingSession(model, optimizer, X, Y, batch,
-                                                          loss_kind, precision)
-            session.engine = engine_summary(*cuda_engine(model.table, batch))
+            session = _cuda().network.CudaTrainingSession(model, optimizer, X, Y, batch, loss,
+                                                          precision, weights=weights)
+            session.engine = engine_summary(*engine)
         return session
 
-    def start_fit_many(self, models, optimizers, X, Y, batch, loss_kind):
+    def start_fit_many(self, models, optimizers, X, Y, batch, loss):
         """A fused session training the K models in one launch per epoch, or
         None when the fused engine does not take them (``cuda_engine``; in
         grid mode, also when a cooperative launch cannot hold a block per
-        model)."""
+        model). ``loss``: an ``engine_loss`` value; without sample weights
+        (a weighted fit trains layer by layer)."""
         from fastnn.kernels import cuda_fused
-        engine, plan = cuda_engine(models[0].table, batch, len(models))
+        from fastnn.kernels.loss import loss_code
+        engine, plan = cuda_engine(models[0].table, batch, len(models), loss=loss_code(loss))
         if engine != "fused":
             return None
         if plan.mode == "grid":
@@ -260,7 +286,8 @@ class CudaBackend:
             if group == 0:
                 return None
             plan = plan._replace(group=group)
-        return cuda_fused.FusedTrainingSession(models, optimizers, X, Y, batch, loss_kind, plan)
+        return cuda_fused.FusedTrainingSession(models, optimizers, X, Y, batch, loss_code(loss),
+                                               plan)
 
     def tf32_products(self):
         """True when precision='tf32' runs products on TF32 tensor cores here

@@ -10,17 +10,16 @@ import time
 
 import numpy as np
 
-from fastnn.kernels.loss import LOSS_CODES
-
 from . import validation as v
 from .autodevice import choose_device
 from .layers import Sequential
 from .optim import Adam, Optimizer
-from .trainer import Trainer
+from .trainer import LOSS_CODES, Trainer, resolve_loss
 
 
-def fit_many(models, X, y, optimizers=None, seeds=None, loss="bce", device="auto",
-             dtype="float32", epochs=1, batch_size=32, shuffle=True, on_nonfinite="stop"):
+def fit_many(models, X, y, optimizers=None, seeds=None, loss=None, device="auto",
+             dtype="float32", epochs=1, batch_size=32, shuffle=True, on_nonfinite="stop",
+             sample_weight=None, huber_delta=None):
     """Train K models of one architecture on the same data, each with its
     own initial weights, optimizer (hyper-parameters, e.g. lr and
     weight_decay) and data order.
@@ -40,15 +39,20 @@ def fit_many(models, X, y, optimizers=None, seeds=None, loss="bce", device="auto
     seeds : sequence of K ints >= 0, or None
         Model m's shuffling seed (its own order of the rows each epoch, as
         ``Trainer(seed=seeds[m])`` shuffles); None: 0, 1, ..., K - 1.
-    loss, device, dtype : as ``Trainer``'s. device='auto' compares K fits on
-        the cpu with one launch of the K models on the GPU
-        (fastnn.core.autodevice).
+    loss, device, dtype, huber_delta : as ``Trainer``'s. device='auto'
+        compares K fits on the cpu with one launch of the K models on the
+        GPU (fastnn.core.autodevice).
     epochs, batch_size, shuffle : as ``Trainer.fit``'s.
     on_nonfinite : {'stop', 'raise'}
         A model whose loss is not finite stops there with its last good
         state restored (as ``Trainer.fit`` does) while the others go on
         ('stop'), or FloatingPointError once every model has finished
         ('raise').
+    sample_weight : array (n_samples,) or None
+        The samples' weights, the same for every model (as ``Trainer.fit``'s).
+        A weighted fit, or a regression loss, trains the models one after
+        another: the fused GPU engine trains the classification losses
+        without weights.
 
     Returns
     -------
@@ -86,18 +90,29 @@ def fit_many(models, X, y, optimizers=None, seeds=None, loss="bce", device="auto
     shuffle = v.check_bool(shuffle, "shuffle")
     dtype = v.check_dtype(dtype)
 
-    X = v.check_X(X, "X", models[0].in_features, dtype)
-    chosen = choose_device(device, models[0], batch_size, X.shape[0], epochs, dtype, n_models=K)
-    trainers = [Trainer(model, optimizer=opt, loss=loss, device=chosen, dtype=dtype, seed=seed)
-                for model, opt, seed in zip(models, optimizers, seeds)]
+    standardized = any(model.preprocessing is not None for model in models)
+    if standardized:  # raw features: each Trainer standardizes them with its model's statistics
+        X = v.as_float_array(X, "X", ndim=2)
+    else:
+        X = v.check_X(X, "X", models[0].in_features, dtype)
+    if sample_weight is not None:
+        sample_weight = v.check_sample_weight(sample_weight, "sample_weight", X.shape[0])
+    # the losses first (a model's own loss may contradict loss): a refusal changes nothing
+    resolved = [resolve_loss(model, loss, huber_delta) for model in models]
+    chosen = choose_device(device, models[0], batch_size, X.shape[0], epochs, dtype, n_models=K,
+                           loss=LOSS_CODES[resolved[0][0]], weighted=sample_weight is not None)
+    trainers = [Trainer(model, optimizer=opt, loss=model_loss, device=chosen, dtype=dtype,
+                        seed=seed, huber_delta=delta)
+                for model, opt, seed, (model_loss, delta) in zip(models, optimizers, seeds,
+                                                                 resolved)]
     histories = None
-    if chosen == "cuda":
+    if chosen == "cuda" and sample_weight is None and not standardized:
         histories = _fit_on_gpu(trainers, X, y, epochs, batch_size, shuffle)
-    if histories is None:  # the cpu, or a network the fused engine does not take
+    if histories is None:  # the cpu, or a fit the fused engine does not take
         histories = []
         for trainer in trainers:
             history = trainer.fit(X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
-                                  on_nonfinite="stop")
+                                  on_nonfinite="stop", sample_weight=sample_weight)
             history["nonfinite"] = trainer.nonfinite
             histories.append(history)
     stopped = [(m, h["nonfinite"]) for m, h in enumerate(histories) if h["nonfinite"]]
@@ -115,6 +130,8 @@ def _fit_on_gpu(trainers, X, y, epochs, batch_size, shuffle):
     does not take them (the caller then trains them one after another)."""
     first = trainers[0]
     model = first.model
+    for trainer in trainers:
+        trainer._check_model_loss()
     Y = first._targets(y, "y", X.shape[0])
     n = X.shape[0]
     if model.has_batchnorm:
@@ -126,9 +143,11 @@ def _fit_on_gpu(trainers, X, y, epochs, batch_size, shuffle):
     batch_size = min(batch_size, n)
     session = first.backend.start_fit_many([t.model for t in trainers],
                                            [t.optimizer for t in trainers], X, Y, batch_size,
-                                           LOSS_CODES[first.loss])
+                                           first.engine_loss)
     if session is None:
         return None
+    for trainer in trainers:  # the models are now ones trained with this loss
+        trainer.model.loss, trainer.model.huber_delta = trainer.loss, trainer.huber_delta
     K = len(trainers)
     histories = [{"loss": [], "lr": [], "time": [], "nonfinite": None} for _ in trainers]
     try:
