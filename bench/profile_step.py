@@ -26,7 +26,7 @@ from networks import NETWORKS, build_model, make_data  # noqa: E402
 
 import fastnn as fn  # noqa: E402
 from fastnn.kernels import network as engine  # noqa: E402
-from fastnn.kernels.loss import LOSS_CODES, loss_and_gradient  # noqa: E402
+from fastnn.kernels.loss import BCE, engine_loss, loss_and_gradient  # noqa: E402
 from fastnn.kernels.optim import optimizer_update  # noqa: E402
 
 GATHER, FORWARD, LOSS, BACKWARD, UPDATE, STEP = range(6)
@@ -40,7 +40,7 @@ def repeat_part(net, ws, grads, opt, X, Y, index, loss, part, l, n, reps):
     for _ in range(reps):
         if part == GATHER:
             first_input, _ = engine.layer_blocks(net, ws, 0, n)
-            engine.gather_batch(X, Y, index, 0, n, first_input, ws.targets)
+            engine.gather_batch(X, Y, None, index, 0, n, first_input, ws.targets, ws.weights)
         elif part == FORWARD:
             if t[l].kind == engine.DENSE:
                 engine.dense_layer_forward(net, ws, l, n)
@@ -49,8 +49,8 @@ def repeat_part(net, ws, grads, opt, X, Y, index, loss, part, l, n, reps):
             else:
                 engine.activation_layer_forward(net, ws, l, n)
         elif part == LOSS:
-            loss_and_gradient(loss, engine.network_output(net, ws, n),
-                              ws.targets[:n], engine.gradient(ws, 0, n, Y.shape[1]))
+            loss_and_gradient(loss, engine.network_output(net, ws, n), ws.targets[:n], None,
+                              float(n), engine.gradient(ws, 0, n, Y.shape[1]))
         elif part == BACKWARD:
             # the walk's ping-pong buffers as the backward pass sees them at layer l
             current = (t.shape[0] - 1 - l) % 2
@@ -65,7 +65,7 @@ def repeat_part(net, ws, grads, opt, X, Y, index, loss, part, l, n, reps):
         elif part == UPDATE:
             optimizer_update(opt, net.params, grads[:n_params])
         else:
-            engine.train_step(net, ws, grads, X, Y, index, 0, n, loss, None)
+            engine.train_step(net, ws, grads, X, Y, None, index, 0, n, loss, None)
             optimizer_update(opt, net.params, grads[:n_params])
 
 
@@ -93,7 +93,7 @@ def profile(network, optimizer, rounds):
     trainer = fn.Trainer(build_model(network), optimizer=opt, device="cpu", dtype="float32")
     trainer.fit(X, y, epochs=1, batch_size=batch, shuffle=False)  # compile
     session = trainer.backend.start_fit(trainer.model, opt, X, y[:, None].copy(), batch,
-                                        LOSS_CODES["bce"])
+                                        engine_loss(BCE))
     session.index = np.arange(X.shape[0])
     table = trainer.model.table
     names = {engine.DENSE: "dense", engine.BATCHNORM: "batchnorm", engine.ACTIVATION: "activation"}
