@@ -1,5 +1,6 @@
 """fastnn: Numba-accelerated training of dense networks with batch
-normalization and binary cross-entropy, one API for the CPU and the GPU.
+normalization, for classification and regression, one API for the CPU and
+the GPU.
 
     import fastnn as fn
     model = fn.Sequential(fn.Dense(30, 64), fn.BatchNorm(64), fn.ReLU(), fn.Dense(64, 1), seed=0)

@@ -62,7 +62,15 @@ def from_torch(module):
 
 def to_torch(model):
     """The equivalent ``torch.nn.Sequential``, holding a copy of the weights,
-    running statistics and counters, in the model's dtype."""
+    running statistics and counters, in the model's dtype.
+
+    It is the network, from standardized inputs to logits (the state_dict
+    names are the model's): the rest of the whole model stays outside it.
+    What ``model.predict`` gives is, in torch terms,
+    ``head(net((X - pre["mean"]) / pre["scale"]))`` with ``pre =
+    model.preprocessing`` (when set) and ``head`` the sigmoid ('bce'), the
+    softmax ('cross_entropy') or, for a regression, ``out * scale + mean``
+    of ``model.target_scaling`` (when set)."""
     torch = _torch()
     modules = []
     for layer in model.layers:

@@ -436,8 +436,9 @@ class Sequential:
                 getattr(self, buf)[offset:offset + int(np.prod(shape))] = staged[key].ravel()
 
     def to_torch(self):
-        """The equivalent torch.nn.Sequential with a copy of the weights
-        (needs torch; see fastnn.core.interop)."""
+        """The equivalent torch.nn.Sequential with a copy of the weights: the
+        network, without the preprocessing, head and target scaling around
+        it (needs torch; see fastnn.core.interop.to_torch)."""
         from .interop import to_torch
         return to_torch(self)
 
