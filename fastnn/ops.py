@@ -13,10 +13,15 @@ from fastnn.kernels.loss import BCE, CROSS_ENTROPY, HUBER, L1, MSE, engine_loss
 
 from .core import validation as v
 from .core.backends import get_backend
+from .core.device import choose_device
 
 __all__ = ["batchnorm_forward", "batchnorm_backward", "bce", "bce_with_logits", "cross_entropy",
            "mse_loss", "l1_loss", "huber_loss", "sgd_step",
            "dense_forward", "dense_backward", "activation_forward", "activation_backward"]
+
+
+def _backend(backend):
+    return get_backend(choose_device(backend, name="backend"))
 
 
 def _vector(a, name, n, dtype):
@@ -52,8 +57,8 @@ def _elementwise_loss(code, z, y, sample_weight, backend, zname, labels=False, d
     w = None if sample_weight is None else v.check_sample_weight(sample_weight, "sample_weight",
                                                                  n)
     shape, flat = z.shape, (n, z.size // n)
-    value, dz = get_backend(backend, "backend").loss(engine_loss(code, delta), z.reshape(flat),
-                                                     y.reshape(flat), w)
+    value, dz = _backend(backend).loss(engine_loss(code, delta), z.reshape(flat),
+                                       y.reshape(flat), w)
     return value, dz.reshape(shape)
 
 
@@ -80,7 +85,7 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5, backend="cpu"):
     gamma = _vector(gamma, "gamma", x.shape[1], x.dtype)
     beta = _vector(beta, "beta", x.shape[1], x.dtype)
     eps = v.check_float(eps, "eps", low=0.0, low_inclusive=False)
-    return get_backend(backend, "backend").batchnorm_forward(x, gamma, beta, eps)
+    return _backend(backend).batchnorm_forward(x, gamma, beta, eps)
 
 
 def batchnorm_backward(dy, x, gamma, mean, inv_std, backend="cpu"):
@@ -104,7 +109,7 @@ def batchnorm_backward(dy, x, gamma, mean, inv_std, backend="cpu"):
     f = x.shape[1]
     gamma, mean, inv_std = (_vector(a, n, f, x.dtype) for a, n in
                             ((gamma, "gamma"), (mean, "mean"), (inv_std, "inv_std")))
-    return get_backend(backend, "backend").batchnorm_backward(dy, x, gamma, mean, inv_std)
+    return _backend(backend).batchnorm_backward(dy, x, gamma, mean, inv_std)
 
 
 def bce(z, y, backend="cpu"):
@@ -126,7 +131,7 @@ def bce(z, y, backend="cpu"):
     if not v.is_device_array(z) and (z.min() < 0 or z.max() > 1):
         raise ValueError(f"z must hold probabilities in [0, 1], got values in [{z.min()}, {z.max()}]")
     shape = (z.shape[0], z.size // z.shape[0])
-    return get_backend(backend, "backend").bce(z.reshape(shape), y.reshape(shape))
+    return _backend(backend).bce(z.reshape(shape), y.reshape(shape))
 
 
 # The losses on a network's outputs. Without sample weights each is PyTorch's
@@ -180,7 +185,7 @@ def cross_entropy(logits, y, sample_weight=None, backend="cpu"):
                                                                  z.shape[0])
     one_hot = np.zeros(z.shape, z.dtype)
     one_hot[np.arange(z.shape[0]), labels] = 1
-    return get_backend(backend, "backend").loss(engine_loss(CROSS_ENTROPY), z, one_hot, w)
+    return _backend(backend).loss(engine_loss(CROSS_ENTROPY), z, one_hot, w)
 
 
 def mse_loss(z, y, sample_weight=None, backend="cpu"):
@@ -268,7 +273,7 @@ def sgd_step(w, grad, lr, backend="cpu"):
     lr = v.check_float(lr, "lr", low=0.0, low_inclusive=False)
     if not v.is_device_array(w) and not np.isfinite(w).all():
         raise ValueError("w must contain only finite values (found NaN or inf)")
-    chosen = get_backend(backend, "backend")
+    chosen = _backend(backend)
     flat = w.reshape(w.size)
     state = kopt.optimizer_state(kopt.SGD, kopt.pack_hyper(lr=lr), np.zeros(1, np.int64),
                                  np.zeros((3, flat.size), w.dtype))
@@ -294,7 +299,7 @@ def dense_forward(x, w, b=None, backend="cpu"):
         raise ValueError(f"w must have shape (n_out, {x.shape[1]}), got {w.shape}")
     if b is not None:
         b = _vector(b, "b", w.shape[0], x.dtype)
-    return get_backend(backend, "backend").dense_forward(x, w, b)
+    return _backend(backend).dense_forward(x, w, b)
 
 
 def dense_backward(dy, x, w, backend="cpu"):
@@ -311,14 +316,14 @@ def dense_backward(dy, x, w, backend="cpu"):
     if w.shape[1] != x.shape[1]:
         raise ValueError(f"w must have shape (n_out, {x.shape[1]}), got {w.shape}")
     dy = _like(dy, "dy", (x.shape[0], w.shape[0]), x.dtype)
-    return get_backend(backend, "backend").dense_backward(dy, x, w)
+    return _backend(backend).dense_backward(dy, x, w)
 
 
 def activation_forward(x, activation, backend="cpu"):
     """y = f(x) for activation 'relu' | 'sigmoid' | 'tanh'; x (batch, features)."""
     code = ACTIVATION_CODES[v.check_choice(activation, "activation", ACTIVATION_CODES)]
     x = v.as_float_array(x, "x", ndim=2)
-    return get_backend(backend, "backend").activation_forward(code, x)
+    return _backend(backend).activation_forward(code, x)
 
 
 def activation_backward(y, dy, activation, backend="cpu"):
@@ -326,4 +331,4 @@ def activation_backward(y, dy, activation, backend="cpu"):
     code = ACTIVATION_CODES[v.check_choice(activation, "activation", ACTIVATION_CODES)]
     y = v.as_float_array(y, "y", ndim=2)
     dy = _like(dy, "dy", y.shape, y.dtype)
-    return get_backend(backend, "backend").activation_backward(code, y, dy)
+    return _backend(backend).activation_backward(code, y, dy)

@@ -24,6 +24,7 @@ fastnn`` alone never imports it.
 
 import numbers
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -42,9 +43,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         f"importing it failed: {exc}") from exc
 
 from .core import validation as v
-from .core.backends import DEVICES, cuda_available, get_backend, resolve_device
-from .core.callbacks import EarlyStopping
+from .core.backends import get_backend
 from .core.builders import mlp
+from .core.callbacks import EarlyStopping
+from .core.device import DEVICES, choose_device
 from .core.optim import SGD, Adam
 from .core.layers import standardization
 from .core.trainer import Trainer, inference_logits, log_softmax
@@ -231,9 +233,8 @@ class _FastNNEstimator(BaseEstimator):
                              "one sample are undefined)")
         if not isinstance(self.device, str) or self.device not in DEVICES:
             raise ValueError(f"device must be one of {list(DEVICES)}, got {self.device!r}")
-        # 'auto' stays 'auto': the Trainer picks the faster device at fit time
-        return {"hidden": sizes, "dtype": v.check_dtype(self.dtype),
-                "device": self.device if self.device == "auto" else resolve_device(self.device)}
+        # the Trainer decides the device ('auto': the faster one, at fit time)
+        return {"hidden": sizes, "dtype": v.check_dtype(self.dtype), "device": self.device}
 
     def _trainer(self, params, batch_size, mean_weight):
         """A Trainer over the stored model, optimizer and shuffling stream
@@ -287,17 +288,11 @@ class _FastNNEstimator(BaseEstimator):
         X = validate_data(self, X, reset=False, dtype=self.model_.dtype, order="C")
         X = _writeable(X)
         self._ensure_writeable()
-        backend = get_backend(self._predict_device())
+        # where it trained; a model trained on a GPU and unpickled on a machine without
+        # one predicts where device='auto' says
+        backend = get_backend(choose_device(self.device_ if self.device_ != "cuda" else "auto"))
         return inference_logits(lambda rows: backend.predict_logits(self.model_, rows),
                                 self.model_, X)
-
-    def _predict_device(self):
-        """The training device when it is still usable (a model trained on a
-        GPU and unpickled elsewhere falls back to ``device``)."""
-        device = getattr(self, "device_", self.device)
-        if device == "cuda" and not cuda_available():
-            device = "cpu"
-        return device
 
     def _ensure_writeable(self):
         """Arrays unpickled read-only (e.g. memory-mapped by joblib) are
@@ -442,7 +437,7 @@ class FastNNClassifier(ClassifierMixin, _FastNNEstimator):
     model_ : fastnn.Sequential
         The trained network, a whole model: ``model_.classes`` holds
         ``classes_`` and ``model_.loss`` its head, so that
-        ``fastnn.save(clf.model_, path)`` and ``fastnn.load(path).predict(X)``
+        ``fastnn.save(clf.model_, path)`` and ``fastnn.Trainer(fastnn.load(path)).predict(X)``
         give the labels this estimator predicts.
     device_ : str
         The backend that trained the model ('cpu', 'cuda' or 'numpy').
@@ -502,6 +497,10 @@ class FastNNClassifier(ClassifierMixin, _FastNNEstimator):
     def fit(self, X, y, sample_weight=None):
         """Train the network on (X, y) for up to ``max_iter`` epochs.
 
+        A fit that raises (bad arguments, bad data) leaves the estimator as
+        it was: every fitted attribute, and the model's weights unless
+        training itself had begun.
+
         Parameters
         ----------
         X : array-like (n_samples, n_features), dense
@@ -516,6 +515,10 @@ class FastNNClassifier(ClassifierMixin, _FastNNEstimator):
         -------
         self
         """
+        with _unchanged_on_error(self):
+            return self._fit(X, y, sample_weight)
+
+    def _fit(self, X, y, sample_weight):
         params = self._check_params()
         warm = self.warm_start and hasattr(self, "model_")
         X, y = validate_data(self, X, y, reset=not warm, dtype=params["dtype"], order="C")
@@ -558,6 +561,10 @@ class FastNNClassifier(ClassifierMixin, _FastNNEstimator):
         -------
         self
         """
+        with _unchanged_on_error(self):
+            return self._partial_fit(X, y, classes, sample_weight)
+
+    def _partial_fit(self, X, y, classes, sample_weight):
         params = self._check_params()
         if self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
@@ -759,7 +766,7 @@ class FastNNRegressor(RegressorMixin, _FastNNEstimator):
     model_ : fastnn.Sequential
         The trained network, a whole model: ``model_.loss``,
         ``model_.huber_delta`` and ``model_.target_scaling`` travel with it,
-        so that ``fastnn.load(path).predict(X)`` of ``fastnn.save(reg.model_,
+        so that ``fastnn.Trainer(fastnn.load(path)).predict(X)`` of ``fastnn.save(reg.model_,
         path)`` gives what ``predict`` gives.
     device_ : str
 
@@ -819,6 +826,10 @@ class FastNNRegressor(RegressorMixin, _FastNNEstimator):
     def fit(self, X, y, sample_weight=None):
         """Train the network on (X, y) for up to ``max_iter`` epochs.
 
+        A fit that raises (bad arguments, bad data) leaves the estimator as
+        it was: every fitted attribute, and the model's weights unless
+        training itself had begun.
+
         Parameters
         ----------
         X : array-like (n_samples, n_features), dense
@@ -832,6 +843,10 @@ class FastNNRegressor(RegressorMixin, _FastNNEstimator):
         -------
         self
         """
+        with _unchanged_on_error(self):
+            return self._fit(X, y, sample_weight)
+
+    def _fit(self, X, y, sample_weight):
         params = self._check_params()
         warm = self.warm_start and hasattr(self, "model_")
         X, Y = self._data(X, y, reset=not warm, params=params)
@@ -862,6 +877,10 @@ class FastNNRegressor(RegressorMixin, _FastNNEstimator):
         -------
         self
         """
+        with _unchanged_on_error(self):
+            return self._partial_fit(X, y, sample_weight)
+
+    def _partial_fit(self, X, y, sample_weight):
         params = self._check_params()
         if self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
@@ -954,6 +973,28 @@ class _MLPStopping(EarlyStopping):
             self.stopped_epoch = epoch
             return True
         return False
+
+
+@contextmanager
+def _unchanged_on_error(estimator):
+    """A fit that raises puts the estimator's attributes back as they were,
+    and the model's and the optimizer's arrays (a Trainer converts the model
+    to its dtype before it checks the data): a refused fit changes nothing,
+    and the estimator still predicts as before."""
+    saved = dict(vars(estimator))
+    model, optimizer = saved.get("model_"), saved.get("_optimizer")
+    arrays = None if model is None else (model.params, model.buffers, model.counts)
+    moments = None if optimizer is None else (optimizer.state, optimizer.step_count)
+    try:
+        yield
+    except BaseException:
+        vars(estimator).clear()
+        vars(estimator).update(saved)
+        if arrays is not None:
+            model.params, model.buffers, model.counts = arrays
+        if moments is not None:
+            optimizer.state, optimizer.step_count = moments
+        raise
 
 
 def _check_n_classes(classes):

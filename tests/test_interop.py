@@ -73,7 +73,7 @@ def test_from_torch_takes_a_sequential_with_named_children_by_position():
 
 def test_the_whole_model_is_the_torch_network_with_its_standardizations_around_it():
     """to_torch is the network; the preprocessing and a regression's target
-    scaling composed around it give what model.predict gives."""
+    scaling composed around it give what the model predicts."""
     rng = np.random.default_rng(4)
     X = rng.normal(size=(50, 3)) * 4.0 + 9.0
     y = X @ [1.0, -2.0, 0.5] * 10.0 + 300.0
@@ -84,5 +84,5 @@ def test_the_whole_model_is_the_torch_network_with_its_standardizations_around_i
     pre, scaling = model.preprocessing, model.target_scaling
     with torch.no_grad():
         out = net(torch.from_numpy((X - pre["mean"]) / pre["scale"])).numpy()[:, 0]
-    np.testing.assert_allclose(out * scaling["scale"] + scaling["mean"], model.predict(X),
+    np.testing.assert_allclose(out * scaling["scale"] + scaling["mean"], fn.Trainer(model).predict(X),
                                rtol=1e-12)

@@ -84,13 +84,13 @@ def test_a_command_line_model_loads_and_predicts_what_it_scored_in_training(cli_
     # fastnn predict, and the model's own predict, in one call
     cli("predict", path, data, "--out", work / f"{name}-predictions.csv")
     _, written = read_rows(work / f"{name}-predictions.csv")
-    predicted = model.predict(X)
+    predicted = fn.Trainer(model, device="cpu").predict(X)
     if name == "regression":
         np.testing.assert_allclose([float(r[0]) for r in written], predicted, rtol=1e-9)
     else:
         assert [r[0] for r in written] == [str(p) for p in predicted]
     if name == "multiclass":  # softmax probabilities (the file knows its head)
-        np.testing.assert_allclose(model.predict_proba(X).sum(axis=1), 1.0, rtol=1e-6)
+        np.testing.assert_allclose(fn.Trainer(model).predict_proba(X).sum(axis=1), 1.0, rtol=1e-6)
 
 
 # ---- the Trainer, each loss ----
@@ -123,22 +123,37 @@ def test_a_trainer_model_loads_and_predicts_what_its_trainer_predicts(tmp_path, 
     loaded = fn.load(tmp_path / "m.npz")
     assert (loaded.loss, loaded.huber_delta) == (loss, LOSSES[loss].get("huber_delta"))
     expected = trainer.predict(X)
-    np.testing.assert_array_equal(loaded.predict(X), expected)  # one call
+    np.testing.assert_array_equal(fn.Trainer(loaded).predict(X), expected)  # one call
     np.testing.assert_array_equal(fn.Trainer(loaded, device="cpu", dtype=dtype).predict(X),
                                   expected)
     if loss in ("bce", "cross_entropy"):
-        np.testing.assert_array_equal(loaded.predict_proba(X), trainer.predict_proba(X))
+        np.testing.assert_array_equal(fn.Trainer(loaded).predict_proba(X),
+                                      trainer.predict_proba(X))
         if loss == "bce":
             assert set(expected) <= {"low", "high"}
     else:
         with pytest.raises(ValueError, match="predict_proba is for classifiers"):
-            loaded.predict_proba(X)
+            fn.Trainer(loaded).predict_proba(X)
     # a loaded model goes on training with its own loss, and refuses another
     fn.Trainer(loaded, device="cpu", dtype=dtype).fit(X, y, epochs=1, batch_size=16)
     other = "mse" if loss in ("bce", "cross_entropy") else "bce"
     with pytest.raises(ValueError, match=f"loss='{other}' contradicts the model's own "
                                          f"loss='{loss}'"):
         fn.Trainer(loaded, loss=other)
+
+
+def test_a_trained_model_keeps_its_dtype_and_a_fresh_one_trains_in_float32(tmp_path):
+    rng = np.random.default_rng(5)
+    X, y = rng.normal(size=(20, 3)), rng.normal(size=20)
+    model = fn.Sequential(fn.Dense(3, 1), seed=0)
+    assert fn.Trainer(model, loss="mse").dtype == np.float32  # fresh: float32 by default
+    trainer = fn.Trainer(model, loss="mse", dtype="float64", device="cpu")
+    trainer.fit(X, y, epochs=1)
+    fn.save(model, tmp_path / "m.npz")
+    loaded = fn.load(tmp_path / "m.npz")
+    assert fn.Trainer(loaded).dtype == np.float64 and loaded.dtype == np.float64
+    np.testing.assert_array_equal(fn.Trainer(loaded, device="cpu").predict(X),
+                                  trainer.predict(X))
 
 
 def test_a_contradicting_loss_is_refused_at_construction_and_at_fit():
@@ -184,9 +199,9 @@ def test_estimator_models_load_and_predict_what_the_estimators_predict(tmp_path)
                               device="cpu").fit(X, X[:, 0] * 50.0 + 3.0)
     for name, estimator in (("clf", clf), ("reg", reg)):
         fn.save(estimator.model_, tmp_path / f"{name}.npz")
-        np.testing.assert_array_equal(fn.load(tmp_path / f"{name}.npz").predict(X),
+        np.testing.assert_array_equal(fn.Trainer(fn.load(tmp_path / f"{name}.npz")).predict(X),
                                       estimator.predict(X))
-    np.testing.assert_allclose(fn.load(tmp_path / "clf.npz").predict_proba(X),
+    np.testing.assert_allclose(fn.Trainer(fn.load(tmp_path / "clf.npz")).predict_proba(X),
                                clf.predict_proba(X), rtol=1e-6)  # float32 there, float64 here
 
 
@@ -206,7 +221,7 @@ def test_format1_command_line_files_predict_as_they_did(tmp_path):
     header, rows = read_rows(os.path.join(DATA, "cli-multiclass-predictions.csv"))
     np.testing.assert_allclose(fn.Trainer(model).predict_proba(X),
                                [[float(v) for v in row[:3]] for row in rows], atol=1e-6)
-    assert list(model.predict(X)) == [row[3] for row in rows]
+    assert list(fn.Trainer(model).predict(X)) == [row[3] for row in rows]
 
 
 def test_format1_python_files_predict_as_they_did():
@@ -217,7 +232,7 @@ def test_format1_python_files_predict_as_they_did():
                                   expected["trainer_bce_proba"])
     classifier = fn.load(os.path.join(DATA, "classifier.npz"))
     assert classifier.loss == "cross_entropy"  # the estimator's head, from its metadata
-    np.testing.assert_allclose(classifier.predict_proba(expected["X"]),
+    np.testing.assert_allclose(fn.Trainer(classifier).predict_proba(expected["X"]),
                                expected["classifier_proba"], rtol=1e-6)
-    assert list(classifier.predict(expected["X"])) == list(
+    assert list(fn.Trainer(classifier).predict(expected["X"])) == list(
         np.array(["a", "b", "c"])[expected["classifier_proba"].argmax(axis=1)])

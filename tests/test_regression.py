@@ -87,7 +87,8 @@ def test_the_input_standardization_applies_to_fit_and_predict():
     for m, data in ((inside, X), (outside, standardized)):
         fn.Trainer(m, loss="mse", device="cpu", seed=0).fit(data, Y, epochs=2, batch_size=8)
     np.testing.assert_array_equal(inside.params, outside.params)
-    np.testing.assert_array_equal(inside.predict(X), outside.predict(standardized))
+    np.testing.assert_array_equal(fn.Trainer(inside).predict(X),
+                                  fn.Trainer(outside).predict(standardized))
 
 
 def test_early_stopping_monitors_the_score_the_model_has():

@@ -26,7 +26,7 @@ from sklearn.utils.class_weight import compute_sample_weight  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 import fastnn as fn  # noqa: E402
-from fastnn.core.backends import cuda_available  # noqa: E402
+from fastnn.core.cuda_backend import cuda_available  # noqa: E402
 from fastnn.sklearn import FastNNClassifier, FastNNRegressor  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -393,8 +393,9 @@ def test_pickle_and_fastnn_save(tmp_path):
     assert model.metadata["estimator"] == "fastnn.sklearn.FastNNClassifier"
     assert model.loss == "cross_entropy"  # the estimator's head, saved with the model
     np.testing.assert_array_equal(fn.Trainer(model, device="cpu").predict(Xt), clf.predict(Xt))
-    np.testing.assert_array_equal(model.predict(Xt), clf.predict(Xt))
-    np.testing.assert_allclose(model.predict_proba(Xt), clf.predict_proba(Xt), rtol=1e-6)
+    np.testing.assert_array_equal(fn.Trainer(model).predict(Xt), clf.predict(Xt))
+    np.testing.assert_allclose(fn.Trainer(model).predict_proba(Xt), clf.predict_proba(Xt),
+                               rtol=1e-6)
 
 
 def test_alpha_is_l2_weight_decay():
@@ -425,6 +426,37 @@ def test_cuda_matches_cpu():
     assert gpu.device_ == "cuda"
     assert abs(gpu.score(Xt, yt) - cpu.score(Xt, yt)) < 0.03
     np.testing.assert_allclose(gpu.loss_curve_[:3], cpu.loss_curve_[:3], rtol=1e-3)
+
+
+# ---- a refused fit changes nothing ----
+
+@pytest.mark.parametrize("refusal", ["one class", "warm new class", "partial_fit new class",
+                                     "warm dtype and new class"])
+def test_a_refused_fit_leaves_a_fitted_estimator_that_still_predicts(refusal):
+    X, y = make_classification(n_samples=120, n_features=5, random_state=0)
+    clf = FastNNClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0, device="cpu")
+    clf.fit(X, y)
+    before = dict(vars(clf))
+    params = clf.model_.params.copy()
+    proba = clf.predict_proba(X)
+    other = np.random.default_rng(1).normal(size=(40, 3))
+    with pytest.raises(ValueError):
+        if refusal == "one class":  # another width, and only one class: refused after validation
+            clf.fit(other, np.zeros(40))
+        elif refusal == "warm new class":
+            clf.set_params(warm_start=True)
+            clf.fit(X, np.where(y == 1, 2, y))
+        elif refusal == "partial_fit new class":
+            clf.partial_fit(X, np.where(y == 1, 2, y))
+        else:  # refused after the dtype parameter changed
+            clf.set_params(warm_start=True, dtype="float64")
+            clf.fit(X, np.full(len(y), 7))
+    clf.set_params(warm_start=False, dtype="float32")
+    assert clf.n_features_in_ == 5 and set(vars(clf)) == set(before)
+    assert all(vars(clf)[k] is before[k] for k in before)
+    assert clf.model_.dtype == np.float32
+    np.testing.assert_array_equal(clf.model_.params, params)
+    np.testing.assert_array_equal(clf.predict_proba(X), proba)
 
 
 # ---- FastNNRegressor ----
@@ -532,7 +564,7 @@ def test_regressor_model_file_predicts_what_the_estimator_predicts(tmp_path):
     fn.save(reg.model_, tmp_path / "reg.npz")
     model = fn.load(tmp_path / "reg.npz")
     assert model.metadata["estimator"] == "fastnn.sklearn.FastNNRegressor"
-    np.testing.assert_array_equal(model.predict(Xt), reg.predict(Xt))
+    np.testing.assert_array_equal(fn.Trainer(model).predict(Xt), reg.predict(Xt))
     with pytest.raises(ValueError, match="contradicts"):
         fn.Trainer(model, loss="mse")
     clone = pickle.loads(pickle.dumps(reg))

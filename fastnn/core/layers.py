@@ -14,6 +14,7 @@ import numpy as np
 from fastnn.kernels import network as nw
 from fastnn.kernels.activations import RELU, SIGMOID, TANH
 
+from .interop import from_torch_module, to_torch_module
 from .validation import check_bool, check_choice, check_dtype, check_float, check_int
 
 
@@ -191,13 +192,13 @@ class Sequential:
     what turns them into predictions: together, the whole model that
     ``fn.save`` writes and ``fn.load`` reads back.
 
-    A model predicts with one call (``model.predict(X)``, or a ``Trainer``
-    of it): it standardizes X with ``preprocessing``, runs the network,
-    and applies the head of its ``loss`` (the sigmoid for 'bce', the
-    softmax for 'cross_entropy', nothing for a regression), then its
-    ``classes`` or its ``target_scaling``. ``Trainer.fit`` applies the same
-    preprocessing and target scaling to what it trains on, and records its
-    loss here.
+    A model predicts with one call, ``fn.Trainer(model).predict(X)`` (in the
+    dtype it was trained in): the Trainer standardizes X with
+    ``preprocessing``, runs the network, and applies the head of its
+    ``loss`` (the sigmoid for 'bce', the softmax for 'cross_entropy',
+    nothing for a regression), then its ``classes`` or its
+    ``target_scaling``. ``Trainer.fit`` applies the same preprocessing and
+    target scaling to what it trains on, and records its loss here.
 
     Parameters
     ----------
@@ -346,20 +347,6 @@ class Sequential:
             return X
         return (X - self.preprocessing["mean"]) / self.preprocessing["scale"]
 
-    def predict(self, X, device="cpu"):
-        """What the model predicts for X (n, in_features), in one call:
-        ``Trainer(self, device=device, dtype=self.dtype).predict(X)``, so
-        class labels (or codes) for a classifier, values in the target's
-        units for a regression. A model with no loss yet predicts as 'bce'."""
-        from .trainer import Trainer
-        return Trainer(self, device=device, dtype=self.dtype).predict(X)
-
-    def predict_proba(self, X, device="cpu"):
-        """A classifier's probabilities for X, in one call:
-        ``Trainer(self, device=device, dtype=self.dtype).predict_proba(X)``."""
-        from .trainer import Trainer
-        return Trainer(self, device=device, dtype=self.dtype).predict_proba(X)
-
     def astype(self, dtype):
         """Convert parameters and running statistics to dtype, in place; returns self."""
         dtype = check_dtype(dtype)
@@ -436,11 +423,18 @@ class Sequential:
                 getattr(self, buf)[offset:offset + int(np.prod(shape))] = staged[key].ravel()
 
     def to_torch(self):
-        """The equivalent torch.nn.Sequential with a copy of the weights: the
-        network, without the preprocessing, head and target scaling around
-        it (needs torch; see fastnn.core.interop.to_torch)."""
-        from .interop import to_torch
-        return to_torch(self)
+        """The equivalent torch.nn.Sequential, holding a copy of the weights,
+        running statistics and counters, in the model's dtype (needs torch;
+        see fastnn.core.interop).
+
+        It is the network, from standardized inputs to logits (the state_dict
+        names are the model's): the rest of the whole model stays outside it.
+        What ``predict`` gives is, in torch terms,
+        ``head(net((X - pre["mean"]) / pre["scale"]))`` with ``pre =
+        self.preprocessing`` (when set) and ``head`` the sigmoid ('bce'), the
+        softmax ('cross_entropy') or, for a regression, ``out * scale + mean``
+        of ``self.target_scaling`` (when set)."""
+        return to_torch_module(self.config(), self.state_dict(), self.dtype)
 
     def config(self):
         """JSON-ready description of the architecture."""
@@ -513,3 +507,29 @@ def state_dict_shapes(layers):
         if isinstance(layer, BatchNorm):
             shapes[f"{i}.num_batches_tracked"] = ()
     return shapes
+
+
+def from_torch(module):
+    """A fastnn Sequential equal to a ``torch.nn.Sequential`` of Linear,
+    BatchNorm1d (affine, with running statistics), ReLU, Sigmoid and Tanh.
+
+    Layers are taken by position, whatever the children's names
+    (``Sequential(OrderedDict(...))`` works as ``Sequential(a, b, ...)``).
+
+    Weights, biases, running statistics and num_batches_tracked are copied;
+    the model gets the torch model's dtype (float32 or float64).
+
+    Raises
+    ------
+    TypeError
+        For anything but a torch.nn.Sequential.
+    ValueError
+        Naming the first layer fastnn does not support, or a BatchNorm1d
+        without affine parameters or running statistics.
+    """
+    config, state, dtype = from_torch_module(module)
+    model = Sequential.from_config(config)
+    model.astype(dtype)
+    model.load_state_dict(state)
+    return model
+

@@ -11,10 +11,10 @@ import time
 import numpy as np
 
 from . import validation as v
-from .autodevice import choose_device
+from .device import choose_device
 from .layers import Sequential
 from .optim import Adam, Optimizer
-from .trainer import LOSS_CODES, Trainer, resolve_loss
+from .trainer import LOSS_CODES, Trainer, check_targets, resolve_loss
 
 
 def fit_many(models, X, y, optimizers=None, seeds=None, loss=None, device="auto",
@@ -39,9 +39,10 @@ def fit_many(models, X, y, optimizers=None, seeds=None, loss=None, device="auto"
     seeds : sequence of K ints >= 0, or None
         Model m's shuffling seed (its own order of the rows each epoch, as
         ``Trainer(seed=seeds[m])`` shuffles); None: 0, 1, ..., K - 1.
-    loss, device, dtype, huber_delta : as ``Trainer``'s. device='auto'
-        compares K fits on the cpu with one launch of the K models on the
-        GPU (fastnn.core.autodevice).
+    loss, device, dtype, huber_delta : as ``Trainer``'s (one loss for every
+        model: a model's own loss must be it). device='auto' compares K fits
+        on the cpu with one launch of the K models on the GPU
+        (fastnn.core.autodevice).
     epochs, batch_size, shuffle : as ``Trainer.fit``'s.
     on_nonfinite : {'stop', 'raise'}
         A model whose loss is not finite stops there with its last good
@@ -61,6 +62,9 @@ def fit_many(models, X, y, optimizers=None, seeds=None, loss=None, device="auto"
         ``Trainer.fit`` returns them ('loss', 'lr', 'time'; on the GPU the
         time is that of the launch shared by the K models), plus 'nonfinite':
         None, or the (epoch, batch) where the model stopped, both 1-based.
+
+    Every argument and every model and optimizer is checked before any
+    model is converted or trained: a refused call changes none of them.
     """
     models = list(models) if not isinstance(models, Sequential) else [models]
     if not models or not all(isinstance(m, Sequential) for m in models):
@@ -89,25 +93,41 @@ def fit_many(models, X, y, optimizers=None, seeds=None, loss=None, device="auto"
     batch_size = v.check_int(batch_size, "batch_size")
     shuffle = v.check_bool(shuffle, "shuffle")
     dtype = v.check_dtype(dtype)
-
+    # the models' own losses may contradict loss, or each other: one loss trains them all
+    resolved = {resolve_loss(model, loss, huber_delta) for model in models}
+    if len(resolved) > 1:
+        raise ValueError(f"the models have different losses ({sorted(resolved, key=str)}): "
+                         f"fit_many trains them with one")
+    loss, huber_delta = resolved.pop()
     standardized = any(model.preprocessing is not None for model in models)
     if standardized:  # raw features: each Trainer standardizes them with its model's statistics
         X = v.as_float_array(X, "X", ndim=2)
+        if X.shape[1] != models[0].in_features:
+            raise ValueError(f"X must have shape (n_samples, {models[0].in_features}), got "
+                             f"{X.shape}")
     else:
         X = v.check_X(X, "X", models[0].in_features, dtype)
+    n = X.shape[0]
+    Y = check_targets(loss, y, "y", n, models[0].out_features, dtype, models[0].target_scaling)
     if sample_weight is not None:
-        sample_weight = v.check_sample_weight(sample_weight, "sample_weight", X.shape[0])
-    # the losses first (a model's own loss may contradict loss): a refusal changes nothing
-    resolved = [resolve_loss(model, loss, huber_delta) for model in models]
-    chosen = choose_device(device, models[0], batch_size, X.shape[0], epochs, dtype, n_models=K,
-                           loss=LOSS_CODES[resolved[0][0]], weighted=sample_weight is not None)
-    trainers = [Trainer(model, optimizer=opt, loss=model_loss, device=chosen, dtype=dtype,
-                        seed=seed, huber_delta=delta)
-                for model, opt, seed, (model_loss, delta) in zip(models, optimizers, seeds,
-                                                                 resolved)]
+        sample_weight = v.check_sample_weight(sample_weight, "sample_weight", n)
+    if models[0].has_batchnorm:
+        if batch_size < 2:
+            raise ValueError("batch_size must be >= 2 for a model with BatchNorm "
+                             "(batch statistics of one sample are undefined)")
+        if n < 2:
+            raise ValueError("X must have at least 2 samples to train a model with BatchNorm")
+    for m, (model, optimizer) in enumerate(zip(models, optimizers)):
+        _check_trainable(model, optimizer, dtype, m)
+    chosen = choose_device(device, models[0], batch_size, n, epochs, dtype, n_models=K,
+                           loss=LOSS_CODES[loss], weighted=sample_weight is not None)
+    # every check is done: only now are the models converted and trained
+    trainers = [Trainer(model, optimizer=opt, loss=loss, device=chosen, dtype=dtype, seed=seed,
+                        huber_delta=huber_delta)
+                for model, opt, seed in zip(models, optimizers, seeds)]
     histories = None
     if chosen == "cuda" and sample_weight is None and not standardized:
-        histories = _fit_on_gpu(trainers, X, y, epochs, batch_size, shuffle)
+        histories = _fit_on_gpu(trainers, X, Y, epochs, min(batch_size, n), shuffle)
     if histories is None:  # the cpu, or a fit the fused engine does not take
         histories = []
         for trainer in trainers:
@@ -125,22 +145,31 @@ def fit_many(models, X, y, optimizers=None, seeds=None, loss=None, device="auto"
     return models, histories
 
 
-def _fit_on_gpu(trainers, X, y, epochs, batch_size, shuffle):
+def _check_trainable(model, optimizer, dtype, m):
+    """ValueError naming model ``m`` when its weights or running statistics,
+    converted to ``dtype``, or its optimizer's state are not finite, or its
+    optimizer's hyper-parameters break a rule; nothing is converted."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = all(v.all_finite(a.astype(dtype)) for a in (model.params, model.buffers))
+    if not finite:
+        raise ValueError(f"models[{m}]: its weights or running statistics hold NaN or inf (in "
+                         f"{np.dtype(dtype).name}) before training; set finite values first")
+    state = optimizer.state
+    if state is not None and state.shape[1] == model.n_params and not v.all_finite(state):
+        raise ValueError(f"optimizers[{m}]: its state holds NaN or inf before training; "
+                         f"reset() it first")
+    try:
+        optimizer.check()
+    except ValueError as exc:
+        raise ValueError(f"optimizers[{m}]: {exc}") from None
+
+
+def _fit_on_gpu(trainers, X, Y, epochs, batch_size, shuffle):
     """The K models in one fused session, or None when the fused engine
     does not take them (the caller then trains them one after another)."""
     first = trainers[0]
     model = first.model
-    for trainer in trainers:
-        trainer._check_model_loss()
-    Y = first._targets(y, "y", X.shape[0])
     n = X.shape[0]
-    if model.has_batchnorm:
-        if batch_size < 2:
-            raise ValueError("batch_size must be >= 2 for a model with BatchNorm "
-                             "(batch statistics of one sample are undefined)")
-        if n < 2:
-            raise ValueError("X must have at least 2 samples to train a model with BatchNorm")
-    batch_size = min(batch_size, n)
     session = first.backend.start_fit_many([t.model for t in trainers],
                                            [t.optimizer for t in trainers], X, Y, batch_size,
                                            first.engine_loss)
