@@ -135,20 +135,6 @@ def loss_reference(code, z, y, w=None, total=None, delta=1.0):
     return float(np.sum(terms * scales)), gradient * scales
 
 
-def numpy_loss(code, z, y, w=None, delta=1.0):
-    """The weighted mean loss (float) and its gradient of ``loss_reference``,
-    dividing by the weights' sum."""
-    return loss_reference(code, z, y, w, None, delta)
-
-
-def bce_with_logits_reference(z, y):
-    return loss_reference(BCE, z, y)
-
-
-def cross_entropy_reference(z, y):
-    return loss_reference(CROSS_ENTROPY, z, y)
-
-
 # ---- cpu (2-D inputs; w None or (n,) float64; outputs passed last) ----
 
 @jit

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 
 from fastnn.kernels.activations import numpy_sigmoid
-from fastnn.kernels.loss import LOSS_CODES, REGRESSION_LOSSES, engine_loss, numpy_loss
+from fastnn.kernels.loss import LOSS_CODES, REGRESSION_LOSSES, engine_loss, loss_reference
 
 from . import checkpoint
 from . import validation as v
@@ -685,8 +685,8 @@ class Trainer:
         in as +-1e300, which gives the loss its limit without inf - inf."""
         finite = np.clip(logits, -1e300, 1e300)
         with np.errstate(over="ignore", invalid="ignore"):
-            loss, _ = numpy_loss(LOSS_CODES[self.loss], finite, Y.astype(np.float64), W,
-                                 self.huber_delta or 1.0)
+            loss, _ = loss_reference(LOSS_CODES[self.loss], finite, Y.astype(np.float64), W,
+                                     delta=self.huber_delta or 1.0)
         if self.regression:
             return {"loss": float(loss), "r2": r2_score(self._values(Y.astype(np.float64)),
                                                         self._values(logits), W)}
