@@ -44,7 +44,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .core import validation as v
 from .core.backends import get_backend
-from .core.builders import mlp
+from .core.builders import ACTIVATIONS as MLP_ACTIVATIONS
+from .core.builders import check_dropout, mlp
 from .core.callbacks import EarlyStopping
 from .core.device import DEVICES, choose_device
 from .core.optim import SGD, Adam
@@ -53,8 +54,10 @@ from .core.trainer import Trainer, inference_logits, log_softmax
 
 __all__ = ["FastNNClassifier", "FastNNRegressor"]
 
-# MLPClassifier's activation names -> fastnn.mlp's
-ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "logistic": "sigmoid", "identity": "identity"}
+# MLPClassifier's activation names ('logistic' for the sigmoid) and fastnn.mlp's others ->
+# fastnn.mlp's
+ACTIVATIONS = {"logistic": "sigmoid",
+               **{name: name for name in MLP_ACTIVATIONS if name != "sigmoid"}}
 SOLVERS = ("adam", "sgd")
 # FastNNRegressor's loss names (scikit-learn's) -> fastnn's
 REGRESSION_LOSSES = {"squared_error": "mse", "absolute_error": "l1", "huber": "huber"}
@@ -162,12 +165,13 @@ class _FastNNEstimator(BaseEstimator):
         self._record_metadata()
         return self
 
-    def _new_network(self, n_features, n_out, params, model_seed, shuffle_seed):
-        """A fresh network, optimizer and shuffling stream, and the
-        bookkeeping of a first fit."""
+    def _new_network(self, n_features, n_out, params, seeds):
+        """A fresh network, optimizer, shuffling stream and dropout seed (from
+        ``seeds``, ``_seeds()``'s), and the bookkeeping of a first fit."""
+        model_seed, shuffle_seed, _, dropout_seed = seeds
         self.model_ = mlp(n_features, params["hidden"], n_out, batchnorm=self.batchnorm,
                           activation=ACTIVATIONS[self.activation], init="xavier",
-                          seed=model_seed).astype(params["dtype"])
+                          seed=model_seed, dropout=self.dropout).astype(params["dtype"])
         self.n_outputs_ = n_out
         self.n_layers_ = len(params["hidden"]) + 2
         self.loss_curve_ = []
@@ -176,11 +180,13 @@ class _FastNNEstimator(BaseEstimator):
         self.validation_scores_ = self.best_validation_score_ = None
         self._optimizer = None
         self._rng = np.random.default_rng(shuffle_seed)
+        self._dropout_seed = dropout_seed
 
     def _seeds(self):
-        """(model seed, shuffle seed, split seed) drawn from random_state."""
+        """(model seed, shuffle seed, split seed, dropout seed) drawn from
+        random_state."""
         rs = check_random_state(self.random_state)
-        return tuple(int(s) for s in rs.randint(_SEED_HIGH, size=3))
+        return tuple(int(s) for s in rs.randint(_SEED_HIGH, size=4))
 
     def _check_params(self):
         """Check the hyper-parameters (at fit, as scikit-learn does); returns
@@ -201,9 +207,8 @@ class _FastNNEstimator(BaseEstimator):
                 raise ValueError(f"hidden_layer_sizes must be > 0, "
                                  f"got {self.hidden_layer_sizes!r}")
         v.check_bool(self.batchnorm, "batchnorm")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, "
-                             f"got {self.activation!r}")
+        v.check_choice(self.activation, "activation", ACTIVATIONS)
+        check_dropout(self.dropout)
         if self.solver not in SOLVERS:
             extra = " (fastnn trains with mini-batches only)" if self.solver == "lbfgs" else ""
             raise ValueError(f"solver must be one of {list(SOLVERS)}{extra}, got {self.solver!r}")
@@ -238,7 +243,9 @@ class _FastNNEstimator(BaseEstimator):
 
     def _trainer(self, params, batch_size, mean_weight):
         """A Trainer over the stored model, optimizer and shuffling stream
-        (all of which carry over from call to call). The L2 penalty is
+        (all of which carry over from call to call); its seed gives the
+        dropout masks' key (the optimizer's step count, carried over too,
+        moves them on from call to call). The L2 penalty is
         alpha over a batch's expected sum of weights (``mean_weight`` per
         sample): MLP's alpha / sum of the batch's weights, exactly so when
         the batch is the whole set."""
@@ -264,7 +271,8 @@ class _FastNNEstimator(BaseEstimator):
         self._optimizer = opt
         loss, huber_delta = self._loss()
         trainer = Trainer(self.model_, optimizer=opt, loss=loss, device=params["device"],
-                          dtype=params["dtype"], huber_delta=huber_delta)
+                          dtype=params["dtype"], huber_delta=huber_delta,
+                          seed=getattr(self, "_dropout_seed", None))
         trainer.rng = self._rng
         self.model_ = trainer.model
         self.device_ = trainer.device
@@ -328,7 +336,8 @@ class FastNNClassifier(ClassifierMixin, _FastNNEstimator):
     ``sklearn.neural_network.MLPClassifier``.
 
     The network is, for each width h in ``hidden_layer_sizes``:
-    ``Dense -> BatchNorm (if batchnorm) -> activation``, then a ``Dense`` head:
+    ``Dense -> BatchNorm (if batchnorm) -> activation -> Dropout (if dropout)``,
+    then a ``Dense`` head:
     one logit and binary cross-entropy for two classes, one logit per class
     and softmax cross-entropy for more. Dense weights start Glorot-uniform
     (MLPClassifier's initialization, though it narrows the range for
@@ -344,9 +353,12 @@ class FastNNClassifier(ClassifierMixin, _FastNNEstimator):
         needs at least 2 samples (and ``batch_size >= 2``); a last mini-batch
         of a single sample is skipped in each epoch. ``batchnorm=False`` gives
         MLPClassifier's architecture.
-    activation : {'relu', 'tanh', 'logistic', 'identity'}, default='relu'
-        Hidden-layer activation, as in MLPClassifier ('logistic' is the
-        sigmoid; 'identity' puts no activation layer).
+    activation : str, default='relu'
+        Hidden-layer activation: 'relu', 'tanh', 'logistic' or 'identity', as
+        in MLPClassifier ('logistic' is the sigmoid; 'identity' puts no
+        activation layer), or one of ``fastnn.mlp``'s others: 'leaky_relu'
+        (``LeakyReLU()``, slope 0.01), 'gelu' (``GELU()``), 'gelu_tanh'
+        (``GELU(approximate='tanh')``), 'silu' (``SiLU()``).
     solver : {'adam', 'sgd'}, default='adam'
         'adam': ``fastnn.Adam(learning_rate_init, (beta_1, beta_2), epsilon)``;
         'sgd': ``fastnn.SGD(learning_rate_init, momentum,
@@ -402,6 +414,11 @@ class FastNNClassifier(ClassifierMixin, _FastNNEstimator):
     dtype : {'float32', 'float64'}, default='float32'
         Precision of the weights and of the arithmetic (not in
         MLPClassifier, which computes in the input's dtype).
+    dropout : float in [0, 1), default=0.0
+        A ``fastnn.Dropout(dropout)`` after each hidden activation (not in
+        MLPClassifier): each hidden unit is zeroed with this probability at
+        each training step, the others scaled by 1 / (1 - dropout);
+        ``predict`` never drops. The masks follow from ``random_state``.
     class_weight : None, 'balanced' or dict {label: weight}, default=None
         Weights of the classes (not in MLPClassifier; as in scikit-learn's
         linear classifiers): each sample's weight is multiplied by its
@@ -461,7 +478,7 @@ class FastNNClassifier(ClassifierMixin, _FastNNEstimator):
                  warm_start=False, momentum=0.9, nesterovs_momentum=True,
                  early_stopping=False, validation_fraction=0.1, beta_1=0.9, beta_2=0.999,
                  epsilon=1e-8, n_iter_no_change=10, device="auto", dtype="float32",
-                 class_weight=None):
+                 class_weight=None, dropout=0.0):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.batchnorm = batchnorm
         self.activation = activation
@@ -486,6 +503,7 @@ class FastNNClassifier(ClassifierMixin, _FastNNEstimator):
         self.device = device
         self.dtype = dtype
         self.class_weight = class_weight
+        self.dropout = dropout
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -535,12 +553,12 @@ class FastNNClassifier(ClassifierMixin, _FastNNEstimator):
             classes, y_enc = np.unique(y, return_inverse=True)
             _check_n_classes(classes)
         W = self._weights(X, y, sample_weight, classes)
-        model_seed, shuffle_seed, split_seed = self._seeds()
+        seeds = self._seeds()
 
         def start(X, y_enc):
-            self._initialize(classes, X.shape[1], params, model_seed, shuffle_seed)
+            self._initialize(classes, X.shape[1], params, seeds)
 
-        return self._train(X, y_enc, W, params, None if warm else start, split_seed,
+        return self._train(X, y_enc, W, params, None if warm else start, seeds[2],
                            stratify=y_enc)
 
     def partial_fit(self, X, y, classes=None, sample_weight=None):
@@ -592,8 +610,7 @@ class FastNNClassifier(ClassifierMixin, _FastNNEstimator):
             raise ValueError(f"y has classes not in classes_ {all_classes}: {unknown}")
         W = self._weights(X, y, sample_weight, all_classes)
         if first:
-            model_seed, shuffle_seed, _ = self._seeds()
-            self._initialize(all_classes, X.shape[1], params, model_seed, shuffle_seed)
+            self._initialize(all_classes, X.shape[1], params, self._seeds())
         return self._train_one_epoch(X, np.searchsorted(all_classes, y), W, params)
 
     # ---- inference ----
@@ -647,10 +664,10 @@ class FastNNClassifier(ClassifierMixin, _FastNNEstimator):
                 by_class[y == label] = v.check_float(weight, f"class_weight[{label!r}]", low=0.0)
         return by_class if W is None else W * by_class
 
-    def _initialize(self, classes, n_features, params, model_seed, shuffle_seed):
-        """A fresh network, optimizer and shuffling stream."""
+    def _initialize(self, classes, n_features, params, seeds):
+        """A fresh network, optimizer, shuffling stream and dropout seed."""
         n_out = 1 if len(classes) == 2 else len(classes)
-        self._new_network(n_features, n_out, params, model_seed, shuffle_seed)
+        self._new_network(n_features, n_out, params, seeds)
         self.model_.classes = list(classes)
         self.classes_ = np.asarray(classes)
         self.out_activation_ = "logistic" if n_out == 1 else "softmax"
@@ -664,8 +681,8 @@ class FastNNRegressor(RegressorMixin, _FastNNEstimator):
     ``sklearn.neural_network.MLPRegressor``.
 
     The network is, for each width h in ``hidden_layer_sizes``:
-    ``Dense -> BatchNorm (if batchnorm) -> activation``, then a linear
-    ``Dense`` head with one output per target. Dense weights start
+    ``Dense -> BatchNorm (if batchnorm) -> activation -> Dropout (if
+    dropout)``, then a linear ``Dense`` head with one output per target. Dense weights start
     Glorot-uniform (MLPRegressor's initialization), biases at zero.
 
     Parameters
@@ -678,8 +695,12 @@ class FastNNRegressor(RegressorMixin, _FastNNEstimator):
         needs at least 2 samples (and ``batch_size >= 2``); a last mini-batch
         of a single sample is skipped in each epoch. ``batchnorm=False`` gives
         MLPRegressor's architecture.
-    activation : {'relu', 'tanh', 'logistic', 'identity'}, default='relu'
-        Hidden-layer activation, as in MLPRegressor.
+    activation : str, default='relu'
+        Hidden-layer activation: 'relu', 'tanh', 'logistic' or 'identity', as
+        in MLPRegressor ('logistic' is the sigmoid; 'identity' puts no
+        activation layer), or one of ``fastnn.mlp``'s others: 'leaky_relu'
+        (``LeakyReLU()``, slope 0.01), 'gelu' (``GELU()``), 'gelu_tanh'
+        (``GELU(approximate='tanh')``), 'silu' (``SiLU()``).
     solver : {'adam', 'sgd'}, default='adam'
         'adam': ``fastnn.Adam(learning_rate_init, (beta_1, beta_2), epsilon)``;
         'sgd': ``fastnn.SGD(learning_rate_init, momentum,
@@ -745,6 +766,11 @@ class FastNNRegressor(RegressorMixin, _FastNNEstimator):
         to flatten float32's rounding (in float32 the outputs for a subset of
         the rows can differ from those for all rows at 1e-7, where the BLAS
         sums them in another order). 'float32' trains faster.
+    dropout : float in [0, 1), default=0.0
+        A ``fastnn.Dropout(dropout)`` after each hidden activation (not in
+        MLPRegressor): each hidden unit is zeroed with this probability at
+        each training step, the others scaled by 1 / (1 - dropout);
+        ``predict`` never drops. The masks follow from ``random_state``.
 
     Attributes
     ----------
@@ -789,7 +815,7 @@ class FastNNRegressor(RegressorMixin, _FastNNEstimator):
                  shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False,
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
-                 n_iter_no_change=10, device="auto", dtype="float64"):
+                 n_iter_no_change=10, device="auto", dtype="float64", dropout=0.0):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.batchnorm = batchnorm
         self.activation = activation
@@ -816,6 +842,7 @@ class FastNNRegressor(RegressorMixin, _FastNNEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.device = device
         self.dtype = dtype
+        self.dropout = dropout
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -855,12 +882,12 @@ class FastNNRegressor(RegressorMixin, _FastNNEstimator):
                              f"previous call to fit, got {Y.shape[1]}")
         W = None if sample_weight is None else _check_sample_weight(
             sample_weight, X, dtype=np.float64, ensure_non_negative=True)
-        model_seed, shuffle_seed, split_seed = self._seeds()
+        seeds = self._seeds()
 
         def start(X, Y):
-            self._initialize(X, Y, params, model_seed, shuffle_seed)
+            self._initialize(X, Y, params, seeds)
 
-        return self._train(X, Y, W, params, None if warm else start, split_seed)
+        return self._train(X, Y, W, params, None if warm else start, seeds[2])
 
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y), continuing from the current weights and
@@ -892,8 +919,7 @@ class FastNNRegressor(RegressorMixin, _FastNNEstimator):
         W = None if sample_weight is None else _check_sample_weight(
             sample_weight, X, dtype=np.float64, ensure_non_negative=True)
         if first:
-            model_seed, shuffle_seed, _ = self._seeds()
-            self._initialize(X, Y, params, model_seed, shuffle_seed)
+            self._initialize(X, Y, params, self._seeds())
         return self._train_one_epoch(X, Y, W, params)
 
     # ---- inference ----
@@ -922,10 +948,10 @@ class FastNNRegressor(RegressorMixin, _FastNNEstimator):
         Y = np.asarray(y, np.float64)
         return _writeable(X), Y.reshape(-1, 1) if Y.ndim == 1 else Y
 
-    def _initialize(self, X, Y, params, model_seed, shuffle_seed):
-        """A fresh network, optimizer and shuffling stream, and the target
-        scaling of Y."""
-        self._new_network(X.shape[1], Y.shape[1], params, model_seed, shuffle_seed)
+    def _initialize(self, X, Y, params, seeds):
+        """A fresh network, optimizer, shuffling stream and dropout seed, and
+        the target scaling of Y."""
+        self._new_network(X.shape[1], Y.shape[1], params, seeds)
         if self.standardize_target:
             self.model_.target_scaling = standardization(Y)
         self.out_activation_ = "identity"

@@ -10,15 +10,26 @@ from fastnn.kernels import network as nw
 from fastnn.kernels.loss import BCE, CROSS_ENTROPY, HUBER, L1, LOSS_CODES, MSE, engine_loss
 
 
-def make_model(activation=fn.ReLU, seed=0, n_in=5, n_out=2):
-    return fn.Sequential(fn.Dense(n_in, 7), fn.BatchNorm(7), activation(),
-                         fn.Dense(7, 6, bias=False), fn.BatchNorm(6, momentum=None), activation(),
-                         fn.Dense(6, n_out), seed=seed)
+def make_model(activation=fn.ReLU, seed=0, n_in=5, n_out=2, dropout=None):
+    """Dense BatchNorm activation [Dropout] Dense BatchNorm activation [Dropout] Dense."""
+    extra = [] if dropout is None else [fn.Dropout(dropout)]
+    layers = [fn.Dense(n_in, 7), fn.BatchNorm(7), activation(), *extra,
+              fn.Dense(7, 6, bias=False), fn.BatchNorm(6, momentum=None), activation()]
+    if dropout is not None:
+        layers.append(fn.Dropout(dropout / 2))
+    return fn.Sequential(*layers, fn.Dense(6, n_out), seed=seed)
+
+
+ACTIVATIONS = {"relu": fn.ReLU, "sigmoid": fn.Sigmoid, "tanh": fn.Tanh,
+               "leaky_relu": lambda: fn.LeakyReLU(0.15), "leaky_relu_negative":
+               lambda: fn.LeakyReLU(-0.4), "gelu": fn.GELU, "gelu_tanh": lambda: fn.GELU("tanh"),
+               "silu": fn.SiLU}
 
 
 def batch_loss(model, X, Y, loss, W=None):
     """Training-mode loss of one batch (reference kernels), without touching
-    the model's running statistics."""
+    the model's running statistics (Dropout masks: key 0, step 0, as
+    engine_gradient's); ``loss`` an engine_loss value, W the rows' weights."""
     net = model.network()._replace(buffers=model.buffers.copy(), counts=model.counts.copy())
     ws = nw.workspace(model.table, X.shape[0], Y.shape[1], model.dtype)
     grads = np.zeros(model.n_params + 1, model.dtype)
@@ -46,19 +57,9 @@ def targets(code, rng, n, k):
     return rng.normal(0.0, 2.0, (n, k))
 
 
-@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
-@pytest.mark.parametrize("loss_name", list(LOSS_CODES))
-@pytest.mark.parametrize("device", ["numpy", "cpu"])
-@pytest.mark.parametrize("activation", [fn.ReLU, fn.Sigmoid, fn.Tanh])
-def test_gradients_match_central_finite_differences(activation, device, loss_name, weighted):
-    rng = np.random.default_rng(3)
-    code = LOSS_CODES[loss_name]
-    loss = engine_loss(code, delta=0.7)
-    model = make_model(activation, n_out=3)
-    X = rng.normal(size=(9, 5))
-    Y = targets(code, rng, 9, 3)
-    # one zero weight: that row must not count
-    W = np.array([0.5, 2.0, 0.0, 1.0, 3.0, 0.25, 1.5, 1.0, 0.75]) if weighted else None
+def check_gradients(model, X, Y, device, loss, W=None):
+    """The engine's loss and gradients against the reference's loss and
+    central finite differences of it, in float64."""
     value, grads = engine_gradient(model, X, Y, device, loss, W)
     assert value == pytest.approx(batch_loss(model, X, Y, loss, W), rel=1e-12)
     h = 1e-6
@@ -73,6 +74,35 @@ def test_gradients_match_central_finite_differences(activation, device, loss_nam
         numeric[i] = (up - down) / (2 * h)
     # central differences: truncation O(h^2) ~ 1e-12, rounding ~ 1e-16 / h ~ 1e-10
     np.testing.assert_allclose(grads, numeric, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("dropout", [None, 0.4], ids=["", "dropout"])
+@pytest.mark.parametrize("loss_kind", [BCE, CROSS_ENTROPY], ids=["bce", "cross_entropy"])
+@pytest.mark.parametrize("device", ["numpy", "cpu"])
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_gradients_match_central_finite_differences(activation, device, loss_kind, dropout):
+    """Every layer's backward pass, Dropout's with the step's mask (which does
+    not depend on the weights)."""
+    rng = np.random.default_rng(3)
+    model = make_model(ACTIVATIONS[activation], n_out=3, dropout=dropout)
+    X = rng.normal(size=(9, 5))
+    check_gradients(model, X, targets(loss_kind, rng, 9, 3), device, engine_loss(loss_kind))
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("loss_name", list(LOSS_CODES))
+@pytest.mark.parametrize("device", ["numpy", "cpu"])
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_every_loss_and_sample_weights_match_finite_differences(activation, device, loss_name,
+                                                                 weighted):
+    """Every loss's backward pass through the network, with and without
+    sample weights (one of them 0: that row must not count)."""
+    rng = np.random.default_rng(3)
+    code = LOSS_CODES[loss_name]
+    model = make_model(ACTIVATIONS[activation], n_out=3)
+    X = rng.normal(size=(9, 5))
+    W = np.array([0.5, 2.0, 0.0, 1.0, 3.0, 0.25, 1.5, 1.0, 0.75]) if weighted else None
+    check_gradients(model, X, targets(code, rng, 9, 3), device, engine_loss(code, delta=0.7), W)
 
 
 @pytest.mark.parametrize("code", [MSE, L1, HUBER], ids=["mse", "l1", "huber"])

@@ -10,6 +10,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from fastnn.kernels.activations import RELU, SIGMOID, TANH
+from fastnn.kernels.network import ACTIVATION, DROPOUT
+
 from . import config
 from .validation import is_device_array
 
@@ -72,42 +75,48 @@ def gpu_multiprocessors():
         return 1
 
 
-def fused_refuses(loss, weighted):
-    """Why the fused engine cannot train a fit with the loss code ``loss`` and
-    sample weights (``weighted``), or None: it trains the classification
-    losses (BCE and cross-entropy) without sample weights; the
-    layer-by-layer engine trains everything."""
+def fused_lacks(table, clipping=False, loss=0, weighted=False):
+    """What of a fit the fused engine does not run: a description, or None
+    when it runs all of it. It has no Dropout layers, no LeakyReLU, GELU or
+    SiLU activations, no gradient clipping, no regression loss (it trains
+    the loss codes BCE and CROSS_ENTROPY of kernels/loss.py) and no sample
+    weights (``weighted``); the layer-by-layer engine has them all."""
     from fastnn.kernels.loss import BCE, CROSS_ENTROPY, LOSS_CODES
+    kinds = set(int(kind) for kind in table.kind)
+    activations = set(int(code) for code in table.activation[table.kind == ACTIVATION])
+    if DROPOUT in kinds:
+        return "Dropout layers"
+    if activations - {RELU, SIGMOID, TANH}:
+        return "LeakyReLU, GELU or SiLU activations"
+    if clipping:
+        return "gradient clipping"
     if loss not in (BCE, CROSS_ENTROPY):
-        name = {code: name for name, code in LOSS_CODES.items()}[loss]
-        return f"the fused engine does not train loss={name!r}"
+        names = {code: name for name, code in LOSS_CODES.items()}
+        return f"regression loss (loss={names[loss]!r})"
     if weighted:
-        return "the fused engine does not train with sample weights"
+        return "sample weights"
     return None
 
 
-def cuda_engine(table, batch, n_models=1, sm_count=None, loss=0, weighted=False):
+def cuda_engine(table, batch, n_models=1, sm_count=None, clipping=False, loss=0, weighted=False):
     """The one place that decides how the GPU trains a network.
 
     Returns ('fused', FusedPlan) when the fused engine (kernels/cuda_fused.py,
     one launch per epoch) takes ``n_models`` models of the network ``table``
-    at batches of up to ``batch`` rows, with the loss code ``loss``
-    (kernels/loss.py) and sample weights or not (``weighted``), else
-    ('layers', reason): the layer-by-layer engine (kernels/cuda_network.py;
-    one model). The fused engine's limits are ``fused_refuses``' and
-    ``cuda_fused.fused_plan``'s. FASTNN_CUDA_ENGINE forces a choice
-    (fastnn.core.config); forcing the fused engine on a fit it cannot train
-    is a ValueError."""
+    at batches of up to ``batch`` rows (with gradient clipping if
+    ``clipping``, the loss code ``loss`` of kernels/loss.py, and sample
+    weights if ``weighted``), else ('layers', reason): the layer-by-layer
+    engine (kernels/cuda_network.py; one model). The fused engine's limits
+    are ``fused_lacks``' and ``cuda_fused.fused_plan``'s. FASTNN_CUDA_ENGINE
+    forces a choice (fastnn.core.config) among the engines that can run the
+    fit."""
     from fastnn.kernels import cuda_fused
     forced = config.cuda_engine()
+    lacking = fused_lacks(table, clipping, loss, weighted)
+    if lacking is not None:
+        return "layers", f"the fused engine has no {lacking}"
     if forced == "layers":
         return "layers", f"{ENGINE_VARIABLE}=layers"
-    refused = fused_refuses(loss, weighted)
-    if refused is not None:
-        if forced:
-            raise ValueError(f"{ENGINE_VARIABLE}={forced} asks for the fused engine, but "
-                             f"{refused}; unset it or set it to 'layers'")
-        return "layers", refused
     if sm_count is None:
         sm_count = gpu_multiprocessors()
     plan, reason = cuda_fused.fused_plan(table, batch, n_models, sm_count)
@@ -257,20 +266,44 @@ class CudaBackend:
         ops.column_sums_finalize[ops.grid_1d(n_out), ops.THREADS](p1, groups, db)
         return self._out(on_device, dx, dw, db)
 
-    def activation_forward(self, code, x):
+    def activation_forward(self, code, negative_slope, x):
         m = _cuda()
         ops = m.ops
         on_device, (x,) = self._in(x)
         y = m.network.empty(x.shape, x.dtype)
-        ops.activation_forward[ops.grid_1d(x.size), ops.THREADS](code, x, x.shape[0], y)
+        ops.activation_forward[ops.grid_1d(x.size), ops.THREADS](
+            code, np.dtype(x.dtype).type(negative_slope), x, x.shape[0], y)
         return self._out(on_device, y)
 
-    def activation_backward(self, code, y, dy):
+    def activation_backward(self, code, negative_slope, x, y, dy):
         m = _cuda()
         ops = m.ops
-        on_device, (y, dy) = self._in(y, dy)
+        on_device, (dy, x, y) = self._in(dy, x, y)
         dx = m.network.empty(dy.shape, dy.dtype)
-        ops.activation_backward[ops.grid_1d(y.size), ops.THREADS](code, y, dy, y.shape[0], dx)
+        ops.activation_backward[ops.grid_1d(dy.size), ops.THREADS](
+            code, np.dtype(dy.dtype).type(negative_slope), x, y, dy, dy.shape[0], dx)
+        return self._out(on_device, dx)
+
+    def dropout_forward(self, x, key, step, layer, first_row, p):
+        """As the cpu's; the rows are those of the global batch from first_row."""
+        from fastnn.kernels.dropout import keep_scale, keep_threshold
+        m = _cuda()
+        ops = m.ops
+        on_device, (x,) = self._in(x)
+        y, mask = m.network.empty(x.shape, x.dtype), m.network.empty(x.shape, x.dtype)
+        # the kernel reads the step count of a training step, already advanced: step + 1
+        ops.dropout_forward[ops.grid_1d(x.size), ops.THREADS](
+            x, m.cuda.to_device(np.array([key], np.uint64)),
+            m.cuda.to_device(np.array([step + 1], np.int64)), layer, first_row,
+            keep_threshold.py_func(p), keep_scale.py_func(p, x), x.shape[0], y, mask)
+        return self._out(on_device, y, mask)
+
+    def dropout_backward(self, dy, mask):
+        m = _cuda()
+        ops = m.ops
+        on_device, (dy, mask) = self._in(dy, mask)
+        dx = m.network.empty(dy.shape, dy.dtype)
+        ops.dropout_backward[ops.grid_1d(dy.size), ops.THREADS](dy, mask, dy.shape[0], dx)
         return self._out(on_device, dx)
 
     def optimizer_update(self, state, w, g):
@@ -292,20 +325,25 @@ class CudaBackend:
         return 0.0
 
     def start_fit(self, model, optimizer, X, Y, batch, loss, comm=None, weights=None,
-                  precision="exact"):
+                  dropout_key=0, clip_norm=0.0, clip_value=0.0, precision="exact"):
         """A training session on the engine ``cuda_engine`` picks; its
         ``engine`` names it. precision='tf32' takes the layer-by-layer engine,
-        whose products can run through cuBLAS on TF32 tensor cores."""
+        whose products can run through cuBLAS on TF32 tensor cores; so does
+        gradient clipping (``clip_norm`` or ``clip_value`` > 0), a regression
+        loss and sample weights."""
         from fastnn.kernels.loss import loss_code
         if comm is not None:
             raise ValueError("data-parallel training runs on the cpu backend")
-        engine = cuda_engine(model.table, batch, loss=loss_code(loss), weighted=weights is not None)
+        clipping = clip_norm > 0.0 or clip_value > 0.0
+        engine = cuda_engine(model.table, batch, clipping=clipping, loss=loss_code(loss),
+                             weighted=weights is not None)
         session = None
         if precision == "exact" and engine[0] == "fused":
             session = self.start_fit_many([model], [optimizer], X, Y, batch, loss)
         if session is None:
-            session = _cuda().network.CudaTrainingSession(model, optimizer, X, Y, batch, loss,
-                                                          precision, weights=weights)
+            session = _cuda().network.CudaTrainingSession(
+                model, optimizer, X, Y, batch, loss, precision, weights=weights,
+                dropout_key=dropout_key, clip_norm=clip_norm, clip_value=clip_value)
             session.engine = engine_summary(*engine)
         return session
 
