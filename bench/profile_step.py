@@ -45,7 +45,7 @@ from networks import NETWORKS, make_data  # noqa: E402
 import fastnn as fn  # noqa: E402
 from fastnn.kernels import network as engine  # noqa: E402
 from fastnn.kernels.dropout import dropout_forward  # noqa: E402
-from fastnn.kernels.loss import ENGINE_LOSSES, LOSS_CODES, loss_and_gradient  # noqa: E402
+from fastnn.kernels.loss import BCE, engine_loss, loss_and_gradient  # noqa: E402
 from fastnn.kernels.optim import optimizer_update  # noqa: E402
 
 GATHER, FORWARD, LOSS, BACKWARD, UPDATE, STEP, REDRAW = range(7)
@@ -62,7 +62,7 @@ def repeat_part(net, ws, grads, opt, X, Y, index, loss, part, l, n, reps):
     for _ in range(reps):
         if part == GATHER:
             first_input, _ = engine.layer_blocks(net, ws, 0, n)
-            engine.gather_batch(X, Y, index, 0, n, first_input, ws.targets)
+            engine.gather_batch(X, Y, None, index, 0, n, first_input, ws.targets, ws.weights)
         elif part == FORWARD:
             if t[l].kind == engine.DENSE:
                 engine.dense_layer_forward(net, ws, l, n)
@@ -73,8 +73,8 @@ def repeat_part(net, ws, grads, opt, X, Y, index, loss, part, l, n, reps):
             else:
                 engine.activation_layer_forward(net, ws, l, n)
         elif part == LOSS:
-            loss_and_gradient(loss, engine.network_output(net, ws, n),
-                              ws.targets[:n], engine.gradient(ws, 0, n, Y.shape[1]))
+            loss_and_gradient(loss, engine.network_output(net, ws, n), ws.targets[:n], None,
+                              float(n), engine.gradient(ws, 0, n, Y.shape[1]))
         elif part == BACKWARD or part == REDRAW:
             # the walk's ping-pong buffers as the backward pass sees them at layer l
             current = (t.shape[0] - 1 - l) % 2
@@ -96,7 +96,7 @@ def repeat_part(net, ws, grads, opt, X, Y, index, loss, part, l, n, reps):
         elif part == UPDATE:
             optimizer_update(opt, net.params, grads[:n_params])
         else:
-            engine.train_step(net, ws, grads, X, Y, index, 0, n, loss, None)
+            engine.train_step(net, ws, grads, X, Y, None, index, 0, n, loss, None)
             optimizer_update(opt, net.params, grads[:n_params])
 
 
@@ -133,7 +133,7 @@ def session_for(network, optimizer, dropout, n_batches, activation="relu"):
                          dtype="float32", seed=0)
     trainer.fit(X, y, epochs=1, batch_size=batch, shuffle=False)  # compile
     session = trainer.backend.start_fit(trainer.model, opt, X, y[:, None].copy(), batch,
-                                        LOSS_CODES["bce"], dropout_key=trainer.dropout_key)
+                                        engine_loss(BCE), dropout_key=trainer.dropout_key)
     session.index = np.arange(X.shape[0])
     return trainer, session
 
@@ -198,9 +198,9 @@ def baseline_epoch(directory, trainer, session, batches):
     guard = network.guard_for(net)
     index = session.index[:batches * batch]
     losses, sizes = np.zeros(batches), np.zeros(batches, np.int64)
-    kind = loss.ENGINE_LOSSES[LOSS_CODES["bce"]]
-    return lambda: network.train_epoch(net, ws, grads, opt, session.X, session.Y, index, batch,
-                                       True, losses, sizes, kind, guard, None)
+    kind = loss.engine_loss(loss.BCE)
+    return lambda: network.train_epoch(net, ws, grads, opt, session.X, session.Y, None, index,
+                                       batch, True, losses, sizes, kind, guard, None)
 
 
 def this_epoch(session, batches):
@@ -209,8 +209,8 @@ def this_epoch(session, batches):
     batch = s.ws.targets.shape[0]
     index = s.index[:batches * batch]
     losses, sizes = np.zeros(batches), np.zeros(batches, np.int64)
-    return lambda: engine.train_epoch(s.net, s.ws, s.grads, s.opt, s.X, s.Y, index, batch, True,
-                                      losses, sizes, s.loss, s.guard, None)
+    return lambda: engine.train_epoch(s.net, s.ws, s.grads, s.opt, s.X, s.Y, None, index, batch,
+                                      True, losses, sizes, s.loss, s.guard, None)
 
 
 def compare(network, optimizer, rounds, dropout, directory, short=8, long=40):

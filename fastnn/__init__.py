@@ -1,5 +1,6 @@
 """fastnn: Numba-accelerated training of dense networks with batch
-normalization and binary cross-entropy, one API for the CPU and the GPU.
+normalization, for classification and regression, one API for the CPU and
+the GPU.
 
     import fastnn as fn
     model = fn.Sequential(fn.Dense(30, 64), fn.BatchNorm(64), fn.ReLU(), fn.Dense(64, 1), seed=0)
@@ -51,7 +52,7 @@ if TYPE_CHECKING:  # the public names, as tools that read the source (the API re
     from .core.io import load, save
     from .core.layers import (
         GELU, BatchNorm, Dense, Dropout, LeakyReLU, ReLU, Sequential, Sigmoid, SiLU, Tanh,
-        from_torch,
+        from_torch, standardization,
     )
     from .core.many import fit_many
     from .core.optim import SGD, Adam, AdamW, Optimizer, RMSprop
@@ -68,7 +69,8 @@ _EXPORTS = {
     "Sequential": "core.layers", "Dense": "core.layers", "BatchNorm": "core.layers",
     "ReLU": "core.layers", "Sigmoid": "core.layers", "Tanh": "core.layers",
     "LeakyReLU": "core.layers", "GELU": "core.layers", "SiLU": "core.layers",
-    "Dropout": "core.layers", "from_torch": "core.layers", "mlp": "core.builders",
+    "Dropout": "core.layers", "from_torch": "core.layers", "standardization": "core.layers",
+    "mlp": "core.builders",
     "Trainer": "core.trainer",
     "SGD": "core.optim", "RMSprop": "core.optim", "Adam": "core.optim", "AdamW": "core.optim",
     "Optimizer": "core.optim", "Callback": "core.callbacks", "EarlyStopping": "core.callbacks",
@@ -81,7 +83,8 @@ _SUBMODULES = ("ops", "core", "kernels")
 __all__ = ["Sequential", "Dense", "BatchNorm", "ReLU", "Sigmoid", "Tanh", "LeakyReLU", "GELU",
            "SiLU", "Dropout", "mlp", "Trainer", "SGD",
            "RMSprop", "Adam", "AdamW", "Optimizer", "Callback", "EarlyStopping", "StepDecay",
-           "CosineDecay", "ReduceLROnPlateau", "save", "load", "from_torch", "ops", "fit_many",
+           "CosineDecay", "ReduceLROnPlateau", "save", "load", "standardization", "from_torch",
+           "ops", "fit_many",
            "ThreadContentionWarning", "__version__"]
 
 

@@ -1,5 +1,6 @@
-"""``fastnn train``, ``fastnn predict`` and ``fastnn info``: training on a
-CSV/.npz file, predicting with a saved model, and describing a model file.
+"""``fastnn train``, ``fastnn predict`` and ``fastnn info``: training a
+classifier or a regressor on a CSV/.npz file, predicting with a saved model,
+and describing a model file.
 
 Every error the user can cause (missing file, unknown column, non-numeric
 data, a bad option value...) is one line on stderr, ``fastnn CMD: error:
@@ -30,10 +31,12 @@ from .core.config import DEVICES
 #: this module imports only the standard library)
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "gelu", "gelu_tanh", "silu")
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam")
+TASKS = ("classification", "regression")  # what fastnn.data.target_task answers
+REGRESSION_LOSSES = ("mse", "l1", "huber")
 READERS = ("auto", "pyarrow", "pandas", "numpy")
 EXIT_ERROR = 2
 EXIT_TRAINING_FAILED = 1  # training diverged (FloatingPointError)
-MAX_CLASSES = 1000  # a --multiclass target with more distinct values is refused
+MAX_CLASSES = 1000  # a classification target with more distinct values is refused
 
 
 class UsageError(Exception):
@@ -103,26 +106,49 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser(
-        "train", help="train a classifier on a CSV or .npz file and save it",
-        description="Train a dense network (Dense [BatchNorm] activation blocks and a "
-                    "classification head) on a CSV file (header row, numeric feature columns, "
-                    "a target column with two distinct values such as 0/1 or yes/no) or a .npz "
-                    "file (arrays X and y). Prints one line per epoch and a summary, and saves "
-                    "the model, the feature standardization and the class labels to one file.",
+        "train", help="train a classifier or a regressor on a CSV or .npz file and save it",
+        description="Train a dense network (Dense [BatchNorm] activation blocks and a head) on "
+                    "a CSV file (header row, numeric feature columns, a target column) or a "
+                    ".npz file (arrays X and y): a classifier for a target of class labels "
+                    "(sigmoid head for two classes, softmax for more), a regressor for a "
+                    "numeric quantity (linear head). The task follows the target: strings, "
+                    "booleans and whole numbers with at most 10 distinct values are class "
+                    "labels; numbers with a fractional part, and whole numbers with at least "
+                    "50 distinct values, are quantities; between 10 and 50 whole numbers, "
+                    "--task decides. Prints one line per epoch and a summary, and saves the "
+                    "whole model to one file: the network, the feature standardization, the "
+                    "loss and the class labels or the target's standardization.",
         epilog="Example: fastnn train data.csv --target label --hidden 64,64 --epochs 20 "
                "--early-stopping 3 --out model.npz")
     train.add_argument("data", metavar="DATA",
                        help="training data: .csv with a header row, or .npz with arrays X "
                             "(rows x features) and y (labels)")
     train.add_argument("--target", metavar="COLUMN",
-                       help="the label column of a CSV file (required for CSV); for .npz the "
-                            "name of the label array (default y). Labels may be numbers or "
-                            "strings; any two distinct values are mapped to 0/1 (in sorted "
-                            "order) and recorded in the model file")
+                       help="the target column of a CSV file (required for CSV); for .npz the "
+                            "name of the target array (default y). Class labels may be numbers "
+                            "or strings; they are mapped to class codes in sorted order and "
+                            "recorded in the model file")
+    train.add_argument("--task", choices=("auto",) + TASKS, default="auto",
+                       help="classification or regression; auto (the default) decides from "
+                            "the target as described above")
     train.add_argument("--multiclass", action="store_true",
-                       help="allow a target with more than two distinct values: a softmax "
-                            "head with one output per class and cross-entropy loss (two "
-                            "classes still use the sigmoid head)")
+                       help="the same as --task classification (no longer needed for more "
+                            "than two classes: class labels get a softmax head when there are "
+                            "more than two)")
+    train.add_argument("--loss", choices=REGRESSION_LOSSES,
+                       help="a regressor's loss: mse (mean squared error, the default), l1 "
+                            "(mean absolute error) or huber (see --huber-delta); a classifier's "
+                            "follows its classes (bce for two, cross_entropy for more)")
+    train.add_argument("--huber-delta", type=_float_in(0.0, low_open=True, what="> 0"),
+                       metavar="X",
+                       help="the huber loss's threshold between its quadratic and linear "
+                            "parts, in standard deviations of the target when it is "
+                            "standardized (default 1.0)")
+    train.add_argument("--no-standardize-target", dest="standardize_target",
+                       action="store_false",
+                       help="a regressor trains on the target as it is (default: standardized "
+                            "with the training rows' mean and standard deviation, saved with "
+                            "the model, so that predictions come back in the target's units)")
     train.add_argument("--hidden", type=_widths, default=[64, 64], metavar="W1,W2,...",
                        help="hidden layer widths, comma-separated (default 64,64; 'none' for "
                             "no hidden layer: logistic regression)")
@@ -187,11 +213,14 @@ def build_parser():
     _add_csv_reader(train)
 
     predict = sub.add_parser(
-        "predict", help="predict labels for a CSV, .npz or .npy file with a saved model",
-        description="Predict with a model saved by fastnn train. DATA gets the model's "
-                    "preprocessing; CSV feature columns are selected by name (a target column "
-                    "in DATA is ignored). Writes a CSV whose last column, prediction, holds the "
-                    "original label values.",
+        "predict", help="predict labels or values for a CSV, .npz or .npy file with a saved "
+                        "model",
+        description="Predict with a saved model (fastnn train, fn.save, an estimator's "
+                    "model_). DATA gets the model's preprocessing; CSV feature columns are "
+                    "selected by name (a target column in DATA is ignored). Writes a CSV whose "
+                    "last column, prediction, holds the original label values of a classifier "
+                    "or the predicted values of a regressor, in the target's units "
+                    "(prediction_0, prediction_1, ... for several outputs).",
         epilog="Example: fastnn predict model.npz new.csv --proba --out preds.csv")
     predict.add_argument("model", metavar="MODEL", help="a model file written by fastnn train")
     predict.add_argument("data", metavar="DATA",
@@ -203,15 +232,16 @@ def build_parser():
     predict.add_argument("--proba", action="store_true",
                          help="add probability columns before prediction: one, probability = "
                               "P(second class), for a two-class model; one per class, "
-                              "probability_<class>, for a multiclass model")
+                              "probability_<class>, for a multiclass model (classifiers only)")
     predict.add_argument("--device", choices=DEVICES, default="cpu",
                          help="where to run the network: cpu, cuda, numpy or auto (default cpu)")
     _add_csv_reader(predict)
 
     info = sub.add_parser(
         "info", help="describe a saved model: architecture, parameters, training metadata",
-        description="Print a model file's architecture, parameter count, classes, whether "
-                    "preprocessing is stored, and the metadata fastnn train recorded.")
+        description="Print a model file's architecture, parameter count, task (classifier "
+                    "or regressor, its head and loss), classes or target standardization, "
+                    "whether preprocessing is stored, and the metadata fastnn train recorded.")
     info.add_argument("model", metavar="MODEL", help="a model file written by fastnn train or "
                                                       "fastnn.save")
     info.add_argument("--json", action="store_true", help="print everything as one JSON object")
@@ -367,7 +397,7 @@ def _train(args):
     import numpy as np
 
     from .core.callbacks import ProgressDisplay
-    from .data import encode_labels, file_kind, standardize_stats
+    from .data import encode_labels, file_kind
 
     command = "train"
     kind = file_kind(args.data)
@@ -399,23 +429,40 @@ def _train(args):
     start = time.perf_counter()
     X, y, names, kind, engine = _read(command, args.data, target, args.csv_reader)
     load_s = time.perf_counter() - start
-    codes, classes = encode_labels(y)
-    k = len(classes)
-    what = "target column" if kind == "csv" else "label array"
+    what = "target column" if kind == "csv" else "target array"
     source = f"{engine} reader" if kind == "csv" else f".{kind} file"
-    if k < 2:
-        raise UsageError(f"{what} {target!r} has a single distinct value "
-                         f"({_fmt_label(classes[0])}); a classifier needs two")
-    if k > MAX_CLASSES and args.multiclass:
-        raise UsageError(f"{what} {target!r} has {k:,} distinct values: too many classes (at "
-                         f"most {MAX_CLASSES}); is it really a class label?")
-    if k > 2 and not args.multiclass:
-        raise UsageError(f"{what} {target!r} has {k} distinct values; use --multiclass for "
-                         f"more than two classes")
+    task, reason = _task(args, y, f"{what} {target!r}")
     n, d = X.shape
-    _say(f"read {args.data}: {n:,} rows, {d} features, target {target!r} with {k} classes "
-         f"({', '.join(_fmt_label(c) for c in classes[:10])}{', ...' if k > 10 else ''}), "
-         f"in {load_s:.2f} s ({source})")
+    if task == "classification":
+        codes, classes = encode_labels(y)
+        k = len(classes)
+        if k < 2:
+            raise UsageError(f"{what} {target!r} has a single distinct value "
+                             f"({_fmt_label(classes[0])}); a classifier needs two")
+        if k > MAX_CLASSES:
+            raise UsageError(f"{what} {target!r} has {k:,} distinct values: too many classes "
+                             f"(at most {MAX_CLASSES}); is it really a class label? (--task "
+                             f"regression trains a regressor)")
+        if args.loss is not None or args.huber_delta is not None:
+            raise UsageError(f"--loss and --huber-delta are a regressor's; {what} {target!r} "
+                             f"holds class labels ({reason}), whose loss follows the classes "
+                             f"(or pass --task regression)")
+        found = (f"{k} classes ({', '.join(_fmt_label(c) for c in classes[:10])}"
+                 f"{', ...' if k > 10 else ''})")
+    else:
+        if y.dtype.kind not in "iuf":
+            raise UsageError(f"{what} {target!r} holds non-numeric values; a regressor needs "
+                             f"numbers")
+        values = y.astype(np.float64)
+        if np.unique(values).size < 2:
+            raise UsageError(f"{what} {target!r} has a single distinct value ({values[0]:g}); "
+                             f"there is nothing to regress")
+        loss = args.loss or "mse"
+        if args.huber_delta is not None and loss != "huber":
+            raise UsageError("--huber-delta goes with --loss huber")
+        found = f"values in [{values.min():g}, {values.max():g}]"
+    _say(f"read {args.data}: {n:,} rows, {d} features, target {target!r} with {found}, in "
+         f"{load_s:.2f} s ({source}); {task} ({reason})")
 
     # seeded shuffle; the last fraction is the validation set
     rng = np.random.default_rng(args.seed)
@@ -429,35 +476,38 @@ def _train(args):
         raise UsageError(f"only {n_train} training row(s) left after --validation-split "
                          f"{args.validation_split} of {n} rows")
     train_idx, val_idx = order[:n_train], order[n_train:]
-    dtype = np.dtype(args.dtype)
-    Xt, yt_codes = X[train_idx], codes[train_idx]
-    Xv, yv_codes = X[val_idx], codes[val_idx]
+    Xt, Xv = X[train_idx], X[val_idx]
     del X
-    mean = scale = None
-    if args.standardize:
-        mean, scale = standardize_stats(Xt)
-        Xt -= mean
-        Xt /= scale
-        Xv -= mean
-        Xv /= scale
-    _check_float32_range(args, Xt, Xv)
-    Xt = np.ascontiguousarray(Xt, dtype=dtype)
-    Xv = np.ascontiguousarray(Xv, dtype=dtype)
-    binary = k == 2
-    loss = "bce" if binary else "cross_entropy"
-    yt = yt_codes.astype(dtype) if binary else yt_codes
-    yv = yv_codes.astype(dtype) if binary else yv_codes
+    # the model is a whole model: the feature standardization (and a regressor's target
+    # scaling) are part of it, applied by the Trainer in training and in prediction alike
+    preprocessing = fn.standardization(Xt) if args.standardize else None
+    _check_float32_range(args, preprocessing, Xt, Xv)
+    if task == "classification":
+        binary = k == 2
+        loss = "bce" if binary else "cross_entropy"
+        n_out = 1 if binary else k
+        yt, yv = codes[train_idx], codes[val_idx]
+        if binary:
+            yt, yv = yt.astype(args.dtype), yv.astype(args.dtype)
+    else:
+        n_out = 1
+        yt, yv = values[train_idx], values[val_idx]
     val = (Xv, yv) if n_val else None
 
     lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else 1e-2)
     distributed = args.distributed == "mpi"
-    model = fn.mlp(d, args.hidden, 1 if binary else k, batchnorm=args.batchnorm,
-                   activation=args.activation, sync=distributed, seed=args.seed,
-                   dropout=args.dropout)
+    model = fn.mlp(d, args.hidden, n_out, batchnorm=args.batchnorm, activation=args.activation,
+                   sync=distributed, seed=args.seed, dropout=args.dropout)
+    model.preprocessing = preprocessing
+    if task == "classification":
+        model.classes = classes
+    elif args.standardize_target:
+        model.target_scaling = fn.standardization(yt)
     # the Trainer decides the device (--device auto: the one predicted faster for this fit)
     trainer = fn.Trainer(model, optimizer=_make_optimizer(args.optimizer, lr, args.weight_decay),
                          loss=loss, device=args.device, dtype=args.dtype, seed=args.seed,
-                         distributed="mpi" if distributed else None)
+                         distributed="mpi" if distributed else None,
+                         huber_delta=args.huber_delta if loss == "huber" else None)
     _RANK[0] = trainer.rank
     if distributed:
         _say(f"data-parallel over {trainer.size} MPI ranks")
@@ -467,10 +517,14 @@ def _train(args):
     jit_s = trainer.precompile(Xt, yt, validation_data=val, progress=trainer.rank == 0,
                                batch_size=args.batch_size, epochs=args.epochs)
     described = trainer.backend.describe()
+    scaled = [name for name, on in (("features", args.standardize),
+                                    ("target", task == "regression" and args.standardize_target))
+              if on]
     _say(f"training on {n_train:,} rows, validating on {n_val:,}; {described}, {args.dtype}, "
          f"{args.optimizer} lr {lr:g}, batch {args.batch_size}"
-         f"{', standardized features' if args.standardize else ''}")
-    _say(f"model: {_describe_layers(model)} ({model.n_params:,} parameters, loss {loss})")
+         f"{', standardized ' + ' and '.join(scaled) if scaled else ''}")
+    delta = f" (delta {trainer.huber_delta:g})" if loss == "huber" else ""
+    _say(f"model: {_describe_layers(model)} ({model.n_params:,} parameters, loss {loss}{delta})")
 
     # one fit: validation, early stopping (which puts the best epoch's weights back),
     # checkpoints and the epoch lines (with a bar on a terminal) are callbacks of fit
@@ -498,19 +552,18 @@ def _train(args):
         best_epoch = None
     metrics = {"loss": history["loss"][best_epoch - 1 if stopper is not None and
                                        best_epoch is not None else -1]}
+    score = "accuracy" if task == "classification" else "r2"
     if val is not None:
         scores = trainer.evaluate(Xv, yv)
-        metrics.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
+        metrics.update({"val_loss": scores["loss"], f"val_{score}": scores[score]})
     else:
-        metrics["train_accuracy"] = trainer.evaluate(Xt, yt)["accuracy"]
+        metrics[f"train_{score}"] = trainer.evaluate(Xt, yt)[score]
 
-    model.classes = classes
-    if args.standardize:
-        model.preprocessing = {"mean": mean, "scale": scale}
     model.metadata = {
         "data": os.path.basename(args.data), "format": kind, "rows": n, "train_rows": n_train,
         "validation_rows": n_val, "columns": names, "target": target, "task":
-        "binary" if binary else "multiclass", "loss": loss, "hidden": args.hidden,
+        ("binary" if binary else "multiclass") if task == "classification" else "regression",
+        "loss": loss, "hidden": args.hidden,
         "batchnorm": args.batchnorm, "activation": args.activation, "dropout": args.dropout,
         "standardize": args.standardize, "optimizer": args.optimizer, "lr": lr,
         "weight_decay": args.weight_decay, "batch_size": args.batch_size,
@@ -522,6 +575,8 @@ def _train(args):
         "train_seconds": round(train_s, 3), "fastnn_version": fn.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    if task == "regression":
+        model.metadata["standardize_target"] = args.standardize_target
     if trainer.rank == 0:
         fn.save(model, args.out)
 
@@ -533,10 +588,11 @@ def _train(args):
         best = f"best epoch {best_epoch} by val_loss (weights of the last epoch kept)"
     else:
         best = f"{epochs_run} epochs, no validation"
+    shown = "accuracy" if task == "classification" else "R^2"
     if val is not None:
-        final = f"validation loss {metrics['val_loss']:.4f}, accuracy {metrics['val_accuracy']:.4f}"
+        final = f"validation loss {metrics['val_loss']:.4f}, {shown} {metrics[f'val_{score}']:.4f}"
     else:
-        final = f"training loss {metrics['loss']:.4f}, accuracy {metrics['train_accuracy']:.4f}"
+        final = f"training loss {metrics['loss']:.4f}, {shown} {metrics[f'train_{score}']:.4f}"
     _say(f"summary: loaded {n:,} rows in {load_s:.2f} s ({source}), trained in "
          f"{train_s:.2f} s ({epochs_run} epoch{'s' if epochs_run != 1 else ''}, "
          f"{n_train * epochs_run / max(sum(history['time']), 1e-12):,.0f} samples/s; kernels "
@@ -544,13 +600,41 @@ def _train(args):
     _say(f"model saved to {args.out}")
 
 
-def _check_float32_range(args, Xt, Xv):
-    """The float32 input limit of Trainer.fit, worded for the command line."""
+def _task(args, y, what):
+    """(task, reason): --task (or --multiclass) when given, else what the
+    target's values call for (fastnn.data.target_task)."""
+    from .data import target_task
+
+    if args.multiclass and args.task == "regression":
+        raise UsageError("--multiclass means --task classification; it contradicts --task "
+                         "regression")
+    if args.multiclass or args.task == "classification":
+        return "classification", "--task classification"
+    if args.task == "regression":
+        return "regression", "--task regression"
+    try:
+        return target_task(y, what)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _check_float32_range(args, preprocessing, Xt, Xv):
+    """The float32 input limit of Trainer.fit, worded for the command line,
+    on the features as the network will see them (standardized or not)."""
+    import numpy as np
+
     from .core.validation import FLOAT32_INPUT_LIMIT, max_abs
 
     if args.dtype != "float32":
         return
-    largest = max(max_abs(X) for X in (Xt, Xv) if X.size)
+    parts = [X for X in (Xt, Xv) if X.size]
+    if preprocessing is None:
+        largest = max(max_abs(X) for X in parts)
+    else:  # the largest standardized value, from each column's extremes
+        low = np.min([X.min(axis=0) for X in parts], axis=0)
+        high = np.max([X.max(axis=0) for X in parts], axis=0)
+        mean, scale = preprocessing["mean"], preprocessing["scale"]
+        largest = float(np.max(np.maximum(np.abs(low - mean), np.abs(high - mean)) / scale))
     if largest > FLOAT32_INPUT_LIMIT:
         fix = ("drop --no-standardize or use --dtype float64" if not args.standardize
                else "use --dtype float64")
@@ -588,41 +672,43 @@ def _predict(args):
         raise UsageError(f"{args.data}: {X.shape[1]} feature columns, the model takes "
                          f"{model.in_features}")
     out_k = model.out_features
-    loss = meta.get("loss") or ("bce" if out_k == 1 else "cross_entropy")
+    # a model saved without its loss (fn.save of a model that never trained) predicts as a
+    # classifier: one sigmoid output, or a softmax over several
+    loss = model.loss or ("bce" if out_k == 1 else "cross_entropy")
+    regression = loss in REGRESSION_LOSSES
     if loss == "bce" and out_k != 1:
         raise UsageError(f"{args.model}: a multi-label model ({out_k} sigmoid outputs) is not "
                          f"supported by fastnn predict")
-    trainer = fn.Trainer(model, loss=loss, device=args.device, dtype=model.dtype)
-    if model.preprocessing is not None:  # model.preprocess(X), in place: X is ours
-        X -= model.preprocessing["mean"]
-        X /= model.preprocessing["scale"]
-    proba = trainer.predict_proba(X.astype(model.dtype, copy=False))
-    if loss == "bce":
-        codes = (proba >= 0.5).astype(np.int64)
-        shown = proba[:, None]  # P(second class)
-    else:
-        codes = np.argmax(proba, axis=1)
-        shown = proba  # one column per class
+    if regression and args.proba:
+        raise UsageError(f"--proba: {args.model} is a regressor (loss {loss}), which predicts "
+                         f"values, not probabilities")
     classes = model.classes
     if classes is not None and len(classes) != (2 if loss == "bce" else out_k):
         raise UsageError(f"{args.model}: {len(classes)} class labels stored for a model with "
                          f"{out_k} output(s)")
-    labels = [str(c) for c in classes] if classes is not None else None
-
-    names = labels if labels is not None else [str(i) for i in range(max(2, out_k))]
-    texts = np.array(names, dtype=object)[codes]
+    # the Trainer applies the model's preprocessing, head, classes or target scaling
+    trainer = fn.Trainer(model, loss=loss, device=args.device, dtype=model.dtype)
+    if regression:
+        values = trainer.predict(X).reshape(X.shape[0], -1)
+        header = ["prediction"] if out_k == 1 else [f"prediction_{j}" for j in range(out_k)]
+        rows = [[f"{v:.10g}" for v in row] for row in values.tolist()]
+    else:
+        proba = trainer.predict_proba(X)
+        shown = proba[:, None] if loss == "bce" else proba  # P(second class), or per class
+        codes = (proba >= 0.5).astype(np.int64) if loss == "bce" else np.argmax(proba, axis=1)
+        names = ([str(c) for c in classes] if classes is not None
+                 else [str(i) for i in range(max(2, out_k))])
+        texts = np.array(names, dtype=object)[codes]
+        header, rows = ["prediction"], [[t] for t in texts]
+        if args.proba:
+            header = (["probability"] if loss == "bce" else
+                      [f"probability_{name}" for name in names]) + header
+            rows = [[f"{p:.6g}" for p in row] + [t] for row, t in zip(shown.tolist(), texts)]
 
     def write(handle):
         writer = csv.writer(handle, lineterminator="\n")
-        if not args.proba:
-            writer.writerow(["prediction"])
-            writer.writerows((t,) for t in texts)
-        else:
-            header = (["probability"] if loss == "bce" else
-                      [f"probability_{name}" for name in names])
-            writer.writerow(header + ["prediction"])
-            writer.writerows([f"{p:.6g}" for p in row] + [t]
-                             for row, t in zip(shown.tolist(), texts))
+        writer.writerow(header)
+        writer.writerows(rows)
         handle.flush()
 
     if args.out:
@@ -630,7 +716,7 @@ def _predict(args):
     else:
         write(sys.stdout)
     if args.out:
-        _say(f"wrote {len(codes):,} predictions to {args.out}")
+        _say(f"wrote {X.shape[0]:,} predictions to {args.out}")
 
 
 def _feature_columns(model_path, columns, n_features):
@@ -659,15 +745,20 @@ def _info(args):
         layers.append({"index": i, "layer": repr(layer), "parameters": params})
     meta = model.metadata or {}
     out_k = model.out_features
-    loss = meta.get("loss") or ("bce" if out_k == 1 else "cross_entropy")
-    pre = model.preprocessing
+    loss = model.loss or ("bce" if out_k == 1 else "cross_entropy")
+    pre, scaling = model.preprocessing, model.target_scaling
+    regression = loss in REGRESSION_LOSSES
     report = {
         "file": args.model, "architecture": model.config(), "layers": layers,
         "parameters": int(model.n_params), "dtype": np.dtype(model.dtype).name,
-        "inputs": int(model.in_features), "outputs": int(out_k), "loss": loss,
+        "inputs": int(model.in_features), "outputs": int(out_k),
+        "task": "regression" if regression else "classification", "loss": loss,
+        "loss_stored": model.loss is not None, "huber_delta": model.huber_delta,
         "classes": model.classes,
         "preprocessing": None if pre is None else {"kind": "standardize",
                                                    "features": int(np.size(pre["mean"]))},
+        "target_scaling": None if scaling is None else {
+            "mean": scaling["mean"].tolist(), "scale": scaling["scale"].tolist()},
         "metadata": meta,
     }
     if args.json:
@@ -678,11 +769,27 @@ def _info(args):
     for entry in layers:
         _say(f"  {entry['index']:2d}  {entry['layer']:<44s} {entry['parameters']:>10,} parameters")
     _say(f"parameters: {model.n_params:,} ({report['dtype']})")
-    task = ("binary classification (sigmoid output, bce loss)" if loss == "bce" and out_k == 1
-            else f"{out_k}-class classification (softmax output, cross-entropy loss)"
-            if loss == "cross_entropy" else f"{out_k} sigmoid outputs (bce loss)")
+    if regression:
+        delta = f", delta {model.huber_delta:g}" if loss == "huber" else ""
+        task = (f"regression ({out_k} output{'s' if out_k > 1 else ''}, linear output, "
+                f"{loss} loss{delta})")
+    elif loss == "bce":
+        task = ("binary classification (sigmoid output, bce loss)" if out_k == 1
+                else f"{out_k} sigmoid outputs (bce loss)")
+    else:
+        task = f"{out_k}-class classification (softmax output, cross-entropy loss)"
+    if model.loss is None:
+        task += " (no loss stored: taken from the outputs)"
     _say(f"inputs: {model.in_features} features; task: {task}")
-    if model.classes is None:
+    if regression:
+        if scaling is None:
+            _say("target: used as it is (predictions are the network's outputs)")
+        else:
+            _say("target: standardized in training (mean "
+                 f"{', '.join(f'{m:.6g}' for m in scaling['mean'])}, scale "
+                 f"{', '.join(f'{m:.6g}' for m in scaling['scale'])}); predictions are in "
+                 f"the target's units")
+    elif model.classes is None:
         _say("classes: not stored (predictions are class codes 0..k-1)")
     else:
         _say(f"classes: {', '.join(_fmt_label(c) for c in model.classes)}")

@@ -94,25 +94,46 @@ def encode_labels(y):
     return codes.reshape(-1).astype(np.int64), classes
 
 
-def standardize_stats(X):
-    """Per-column mean and scale for ``(X - mean) / scale``.
+#: how ``target_task`` reads a numeric target of whole numbers by its count of
+#: distinct values: at most CLASS_LIKE is a class label, at least QUANTITY_LIKE a
+#: quantity, in between it asks
+CLASS_LIKE, QUANTITY_LIKE = 10, 50
 
-    ``scale`` is the (population) standard deviation, and 1.0 where it is 0
-    (or below rounding noise: 1e-12 relative to the column's magnitude), so
-    a constant column maps to 0 instead of dividing by zero.
+
+def target_task(y, what="target"):
+    """Whether a target column calls for a classifier or a regressor.
+
+    - strings or booleans: classification;
+    - numbers with a fractional part: regression;
+    - whole numbers: classification with at most ``CLASS_LIKE`` (10)
+      distinct values (labels such as 0/1, 1..5, digit codes), regression
+      with at least ``QUANTITY_LIKE`` (50) (counts, prices, ages); in
+      between the column could be either, and ValueError asks for the task.
+
+    Parameters
+    ----------
+    y : array (n,) of raw target values (as ``read_table`` returns them)
+    what : str, how the error names the column
 
     Returns
     -------
-    mean, scale : ndarray (n_features,) float64
+    (task, reason) : task 'classification' or 'regression', reason a short
+        phrase for a note
     """
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2 or X.shape[0] == 0:
-        raise ValueError(f"X must be a non-empty 2-D array, got shape {X.shape}")
-    mean = X.mean(axis=0)
-    std = X.std(axis=0)
-    negligible = std <= 1e-12 * np.maximum(np.abs(mean), 1.0)
-    scale = np.where(negligible, 1.0, std)
-    return mean, scale
+    y = np.asarray(y)
+    if y.dtype.kind not in "iuf":
+        return "classification", "its values are not numbers"
+    if not np.isfinite(y).all():
+        raise ValueError(f"{what} must not contain NaN or inf")
+    if (y != np.round(y)).any():
+        return "regression", "it holds numbers with a fractional part"
+    distinct = np.unique(y).size
+    if distinct <= CLASS_LIKE:
+        return "classification", f"it holds {distinct} distinct whole numbers"
+    if distinct >= QUANTITY_LIKE:
+        return "regression", f"it holds {distinct} distinct whole numbers"
+    raise ValueError(f"{what} holds {distinct} distinct whole numbers: class labels or a "
+                     f"quantity? pass --task classification or --task regression")
 
 
 def available_engines():

@@ -9,13 +9,14 @@ import numpy as np
 
 from fastnn.kernels import optim as kopt
 from fastnn.kernels.activations import ACTIVATION_CODES, FROM_INPUT
+from fastnn.kernels.loss import BCE, CROSS_ENTROPY, HUBER, L1, MSE, engine_loss
 
 from .core import validation as v
 from .core.backends import get_backend
 from .core.device import choose_device
 
 __all__ = ["batchnorm_forward", "batchnorm_backward", "bce", "bce_with_logits", "cross_entropy",
-           "sgd_step",
+           "mse_loss", "l1_loss", "huber_loss", "sgd_step",
            "dense_forward", "dense_backward", "activation_forward", "activation_backward",
            "dropout_forward", "dropout_backward"]
 
@@ -39,14 +40,27 @@ def _like(a, name, shape, dtype):
     return a
 
 
-def _pair(z, y, zname):
+def _pair(z, y, zname, labels=True):
     z = v.as_float_array(z, zname, ndim=(1, 2))
     y = v.as_float_array(y, "y", dtype=z.dtype, ndim=(1, 2))
     if y.shape != z.shape:
         raise ValueError(f"y must have the shape of {zname}, {z.shape}, got {y.shape}")
-    if not v.is_device_array(y) and (y.min() < 0 or y.max() > 1):
+    if labels and not v.is_device_array(y) and (y.min() < 0 or y.max() > 1):
         raise ValueError(f"y must hold labels in [0, 1], got values in [{y.min()}, {y.max()}]")
     return z, y
+
+
+def _elementwise_loss(code, z, y, sample_weight, backend, zname, labels=False, delta=1.0):
+    """A loss averaged over the elements of each row, on z and y of one
+    shape ((n,) or (n, k)); returns (loss, d loss / d z in z's shape)."""
+    z, y = _pair(z, y, zname, labels)
+    n = z.shape[0]
+    w = None if sample_weight is None else v.check_sample_weight(sample_weight, "sample_weight",
+                                                                 n)
+    shape, flat = z.shape, (n, z.size // n)
+    value, dz = _backend(backend).loss(engine_loss(code, delta), z.reshape(flat),
+                                       y.reshape(flat), w)
+    return value, dz.reshape(shape)
 
 
 def batchnorm_forward(x, gamma, beta, eps=1e-5, backend="cpu"):
@@ -121,49 +135,121 @@ def bce(z, y, backend="cpu"):
     return _backend(backend).bce(z.reshape(shape), y.reshape(shape))
 
 
-def bce_with_logits(logits, y, backend="cpu"):
+# The losses on a network's outputs. Without sample weights each is PyTorch's
+# loss with reduction='mean'; with weights w (batch,), the rows' losses l_i
+# are averaged with them, sum_i w_i l_i / sum_i w_i (scikit-learn's MLP
+# weighting), where l_i is the row's mean over its k elements (its loss over
+# the k classes for cross-entropy). The gradient is d loss / d z.
+
+def bce_with_logits(logits, y, sample_weight=None, backend="cpu"):
     """Binary cross-entropy on logits, computed without overflow.
 
     Parameters
     ----------
     logits : array (batch,) or (batch, k)
     y : array, logits' shape, targets in [0, 1]
+    sample_weight : array (batch,) of weights >= 0 with a positive sum, or None
 
     Returns
     -------
     loss : float
         mean over all elements of max(z, 0) - z y + log(1 + exp(-|z|))
+        (each row's mean weighted by its sample weight)
     dlogits : ndarray, logits' shape and dtype
-        (sigmoid(z) - y) / logits.size
+        (sigmoid(z) - y) / logits.size (times batch * w_i / sum(w) with weights)
     """
-    z, y = _pair(logits, y, "logits")
-    shape, flat = z.shape, (z.shape[0], z.size // z.shape[0])
-    value, dz = _backend(backend).bce_with_logits(z.reshape(flat), y.reshape(flat))
-    return value, dz.reshape(shape)
+    return _elementwise_loss(BCE, logits, y, sample_weight, backend, "logits", labels=True)
 
 
-def cross_entropy(logits, y, backend="cpu"):
+def cross_entropy(logits, y, sample_weight=None, backend="cpu"):
     """Softmax cross-entropy on logits (torch.nn.functional.cross_entropy).
 
     Parameters
     ----------
     logits : array (batch, k), k >= 2
     y : array (batch,) of integer class labels in [0, k)
+    sample_weight : array (batch,) of weights >= 0 with a positive sum, or None
 
     Returns
     -------
     loss : float
-        mean over the batch of logsumexp(z) - z[label]
+        mean over the batch of logsumexp(z) - z[label] (weighted by the
+        sample weights)
     dlogits : ndarray (batch, k), logits' dtype
-        (softmax(z) - one_hot(y)) / batch
+        (softmax(z) - one_hot(y)) / batch (times batch * w_i / sum(w) with weights)
     """
     z = v.as_float_array(logits, "logits", ndim=2)
     if z.shape[1] < 2:
         raise ValueError(f"logits must have at least 2 columns (classes), got shape {z.shape}")
     labels = v.check_class_labels(y, "y", z.shape[0], z.shape[1])
+    w = None if sample_weight is None else v.check_sample_weight(sample_weight, "sample_weight",
+                                                                 z.shape[0])
     one_hot = np.zeros(z.shape, z.dtype)
     one_hot[np.arange(z.shape[0]), labels] = 1
-    return _backend(backend).cross_entropy(z, one_hot)
+    return _backend(backend).loss(engine_loss(CROSS_ENTROPY), z, one_hot, w)
+
+
+def mse_loss(z, y, sample_weight=None, backend="cpu"):
+    """Mean squared error (torch.nn.functional.mse_loss).
+
+    Parameters
+    ----------
+    z : array (batch,) or (batch, k), the network's outputs
+    y : array, z's shape, the targets
+    sample_weight : array (batch,) of weights >= 0 with a positive sum, or None
+
+    Returns
+    -------
+    loss : float
+        mean of (z - y)^2 over all elements (each row's mean weighted by its
+        sample weight)
+    dz : ndarray, z's shape and dtype
+        2 (z - y) / z.size (times batch * w_i / sum(w) with weights)
+    """
+    return _elementwise_loss(MSE, z, y, sample_weight, backend, "z")
+
+
+def l1_loss(z, y, sample_weight=None, backend="cpu"):
+    """Mean absolute error (torch.nn.functional.l1_loss).
+
+    Parameters
+    ----------
+    z : array (batch,) or (batch, k), the network's outputs
+    y : array, z's shape, the targets
+    sample_weight : array (batch,) of weights >= 0 with a positive sum, or None
+
+    Returns
+    -------
+    loss : float
+        mean of |z - y| over all elements (each row's mean weighted by its
+        sample weight)
+    dz : ndarray, z's shape and dtype
+        sign(z - y) / z.size, 0 where z = y (times batch * w_i / sum(w) with weights)
+    """
+    return _elementwise_loss(L1, z, y, sample_weight, backend, "z")
+
+
+def huber_loss(z, y, delta=1.0, sample_weight=None, backend="cpu"):
+    """Huber loss (torch.nn.functional.huber_loss): quadratic within
+    ``delta`` of the target, linear beyond.
+
+    Parameters
+    ----------
+    z : array (batch,) or (batch, k), the network's outputs
+    y : array, z's shape, the targets
+    delta : float > 0
+    sample_weight : array (batch,) of weights >= 0 with a positive sum, or None
+
+    Returns
+    -------
+    loss : float
+        mean over all elements of (z - y)^2 / 2 where |z - y| < delta, else
+        delta (|z - y| - delta / 2) (each row's mean weighted by its sample weight)
+    dz : ndarray, z's shape and dtype
+        clip(z - y, -delta, delta) / z.size (times batch * w_i / sum(w) with weights)
+    """
+    delta = v.check_float(delta, "delta", low=0.0, low_inclusive=False)
+    return _elementwise_loss(HUBER, z, y, sample_weight, backend, "z", delta=delta)
 
 
 def sgd_step(w, grad, lr, backend="cpu"):

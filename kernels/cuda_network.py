@@ -5,9 +5,10 @@ Contract: the same flat description as network.py (layers table, params in
 state_dict order, buffers, counts) and the same optimizer layout (optim.py).
 ``CudaTrainingSession`` copies the model, the optimizer state and the whole
 training set to the GPU once, allocates every buffer once, and then trains
-each batch with one *plan* (kernels/cuda_graph.py): begin_step, gather,
-forward, loss, backward, gradient clipping, update, every argument fixed when
-the plan is built.
+each batch with one *plan* (kernels/cuda_graph.py): begin_step, gather (and,
+with sample weights, the batch's weights and their sum), forward, loss,
+backward, gradient clipping, update, every argument fixed when the plan is
+built.
 What changes from step to step (the batch cursor, the optimizer step count,
 BatchNorm's batches tracked, the hyper-parameters with the lr) lives in
 device memory, so a step is replayed as a CUDA graph where graphs are used
@@ -41,7 +42,7 @@ from .cuda_cublas import make_gemm
 from .cuda_gemm import NumbaGemm
 from .cuda_graph import DriverGraphs, StepRunner, begin_epoch, begin_step, run_plan, use_graphs
 from .dropout import keep_scale, keep_threshold
-from .loss import BCE
+from .loss import BCE, CROSS_ENTROPY, loss_code, loss_delta
 from .network import BATCHNORM, DENSE, DROPOUT
 
 
@@ -306,16 +307,20 @@ class CudaTrainingSession:
     norm ``clip_norm`` or to ``clip_value`` (0: not clipped).
     """
 
-    def __init__(self, model, optimizer, X, Y, batch, loss_kind, precision="exact",
-                 graphs="default", dropout_key=0, clip_norm=0.0, clip_value=0.0):
+    def __init__(self, model, optimizer, X, Y, batch, loss, precision="exact",
+                 graphs="default", weights=None, dropout_key=0, clip_norm=0.0, clip_value=0.0):
         self.model = model
-        self.loss_kind = loss_kind
+        self.loss = loss
         self.stream = stream = cuda.stream()
         self.dm = DeviceModel(model, stream)
         self.opt = DeviceOptimizer(optimizer, model.n_params, model.dtype, stream)
         self.X = cuda.to_device(X, stream=stream)
         self.Y = cuda.to_device(Y, stream=stream)
         self.ws = Workspace(self.dm, batch, Y.shape[1])
+        # the sample weights, and the batch's weights and their sum (none: empty)
+        self.W = None if weights is None else cuda.to_device(weights, stream=stream)
+        self.wb, self.weight_total = no_weights() if weights is None else (
+            empty(batch, np.float64), empty(1, np.float64))
         self.grads = empty(model.params.shape[0], model.dtype)
         self.losses = empty(math.ceil(X.shape[0] / batch), np.float64)
         self.index = cuda.device_array(X.shape[0], np.int64)
@@ -343,9 +348,13 @@ class CudaTrainingSession:
         plan.append((k.gather_rows[k.grid_1d(n * cols), k.THREADS, stream],
                      (self.X, self.Y, self.index, self.cursor, batch_size, n, ws.acts[0],
                       ws.yb)))
+        if self.W is not None:
+            plan.append((k.gather_weights[1, k.THREADS, stream],
+                         (self.W, self.index, self.cursor, batch_size, n, self.wb,
+                          self.weight_total)))
         forward(dm, ws, n, True, self.gemm, plan, stream, (self.dropout_key, self.opt.state.step))
-        plan.append(loss_and_gradient(self.loss_kind, ws.acts[-1], ws.yb, n, ws.grad(0, n_out),
-                                      self.losses, self.cursor, stream))
+        plan.append(loss_and_gradient(self.loss, ws.acts[-1], ws.yb, self.wb, self.weight_total,
+                                      n, ws.grad(0, n_out), self.losses, self.cursor, stream))
         backward(dm, ws, self.grads, n, self.gemm, plan, stream)
         clip_norm, clip_value, partial, factor = self.clip
         plan.extend(clip_launches(clip_norm, clip_value, self.grads, partial, factor, stream))
@@ -402,14 +411,25 @@ def _release(graphs, executables, gemm):
         pass
 
 
-def loss_and_gradient(kind, z, y, n, dz, total, slot, stream=0):
-    """(launch, args) adding the batch's mean loss to total[slot[0]] and
-    writing d loss / d z."""
-    if kind == BCE:
-        cols = z.shape[1]
-        return (k.bce_with_logits[k.grid_1d(n * cols), k.THREADS, stream],
-                (z, y, n, 1.0 / (n * cols), dz, total, slot))
-    return k.cross_entropy[k.grid_1d(n), k.THREADS, stream], (z, y, n, dz, total, slot)
+def no_weights():
+    """The (batch weights, weight total) pair of an unweighted loss: empty
+    device arrays, which the loss kernels read as "no weights"."""
+    return cuda.device_array(0, np.float64), cuda.device_array(1, np.float64)
+
+
+def loss_and_gradient(loss, z, y, w, weight_total, n, dz, total, slot, stream=0):
+    """(launch, args) adding the batch's (weighted) mean loss of the
+    ``engine_loss`` value ``loss`` to total[slot[0]] and writing d loss / d z;
+    w, weight_total: the batch's weights and their sum, or ``no_weights()``."""
+    code = loss_code(loss)
+    if code == CROSS_ENTROPY:
+        return (k.cross_entropy[k.grid_1d(n), k.THREADS, stream],
+                (z, y, w, weight_total, n, dz, total, slot))
+    launch = k.grid_1d(n * z.shape[1]), k.THREADS, stream
+    if code == BCE:
+        return k.bce_with_logits[launch], (z, y, w, weight_total, n, dz, total, slot)
+    return k.regression_loss[launch], (code, z, y, w, weight_total, n, float(loss_delta(loss)),
+                                       dz, total, slot)
 
 
 def predict_logits(dm, X, gemm=None, stream=0, chunk=8192):

@@ -1,6 +1,6 @@
-"""CUDA kernels for batch normalization, activations, dropout, BCE, gradient
-clipping, the optimizer updates and the mini-batch gather, with their
-launchers.
+"""CUDA kernels for batch normalization, activations, dropout, the losses,
+gradient clipping, the optimizer updates and the mini-batch gather, with
+their launchers.
 
 Contract: the same as the cpu kernels of each op family (see batchnorm.py,
 activations.py, loss.py, optim.py); all arrays are device arrays, 2-D ones
@@ -17,6 +17,11 @@ float64, reduces the 8 row lanes in shared memory and writes one partial sum
 per (group, feature); a finalize kernel, one thread per feature, adds the
 groups. The loss is reduced per block in shared memory, then added to a
 float64 slot on the device with one atomic per block.
+
+The losses take the batch's sample weights as loss.py's cpu kernels do:
+``w`` (batch,) float64, the rows' weights, and ``weight_total`` (1,)
+float64, their sum (both written by ``gather_weights`` in a training step);
+an empty ``w`` (shape (0,)) means no weights, and the divisor is then ``n``.
 """
 
 import math
@@ -25,11 +30,13 @@ import numpy as np
 from numba import config, cuda, float64
 
 from .elementwise import (
-    adam_element, bce_term, bce_with_logits_term, gelu, gelu_grad, gelu_tanh, gelu_tanh_grad,
-    leaky_relu, leaky_relu_grad, relu, relu_grad_from_output, rmsprop_element, sgd_element,
-    sigmoid, sigmoid_grad_from_output, silu, silu_grad, splitmix64, tanh_grad_from_output,
+    absolute_error_grad, absolute_error_term, adam_element, bce_term, bce_with_logits_term, gelu,
+    gelu_grad, gelu_tanh, gelu_tanh_grad, huber_grad, huber_term, leaky_relu, leaky_relu_grad,
+    relu, relu_grad_from_output, rmsprop_element, sgd_element, sigmoid, sigmoid_grad_from_output,
+    silu, silu_grad, splitmix64, squared_error_grad, squared_error_term, tanh_grad_from_output,
 )
 from .activations import GELU, GELU_TANH, LEAKY_RELU, RELU, SIGMOID, TANH
+from .loss import L1, MSE
 from .optim import NORM_EPS, adam_scalars, rmsprop_scalars, sgd_scalars
 
 if config.ENABLE_CUDASIM:
@@ -316,26 +323,63 @@ def _block_sum_into(value, total, slot):
         cuda.atomic.add(total, slot[0], lane[0])
 
 
+@cuda.jit(device=True, inline="always")
+def _row_factor(w, weight_total, n, r):
+    """Row r's share of the batch's mean: w[r] / sum(w), or 1 / n without weights."""
+    if w.shape[0] == 0:
+        return 1.0 / n
+    return w[r] / weight_total[0]
+
+
 @cuda.jit
-def bce_with_logits(z, y, n, scale, dz, total, slot):
-    """dz = (sigmoid(z) - y) * scale; total[slot] += scale * sum of the loss terms."""
+def bce_with_logits(z, y, w, weight_total, n, dz, total, slot):
+    """dz = (sigmoid(z) - y) * f_r / k, f_r the row's factor (_row_factor);
+    total[slot] += the sum of the loss terms times f_r / k."""
     i = cuda.grid(1)
     k = z.shape[1]
     value = 0.0
     if i < n * k:
         r, c = i // k, i % k
+        scale = _row_factor(w, weight_total, n, r) / k
         value = bce_with_logits_term(float64(z[r, c]), float64(y[r, c])) * scale
         dz[r, c] = (sigmoid(z[r, c]) - y[r, c]) * scale
     _block_sum_into(value, total, slot)
 
 
 @cuda.jit
-def cross_entropy(z, y, n, dz, total, slot):
-    """One thread per row: dz = (softmax(z) * sum(y) - y) / n;
-    total[slot] += the row's sum_j y_j (logsumexp(z) - z_j) / n."""
+def regression_loss(kind, z, y, w, weight_total, n, delta, dz, total, slot):
+    """The loss ``kind`` (MSE, L1 or HUBER of loss.py) of each element, times
+    f_r / k (f_r the row's factor, _row_factor): dz = its gradient times
+    f_r / k; total[slot] += the sum of the terms."""
+    i = cuda.grid(1)
+    k = z.shape[1]
+    value = 0.0
+    if i < n * k:
+        r, c = i // k, i % k
+        scale = _row_factor(w, weight_total, n, r) / k
+        a, b = float64(z[r, c]), float64(y[r, c])
+        if kind == MSE:
+            value = squared_error_term(a, b)
+            gradient = squared_error_grad(a, b)
+        elif kind == L1:
+            value = absolute_error_term(a, b)
+            gradient = absolute_error_grad(a, b)
+        else:
+            value = huber_term(a, b, delta)
+            gradient = huber_grad(a, b, delta)
+        value *= scale
+        dz[r, c] = gradient * scale
+    _block_sum_into(value, total, slot)
+
+
+@cuda.jit
+def cross_entropy(z, y, w, weight_total, n, dz, total, slot):
+    """One thread per row, f_r its factor (_row_factor): dz = (softmax(z) *
+    sum(y) - y) * f_r; total[slot] += the row's sum_j y_j (logsumexp(z) - z_j) * f_r."""
     r = cuda.grid(1)
     value = 0.0
     if r < n:
+        factor = _row_factor(w, weight_total, n, r)
         k = z.shape[1]
         top = float64(z[r, 0])
         for j in range(1, k):
@@ -349,8 +393,8 @@ def cross_entropy(z, y, n, dz, total, slot):
             value += y[r, j] * (log_sum - z[r, j])
             y_sum += y[r, j]
         for j in range(k):
-            dz[r, j] = (math.exp(z[r, j] - log_sum) * y_sum - y[r, j]) / n
-        value /= n
+            dz[r, j] = (math.exp(z[r, j] - log_sum) * y_sum - y[r, j]) * factor
+        value *= factor
     _block_sum_into(value, total, slot)
 
 
@@ -480,6 +524,30 @@ def gather_rows(X, Y, index, cursor, batch_size, n, xb, yb):
 
 
 @cuda.jit
+def gather_weights(W, index, cursor, batch_size, n, wb, weight_total):
+    """One block: wb[i] = W[index[start + i]] for i < n, start = cursor[0] *
+    batch_size (as gather_rows), and weight_total[0] = their sum, in float64."""
+    lane = cuda.shared.array(THREADS, float64)
+    t = cuda.threadIdx.x
+    start = cursor[0] * batch_size
+    s = 0.0
+    for i in range(t, n, THREADS):
+        value = W[index[start + i]]
+        wb[i] = value
+        s += value
+    lane[t] = s
+    cuda.syncthreads()
+    step = THREADS // 2
+    while step > 0:
+        if t < step:
+            lane[t] += lane[t + step]
+        cuda.syncthreads()
+        step //= 2
+    if t == 0:
+        weight_total[0] = lane[0]
+
+
+@cuda.jit
 def fill(a, value):
     i = cuda.grid(1)
     if i < a.shape[0]:
@@ -515,9 +583,11 @@ def signatures():
             "clip_norm_factor": (clip_norm_factor, (f64v, int64, float64, v)),
             "scale_by": (scale_by, (v, v)),
             "clip_by_value": (clip_by_value, (v, dt)),
-            "bce_with_logits": (bce_with_logits, (m, m, int64, float64, m, f64v, i64v)),
+            "bce_with_logits": (bce_with_logits, (m, m, f64v, f64v, int64, m, f64v, i64v)),
+            "regression_loss": (regression_loss, (int64, m, m, f64v, f64v, int64, float64, m,
+                                                  f64v, i64v)),
             "bce": (bce, (m, m, int64, float64, f64v, i64v)),
-            "cross_entropy": (cross_entropy, (m, m, int64, m, f64v, i64v)),
+            "cross_entropy": (cross_entropy, (m, m, f64v, f64v, int64, m, f64v, i64v)),
             "sgd_update": (sgd_update, (v, v, v, f64v, i64v)),
             "rmsprop_update": (rmsprop_update, (v, v, v, v, v, f64v, i64v)),
             "adam_update": (adam_update, (v, v, v, v, f64v, i64v)),
@@ -526,4 +596,6 @@ def signatures():
         table["fill"] = (fill, (v, float64))
         for name, (kernel, types) in table.items():
             out.append((f"{name}[{dt}]", kernel, types))
+    f64v, i64v = float64[::1], int64[::1]
+    out.append(("gather_weights", gather_weights, (f64v, i64v, i64v, int64, int64, f64v, f64v)))
     return out

@@ -47,6 +47,59 @@ def bce_term(p, y):
 
 
 @inline
+def squared_error_term(z, y):
+    """One element of the squared error: (z - y)^2."""
+    d = z - y
+    return d * d
+
+
+@inline
+def squared_error_grad(z, y):
+    """d (z - y)^2 / dz = 2 (z - y)."""
+    d = z - y
+    return d + d
+
+
+@inline
+def absolute_error_term(z, y):
+    """One element of the absolute error: |z - y|."""
+    return abs(z - y)
+
+
+@inline
+def absolute_error_grad(z, y):
+    """d |z - y| / dz = sign(z - y): 0 where z = y (as PyTorch's L1Loss),
+    NaN where z - y is NaN."""
+    d = z - y
+    if d > 0:
+        return 1.0
+    if d < 0:
+        return -1.0
+    return 0.0 if d == 0 else d
+
+
+@inline
+def huber_term(z, y, delta):
+    """One element of the Huber loss (PyTorch's HuberLoss): (z - y)^2 / 2
+    where |z - y| < delta, else delta (|z - y| - delta / 2)."""
+    d = abs(z - y)
+    if d < delta:
+        return 0.5 * d * d
+    return delta * (d - 0.5 * delta)
+
+
+@inline
+def huber_grad(z, y, delta):
+    """d huber / dz: z - y clipped to [-delta, delta] (NaN stays NaN)."""
+    d = z - y
+    if d > delta:
+        return delta
+    if d < -delta:
+        return -delta
+    return d
+
+
+@inline
 def relu(x):
     """max(x, 0) that keeps NaN (as np.maximum does): a NaN weight or
     activation must reach the loss, where the divergence guard sees it."""

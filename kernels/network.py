@@ -31,8 +31,8 @@ The description (built once per model by ``fastnn.core.layers.Sequential``):
       buffers : (R,) every running statistic
       counts  : (L,) int64 BatchNorm num_batches_tracked
 
-    Workspace(activations, activation_at, gradients, saved, targets, sums,
-              coefficients, masks, dropout, clip), allocated once per fit
+    Workspace(activations, activation_at, gradients, saved, targets, weights,
+              sums, coefficients, masks, dropout, clip), allocated once per fit
               (``workspace``):
       activations   : flat; the block at activation_at[l] holds the input of
                       layer l for up to ``batch`` rows, the block at
@@ -43,6 +43,8 @@ The description (built once per model by ``fastnn.core.layers.Sequential``):
                       the d loss / d (input) it writes
       saved         : each BatchNorm's batch mean, var, inv_std
       targets       : (batch, k) the batch's targets
+      weights       : (batch,) float64, the batch's sample weights (a
+                      weighted fit)
       sums          : (2 * max_width,) float64 scratch for the batch sums (and
                       a row's random words, in a Dropout layer)
       coefficients  : (3 * max_width,) scratch for per-feature coefficients
@@ -70,9 +72,15 @@ The description (built once per model by ``fastnn.core.layers.Sequential``):
             all-reduces the gradients and the loss once per step and, for
             synchronized BatchNorm layers, the batch sums
 
-The loss (``loss``, an ENGINE_LOSSES value of loss.py) is binary
-cross-entropy on the output logits averaged over batch * k, or softmax
-cross-entropy averaged over the batch (Y then holds one-hot rows).
+The loss (``loss``, an ``engine_loss`` value of loss.py) is one of
+loss.py's: binary cross-entropy on the output logits, softmax cross-entropy
+(Y then holds one-hot rows), or a regression loss on the linear outputs.
+Sample weights (``W``: None, or (N,) float64 >= 0, one per row of X) make it
+the weighted mean over each mini-batch, sum_i w_i l_i / sum_i w_i (the
+divisor is the whole global batch's sum in data-parallel training, which
+every process computes from its own copy of W and the index). BatchNorm's
+batch statistics are not weighted. The caller leaves out the batches whose
+weights sum to 0 (the Trainer takes them out of the epoch's order).
 
 Each layer kind has one forward and one backward function below, and the
 network one walk per direction (``forward``, ``backward``), which every host
@@ -86,7 +94,9 @@ import types
 from collections import namedtuple
 
 import numpy as np
+from numba import types as nbtypes
 from numba.core.registry import CPUDispatcher
+from numba.extending import overload
 
 from .activations import (
     RELU, activation_backward, activation_backward_reference, activation_forward,
@@ -134,8 +144,8 @@ LAYER_FIELDS = np.dtype([(name, np.int64) for name in (
     (name, np.float64) for name in ("eps", "momentum", "negative_slope", "p")])
 Network = namedtuple("Network", ["table", "params", "buffers", "counts"])
 Workspace = namedtuple("Workspace", ["activations", "activation_at", "gradients", "saved",
-                                     "targets", "sums", "coefficients", "masks", "dropout",
-                                     "clip"])
+                                     "targets", "weights", "sums", "coefficients", "masks",
+                                     "dropout", "clip"])
 Guard = namedtuple("Guard", ["params", "buffers", "counts", "taken"])
 
 
@@ -208,7 +218,7 @@ def workspace(table, batch, n_outputs, dtype, dropout_key=0, clip_norm=0.0, clip
                      activation_at=activation_at,
                      gradients=np.zeros((2, batch * width), dtype),
                      saved=np.zeros(max(saved, 1), dtype),
-                     targets=np.zeros((batch, n_outputs), dtype),
+                     targets=np.zeros((batch, n_outputs), dtype), weights=np.zeros(batch),
                      sums=np.zeros(2 * width), coefficients=np.zeros(3 * width, dtype),
                      masks=np.zeros(max(batch * masks, 1), dtype),
                      dropout=np.array([dropout_key, 0, 0], np.uint64), clip=clip)
@@ -294,14 +304,41 @@ def gradient(ws, which, rows, cols):
 # ---- data movement (kernels, each with a NumPy reference below) ----
 
 @internal
-def gather_batch(X, Y, index, start, n, xb, yb):
-    """xb[i] = X[index[start + i]] and yb[i] = Y[index[start + i]] for i < n."""
+def gather_batch(X, Y, W, index, start, n, xb, yb, wb):
+    """xb[i] = X[index[start + i]], yb[i] = Y[index[start + i]] and, when W is
+    not None, wb[i] = W[index[start + i]], for i < n."""
     for i in range(n):
         row = index[start + i]
         for j in range(X.shape[1]):
             xb[i, j] = X[row, j]
         for j in range(Y.shape[1]):
             yb[i, j] = Y[row, j]
+        if W is not None:
+            wb[i] = W[row]
+
+
+@internal
+def batch_total(W, index, start, n):
+    """What the loss of rows index[start:start + n] divides by: their weights'
+    sum (float64, in row order), or n without weights."""
+    if W is None:
+        return float(n)
+    total = 0.0
+    for i in range(n):
+        total += W[index[start + i]]
+    return total
+
+
+def batch_weights(W, wb, n):
+    """The weights the loss takes: None without weights, else wb[:n]."""
+    return None if W is None else wb[:n]
+
+
+@overload(batch_weights)
+def _batch_weights_by_type(W, wb, n):
+    if W is None or isinstance(W, nbtypes.NoneType):
+        return lambda W, wb, n: None
+    return lambda W, wb, n: wb[:n]
 
 
 @internal
@@ -445,42 +482,32 @@ def backward(net, ws, grads, n, n_global, comm):
 # ---- one step, one epoch ----
 
 @inline
-def train_step(net, ws, grads, X, Y, index, start, n_global, loss, comm):
+def train_step(net, ws, grads, X, Y, W, index, start, n_global, loss, comm):
     """Forward and backward pass on rows index[start:start + n_global] of (X, Y)
-    (this process's shard of them, with a communicator).
+    (this process's shard of them, with a communicator), weighted by W.
 
     Leaves the gradient of every parameter in grads[:P] and returns the
-    batch's mean loss; the optimizer update is a separate call.
+    batch's (weighted) mean loss; the optimizer update is a separate call.
     """
     offset, n = shard(comm, start, n_global)
     ws.dropout[DROPOUT_ROW] = np.uint64(offset - start)  # the shard's rows in the global batch
     n_params = net.params.shape[0]
+    # the global batch's divisor: every process computes it over all the batch's rows
+    total = batch_total(W, index, start, n_global)
     # a shard may have no rows (a last batch smaller than the process count): it then
     # computes zero gradients and still takes part in every all-reduce
     xb, _ = layer_blocks(net, ws, FIRST_LAYER, n)
-    gather_batch(X, Y, index, offset, n, xb, ws.targets)
+    gather_batch(X, Y, W, index, offset, n, xb, ws.targets, ws.weights)
     forward(net, ws, n, n_global, TRAINING, comm)
     dlogits = gradient(ws, LOSS_GRADIENT, n, Y.shape[1])
     value = 0.0
-    if n > 0:
-        value = loss_and_gradient(loss, network_output(net, ws, n), ws.targets[:n], dlogits)
-        if n != n_global:  # this shard's part of the global batch's mean
-            share = n / n_global
-            value *= share
-            scale_in_place(dlogits, share)
+    if n > 0:  # this shard's part of the global batch's loss and gradient
+        value = loss_and_gradient(loss, network_output(net, ws, n), ws.targets[:n],
+                                  batch_weights(W, ws.weights, n), total, dlogits)
     backward(net, ws, grads, n, n_global, comm)
     grads[n_params] = value
     allreduce_sum(comm, grads)  # every gradient and the loss, in one call
     return grads[n_params] if comm is not None else value
-
-
-@inline
-def scale_in_place(a, factor):
-    """a *= factor, element by element, in a's dtype."""
-    f = a.dtype.type(factor)
-    for i in range(a.shape[0]):
-        for j in range(a.shape[1]):
-            a[i, j] *= f
 
 
 @inline
@@ -518,9 +545,10 @@ def share_running_statistics(net, comm):
 
 
 @jit
-def train_epoch(net, ws, grads, opt, X, Y, index, batch_size, skip_single, losses, sizes, loss,
-                guard, comm):
-    """One epoch of mini-batch training over rows ``index`` of (X, Y).
+def train_epoch(net, ws, grads, opt, X, Y, W, index, batch_size, skip_single, losses, sizes,
+                loss, guard, comm):
+    """One epoch of mini-batch training over rows ``index`` of (X, Y), with
+    sample weights W (None: unweighted).
 
     Batch b covers index[b * batch_size:(b + 1) * batch_size]; a last batch
     of one row is skipped when ``skip_single`` (BatchNorm needs two rows).
@@ -538,7 +566,7 @@ def train_epoch(net, ws, grads, opt, X, Y, index, batch_size, skip_single, losse
             continue
         take_snapshot(net, guard)
         ws.dropout[DROPOUT_STEP] = np.uint64(opt.step[0])
-        value = train_step(net, ws, grads, X, Y, index, start, n, loss, comm)
+        value = train_step(net, ws, grads, X, Y, W, index, start, n, loss, comm)
         losses[n_batches] = value
         sizes[n_batches] = n
         n_batches += 1
@@ -627,10 +655,16 @@ def _dropout_backward(dy, mask, dx):
         _store(dx, dropout_backward_reference(dy, mask))
 
 
-def _gather_batch(X, Y, index, start, n, xb, yb):
+def _gather_batch(X, Y, W, index, start, n, xb, yb, wb):
     rows = index[start:start + n]
     _store(xb[:n], X[rows])
     _store(yb[:n], Y[rows])
+    if W is not None:
+        _store(wb[:n], W[rows])
+
+
+def _batch_total(W, index, start, n):
+    return float(n) if W is None else float(np.sum(W[index[start:start + n]]))
 
 
 #: each kernel the walks call, by name, and its NumPy reference with the same
@@ -644,9 +678,8 @@ REFERENCE_KERNELS = {
     "activation_forward": _activation_forward, "activation_backward": _activation_backward,
     "dropout_forward": _dropout_forward, "dropout_backward": _dropout_backward,
     "clip_gradients": clip_gradients_reference,
-    "gather_batch": _gather_batch,
+    "gather_batch": _gather_batch, "batch_total": _batch_total,
     "copy_into": _store,
-    "scale_in_place": lambda a, factor: _store(a, a * factor),
 }
 
 

@@ -44,6 +44,15 @@ TEST_SHAPES = {
     "bce": [(2, 1), (37, 3), (1000, 1)],
     "bce_with_logits": [(2, 1), (37, 3), (1000, 1), (4096, 1)],
     "cross_entropy": [(2, 2), (37, 5), (1000, 10)],
+    "mse_loss": [(2, 1), (37, 3), (1000, 1)],
+    "l1_loss": [(2, 1), (37, 3), (1000, 1)],
+    "huber_loss": [(2, 1), (37, 3), (1000, 1)],
+    # the losses with sample weights (one of them 0)
+    "bce_with_logits_weighted": [(2, 1), (37, 3), (1000, 1)],
+    "cross_entropy_weighted": [(2, 2), (37, 5)],
+    "mse_loss_weighted": [(2, 1), (37, 3), (1000, 1)],
+    "l1_loss_weighted": [(2, 1), (37, 3)],
+    "huber_loss_weighted": [(2, 1), (37, 3), (1000, 1)],
     "dense_forward": [(2, 1, 1), (2, 7, 5), (33, 13, 17), (256, 256, 256)],
     "dense_backward": [(2, 1, 1), (2, 7, 5), (33, 13, 17), (256, 256, 256)],
     # the two paths of the cpu kernels, each on every shape (the dispatching
@@ -76,6 +85,8 @@ BENCH_SHAPES = {
     "batchnorm_backward": [(64, 64), (256, 256), (1024, 1024)],
     "bce_with_logits": [(64, 1), (1024, 1), (65536, 1)],
     "cross_entropy": [(64, 10), (1024, 10), (65536, 10)],
+    "mse_loss": [(64, 1), (1024, 1), (65536, 1)],
+    "huber_loss_weighted": [(64, 1), (1024, 1), (65536, 1)],
     "dense_forward": [(64, 64, 64), (256, 256, 256), (1024, 1024, 1024)],
     "dense_backward": [(64, 64, 64), (256, 256, 256), (1024, 1024, 1024)],
     # the benchmark networks' small products, on both paths
@@ -94,6 +105,11 @@ BENCH_CASES = [Case(op, s) for op, shapes in BENCH_SHAPES.items() for s in shape
 # every benchmarked case is a tested case too
 TEST_CASES = [Case(op, s) for op, shapes in TEST_SHAPES.items() for s in shapes]
 TEST_CASES += [c for c in BENCH_CASES if c not in TEST_CASES]
+
+#: the losses' ops, by case name without "_weighted"
+LOSS_OPS = {"bce_with_logits": ops.bce_with_logits, "cross_entropy": ops.cross_entropy,
+            "mse_loss": ops.mse_loss, "l1_loss": ops.l1_loss,
+            "huber_loss": lambda z, y, **kw: ops.huber_loss(z, y, delta=1.5, **kw)}
 
 # optimizer cases: (kind, hyper-parameters by name, as kernels.optim.pack_hyper takes them)
 OPTIMIZERS = {
@@ -135,10 +151,20 @@ def make_inputs(case, dtype, seed=0):
     if op == "bce":
         return dict(z=rng.uniform(0.001, 0.999, shape).astype(dtype),
                     y=rng.uniform(0, 1, shape).astype(dtype))
-    if op == "bce_with_logits":
-        return dict(logits=normal(*shape) * 4, y=(rng.uniform(size=shape) > 0.5).astype(dtype))
-    if op == "cross_entropy":
-        return dict(logits=normal(*shape) * 4, y=rng.integers(0, shape[1], shape[0]).astype(dtype))
+    if op.startswith(tuple(LOSS_OPS)):
+        if op.startswith("bce_with_logits"):
+            inputs = dict(logits=normal(*shape) * 4,
+                          y=(rng.uniform(size=shape) > 0.5).astype(dtype))
+        elif op.startswith("cross_entropy"):
+            inputs = dict(logits=normal(*shape) * 4,
+                          y=rng.integers(0, shape[1], shape[0]).astype(dtype))
+        else:  # regression: differences on both sides of Huber's delta (1.5)
+            inputs = dict(logits=normal(*shape) * 2, y=normal(*shape) * 2)
+        if op.endswith("_weighted"):
+            weights = rng.uniform(0.0, 3.0, shape[0])
+            weights[0] = 0.0
+            inputs["sample_weight"] = weights
+        return inputs
     if op.startswith("dense"):
         n, n_in, n_out = shape
         inputs = dict(x=normal(n, n_in), w=normal(n_out, n_in) / np.sqrt(n_in).astype(dtype))
@@ -169,10 +195,9 @@ def run(case, backend, inputs):
                                       backend=backend)
     if op == "bce":
         return (ops.bce(a["z"], a["y"], backend=backend),)
-    if op == "bce_with_logits":
-        return ops.bce_with_logits(a["logits"], a["y"], backend=backend)
-    if op == "cross_entropy":
-        return ops.cross_entropy(a["logits"], a["y"], backend=backend)
+    if op.startswith(tuple(LOSS_OPS)):
+        loss = LOSS_OPS[op.removesuffix("_weighted")]
+        return loss(a["logits"], a["y"], sample_weight=a.get("sample_weight"), backend=backend)
     if op == "dense_forward":
         return (ops.dense_forward(a["x"], a["w"], a["b"], backend=backend),)
     if op == "dense_backward":

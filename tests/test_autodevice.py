@@ -38,7 +38,7 @@ def gpu(monkeypatch):
     monkeypatch.delenv("FASTNN_DEVICE", raising=False)
     monkeypatch.setattr(device, "cuda_available", lambda: True)
     engines = {"engine": ("cuda-block", 132, 1)}
-    monkeypatch.setattr(autodevice, "gpu_engine", lambda table, batch, n: engines["engine"])
+    monkeypatch.setattr(autodevice, "gpu_engine", lambda table, batch, n, loss=0, weighted=False: engines["engine"])
     return engines
 
 
@@ -202,7 +202,7 @@ def test_the_trainer_chooses_at_construction_and_again_at_each_fit(monkeypatch):
     decisions = []
 
     def fake_choice(device, model=None, batch_size=32, n_samples=None, epochs=1, dtype=None,
-                    n_models=1):
+                    n_models=1, loss=0, weighted=False):
         if device != "auto":
             return device
         decisions.append((batch_size, n_samples, epochs))
@@ -221,6 +221,17 @@ def test_the_trainer_chooses_at_construction_and_again_at_each_fit(monkeypatch):
     explicit = fn.Trainer(fn.Sequential(fn.Dense(3, 1)), device="cpu")
     explicit.fit(X, y, batch_size=10)
     assert explicit.device == "cpu" and len(decisions) == 3
+
+
+@pytest.mark.parametrize("loss, weighted", [(0, True), (2, False), (3, False), (4, True)],
+                         ids=["bce-weighted", "mse", "l1", "huber-weighted"])
+def test_a_fit_the_fused_engine_cannot_train_is_predicted_on_the_layer_by_layer_engine(
+        loss, weighted):
+    """Regression losses and sample weights train layer by layer on the GPU
+    (cuda_backend.cuda_engine), so auto predicts that engine's time for them."""
+    table = fn.mlp(16, [32, 32], 1).table
+    assert autodevice.gpu_engine(table, 32, 1)[0] == "cuda-block"
+    assert autodevice.gpu_engine(table, 32, 1, loss, weighted) == ("cuda-layers", 1, 1)
 
 
 # ---- the calibration: measured once, cached on disk ----

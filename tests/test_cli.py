@@ -7,6 +7,7 @@ exit status 2, no traceback.
 """
 
 import csv
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -258,11 +259,10 @@ def test_multiclass(work):
     X, labels = make_problem(450, seed=3, classes=("cat", "cow", "dog"))
     write_csv(work / "three.csv", ["a", "b", "c", "d", "animal"],
               [[*(f"{v:.5f}" for v in row), lab] for row, lab in zip(X, labels)])
-    fails(work, "train", "three.csv", "--target", "animal", "--device", "cpu",
-          expect="target column 'animal' has 3 distinct values; use --multiclass for more "
-                 "than two classes")
-    ok(work, "train", "three.csv", "--target", "animal", "--multiclass", "--epochs", 10,
-       "--hidden", "16", "--lr", 0.03, "--device", "cpu", "--out", "three.npz")
+    # three class labels: a softmax head, no flag needed
+    proc = ok(work, "train", "three.csv", "--target", "animal", "--epochs", 10, "--hidden", "16",
+              "--lr", 0.03, "--device", "cpu", "--out", "three.npz")
+    assert "classification (its values are not numbers)" in proc.stdout
     model = fn.load(work / "three.npz")
     assert model.classes == ["cat", "cow", "dog"] and model.out_features == 3
     assert model.metadata["loss"] == "cross_entropy" and model.metadata["task"] == "multiclass"
@@ -276,6 +276,85 @@ def test_multiclass(work):
     np.testing.assert_array_equal(np.array(["cat", "cow", "dog"])[p.argmax(axis=1)], predicted)
     assert np.mean(predicted == labels.astype(str)) > 0.85
     assert "3-class classification" in ok(work, "info", "three.npz").stdout
+    # --multiclass, once needed, is still accepted: the same as --task classification
+    ok(work, "train", "three.csv", "--target", "animal", "--multiclass", "--epochs", 1,
+       "--hidden", "16", "--device", "cpu", "--out", "three_flag.npz")
+    fails(work, "train", "three.csv", "--target", "animal", "--multiclass", "--task",
+          "regression", "--device", "cpu", expect="contradicts --task regression")
+
+
+# ---- regression ----
+
+def make_quantity(n, seed=0):
+    """A target of real values in the hundreds, from features on different scales."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4)) * [1.0, 10.0, 0.1, 100.0] + [0.0, 5.0, -3.0, 1000.0]
+    y = 300.0 + 40.0 * X[:, 0] - 3.0 * (X[:, 1] - 5.0) + rng.normal(0.0, 4.0, n)
+    return X, y
+
+
+def test_regression(work):
+    X, y = make_quantity(500)
+    write_csv(work / "price.csv", ["a", "b", "c", "d", "price"],
+              [[*(f"{v:.5f}" for v in row), f"{t:.3f}"] for row, t in zip(X, y)])
+    proc = ok(work, "train", "price.csv", "--target", "price", "--epochs", 40, "--hidden", "32",
+              "--lr", 0.01, "--device", "cpu", "--out", "price.npz")
+    assert "regression (it holds numbers with a fractional part)" in proc.stdout
+    assert "standardized features and target" in proc.stdout and "loss mse" in proc.stdout
+    assert "val_r2" in proc.stdout and "R^2" in proc.stdout.splitlines()[-2]
+    model = fn.load(work / "price.npz")
+    assert model.loss == "mse" and model.classes is None
+    assert model.metadata["task"] == "regression" and model.metadata["metrics"]["val_r2"] > 0.9
+    assert model.target_scaling["mean"][0] == pytest.approx(y.mean(), rel=0.05)
+    # predict writes values in the target's units
+    header, rows = read_csv(ok(work, "predict", "price.npz", "price.csv").stdout, True)
+    assert header == ["prediction"]
+    predicted = np.array([float(r[0]) for r in rows])
+    assert np.sqrt(np.mean((predicted - y) ** 2)) < 0.25 * y.std()
+    fails(work, "predict", "price.npz", "price.csv", "--proba",
+          expect="--proba: price.npz is a regressor (loss mse)")
+    info = ok(work, "info", "price.npz").stdout
+    assert "task: regression (1 output, linear output, mse loss)" in info
+    assert "predictions are in the target's units" in info
+    assert json.loads(ok(work, "info", "price.npz", "--json").stdout)["task"] == "regression"
+
+
+def test_regression_options_and_the_task_choice(work):
+    X, y = make_quantity(300, seed=1)
+    rows = [[*(f"{v:.5f}" for v in row), f"{t:.3f}"] for row, t in zip(X, y)]
+    write_csv(work / "q.csv", ["a", "b", "c", "d", "q"], rows)
+    ok(work, "train", "q.csv", "--target", "q", "--epochs", 2, "--loss", "huber",
+       "--huber-delta", 0.5, "--no-standardize-target", "--device", "cpu", "--out", "q.npz")
+    model = fn.load(work / "q.npz")
+    assert (model.loss, model.huber_delta, model.target_scaling) == ("huber", 0.5, None)
+    assert "huber loss, delta 0.5" in ok(work, "info", "q.npz").stdout
+    fails(work, "train", "q.csv", "--target", "q", "--huber-delta", 1, "--device", "cpu",
+          expect="--huber-delta goes with --loss huber")
+    # whole numbers: few distinct ones are class labels, many a quantity, in between: ask
+    for name, values, task in (("few", np.arange(300) % 4, "classification"),
+                               ("many", np.arange(300) % 60, "regression"),
+                               ("some", np.arange(300) % 20, None)):
+        write_csv(work / f"{name}.csv", ["a", "b", "c", "d", "t"],
+                  [[*(f"{v:.5f}" for v in row), int(t)] for row, t in zip(X, values)])
+        args = ("train", f"{name}.csv", "--target", "t", "--epochs", 1, "--device", "cpu",
+                "--out", f"{name}.npz")
+        if task is None:
+            fails(work, *args, expect="holds 20 distinct whole numbers: class labels or a "
+                                      "quantity? pass --task classification or --task regression")
+            assert "regression" in ok(work, *args, "--task", "regression").stdout
+            continue
+        assert f"; {task} (it holds " in ok(work, *args).stdout
+    fails(work, "train", "few.csv", "--target", "t", "--loss", "l1", "--device", "cpu",
+          expect="--loss and --huber-delta are a regressor's")
+    assert fn.load(work / "few.npz").loss == "cross_entropy"
+    # --task regression turns class-like numbers into a quantity; strings cannot be one
+    ok(work, "train", "few.csv", "--target", "t", "--task", "regression", "--epochs", 1,
+       "--device", "cpu", "--out", "few_reg.npz")
+    assert fn.load(work / "few_reg.npz").loss == "mse"
+    write_csv(work / "words.csv", ["a", "b", "c", "d", "t"],
+              [[*(f"{v:.5f}" for v in row), "x" if t > 300 else "y"] for row, t in zip(X, y)])
+    fails(work, "train", "words.csv", "--target", "t", "--task", "regression", "--device",
+          "cpu", expect="holds non-numeric values; a regressor needs numbers")
 
 
 # ---- errors: one line, exit 2, no traceback ----
@@ -403,7 +482,7 @@ def test_engine_choice():
         data.resolve_engine("polars")
 
 
-def test_encode_labels_and_standardize_stats():
+def test_encode_labels_and_standardization():
     codes, classes = data.encode_labels(np.array(["yes", "no", "yes"]))
     assert codes.tolist() == [1, 0, 1] and classes == ["no", "yes"]
     assert all(type(c) is str for c in classes)
@@ -415,7 +494,8 @@ def test_encode_labels_and_standardize_stats():
     with pytest.raises(ValueError):
         data.encode_labels(np.array([0.0, np.nan]))
     X = np.array([[1.0, 5.0, 2.0], [3.0, 5.0, 4.0]])
-    mean, scale = data.standardize_stats(X)
-    np.testing.assert_allclose(mean, [2, 5, 3])
-    np.testing.assert_allclose(scale, [1, 1, 1])  # the constant column gets 1.0
-    np.testing.assert_allclose(data.standardize_stats(X * 4)[1], [4, 1, 4])
+    stats = fn.standardization(X)
+    np.testing.assert_allclose(stats["mean"], [2, 5, 3])
+    np.testing.assert_allclose(stats["scale"], [1, 1, 1])  # the constant column gets 1.0
+    np.testing.assert_allclose(fn.standardization(X * 4)["scale"], [4, 1, 4])
+    np.testing.assert_allclose(fn.standardization(np.array([1.0, 3.0]))["mean"], [2.0])

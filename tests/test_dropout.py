@@ -20,7 +20,7 @@ from fastnn.core.checkpoint import list_checkpoints
 from fastnn.demo import make_data
 from fastnn.kernels import network as nw
 from fastnn.kernels.dropout import dropout_key, dropout_mask_reference
-from fastnn.kernels.loss import BCE, ENGINE_LOSSES
+from fastnn.kernels.loss import BCE, engine_loss
 
 KEY = 0x243F6A8885A308D3
 
@@ -105,8 +105,8 @@ def test_predict_evaluate_and_validation_never_drop(device):
     grads = np.zeros(dropping.n_params + 1)
     net = dropping.network()._replace(buffers=dropping.buffers.copy(),
                                       counts=dropping.counts.copy())
-    train_loss = get_backend(device).engine_train_step(net, ws, grads, X, y[:, None],
-                                                       np.arange(64), 0, 64, ENGINE_LOSSES[BCE],
+    train_loss = get_backend(device).engine_train_step(net, ws, grads, X, y[:, None], None,
+                                                       np.arange(64), 0, 64, engine_loss(BCE),
                                                        None)
     assert train_loss != pytest.approx(trainer.evaluate(X, y)["loss"], rel=1e-3)
 
@@ -125,7 +125,7 @@ def test_the_numpy_reference_and_the_cpu_engine_draw_the_same_masks_and_train_al
         ws.dropout[nw.DROPOUT_STEP] = 41
         get_backend(device).engine_train_step(m.network()._replace(
             buffers=m.buffers.copy(), counts=m.counts.copy()), ws, np.zeros(m.n_params + 1), X,
-            y[:, None], np.arange(90), 0, 90, ENGINE_LOSSES[BCE], None)
+            y[:, None], None, np.arange(90), 0, 90, engine_loss(BCE), None)
         masks[device] = ws.masks.copy()
         trainer = fn.Trainer(m, optimizer=fn.Adam(lr=0.01), device=device, dtype="float64",
                              seed=5)

@@ -92,3 +92,20 @@ def test_from_torch_takes_a_sequential_with_named_children_by_position():
     for key, value in model.state_dict().items():
         np.testing.assert_array_equal(value, expected[key])
     np.testing.assert_array_equal(model.layers[3].weight, named.head.weight.detach().numpy())
+
+
+def test_the_whole_model_is_the_torch_network_with_its_standardizations_around_it():
+    """to_torch is the network; the preprocessing and a regression's target
+    scaling composed around it give what the model predicts."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(50, 3)) * 4.0 + 9.0
+    y = X @ [1.0, -2.0, 0.5] * 10.0 + 300.0
+    model = fn.Sequential(fn.Dense(3, 8), fn.BatchNorm(8), fn.Tanh(), fn.Dense(8, 1), seed=0)
+    model.preprocessing, model.target_scaling = fn.standardization(X), fn.standardization(y)
+    fn.Trainer(model, loss="mse", device="cpu", dtype="float64").fit(X, y, epochs=3)
+    net = model.to_torch().eval()
+    pre, scaling = model.preprocessing, model.target_scaling
+    with torch.no_grad():
+        out = net(torch.from_numpy((X - pre["mean"]) / pre["scale"])).numpy()[:, 0]
+    np.testing.assert_allclose(out * scaling["scale"] + scaling["mean"], fn.Trainer(model).predict(X),
+                               rtol=1e-12)

@@ -65,8 +65,51 @@ def break_classes(m):
     m.classes = {"no": 0, "yes": 1}
 
 
+def break_unknown_loss(m):
+    m.loss = "hinge"
+
+
+def break_classes_of_a_regression(m):
+    m.loss = "mse"
+
+
+def break_class_count(m):
+    m.loss, m.classes = "bce", ["a", "b", "c"]
+
+
+def break_cross_entropy_of_one_output(m):
+    m.loss, m.classes = "cross_entropy", None
+
+
+def break_target_scaling_of_a_classifier(m):
+    m.loss, m.target_scaling = "bce", {"mean": np.zeros(1), "scale": np.ones(1)}
+
+
+def break_target_scaling_length(m):
+    m.loss, m.classes = "mse", None
+    m.target_scaling = {"mean": np.zeros(2), "scale": np.ones(2)}
+
+
+def break_target_scale(m):
+    m.loss, m.classes = "mse", None
+    m.target_scaling = {"mean": np.zeros(1), "scale": np.zeros(1)}
+
+
+def break_huber_delta_without_huber(m):
+    m.loss, m.classes, m.huber_delta = "mse", None, 1.0
+
+
+def break_huber_delta_value(m):
+    m.loss, m.classes, m.huber_delta = "huber", None, -1.0
+
+
+HEAD_BREAKS = [break_unknown_loss, break_classes_of_a_regression, break_class_count,
+               break_cross_entropy_of_one_output, break_target_scaling_of_a_classifier,
+               break_target_scaling_length, break_target_scale, break_huber_delta_without_huber,
+               break_huber_delta_value]
 BREAKS = [break_preprocessing_length, break_scale, break_mean, break_running_var, break_weight,
-          break_metadata_value, break_metadata_key, break_metadata_type, break_classes]
+          break_metadata_value, break_metadata_key, break_metadata_type, break_classes,
+          *HEAD_BREAKS]
 
 
 @pytest.mark.parametrize("damage", BREAKS, ids=lambda f: f.__name__[6:])
@@ -104,6 +147,44 @@ def test_load_refuses_the_same_models_when_written_without_checks(tmp_path, dama
     np.savez(path, __fastnn__=np.array(json.dumps(meta)), **arrays)
     with pytest.raises(ValueError, match="forged.npz"):
         fn.load(path)
+
+
+@pytest.mark.parametrize("damage", HEAD_BREAKS, ids=lambda f: f.__name__[6:])
+def test_load_refuses_a_forged_head(tmp_path, damage):
+    """The same rules for the loss, Huber's delta, the classes and the target
+    scaling of a version 2 file forged past save's checks."""
+    model = small_model()
+    damage(model)
+    arrays = dict(model.state_dict())
+    arrays["__preprocessing_mean__"] = model.preprocessing["mean"]
+    arrays["__preprocessing_scale__"] = model.preprocessing["scale"]
+    if model.target_scaling is not None:
+        arrays["__target_mean__"] = model.target_scaling["mean"]
+        arrays["__target_scale__"] = model.target_scaling["scale"]
+    meta = {"format": "fastnn-model", "version": 2, "dtype": "float64",
+            "architecture": model.config(), "loss": model.loss,
+            "huber_delta": model.huber_delta, "classes": model.classes,
+            "metadata": model.metadata}
+    path = tmp_path / "forged.npz"
+    np.savez(path, __fastnn__=np.array(json.dumps(meta)), **arrays)
+    with pytest.raises(ValueError, match="forged.npz"):
+        fn.load(path)
+
+
+def test_the_whole_model_round_trips(tmp_path):
+    """Loss, Huber's delta, both standardizations, classes and metadata come
+    back as they were saved."""
+    model = fn.Sequential(fn.Dense(3, 2), seed=0)
+    model.preprocessing = {"mean": np.array([1.0, 2.0, 3.0]), "scale": np.array([0.5, 1.0, 2.0])}
+    model.target_scaling = {"mean": np.array([10.0, -1.0]), "scale": np.array([3.0, 0.25])}
+    model.loss, model.huber_delta, model.metadata = "huber", 0.5, {"rows": 3}
+    fn.save(model, tmp_path / "m.npz")
+    loaded = fn.load(tmp_path / "m.npz")
+    assert (loaded.loss, loaded.huber_delta, loaded.classes) == ("huber", 0.5, None)
+    for name in ("preprocessing", "target_scaling"):
+        for key in ("mean", "scale"):
+            np.testing.assert_array_equal(getattr(loaded, name)[key], getattr(model, name)[key])
+    assert loaded.metadata == {"rows": 3}
 
 
 def test_numpy_values_in_metadata_and_classes_are_saved_as_json(tmp_path):
@@ -339,7 +420,7 @@ BAD_META = [
     ("bad-json", np.array("{not json"), "corrupted model metadata"),
     ("json-list", np.array("[1, 2]"), "not a fastnn model"),
     ("wrong-format", _meta(format="keras"), "not a fastnn model"),
-    ("version-2", _meta(version=2), "version 2 is not supported"),
+    ("version-3", _meta(version=3), "version 3 is not supported"),
     ("no-version", _meta(version=None), "version None is not supported"),
     ("unknown-layer", _meta(architecture=[{"type": "Conv2d"}]), "unknown layer"),
     ("bad-layer-argument", _meta(architecture=[{"type": "Dense", "in_features": 3}]),

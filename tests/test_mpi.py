@@ -114,6 +114,50 @@ def test_without_a_seed_every_rank_draws_rank_0s_masks(tmp_path):
     assert np.array_equal(ranks[0]["params"], ranks[1]["params"])
 
 
+WEIGHTED = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import fastnn as fn
+
+    distributed = sys.argv[1] == "mpi"
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(203, 7))
+    Y = np.stack([X[:, 0] * X[:, 1], X[:, 2] - X[:, 3]], axis=1) * 3.0 + 10.0
+    W = rng.uniform(0.0, 3.0, 203)
+    W[:40] = 0.0  # in order, the first two batches weigh nothing and are skipped
+    W[57] = 0.0
+    model = fn.Sequential(fn.Dense(7, 12, bias=False), fn.BatchNorm(12, sync=True), fn.ReLU(),
+                          fn.Dense(12, 2), seed=3)
+    model.target_scaling = fn.standardization(Y)
+    trainer = fn.Trainer(model, optimizer=fn.Adam(lr=0.01), loss=sys.argv[3], device="cpu",
+                         dtype="float64", seed=1, distributed="mpi" if distributed else None)
+    history = trainer.fit(X, Y, epochs=3, batch_size=20, shuffle=False, sample_weight=W)
+    np.savez(f"{sys.argv[2]}-{trainer.rank}.npz", params=model.params, buffers=model.buffers,
+             counts=model.counts, loss=np.array(history["loss"]))
+""")
+
+
+@pytest.mark.parametrize("loss", ["mse", "huber"])
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_weighted_regression_on_n_ranks_trains_like_one_process(tmp_path, ranks, loss):
+    """Every rank divides its shard's weighted loss by the global batch's
+    weight sum, which it computes from its own copy of the weights."""
+    script = tmp_path / "train.py"
+    script.write_text(WEIGHTED)
+    subprocess.run([sys.executable, str(script), "single", "single", loss], cwd=tmp_path,
+                   check=True)
+    out = run_mpi(ranks, str(script), "mpi", "multi", loss, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    single = np.load(tmp_path / "single-0.npz")
+    assert single["counts"][1] == 3 * 9  # 11 batches an epoch, 2 of them weightless
+    for rank in range(ranks):
+        multi = np.load(tmp_path / f"multi-{rank}.npz")
+        for key in ("params", "buffers", "loss"):
+            np.testing.assert_allclose(multi[key], single[key], rtol=1e-10, atol=1e-12,
+                                       err_msg=f"rank {rank} {key}")
+        np.testing.assert_array_equal(multi["counts"], single["counts"])
+
+
 PER_RANK = textwrap.dedent("""
     import sys
     import numpy as np

@@ -7,7 +7,7 @@ import pytest
 import fastnn as fn
 from fastnn.core.backends import get_backend
 from fastnn.kernels import network as nw
-from fastnn.kernels.loss import BCE, CROSS_ENTROPY, ENGINE_LOSSES
+from fastnn.kernels.loss import BCE, CROSS_ENTROPY, HUBER, L1, LOSS_CODES, MSE, engine_loss
 
 
 def make_model(activation=fn.ReLU, seed=0, n_in=5, n_out=2, dropout=None):
@@ -26,25 +26,54 @@ ACTIVATIONS = {"relu": fn.ReLU, "sigmoid": fn.Sigmoid, "tanh": fn.Tanh,
                "silu": fn.SiLU}
 
 
-def batch_loss(model, X, Y, loss_kind=BCE):
+def batch_loss(model, X, Y, loss, W=None):
     """Training-mode loss of one batch (reference kernels), without touching
     the model's running statistics (Dropout masks: key 0, step 0, as
-    engine_gradient's)."""
+    engine_gradient's); ``loss`` an engine_loss value, W the rows' weights."""
     net = model.network()._replace(buffers=model.buffers.copy(), counts=model.counts.copy())
     ws = nw.workspace(model.table, X.shape[0], Y.shape[1], model.dtype)
     grads = np.zeros(model.n_params + 1, model.dtype)
-    return nw.train_step_reference(net, ws, grads, X, Y, np.arange(X.shape[0]), 0, X.shape[0],
-                                   ENGINE_LOSSES[loss_kind], None)
+    return nw.train_step_reference(net, ws, grads, X, Y, W, np.arange(X.shape[0]), 0,
+                                   X.shape[0], loss, None)
 
 
-def engine_gradient(model, X, Y, device, loss_kind=BCE):
+def engine_gradient(model, X, Y, device, loss, W=None):
     """(loss, grads) from one engine train_step over the whole of X."""
     backend = get_backend(device)
     ws = nw.workspace(model.table, X.shape[0], Y.shape[1], model.dtype)
     grads = np.zeros(model.n_params + 1, model.dtype)
-    loss = backend.engine_train_step(model.network(), ws, grads, X, Y, np.arange(X.shape[0]), 0,
-                                     X.shape[0], ENGINE_LOSSES[loss_kind], None)
-    return loss, grads[:-1]
+    value = backend.engine_train_step(model.network(), ws, grads, X, Y, W, np.arange(X.shape[0]),
+                                      0, X.shape[0], loss, None)
+    return value, grads[:-1]
+
+
+def targets(code, rng, n, k):
+    """Targets of loss ``code``: probabilities, one-hot rows, or real values
+    spread so that Huber (delta 0.7) sees both its quadratic and linear parts."""
+    if code == BCE:
+        return rng.uniform(size=(n, k))
+    if code == CROSS_ENTROPY:  # one-hot rows, as the Trainer builds them from labels
+        return np.eye(k)[rng.integers(0, k, n)]
+    return rng.normal(0.0, 2.0, (n, k))
+
+
+def check_gradients(model, X, Y, device, loss, W=None):
+    """The engine's loss and gradients against the reference's loss and
+    central finite differences of it, in float64."""
+    value, grads = engine_gradient(model, X, Y, device, loss, W)
+    assert value == pytest.approx(batch_loss(model, X, Y, loss, W), rel=1e-12)
+    h = 1e-6
+    numeric = np.empty_like(grads)
+    for i in range(model.n_params):
+        saved = model.params[i]
+        model.params[i] = saved + h
+        up = batch_loss(model, X, Y, loss, W)
+        model.params[i] = saved - h
+        down = batch_loss(model, X, Y, loss, W)
+        model.params[i] = saved
+        numeric[i] = (up - down) / (2 * h)
+    # central differences: truncation O(h^2) ~ 1e-12, rounding ~ 1e-16 / h ~ 1e-10
+    np.testing.assert_allclose(grads, numeric, rtol=1e-6, atol=1e-8)
 
 
 @pytest.mark.parametrize("dropout", [None, 0.4], ids=["", "dropout"])
@@ -57,24 +86,46 @@ def test_gradients_match_central_finite_differences(activation, device, loss_kin
     rng = np.random.default_rng(3)
     model = make_model(ACTIVATIONS[activation], n_out=3, dropout=dropout)
     X = rng.normal(size=(9, 5))
-    if loss_kind == BCE:
-        Y = rng.uniform(size=(9, 3))
-    else:  # one-hot rows, as the Trainer builds them from labels
-        Y = np.eye(3)[rng.integers(0, 3, 9)]
-    loss, grads = engine_gradient(model, X, Y, device, loss_kind)
-    assert loss == pytest.approx(batch_loss(model, X, Y, loss_kind), rel=1e-12)
+    check_gradients(model, X, targets(loss_kind, rng, 9, 3), device, engine_loss(loss_kind))
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("loss_name", list(LOSS_CODES))
+@pytest.mark.parametrize("device", ["numpy", "cpu"])
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_every_loss_and_sample_weights_match_finite_differences(activation, device, loss_name,
+                                                                 weighted):
+    """Every loss's backward pass through the network, with and without
+    sample weights (one of them 0: that row must not count)."""
+    rng = np.random.default_rng(3)
+    code = LOSS_CODES[loss_name]
+    model = make_model(ACTIVATIONS[activation], n_out=3)
+    X = rng.normal(size=(9, 5))
+    W = np.array([0.5, 2.0, 0.0, 1.0, 3.0, 0.25, 1.5, 1.0, 0.75]) if weighted else None
+    check_gradients(model, X, targets(code, rng, 9, 3), device, engine_loss(code, delta=0.7), W)
+
+
+@pytest.mark.parametrize("code", [MSE, L1, HUBER], ids=["mse", "l1", "huber"])
+def test_regression_loss_gradients_match_finite_differences_on_the_outputs(code):
+    """The loss alone, d loss / d z by central differences on every element
+    of z, weighted, in float64 (the network test above checks them through
+    the layers)."""
+    from fastnn import ops
+    rng = np.random.default_rng(4)
+    z, y = rng.normal(size=(6, 2)), rng.normal(0.0, 2.0, (6, 2))
+    w = rng.uniform(0.0, 2.0, 6)
+    run = {MSE: lambda a: ops.mse_loss(a, y, sample_weight=w, backend="cpu"),
+           L1: lambda a: ops.l1_loss(a, y, sample_weight=w, backend="cpu"),
+           HUBER: lambda a: ops.huber_loss(a, y, delta=0.9, sample_weight=w, backend="cpu")}[code]
+    _, dz = run(z)
     h = 1e-6
-    numeric = np.empty_like(grads)
-    for i in range(model.n_params):
-        saved = model.params[i]
-        model.params[i] = saved + h
-        up = batch_loss(model, X, Y, loss_kind)
-        model.params[i] = saved - h
-        down = batch_loss(model, X, Y, loss_kind)
-        model.params[i] = saved
-        numeric[i] = (up - down) / (2 * h)
-    # central differences: truncation O(h^2) ~ 1e-12, rounding ~ 1e-16 / h ~ 1e-10
-    np.testing.assert_allclose(grads, numeric, rtol=1e-6, atol=1e-8)
+    numeric = np.empty_like(z)
+    for index in np.ndindex(z.shape):
+        up, down = z.copy(), z.copy()
+        up[index] += h
+        down[index] -= h
+        numeric[index] = (run(up)[0] - run(down)[0]) / (2 * h)
+    np.testing.assert_allclose(dz, numeric, rtol=1e-6, atol=1e-9)
 
 
 def test_one_sgd_step_worked_by_hand():

@@ -27,6 +27,10 @@ GOOD = {
     "bce": dict(z=_rng.uniform(0.05, 0.95, (5, 2)), y=(_rng.uniform(size=(5, 2)) > 0.5) * 1.0),
     "bce_with_logits": dict(logits=_rng.normal(size=(5, 2)),
                             y=(_rng.uniform(size=(5, 2)) > 0.5) * 1.0),
+    "mse_loss": dict(z=_rng.normal(size=(5, 2)), y=_rng.normal(size=(5, 2)) * 10,
+                     sample_weight=_rng.uniform(0.5, 1.5, 5)),
+    "l1_loss": dict(z=_rng.normal(size=(5, 1)), y=_rng.normal(size=(5, 1))),
+    "huber_loss": dict(z=_rng.normal(size=(5, 2)), y=_rng.normal(size=(5, 2)), delta=0.5),
     "dense_forward": dict(x=_x, w=_rng.normal(size=(4, 3)), b=_rng.normal(size=4)),
     "dense_backward": dict(dy=_rng.normal(size=(5, 4)), x=_x, w=_rng.normal(size=(4, 3))),
     "activation_forward": dict(x=_x, activation="tanh"),
@@ -36,7 +40,8 @@ GOOD = {
 }
 # The array every other array's shape is checked against.
 PRIMARY = {"batchnorm_forward": "x", "batchnorm_backward": "x", "bce": "z",
-           "bce_with_logits": "logits", "dense_forward": "x", "dense_backward": "x",
+           "bce_with_logits": "logits", "mse_loss": "z", "l1_loss": "z", "huber_loss": "z",
+           "dense_forward": "x", "dense_backward": "x",
            "activation_forward": "x", "activation_backward": "y", "dropout_forward": "x",
            "dropout_backward": "dy"}
 
@@ -58,8 +63,9 @@ def _array_cases():
             yield op, arg, "empty", a[:0], "empty"
             yield op, arg, "str-dtype", a.astype(str), "real numbers"
             yield op, arg, "complex-dtype", a + 0j, "real numbers"
-            # (b=None means "no bias", so b gets a string instead)
-            yield op, arg, "none", None if arg != "b" else "abc", "real numbers|string"
+            # (b=None means "no bias", sample_weight=None "no weights": they get a string)
+            yield op, arg, "none", None if arg not in ("b", "sample_weight") else "abc", \
+                "real numbers|string"
             if arg != PRIMARY[op]:
                 yield op, arg, "wrong-shape", a[..., :-1], "shape"
 
@@ -80,6 +86,11 @@ SPECIFIC_CASES = [
     ("bce_with_logits", "y", "above-1", with_value(GOOD["bce"]["y"], (4, 1), 1.5), r"\[0, 1\]"),
     ("bce_with_logits", "y", "below-0", with_value(GOOD["bce"]["y"], (4, 1), -0.5), r"\[0, 1\]"),
     ("bce_with_logits", "y", "flattened", GOOD["bce"]["y"].ravel(), "shape"),
+    ("mse_loss", "sample_weight", "negative", -GOOD["mse_loss"]["sample_weight"], ">= 0"),
+    ("mse_loss", "sample_weight", "zeros", 0 * GOOD["mse_loss"]["sample_weight"],
+     "positive sum"),
+    ("mse_loss", "y", "transposed", GOOD["mse_loss"]["y"].T, "shape"),
+    ("l1_loss", "z", "3-D", np.zeros((2, 2, 2)), "-D"),
     ("dense_forward", "x", "1-D", _x[0], "2-D"),
     ("dense_forward", "w", "transposed", GOOD["dense_forward"]["w"].T, "shape"),
     ("dense_backward", "dy", "wrong-batch", GOOD["dense_backward"]["dy"][:-1], "shape"),
@@ -106,6 +117,7 @@ SPECIFIC_CASES = [
 for _eps in (0.0, -1.0, np.nan, np.inf, "1e-5", True, None):
     SPECIFIC_CASES.append(("batchnorm_forward", "eps", repr(_eps), _eps,
                            "> 0|finite|real number"))
+    SPECIFIC_CASES.append(("huber_loss", "delta", repr(_eps), _eps, "> 0|finite|real number"))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

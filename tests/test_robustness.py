@@ -170,10 +170,13 @@ MEMMAP = textwrap.dedent("""
 
     X = np.load(sys.argv[1], mmap_mode="r")
     y = np.load(sys.argv[2])
+    # sample weights, read batch by batch as the targets are (None: unweighted)
+    w = np.load(sys.argv[3]) if len(sys.argv) > 3 else None
     model = fn.Sequential(fn.Dense(X.shape[1], 32), fn.BatchNorm(32), fn.ReLU(),
                           fn.Dense(32, 1), seed=0)
     trainer = fn.Trainer(model, optimizer=fn.SGD(lr=0.01), device="cpu", seed=0)
-    trainer.fit(X[:1000], y[:1000], epochs=1, batch_size=256)  # compile first
+    trainer.fit(X[:1000], y[:1000], epochs=1, batch_size=256,  # compile first
+                sample_weight=None if w is None else w[:1000])
     base, peak, done = anon_kib(), [0], [False]
 
     def sample():
@@ -183,14 +186,15 @@ MEMMAP = textwrap.dedent("""
 
     t = threading.Thread(target=sample)
     t.start()
-    trainer.fit(X, y, epochs=1, batch_size=256, shuffle=True)
+    trainer.fit(X, y, epochs=1, batch_size=256, shuffle=True, sample_weight=w)
     done[0] = True
     t.join()
     print(base, peak[0])
 """)
 
 
-def test_fit_on_a_memory_mapped_array_streams_it(tmp_path):
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_fit_on_a_memory_mapped_array_streams_it(tmp_path, weighted):
     n, d = 1_000_000, 64  # 256 MB of float32 features
     X = np.lib.format.open_memmap(tmp_path / "X.npy", mode="w+", dtype=np.float32, shape=(n, d))
     rng = np.random.default_rng(0)
@@ -200,13 +204,17 @@ def test_fit_on_a_memory_mapped_array_streams_it(tmp_path):
     X.flush()
     del X
     np.save(tmp_path / "y.npy", y)
+    arguments = [str(tmp_path / "X.npy"), str(tmp_path / "y.npy")]
+    if weighted:
+        np.save(tmp_path / "w.npy", rng.uniform(0.0, 2.0, n))
+        arguments.append(str(tmp_path / "w.npy"))
     script = tmp_path / "memmap.py"
     script.write_text(MEMMAP)
-    out = subprocess.run([sys.executable, str(script), str(tmp_path / "X.npy"),
-                          str(tmp_path / "y.npy")], capture_output=True, text=True, check=True,
-                         cwd=tmp_path)
+    out = subprocess.run([sys.executable, str(script), *arguments], capture_output=True,
+                         text=True, check=True, cwd=tmp_path)
     base, peak = map(int, out.stdout.split()[-2:])
     growth_mb = (peak - base) / 1024
     print(f"anonymous memory grew by {growth_mb:.0f} MB while training on 256 MB of memory-mapped X")
-    # per row: the permutation (8 B), the targets (4 B); plus small buffers: ~20 MB, not 256 MB
+    # per row: the permutation (8 B), the targets (4 B), with weights the epoch's gathered
+    # weights (8 B, to find weightless batches); plus small buffers: ~20-30 MB, not 256 MB
     assert growth_mb < 64

@@ -1,6 +1,7 @@
-"""fastnn.sklearn.FastNNClassifier: scikit-learn's own estimator checks,
-Pipeline and GridSearchCV, parity with MLPClassifier, partial_fit, labels,
-stopping rules and determinism."""
+"""fastnn.sklearn.FastNNClassifier and FastNNRegressor: scikit-learn's own
+estimator checks, Pipeline and GridSearchCV, parity with MLPClassifier and
+MLPRegressor, partial_fit, labels, sample and class weights, stopping rules
+and determinism."""
 
 import inspect
 import pickle
@@ -11,18 +12,22 @@ import pytest
 
 sklearn = pytest.importorskip("sklearn", minversion="1.6")  # validate_data, tags
 
-from sklearn.datasets import make_classification, make_moons  # noqa: E402
+from sklearn.datasets import (  # noqa: E402
+    load_diabetes, make_classification, make_moons, make_regression,
+)
 from sklearn.exceptions import ConvergenceWarning, NotFittedError  # noqa: E402
 from sklearn.model_selection import GridSearchCV, train_test_split  # noqa: E402
-from sklearn.neural_network import MLPClassifier  # noqa: E402
+from sklearn.metrics import r2_score  # noqa: E402
+from sklearn.neural_network import MLPClassifier, MLPRegressor  # noqa: E402
 from sklearn.pipeline import Pipeline, make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils import check_random_state  # noqa: E402
+from sklearn.utils.class_weight import compute_sample_weight  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 import fastnn as fn  # noqa: E402
 from fastnn.core.cuda_backend import cuda_available  # noqa: E402
-from fastnn.sklearn import FastNNClassifier  # noqa: E402
+from fastnn.sklearn import FastNNClassifier, FastNNRegressor  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -36,14 +41,35 @@ _PARTIAL_FIT_WITH_EARLY_STOPPING = (
     "the check calls partial_fit")
 
 
+# Integer sample weights equal repeated samples only when the whole set is one
+# batch and nothing else looks at the rows one by one: BatchNorm's batch
+# statistics are not weighted (as in PyTorch and Keras), and the
+# early-stopping split draws other rows from repeated data.
+_BATCH_STATISTICS = ("BatchNorm's batch statistics are not weighted (as in PyTorch and Keras): "
+                     "repeated samples move them, weighted ones do not")
+_SPLIT = "early stopping holds out other rows of repeated data than of weighted data"
+_BALANCED = ("class_weight='balanced' counts samples (repeated ones too), not weights; and "
+             "partial_fit refuses it")
+
+
 def expected_failed_checks(estimator):
-    """Checks that fail by design, with the reason; none for the default
-    configurations, only partial_fit ones when early_stopping=True."""
+    """Checks that fail by design, with the reason: partial_fit ones when
+    early_stopping=True, the sample-weight equivalence with BatchNorm or
+    early stopping."""
+    failed = {}
     if estimator.early_stopping:
-        return {"check_fit_score_takes_y": _PARTIAL_FIT_WITH_EARLY_STOPPING,
-                "check_n_features_in_after_fitting": _PARTIAL_FIT_WITH_EARLY_STOPPING,
-                "check_estimators_partial_fit_n_features": _PARTIAL_FIT_WITH_EARLY_STOPPING}
-    return {}
+        failed.update({"check_fit_score_takes_y": _PARTIAL_FIT_WITH_EARLY_STOPPING,
+                       "check_n_features_in_after_fitting": _PARTIAL_FIT_WITH_EARLY_STOPPING,
+                       "check_estimators_partial_fit_n_features":
+                           _PARTIAL_FIT_WITH_EARLY_STOPPING,
+                       "check_sample_weight_equivalence_on_dense_data": _SPLIT})
+    if estimator.batchnorm:
+        failed["check_sample_weight_equivalence_on_dense_data"] = _BATCH_STATISTICS
+    if getattr(estimator, "class_weight", None) == "balanced":
+        failed.update({name: _BALANCED for name in (
+            "check_sample_weight_equivalence_on_dense_data", "check_fit_score_takes_y",
+            "check_n_features_in_after_fitting", "check_estimators_partial_fit_n_features")})
+    return failed
 
 
 CHECKED = [
@@ -55,6 +81,15 @@ CHECKED = [
                      n_iter_no_change=3, device="cpu"),
     FastNNClassifier(hidden_layer_sizes=(32,), activation="gelu", dropout=0.2,
                      learning_rate_init=0.01, max_iter=60, device="cpu"),
+    FastNNClassifier(hidden_layer_sizes=(16,), batchnorm=False, class_weight="balanced",
+                     learning_rate_init=0.01, max_iter=100, dtype="float64", device="cpu"),
+    FastNNRegressor(device="cpu"),  # the defaults (batchnorm=True, standardized target)
+    FastNNRegressor(hidden_layer_sizes=(16, 8), batchnorm=False, activation="tanh",
+                    solver="sgd", learning_rate_init=0.01, max_iter=40, loss="huber",
+                    standardize_target=False, device="cpu"),
+    FastNNRegressor(hidden_layer_sizes=(16,), loss="absolute_error", learning_rate_init=0.01,
+                    max_iter=100, early_stopping=True, validation_fraction=0.2,
+                    n_iter_no_change=5, dtype="float32", device="cpu"),
 ]
 
 
@@ -87,7 +122,7 @@ def three_classes(n=1500, seed=0):
 def test_parameters_are_mlpclassifier_names_plus_fastnn_ones():
     ours = set(inspect.signature(FastNNClassifier).parameters)
     mlp = set(inspect.signature(MLPClassifier).parameters)
-    assert ours - mlp == {"batchnorm", "device", "dtype", "dropout"}
+    assert ours - mlp == {"batchnorm", "device", "dtype", "dropout", "class_weight"}
     shared = ours & mlp
     for name in shared:  # same defaults, apart from batch_size=200 ~ 'auto'
         if name != "batch_size":
@@ -380,9 +415,11 @@ def test_pickle_and_fastnn_save(tmp_path):
     model = fn.load(tmp_path / "m.npz")
     assert model.classes == ["x", "y", "z"]
     assert model.metadata["estimator"] == "fastnn.sklearn.FastNNClassifier"
-    trainer = fn.Trainer(model, loss="cross_entropy", device="cpu")
-    np.testing.assert_array_equal(clf.predict(Xt),
-                                  np.asarray(model.classes)[trainer.predict(Xt)])
+    assert model.loss == "cross_entropy"  # the estimator's head, saved with the model
+    np.testing.assert_array_equal(fn.Trainer(model, device="cpu").predict(Xt), clf.predict(Xt))
+    np.testing.assert_array_equal(fn.Trainer(model).predict(Xt), clf.predict(Xt))
+    np.testing.assert_allclose(fn.Trainer(model).predict_proba(Xt), clf.predict_proba(Xt),
+                               rtol=1e-6)
 
 
 def test_alpha_is_l2_weight_decay():
@@ -444,3 +481,190 @@ def test_a_refused_fit_leaves_a_fitted_estimator_that_still_predicts(refusal):
     assert clf.model_.dtype == np.float32
     np.testing.assert_array_equal(clf.model_.params, params)
     np.testing.assert_array_equal(clf.predict_proba(X), proba)
+
+
+# ---- FastNNRegressor ----
+
+def diabetes():
+    """scikit-learn's diabetes data, X standardized on the training part."""
+    X, y = load_diabetes(return_X_y=True)
+    X, Xt, y, yt = train_test_split(X, y, test_size=0.25, random_state=0)
+    scaler = StandardScaler().fit(X)
+    return scaler.transform(X), scaler.transform(Xt), y, yt
+
+
+def test_regressor_parameters_are_mlpregressor_names_plus_fastnn_ones():
+    ours = set(inspect.signature(FastNNRegressor).parameters)
+    mlp = set(inspect.signature(MLPRegressor).parameters)
+    assert ours - mlp == {"batchnorm", "device", "dtype", "dropout", "huber_delta",
+                          "standardize_target"}
+    for name in ours & mlp:  # same defaults, apart from batch_size=200 ~ 'auto'
+        if name != "batch_size":
+            assert FastNNRegressor().get_params()[name] == MLPRegressor().get_params()[name], name
+    kwargs = dict(hidden_layer_sizes=(8,), activation="tanh", solver="sgd", alpha=1e-3,
+                  batch_size="auto", learning_rate_init=0.01, max_iter=5, random_state=0,
+                  momentum=0.8, nesterovs_momentum=False, n_iter_no_change=3)
+    X, Xt, y, yt = diabetes()
+    MLPRegressor(**kwargs).fit(X, y)
+    assert FastNNRegressor(**kwargs, device="cpu").fit(X, y).predict(Xt).shape == (len(Xt),)
+
+
+def test_regressor_reaches_mlpregressors_r2_on_diabetes():
+    """Matching settings (MLPRegressor's defaults): MLPRegressor trains on
+    the raw target (mean 152) and is far from converged after 200 epochs;
+    the standardized target converges (wall times: see the report's command)."""
+    X, Xt, y, yt = diabetes()
+    settings = dict(hidden_layer_sizes=(100,), learning_rate_init=1e-3, batch_size=200,
+                    max_iter=200, alpha=1e-4, random_state=0)
+    theirs = MLPRegressor(**settings).fit(X, y).score(Xt, yt)
+    for batchnorm in (True, False):
+        ours = FastNNRegressor(**settings, batchnorm=batchnorm, device="cpu").fit(X, y)
+        assert ours.score(Xt, yt) >= theirs, (batchnorm, ours.score(Xt, yt), theirs)
+    stopped = FastNNRegressor(**settings, early_stopping=True, device="cpu").fit(X, y)
+    assert stopped.score(Xt, yt) > 0.3
+
+
+def test_regressor_score_is_r2_and_takes_several_outputs():
+    X, y = make_regression(300, n_features=6, n_targets=3, noise=5.0, random_state=0)
+    y = y * [1.0, 10.0, 0.1] + [0.0, 500.0, -3.0]  # targets of other scales
+    reg = FastNNRegressor(hidden_layer_sizes=(32,), max_iter=150, learning_rate_init=0.01,
+                          random_state=0, device="cpu").fit(X, y)
+    assert reg.n_outputs_ == 3 and reg.out_activation_ == "identity"
+    p = reg.predict(X)
+    assert p.shape == (300, 3) and p.dtype == np.float64
+    assert reg.score(X, y) == pytest.approx(r2_score(y, p), rel=1e-12)
+    assert reg.score(X, y) > 0.9
+    w = np.random.default_rng(0).uniform(0, 2, 300)
+    assert reg.score(X, y, sample_weight=w) == pytest.approx(r2_score(y, p, sample_weight=w))
+    np.testing.assert_allclose(reg.model_.target_scaling["mean"], y.mean(axis=0))
+    one = FastNNRegressor(hidden_layer_sizes=(8,), max_iter=5, device="cpu").fit(X, y[:, :1])
+    assert one.predict(X).shape == (300,)  # one target column: (n,), as MLPRegressor
+
+
+@pytest.mark.parametrize("loss", ["squared_error", "absolute_error", "huber"])
+def test_regressor_losses_train_the_fastnn_loss(loss):
+    X, Xt, y, yt = diabetes()
+    reg = FastNNRegressor(hidden_layer_sizes=(16,), loss=loss, huber_delta=0.5, max_iter=40,
+                          learning_rate_init=0.01, random_state=0, device="cpu").fit(X, y)
+    expected = {"squared_error": ("mse", None), "absolute_error": ("l1", None),
+                "huber": ("huber", 0.5)}[loss]
+    assert (reg.model_.loss, reg.model_.huber_delta) == expected
+    assert reg.score(Xt, yt) > 0.2
+
+
+def test_regressor_without_target_standardization_trains_on_y_as_it_is():
+    X, Xt, y, yt = diabetes()
+    reg = FastNNRegressor(hidden_layer_sizes=(8,), standardize_target=False, max_iter=3,
+                          random_state=0, device="cpu").fit(X, y)
+    assert reg.model_.target_scaling is None
+    assert reg.loss_curve_[0] > 1000  # the squared error in the target's units (y ~ 150)
+
+
+def test_regressor_partial_fit_warm_start_and_bad_parameters():
+    X, Xt, y, yt = diabetes()
+    reg = FastNNRegressor(hidden_layer_sizes=(16,), random_state=0, device="cpu")
+    for _ in range(3):
+        reg.partial_fit(X, y)
+    assert len(reg.loss_curve_) == 3 and reg.n_iter_ == 1
+    scaling = reg.model_.target_scaling["mean"].copy()
+    reg.partial_fit(X[:50], y[:50] + 1000)  # the scaling is the first call's
+    np.testing.assert_array_equal(reg.model_.target_scaling["mean"], scaling)
+    with pytest.raises(ValueError, match="1 output"):
+        reg.partial_fit(X, np.stack([y, y], axis=1))
+    warm = FastNNRegressor(hidden_layer_sizes=(16,), max_iter=5, warm_start=True,
+                           random_state=0, device="cpu").fit(X, y)
+    first = warm.model_.params.copy()
+    warm.fit(X, y)
+    assert len(warm.loss_curve_) == 10 and not np.array_equal(first, warm.model_.params)
+    for bad, what in ((dict(loss="poisson"), "loss"), (dict(huber_delta=0.0), "huber_delta"),
+                      (dict(standardize_target=1), "standardize_target")):
+        with pytest.raises((ValueError, TypeError), match=what):
+            FastNNRegressor(device="cpu", **bad).fit(X, y)
+
+
+def test_regressor_model_file_predicts_what_the_estimator_predicts(tmp_path):
+    X, Xt, y, yt = diabetes()
+    reg = FastNNRegressor(hidden_layer_sizes=(16,), loss="huber", max_iter=20, random_state=0,
+                          device="cpu").fit(X, y)
+    fn.save(reg.model_, tmp_path / "reg.npz")
+    model = fn.load(tmp_path / "reg.npz")
+    assert model.metadata["estimator"] == "fastnn.sklearn.FastNNRegressor"
+    np.testing.assert_array_equal(fn.Trainer(model).predict(Xt), reg.predict(Xt))
+    with pytest.raises(ValueError, match="contradicts"):
+        fn.Trainer(model, loss="mse")
+    clone = pickle.loads(pickle.dumps(reg))
+    np.testing.assert_array_equal(clone.predict(Xt), reg.predict(Xt))
+
+
+# ---- sample and class weights ----
+
+def test_integer_sample_weights_are_repeated_samples_for_full_batch_training():
+    """batch_size >= n_samples: each epoch is one step on the whole set, and
+    weights 0..3 give the model of the rows repeated that many times."""
+    X, Xt, y, yt = diabetes()
+    X, y = X[:60], y[:60]
+    counts = np.random.default_rng(0).integers(0, 4, 60)
+    rows = np.repeat(np.arange(60), counts)
+    kw = dict(hidden_layer_sizes=(16,), batchnorm=False, max_iter=30, batch_size=500,
+              shuffle=False, standardize_target=False, random_state=0, device="cpu")
+    weighted = FastNNRegressor(**kw).fit(X, y, sample_weight=counts)
+    repeated = FastNNRegressor(**kw).fit(X[rows], y[rows])
+    np.testing.assert_allclose(weighted.loss_curve_, repeated.loss_curve_, rtol=1e-11)
+    np.testing.assert_allclose(weighted.predict(Xt), repeated.predict(Xt), rtol=1e-10)
+    classifier = dict(kw, dtype="float64")
+    del classifier["standardize_target"]
+    labels = (y > np.median(y)).astype(int)
+    weighted = FastNNClassifier(**classifier).fit(X, labels, sample_weight=counts)
+    repeated = FastNNClassifier(**classifier).fit(X[rows], labels[rows])
+    np.testing.assert_allclose(weighted.predict_proba(Xt), repeated.predict_proba(Xt),
+                               rtol=1e-10)
+
+
+def test_class_weight_balanced_is_scikit_learns_sample_weights():
+    X, Xt, y, yt = three_classes(600)
+    keep = (y != 2) | (np.arange(len(y)) % 5 == 0)  # class 2 is rare
+    X, y = X[keep], np.array(["a", "b", "c"])[y[keep]]
+    kw = dict(hidden_layer_sizes=(16,), max_iter=10, random_state=0, device="cpu")
+    balanced = FastNNClassifier(class_weight="balanced", **kw).fit(X, y)
+    weighted = FastNNClassifier(**kw).fit(X, y, sample_weight=compute_sample_weight("balanced",
+                                                                                    y))
+    np.testing.assert_array_equal(balanced.model_.params, weighted.model_.params)
+    # a dict weighs the classes it names (the others 1), times the sample weights
+    w = np.random.default_rng(1).uniform(0.5, 1.5, len(y))
+    by_dict = FastNNClassifier(class_weight={"c": 4.0, "a": 0.5}, **kw).fit(X, y,
+                                                                         sample_weight=w)
+    by_hand = FastNNClassifier(**kw).fit(
+        X, y, sample_weight=w * np.select([y == "c", y == "a"], [4.0, 0.5], 1.0))
+    np.testing.assert_array_equal(by_dict.model_.params, by_hand.model_.params)
+
+
+def test_class_weight_shifts_predictions_toward_a_heavy_class():
+    X, y = make_classification(600, n_features=6, flip_y=0.3, random_state=0)
+    X, Xt, y, yt = train_test_split(X, y, random_state=0)
+    kw = dict(hidden_layer_sizes=(16,), max_iter=50, learning_rate_init=0.01, random_state=0,
+              device="cpu")
+    plain = FastNNClassifier(**kw).fit(X, y).predict(Xt)
+    heavy = FastNNClassifier(class_weight={1: 20.0}, **kw).fit(X, y).predict(Xt)
+    assert heavy.mean() > plain.mean()
+
+
+def test_bad_sample_and_class_weights_are_refused():
+    X, Xt, y, yt = moons(200)
+    clf = FastNNClassifier(max_iter=2, device="cpu")
+    for bad, what in ((-np.ones(len(y)), "Negative"), (np.ones(len(y) - 1), "sample_weight"),
+                      (np.zeros(len(y)), "non-zero"),
+                      (np.full(len(y), np.nan), "NaN|finite")):
+        with pytest.raises(ValueError, match=what):
+            clf.fit(X, y, sample_weight=bad)
+    with pytest.raises(ValueError, match="class_weight"):
+        FastNNClassifier(class_weight="even", device="cpu").fit(X, y)
+    with pytest.raises(ValueError, match="not classes.*7"):
+        FastNNClassifier(class_weight={7: 2.0}, device="cpu").fit(X, y)
+    with pytest.raises(ValueError, match="class_weight='balanced' is not supported by "
+                                         "partial_fit"):
+        FastNNClassifier(class_weight="balanced", device="cpu").partial_fit(X, y, classes=[0, 1])
+    # a dict works chunk by chunk, also for a class a chunk lacks
+    clf = FastNNClassifier(class_weight={0: 2.0}, device="cpu")
+    clf.partial_fit(X[y == 1], y[y == 1], classes=[0, 1])
+    with pytest.raises(ValueError, match="sample_weight"):
+        FastNNRegressor(device="cpu").fit(X, y.astype(float), sample_weight=-np.ones(len(y)))

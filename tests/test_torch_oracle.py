@@ -416,3 +416,102 @@ def test_load_torch_state_dict_and_predict(arch_name, dtype):
     assert proba.dtype == np.dtype(dtype)
     assert_close(proba, expected[:, 0] if out_features == 1 else expected, dtype,
                  f"{arch_name}: predict_proba")
+
+
+# ---- regression losses and sample weights against torch ----
+# The same replay with torch.nn.MSELoss, L1Loss and HuberLoss on a linear
+# head of 3 outputs (real targets), without and with sample weights. With
+# weights, torch's loss of a batch is its per-sample losses (reduction='none',
+# averaged over the outputs) averaged with the weights, sum w_i l_i / sum w_i:
+# the weighting fastnn promises (scikit-learn's). One weight is 0 and the
+# others spread over [0, 3].
+
+REGRESSION_ARCH = dict(
+    layers=[("dense", 7, 12, None), ("bn", 12, 0.1, 1e-5), "relu",
+            ("dense", 12, 8, True), "tanh", ("dense", 8, 3, True)],
+    n=53, batch_size=16)
+REGRESSION_LOSSES = {
+    "mse": (dict(loss="mse"), lambda: torch.nn.MSELoss(reduction="none")),
+    "l1": (dict(loss="l1"), lambda: torch.nn.L1Loss(reduction="none")),
+    "huber": (dict(loss="huber", huber_delta=0.8),
+              lambda: torch.nn.HuberLoss(reduction="none", delta=0.8)),
+}
+
+
+def torch_weighted_fit(model, opt, loss_fn, X, Y, W, epochs, batch_size, skip_single):
+    """torch_fit with a per-sample loss averaged with the weights W (or
+    plainly, W None). Returns per epoch the list of (batch loss, batch size)."""
+    model.train()
+    history = []
+    for _ in range(epochs):
+        batches = []
+        for start in range(0, X.shape[0], batch_size):
+            xb, yb = X[start:start + batch_size], Y[start:start + batch_size]
+            if xb.shape[0] == 1 and skip_single:
+                continue
+            opt.zero_grad()
+            per_sample = loss_fn(model(xb), yb).mean(dim=1)
+            if W is None:
+                loss = per_sample.mean()
+            else:
+                wb = W[start:start + batch_size]
+                loss = (wb * per_sample).sum() / wb.sum()
+            loss.backward()
+            opt.step()
+            batches.append((loss.item(), xb.shape[0]))
+        history.append(batches)
+    return history
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("device", ["cpu", "numpy"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("opt_name", ["sgd_momentum_dampening", "adam"])
+@pytest.mark.parametrize("loss_name", list(REGRESSION_LOSSES))
+def test_regression_training_matches_torch(loss_name, opt_name, weighted, device, dtype):
+    arch = REGRESSION_ARCH
+    loss_kwargs, make_loss = REGRESSION_LOSSES[loss_name]
+    make_fn_opt, make_torch_opt, state_rows = OPTIMIZERS[opt_name]
+    where = f"regression/{loss_name}/{opt_name}/{'weighted' if weighted else 'plain'}/{device}"
+    rng = np.random.default_rng(sorted(REGRESSION_LOSSES).index(loss_name) * 10 + weighted)
+    n = arch["n"]
+    X = (rng.normal(size=(n, 7)) * rng.uniform(0.5, 2.0, 7)).astype(dtype)
+    Y = (X[:, :3] @ rng.normal(size=(3, 3)) + rng.normal(0.0, 1.0, (n, 3))).astype(dtype)
+    W = None
+    if weighted:
+        W = rng.uniform(0.0, 3.0, n)
+        W[5] = 0.0
+
+    bias_before_bn = opt_name.startswith("sgd")
+    model = build_fastnn(arch["layers"], bias_before_bn, seed=3)
+    trainer = fn.Trainer(model, optimizer=make_fn_opt(), device=device, dtype=dtype, seed=0,
+                         **loss_kwargs)
+    tmodel = build_torch(arch["layers"], bias_before_bn, dtype)
+    tmodel.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in model.state_dict().items()})
+    topt = make_torch_opt(list(tmodel.parameters()))
+
+    history = trainer.fit(X, Y, epochs=EPOCHS, batch_size=arch["batch_size"], shuffle=False,
+                          sample_weight=W)
+    t_history = torch_weighted_fit(
+        tmodel, topt, make_loss(), torch.from_numpy(X), torch.from_numpy(Y),
+        None if W is None else torch.from_numpy(W.astype(dtype)), EPOCHS, arch["batch_size"],
+        model.has_batchnorm)
+
+    expected_loss = [sum(l * m for l, m in b) / sum(m for _, m in b) for b in t_history]
+    assert_close(history["loss"], expected_loss, dtype, f"{where}: history loss")
+    final, t_final = model.state_dict(), tmodel.state_dict()
+    for key, t_value in t_final.items():
+        if key.endswith("num_batches_tracked"):
+            assert int(final[key]) == int(t_value), f"{where}: {key}"
+        else:
+            assert_close(final[key], t_value.numpy(), dtype, f"{where}: {key}")
+    params = list(tmodel.parameters())
+    for row, name in state_rows.items():
+        expected = np.concatenate([topt.state[p][name].detach().numpy().ravel()
+                                   for p in params])
+        assert_close(trainer.optimizer.state[row], expected, dtype, f"{where}: optimizer {name}")
+    # the trained model predicts what torch's gives, in inference mode
+    tmodel.eval()
+    with torch.no_grad():
+        expected = tmodel(torch.from_numpy(X)).numpy()
+    assert_close(trainer.predict(X), expected, dtype, f"{where}: predict")

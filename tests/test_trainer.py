@@ -29,7 +29,7 @@ def make(lr=0.01, seed=0):
 
 # ---- a refused constructor or fit changes nothing ----
 
-@pytest.mark.parametrize("kwargs", [dict(distributed="bogus"), dict(loss="mse"),
+@pytest.mark.parametrize("kwargs", [dict(distributed="bogus"), dict(loss="hinge"),
                                     dict(device="tpu"), dict(seed=-1),
                                     dict(distributed="mpi", device="numpy")])
 def test_a_refused_trainer_leaves_the_model_as_it_was(kwargs):
@@ -224,7 +224,17 @@ BAD_FIT_ARGS = [
     (dict(shuffle=None), "shuffle", "True or False"),
     (dict(validation_data=X0), "validation_data", "pair"),
     (dict(validation_data=(X0,)), "validation_data", "pair"),
-    (dict(validation_data=(X0, Y0, Y0)), "validation_data", "pair"),
+    (dict(sample_weight=-np.ones(len(Y0))), "sample_weight", ">= 0"),
+    (dict(sample_weight=with_value(np.ones(len(Y0)), 2, np.nan)), "sample_weight", "finite"),
+    (dict(sample_weight=with_value(np.ones(len(Y0)), 2, np.inf)), "sample_weight", "finite"),
+    (dict(sample_weight=np.ones(len(Y0) - 1)), "sample_weight", "shape"),
+    (dict(sample_weight=np.zeros(len(Y0))), "sample_weight", "positive sum"),
+    (dict(sample_weight=np.ones((len(Y0), 1))), "sample_weight", "1-D"),
+    (dict(sample_weight=np.full(len(Y0), "1")), "sample_weight", "real numbers"),
+    (dict(sample_weight=np.full(len(Y0), 1e308)), "sample_weight", "float64"),
+    (dict(validation_data=(X0, Y0, Y0, Y0)), "validation_data", "pair"),
+    (dict(validation_data=(X0, Y0, -np.ones(len(Y0)))), "validation_data[2]", ">= 0"),
+    (dict(validation_data=(X0, Y0, np.ones(len(Y0) + 1))), "validation_data[2]", "shape"),
     (dict(validation_data={"X": X0, "y": Y0}), "validation_data", "pair"),
     (dict(validation_data="val"), "validation_data", "pair"),
     (dict(validation_data=(X0[:, :2], Y0)), "validation_data[0]", r"\(n_samples, 3\)"),
@@ -317,8 +327,11 @@ TRAINER_CASES = [
     ("model-layer", dict(model=fn.Dense(2, 1)), "model", "Sequential"),
     ("optimizer-str", dict(optimizer="adam"), "optimizer", "SGD, RMSprop, Adam"),
     ("optimizer-class", dict(optimizer=fn.Adam), "optimizer", "SGD, RMSprop, Adam"),
-    ("loss-mse", dict(loss="mse"), "loss", "bce"),
-    ("loss-none", dict(loss=None), "loss", "bce"),
+    ("loss-hinge", dict(loss="hinge"), "loss", "bce"),
+    ("loss-int", dict(loss=1), "loss", "'mse'"),
+    ("huber-delta-for-mse", dict(loss="mse", huber_delta=1.0), "huber_delta", "loss='huber'"),
+    ("huber-delta-zero", dict(loss="huber", huber_delta=0.0), "huber_delta", "> 0"),
+    ("huber-delta-str", dict(loss="huber", huber_delta="1"), "huber_delta", "real number"),
     ("device-tpu", dict(device="tpu"), "device", "'cpu'"),
     ("device-upper", dict(device="CPU"), "device", "'cpu'"),
     ("device-none", dict(device=None), "device", "'cpu'"),
@@ -331,8 +344,6 @@ TRAINER_CASES = [
     ("seed-negative", dict(seed=-1), "seed", ">= 0"),
     ("seed-float", dict(seed=0.5), "seed", "integer"),
     ("seed-str", dict(seed="0"), "seed", "integer"),
-    pytest.param("dtype-none", dict(dtype=None), "dtype", "'float32' or 'float64'",
-                 id="dtype-none"),
 ]
 
 

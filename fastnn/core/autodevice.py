@@ -129,25 +129,27 @@ def fit_seconds(costs, table, batch, n_samples, epochs, data_bytes, group=1):
     return costs.per_fit + data_bytes / costs.upload + epochs * (costs.per_epoch + steps * step)
 
 
-def gpu_engine(table, batch, n_models):
+def gpu_engine(table, batch, n_models, loss=0, weighted=False):
     """(engine, models side by side, blocks per model) of what the GPU would
     run (cuda_backend.cuda_engine): 'cuda-block' or 'cuda-grid' (the fused
     engine, as many models at once as the GPU has multiprocessors for their
     groups) or 'cuda-layers' (one model at a time)."""
     from .cuda_backend import cuda_engine, gpu_multiprocessors
-    engine, plan = cuda_engine(table, batch, n_models)
+    engine, plan = cuda_engine(table, batch, n_models, loss=loss, weighted=weighted)
     if engine == "fused":
         return f"cuda-{plan.mode}", max(1, gpu_multiprocessors() // plan.group), plan.group
     return "cuda-layers", 1, 1
 
 
-def predict(table, batch, n_samples, epochs, data_bytes, dtype, n_models=1, costs=None):
+def predict(table, batch, n_samples, epochs, data_bytes, dtype, n_models=1, costs=None, loss=0,
+            weighted=False):
     """{'cpu': seconds, 'cuda': seconds, 'cuda_engine': name} for ``n_models``
     fits of the network (one after another on the cpu; side by side on the
-    fused engine, as many at once as the GPU holds)."""
+    fused engine, as many at once as the GPU holds), with the loss code
+    ``loss`` and sample weights or not (the GPU engine depends on both)."""
     costs = costs if costs is not None else engine_costs(dtype)
     cpu = n_models * fit_seconds(costs["cpu"], table, batch, n_samples, epochs, 0)
-    engine, side_by_side, group = gpu_engine(table, batch, n_models)
+    engine, side_by_side, group = gpu_engine(table, batch, n_models, loss, weighted)
     rounds = -(-n_models // side_by_side)
     gpu = rounds * fit_seconds(costs[engine], table, batch, n_samples, epochs, data_bytes, group)
     return {"cpu": cpu, "cuda": gpu, "cuda_engine": engine}
@@ -230,7 +232,7 @@ def measure_step(engine, spec, dtype):
     ``Trainer.fit`` drives it; the fused engine's mode forced through
     FASTNN_CUDA_ENGINE): the best of three timed epochs, after one that
     compiles (compiling is not counted as time spent training)."""
-    from fastnn.kernels.loss import LOSS_CODES
+    from fastnn.kernels.loss import BCE, engine_loss
 
     from .backends import BACKENDS
     from .layers import BatchNorm, Dense, ReLU, Sequential
@@ -245,7 +247,7 @@ def measure_step(engine, spec, dtype):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((batch * steps, d_in)).astype(dtype)
     Y = (X[:, :1] > 0).astype(dtype)
-    backend, optimizer, loss = BACKENDS[engine.split("-")[0]], SGD(lr=1e-3), LOSS_CODES["bce"]
+    backend, optimizer, loss = BACKENDS[engine.split("-")[0]], SGD(lr=1e-3), engine_loss(BCE)
     index, losses, sizes = np.arange(batch * steps), np.zeros(steps), np.zeros(steps, np.int64)
     with config.forced_cuda_engine(None if engine == "cpu" else engine.split("-")[1]):
         backend.prepare(model, optimizer, X, Y, loss, announce=False)

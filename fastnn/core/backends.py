@@ -3,17 +3,21 @@
 A backend provides the functional ops (inputs already validated by
 ``fastnn.ops``) and the training sessions the Trainer drives:
 
-    backend.prepare(model, optimizer, X, Y, loss_kind, comm=None, X_val=None, announce=True)
-    session = backend.start_fit(model, optimizer, X, Y, batch, loss_kind, comm=None,
+    backend.prepare(model, optimizer, X, Y, loss, comm=None, X_val=None, announce=True,
+                    weights=None)
+    session = backend.start_fit(model, optimizer, X, Y, batch, loss, comm=None, weights=None,
                                 dropout_key=0, clip_norm=0.0, clip_value=0.0)
     session.set_learning_rate(lr)
     batches, nonfinite = session.train_epoch(index, batch_size, skip_single, losses, sizes)
     session.logits(X_val); session.finish()
     backend.predict_logits(model, X)
 
-``Trainer`` and ``ops`` look a backend up here once, by the name that
-``fastnn.core.device.choose_device`` (the one function that decides the
-device) returned; no other module branches on the device.
+``loss`` is a ``fastnn.kernels.loss.engine_loss`` value; ``weights`` None or
+the (n,) float64 sample weights of the rows of X, read batch by batch as the
+targets are (see kernels/network.py). ``Trainer`` and ``ops`` look a backend
+up here once, by the name that ``fastnn.core.device.choose_device`` (the one
+function that decides the device) returned; no other module branches on the
+device.
 
     numpy : the NumPy reference kernels (slow; the yardstick for the others)
     cpu   : the @njit kernels, a whole epoch per compiled call; with ``comm``
@@ -24,7 +28,8 @@ device) returned; no other module branches on the device.
 
 import numpy as np
 
-from fastnn.kernels import activations, batchnorm, dense, dropout, loss, network, optim
+from fastnn.kernels import activations, batchnorm, dense, dropout, network, optim
+from fastnn.kernels import loss as kloss
 
 from . import threads
 from .compilation import compile_ahead
@@ -38,10 +43,10 @@ class HostSession:
     with ``dropout_key``; the gradients are clipped to the norm ``clip_norm``
     or to ``clip_value`` (0: not clipped)."""
 
-    def __init__(self, backend, model, optimizer, X, Y, batch, loss_kind, comm=None,
-                 dropout_key=0, clip_norm=0.0, clip_value=0.0):
-        self.backend, self.model, self.X, self.Y = backend, model, X, Y
-        self.loss = loss.ENGINE_LOSSES[loss_kind]
+    def __init__(self, backend, model, optimizer, X, Y, batch, engine_loss, comm=None,
+                 weights=None, dropout_key=0, clip_norm=0.0, clip_value=0.0):
+        self.backend, self.model, self.X, self.Y, self.W = backend, model, X, Y, weights
+        self.loss = engine_loss
         self.net = model.network()
         self.opt = optimizer.engine_state(model.n_params, model.dtype)
         self.ws = network.workspace(model.table, batch, Y.shape[1], model.dtype, dropout_key,
@@ -63,8 +68,8 @@ class HostSession:
         returns (batches trained, 1-based number of a batch whose loss was not
         finite, or 0). After such a batch the last good state is back."""
         return self.backend.engine_train_epoch(self.net, self.ws, self.grads, self.opt, self.X,
-                                               self.Y, index, batch_size, skip_single, losses,
-                                               sizes, self.loss, self.guard, self.comm)
+                                               self.Y, self.W, index, batch_size, skip_single,
+                                               losses, sizes, self.loss, self.guard, self.comm)
 
     def logits(self, X):
         return self.backend.predict_logits(self.model, X)
@@ -89,15 +94,16 @@ class NumpyBackend:
 
     engine_predict_logits = staticmethod(network.predict_logits_reference)
 
-    def start_fit(self, model, optimizer, X, Y, batch, loss_kind, comm=None, dropout_key=0,
-                  clip_norm=0.0, clip_value=0.0):
+    def start_fit(self, model, optimizer, X, Y, batch, loss, comm=None, weights=None,
+                  dropout_key=0, clip_norm=0.0, clip_value=0.0):
         if comm is not None:
             raise ValueError(f"the {self.name} backend runs in one process; data-parallel "
                              f"training runs on 'cpu'")
-        return HostSession(self, model, optimizer, X, Y, batch, loss_kind, None, dropout_key,
+        return HostSession(self, model, optimizer, X, Y, batch, loss, None, weights, dropout_key,
                            clip_norm, clip_value)
 
-    def prepare(self, model, optimizer, X, Y, loss_kind, comm=None, X_val=None, announce=True):
+    def prepare(self, model, optimizer, X, Y, loss, comm=None, X_val=None, announce=True,
+                weights=None):
         """Compile what a fit with these arguments runs, or load it from
         numba's cache, before anything is timed; returns the seconds it took
         (nothing to compile here)."""
@@ -129,14 +135,13 @@ class NumpyBackend:
         return batchnorm.batchnorm_backward_reference(dy, x, gamma, mean, inv_std)
 
     def bce(self, z, y):
-        return loss.bce_reference(z, y)
+        return kloss.bce_reference(z, y)
 
-    def bce_with_logits(self, z, y):
-        value, dz = loss.bce_with_logits_reference(z, y)
-        return value, dz.astype(z.dtype, copy=False)
-
-    def cross_entropy(self, z, y):
-        value, dz = loss.cross_entropy_reference(z, y)
+    def loss(self, engine_loss, z, y, w):
+        """(mean loss, d loss / d z in z's dtype) of the loss ``engine_loss``
+        on z, y (n, k) with row weights w ((n,) float64, or None)."""
+        value, dz = kloss.loss_reference(kloss.loss_code(engine_loss), z, y, w, None,
+                                        kloss.loss_delta(engine_loss))
         return value, dz.astype(z.dtype, copy=False)
 
     def dense_forward(self, x, w, b):
@@ -168,13 +173,14 @@ class CpuBackend(NumpyBackend):
     engine_train_step = staticmethod(network.train_step)
     engine_predict_logits = staticmethod(network.predict_logits)
 
-    def start_fit(self, model, optimizer, X, Y, batch, loss_kind, comm=None, dropout_key=0,
-                  clip_norm=0.0, clip_value=0.0):
+    def start_fit(self, model, optimizer, X, Y, batch, loss, comm=None, weights=None,
+                  dropout_key=0, clip_norm=0.0, clip_value=0.0):
         threads.warn_once_if_contended()
-        return HostSession(self, model, optimizer, X, Y, batch, loss_kind, comm, dropout_key,
+        return HostSession(self, model, optimizer, X, Y, batch, loss, comm, weights, dropout_key,
                            clip_norm, clip_value)
 
-    def prepare(self, model, optimizer, X, Y, loss_kind, comm=None, X_val=None, announce=True):
+    def prepare(self, model, optimizer, X, Y, loss, comm=None, X_val=None, announce=True,
+                weights=None):
         """Compile the epoch engine (and, with ``X_val``, the inference engine)
         for a fit with these arguments, or load them from numba's cache; the
         types decide what numba compiles, so tiny stand-ins replace the
@@ -189,9 +195,8 @@ class CpuBackend(NumpyBackend):
                               np.zeros((2, 1), np.int64), np.zeros(1, np.int64))
         communicator = None if comm is None else comm.communicator(8)
         index, losses, sizes = np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
-        work = [(network.train_epoch, (net, ws, np.zeros(1, dtype), opt, X, Y, index, 1, True,
-                                       losses, sizes, loss.ENGINE_LOSSES[loss_kind], guard,
-                                       communicator))]
+        work = [(network.train_epoch, (net, ws, np.zeros(1, dtype), opt, X, Y, weights, index,
+                                       1, True, losses, sizes, loss, guard, communicator))]
         if X_val is not None:
             work.append((network.predict_logits, (net, ws, X_val, np.zeros((0, k), dtype))))
         return compile_ahead(work, f"the cpu kernels for {np.dtype(dtype).name}", announce)
@@ -218,15 +223,12 @@ class CpuBackend(NumpyBackend):
         return dx, dgamma, dbeta
 
     def bce(self, z, y):
-        return float(loss.bce(z, y))
+        return float(kloss.bce(z, y))
 
-    def bce_with_logits(self, z, y):
+    def loss(self, engine_loss, z, y, w):
         dz = np.empty_like(z)
-        return float(loss.bce_with_logits(z, y, dz)), dz
-
-    def cross_entropy(self, z, y):
-        dz = np.empty_like(z)
-        return float(loss.cross_entropy(z, y, dz)), dz
+        total = z.shape[0] if w is None else float(np.sum(w))
+        return float(kloss.cpu_loss(engine_loss, z, y, w, total, dz)), dz
 
     def dense_forward(self, x, w, b):
         y = np.empty((x.shape[0], w.shape[0]), x.dtype)

@@ -1,6 +1,6 @@
 """The one model builder of the front ends: a multi-layer perceptron.
 
-``fastnn train``, ``fastnn.sklearn.FastNNClassifier`` and ``fastnn bench``
+``fastnn train``, the estimators of ``fastnn.sklearn`` and ``fastnn bench``
 all build their networks here, so the three mean the same thing by "hidden
 widths 64,64 with BatchNorm", and they check their hidden activation and
 dropout options with ``check_activation`` and ``check_dropout``.
@@ -43,7 +43,8 @@ def mlp(in_features, hidden, out_features, batchnorm=True, activation="relu", in
         the logits: logistic or softmax regression).
     out_features : int >= 1
         1 for a sigmoid/BCE binary classifier, k for k classes (softmax
-        cross-entropy) or k sigmoid outputs (multi-label BCE).
+        cross-entropy), k sigmoid outputs (multi-label BCE), or k regression
+        targets (a linear head).
     batchnorm : bool
         A BatchNorm after each hidden Dense layer.
     activation : {'relu', 'tanh', 'sigmoid', 'leaky_relu', 'gelu', 'gelu_tanh', 'silu', 'identity'}

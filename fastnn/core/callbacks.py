@@ -4,7 +4,8 @@
 callback with the hooks of ``Callback``, called in this order by fit:
 
 1. ``ValidationScores`` (with ``validation_data``): the epoch's val_loss and
-   val_accuracy, first, so that every later callback sees them;
+   val_accuracy (a regression's val_r2), first, so that every later
+   callback sees them;
 2. ``ProgressDisplay`` (with ``progress``): the bar and the metrics;
 3. the callbacks passed as ``callbacks=[...]``, in their order;
 4. the schedule passed as ``lr_schedule`` (``StepDecay``, ``CosineDecay``, or
@@ -29,7 +30,7 @@ from . import validation as v
 from .checkpoint import restore
 from .progress import ProgressBar
 
-MONITORS = {"val_loss": "min", "loss": "min", "val_accuracy": "max"}
+MONITORS = {"val_loss": "min", "loss": "min", "val_accuracy": "max", "val_r2": "max"}
 
 
 class Callback:
@@ -143,25 +144,26 @@ def pad(history):
 # ---- validation and progress ----
 
 class ValidationScores(Callback):
-    """val_loss and val_accuracy of each epoch, in inference mode, on the
-    validation data of ``fit`` (already checked: X_val in the trainer's
-    dtype, Y_val as the engine takes the targets)."""
+    """val_loss and val_accuracy (a regression's val_r2) of each epoch, in
+    inference mode, on the validation data of ``fit`` (already checked:
+    X_val as the network takes it, Y_val as the engine takes the targets,
+    W_val the samples' weights or None)."""
 
-    def __init__(self, X_val, Y_val):
-        self.X_val, self.Y_val = X_val, Y_val
+    def __init__(self, X_val, Y_val, W_val=None):
+        self.X_val, self.Y_val, self.W_val = X_val, Y_val, W_val
 
     def on_epoch_end(self, epoch, history, trainer):
-        scores = trainer._fit_scores(self.X_val, self.Y_val)
-        record(history, "val_loss", scores["loss"])
-        record(history, "val_accuracy", scores["accuracy"])
+        scores = trainer._fit_scores(self.X_val, self.Y_val, self.W_val)
+        for name, value in scores.items():
+            record(history, f"val_{name}", value)
 
 
 def epoch_metrics(history, n_samples):
     """'loss 0.1234  val_loss ...  12,345 samples/s' of the last epoch."""
     text = f"loss {history['loss'][-1]:.4f}"
-    if "val_loss" in history:
-        text += (f"  val_loss {history['val_loss'][-1]:.4f}  "
-                 f"val_accuracy {history['val_accuracy'][-1]:.4f}")
+    for key in ("val_loss", "val_accuracy", "val_r2"):
+        if key in history:
+            text += f"  {key} {history[key][-1]:.4f}"
     return text + f"  {n_samples / max(history['time'][-1], 1e-12):,.0f} samples/s"
 
 
@@ -230,8 +232,9 @@ class EarlyStopping(Callback):
     Parameters
     ----------
     patience : int >= 1
-    monitor : {'val_loss', 'val_accuracy', 'loss'}
-        The val_* metrics need ``validation_data``.
+    monitor : {'val_loss', 'val_accuracy', 'val_r2', 'loss'}
+        The val_* metrics need ``validation_data``; 'val_accuracy' is a
+        classifier's score, 'val_r2' a regression's.
     min_delta : float >= 0
         An improvement smaller than this does not count.
     restore_best : bool
@@ -410,7 +413,7 @@ class ReduceLROnPlateau(Callback):
 
     Parameters
     ----------
-    monitor : {'val_loss', 'val_accuracy', 'loss'}
+    monitor : {'val_loss', 'val_accuracy', 'val_r2', 'loss'}
     factor : float in (0, 1)
     patience : int >= 0
     min_lr : float >= 0

@@ -75,11 +75,13 @@ def gpu_multiprocessors():
         return 1
 
 
-def fused_lacks(table, clipping=False):
+def fused_lacks(table, clipping=False, loss=0, weighted=False):
     """What of a fit the fused engine does not run: a description, or None
     when it runs all of it. It has no Dropout layers, no LeakyReLU, GELU or
-    SiLU activations and no gradient clipping; the layer-by-layer engine
-    has them all."""
+    SiLU activations, no gradient clipping, no regression loss (it trains
+    the loss codes BCE and CROSS_ENTROPY of kernels/loss.py) and no sample
+    weights (``weighted``); the layer-by-layer engine has them all."""
+    from fastnn.kernels.loss import BCE, CROSS_ENTROPY, LOSS_CODES
     kinds = set(int(kind) for kind in table.kind)
     activations = set(int(code) for code in table.activation[table.kind == ACTIVATION])
     if DROPOUT in kinds:
@@ -88,23 +90,29 @@ def fused_lacks(table, clipping=False):
         return "LeakyReLU, GELU or SiLU activations"
     if clipping:
         return "gradient clipping"
+    if loss not in (BCE, CROSS_ENTROPY):
+        names = {code: name for name, code in LOSS_CODES.items()}
+        return f"regression loss (loss={names[loss]!r})"
+    if weighted:
+        return "sample weights"
     return None
 
 
-def cuda_engine(table, batch, n_models=1, sm_count=None, clipping=False):
+def cuda_engine(table, batch, n_models=1, sm_count=None, clipping=False, loss=0, weighted=False):
     """The one place that decides how the GPU trains a network.
 
     Returns ('fused', FusedPlan) when the fused engine (kernels/cuda_fused/,
     one launch per epoch) takes ``n_models`` models of the network ``table``
     at batches of up to ``batch`` rows (with gradient clipping if
-    ``clipping``), else ('layers', reason): the layer-by-layer engine
-    (kernels/cuda_network.py; one model). The fused engine's limits are
-    ``fused_lacks``' and ``cuda_fused.fused_plan``'s. FASTNN_CUDA_ENGINE
+    ``clipping``, the loss code ``loss`` of kernels/loss.py, and sample
+    weights if ``weighted``), else ('layers', reason): the layer-by-layer
+    engine (kernels/cuda_network.py; one model). The fused engine's limits
+    are ``fused_lacks``' and ``cuda_fused.fused_plan``'s. FASTNN_CUDA_ENGINE
     forces a choice (fastnn.core.config) among the engines that can run the
     fit."""
     from fastnn.kernels import cuda_fused
     forced = config.cuda_engine()
-    lacking = fused_lacks(table, clipping)
+    lacking = fused_lacks(table, clipping, loss, weighted)
     if lacking is not None:
         return "layers", f"the fused engine has no {lacking}"
     if forced == "layers":
@@ -144,9 +152,10 @@ def _cuda():
 class CudaBackend:
     name = "cuda"
 
-    def describe(self, model=None, batch_size=None):
-        """'cuda (GPU name)'; given a model and a batch size, also the engine
-        that would train it (``cuda_engine``)."""
+    def describe(self, model=None, batch_size=None, loss=0, weighted=False):
+        """'cuda (GPU name)'; given a model and a batch size (and the loss
+        code and whether the fit has sample weights), also the engine that
+        would train it (``cuda_engine``)."""
         cuda = _cuda().cuda
         try:
             device = cuda.get_current_device()
@@ -155,7 +164,8 @@ class CudaBackend:
             name = "CUDA device"
         if model is None:
             return f"cuda ({name})"
-        return f"cuda ({name}), {engine_summary(*cuda_engine(model.table, batch_size))}"
+        engine = cuda_engine(model.table, batch_size, loss=loss, weighted=weighted)
+        return f"cuda ({name}), {engine_summary(*engine)}"
 
     # ---- moving data ----
     def _in(self, *arrays):
@@ -205,38 +215,33 @@ class CudaBackend:
             dy, x, gamma, mean, inv_std, dgamma, dbeta, n, dx)
         return self._out(on_device, dx, dgamma, dbeta)
 
-    def _loss(self, z, y, with_grad):
+    def bce(self, z, y):
         m = _cuda()
         ops = m.ops
-        on_device, (z, y) = self._in(z, y)
+        _, (z, y) = self._in(z, y)
         n, cols = z.shape
         total, slot = m.cuda.to_device(np.zeros(1)), m.cuda.to_device(np.zeros(1, np.int64))
-        scale = 1.0 / (n * cols)
-        if with_grad:
-            dz = m.network.empty(z.shape, z.dtype)
-            ops.bce_with_logits[ops.grid_1d(n * cols), ops.THREADS](z, y, n, scale, dz, total,
-                                                                    slot)
-        else:
-            ops.bce[ops.grid_1d(n * cols), ops.THREADS](z, y, n, scale, total, slot)
-        value = float(total.copy_to_host()[0])
-        if not with_grad:
-            return value
-        return value, (dz if on_device else dz.copy_to_host())
+        ops.bce[ops.grid_1d(n * cols), ops.THREADS](z, y, n, 1.0 / (n * cols), total, slot)
+        return float(total.copy_to_host()[0])
 
-    def bce(self, z, y):
-        return self._loss(z, y, False)
-
-    def bce_with_logits(self, z, y):
-        return self._loss(z, y, True)
-
-    def cross_entropy(self, z, y):
+    def loss(self, engine_loss, z, y, w):
+        """(mean loss, d loss / d z) of the loss ``engine_loss`` on z, y (n, k)
+        with row weights w ((n,) float64, host or device, or None)."""
         m = _cuda()
-        ops = m.ops
         on_device, (z, y) = self._in(z, y)
+        n = z.shape[0]
+        weights, weight_total = m.network.no_weights()
+        if w is not None:  # the training step's gather, over the rows in order
+            _, (W,) = self._in(w)
+            weights, weight_total = m.network.empty(n, np.float64), m.network.empty(1, np.float64)
+            index = m.cuda.to_device(np.arange(n, dtype=np.int64))
+            cursor = m.cuda.to_device(np.zeros(1, np.int64))
+            m.ops.gather_weights[1, m.ops.THREADS](W, index, cursor, n, n, weights, weight_total)
         total, slot = m.cuda.to_device(np.zeros(1)), m.cuda.to_device(np.zeros(1, np.int64))
         dz = m.network.empty(z.shape, z.dtype)
-        ops.cross_entropy[ops.grid_1d(z.shape[0]), ops.THREADS](z, y, z.shape[0], dz, total,
-                                                                slot)
+        launch, args = m.network.loss_and_gradient(engine_loss, z, y, weights, weight_total, n,
+                                                   dz, total, slot)
+        launch(*args)
         return float(total.copy_to_host()[0]), (dz if on_device else dz.copy_to_host())
 
     def dense_forward(self, x, w, b):
@@ -314,38 +319,45 @@ class CudaBackend:
                 device.copy_to_host(host)
 
     # ---- training ----
-    def prepare(self, model, optimizer, X, Y, loss_kind, comm=None, X_val=None, announce=True):
+    def prepare(self, model, optimizer, X, Y, loss, comm=None, X_val=None, announce=True,
+                weights=None):
         """Nothing compiled ahead: the CUDA kernels compile at their first launch."""
         return 0.0
 
-    def start_fit(self, model, optimizer, X, Y, batch, loss_kind, comm=None, dropout_key=0,
-                  clip_norm=0.0, clip_value=0.0, precision="exact"):
+    def start_fit(self, model, optimizer, X, Y, batch, loss, comm=None, weights=None,
+                  dropout_key=0, clip_norm=0.0, clip_value=0.0, precision="exact"):
         """A training session on the engine ``cuda_engine`` picks; its
         ``engine`` names it. precision='tf32' takes the layer-by-layer engine,
         whose products can run through cuBLAS on TF32 tensor cores; so does
-        gradient clipping (``clip_norm`` or ``clip_value`` > 0)."""
+        gradient clipping (``clip_norm`` or ``clip_value`` > 0), a regression
+        loss and sample weights."""
+        from fastnn.kernels.loss import loss_code
         if comm is not None:
             raise ValueError("data-parallel training runs on the cpu backend")
         clipping = clip_norm > 0.0 or clip_value > 0.0
+        engine = cuda_engine(model.table, batch, clipping=clipping, loss=loss_code(loss),
+                             weighted=weights is not None)
         session = None
-        if precision == "exact" and not clipping:
-            session = self.start_fit_many([model], [optimizer], X, Y, batch, loss_kind)
+        if precision == "exact" and engine[0] == "fused":
+            session = self.start_fit_many([model], [optimizer], X, Y, batch, loss)
         if session is None:
             session = _cuda().network.CudaTrainingSession(
-                model, optimizer, X, Y, batch, loss_kind, precision, dropout_key=dropout_key,
-                clip_norm=clip_norm, clip_value=clip_value)
-            session.engine = engine_summary(*cuda_engine(model.table, batch, clipping=clipping))
+                model, optimizer, X, Y, batch, loss, precision, weights=weights,
+                dropout_key=dropout_key, clip_norm=clip_norm, clip_value=clip_value)
+            session.engine = engine_summary(*engine)
         return session
 
-    def start_fit_many(self, models, optimizers, X, Y, batch, loss_kind):
+    def start_fit_many(self, models, optimizers, X, Y, batch, loss):
         """A fused session training the K models in one launch per epoch, or
         None when the fused engine does not take them (``cuda_engine``; in
         grid mode, also when a cooperative launch cannot hold a block per
-        model)."""
+        model). ``loss``: an ``engine_loss`` value; without sample weights
+        (a weighted fit trains layer by layer)."""
         from fastnn.kernels import cuda_fused
+        from fastnn.kernels.loss import loss_code
 
         from .compilation import announce_compilation
-        engine, plan = cuda_engine(models[0].table, batch, len(models))
+        engine, plan = cuda_engine(models[0].table, batch, len(models), loss=loss_code(loss))
         if engine != "fused":
             return None
         dtype = models[0].dtype
@@ -357,8 +369,8 @@ class CudaBackend:
                 if group == 0:
                     return None
                 plan = plan._replace(group=group)
-            return cuda_fused.FusedTrainingSession(models, optimizers, X, Y, batch, loss_kind,
-                                                   plan)
+            return cuda_fused.FusedTrainingSession(models, optimizers, X, Y, batch,
+                                                   loss_code(loss), plan)
 
     def tf32_products(self):
         """True when precision='tf32' runs products on TF32 tensor cores here

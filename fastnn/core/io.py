@@ -1,11 +1,20 @@
 """Saving and loading models: one .npz file, written atomically, read
 without pickle.
 
+A file holds the whole model (see ``Sequential``): the architecture, the
+state_dict, the input standardization, the loss (hence the head: sigmoid,
+softmax or none), Huber's delta, the regression target scaling, the class
+labels and the metadata, so that ``load`` gives back a model that predicts
+as it did where it was trained. Format version 2; version 1 files (no loss,
+no target scaling) load with the loss their metadata records ('loss' written
+by ``fastnn train``, the head of a ``FastNNClassifier``), else none.
+
 ``save`` and ``load`` apply one set of rules (``model_from_parts``): a
 file that ``save`` writes always loads, and ``save`` refuses, before
 anything is written, what ``load`` would refuse (non-finite weights or
-running statistics, preprocessing of the wrong length or with a scale that
-is not positive, metadata that is not JSON).
+running statistics, standardization statistics of the wrong length or with
+a scale that is not positive, an unknown loss or one that contradicts the
+outputs, the classes or the target scaling, metadata that is not JSON).
 """
 
 import json
@@ -18,12 +27,19 @@ import zipfile
 
 import numpy as np
 
+from fastnn.kernels.loss import LOSS_CODES, REGRESSION_LOSSES
+
 from .layers import Sequential, layers_from_config, state_dict_shapes
 
 FORMAT = "fastnn-model"
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)  # the versions load reads
 _META = "__fastnn__"
 _MEAN, _SCALE = "__preprocessing_mean__", "__preprocessing_scale__"
+_TARGET_MEAN, _TARGET_SCALE = "__target_mean__", "__target_scale__"
+#: the standardizations a file holds: (model attribute, mean member, scale member, width)
+_STANDARDIZATIONS = (("preprocessing", _MEAN, _SCALE, "in_features"),
+                     ("target_scaling", _TARGET_MEAN, _TARGET_SCALE, "out_features"))
 
 
 #: JSON that fastnn reads or writes (model metadata, checkpoints) nests at most
@@ -92,37 +108,44 @@ def parse_json(text, what):
 
 
 def save(model, path):
-    """Write the model's architecture and state_dict to ``path`` (.npz).
+    """Write the whole model to ``path`` (.npz): architecture, state_dict,
+    preprocessing, loss and Huber's delta, target scaling, classes, metadata.
 
     The model is first checked with the rules ``load`` applies (finite
-    weights and running statistics, preprocessing of ``in_features`` finite
-    values with a positive scale, JSON-ready classes and metadata): a model
-    that would not load is refused with ValueError/TypeError before anything
-    is written. The file is written to a temporary name beside ``path``,
-    flushed to disk, and renamed over ``path``: a crash leaves the old file or
-    the new one, never half of either. Only a regular file is replaced: a
-    directory, a device node (/dev/null), a FIFO or a socket at ``path`` is
-    refused with ValueError; a symbolic link is followed and its target
-    replaced. A new file gets the permissions ``open()`` would give it (0666
-    less the umask); a replaced file keeps its own.
+    weights and running statistics, standardizations of ``in_features`` /
+    ``out_features`` finite values with a positive scale, a known loss that
+    fits the outputs, the classes and the target scaling, JSON-ready classes
+    and metadata): a model that would not load is refused with
+    ValueError/TypeError before anything is written. The file is written to
+    a temporary name beside ``path``, flushed to disk, and renamed over
+    ``path``: a crash leaves the old file or the new one, never half of
+    either. Only a regular file is replaced: a directory, a device node
+    (/dev/null), a FIFO or a socket at ``path`` is refused with ValueError; a
+    symbolic link is followed and its target replaced. A new file gets the
+    permissions ``open()`` would give it (0666 less the umask); a replaced
+    file keeps its own.
     """
     if not isinstance(model, Sequential):
         raise TypeError(f"model must be a fastnn.Sequential, got {type(model).__name__}")
     path = os.fspath(path)
     meta = {"format": FORMAT, "version": VERSION, "dtype": np.dtype(model.dtype).name,
-            "architecture": model.config(), "classes": json_ready(model.classes, "classes"),
+            "architecture": model.config(), "loss": json_ready(model.loss, "loss"),
+            "huber_delta": json_ready(model.huber_delta, "huber_delta"),
+            "classes": json_ready(model.classes, "classes"),
             "metadata": json_ready(model.metadata if model.metadata is not None else {},
                                    "metadata")}
     arrays = dict(model.state_dict())
-    if model.preprocessing is not None:
-        pre = model.preprocessing
-        if not isinstance(pre, dict) or set(pre) != {"mean", "scale"}:
-            raise ValueError("preprocessing must be a dict with keys 'mean' and 'scale'")
-        for key, name in ((_MEAN, "mean"), (_SCALE, "scale")):
+    for attribute, mean_key, scale_key, width in _STANDARDIZATIONS:
+        stats = getattr(model, attribute)
+        if stats is None:
+            continue
+        if not isinstance(stats, dict) or set(stats) != {"mean", "scale"}:
+            raise ValueError(f"{attribute} must be a dict with keys 'mean' and 'scale'")
+        for key, name in ((mean_key, "mean"), (scale_key, "scale")):
             try:
-                arrays[key] = np.asarray(pre[name], np.float64)
+                arrays[key] = np.asarray(stats[name], np.float64)
             except (TypeError, ValueError):
-                raise ValueError(f"preprocessing {name} must be {model.in_features} finite "
+                raise ValueError(f"{attribute} {name} must be {getattr(model, width)} finite "
                                  f"numbers") from None
     meta_text = json.dumps(meta)
     model_from_parts(f"{path} (not written)", meta_text, dict(arrays))  # load's rules, first
@@ -319,13 +342,14 @@ def model_from_parts(path, meta_text, arrays):
     meta = parse_json(meta_text, f"{path}: corrupted model metadata")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{path}: not a fastnn model file")
-    if meta.get("version") != VERSION:
+    if meta.get("version") not in VERSIONS:
         raise ValueError(f"{path}: model format version {meta.get('version')!r} is not "
-                         f"supported (this fastnn reads version {VERSION})")
+                         f"supported (this fastnn reads versions {list(VERSIONS)})")
     if meta.get("dtype") not in ("float32", "float64"):
         raise ValueError(f"{path}: dtype must be 'float32' or 'float64', got "
                          f"{meta.get('dtype')!r}")
-    mean, scale = arrays.pop(_MEAN, None), arrays.pop(_SCALE, None)
+    statistics = {attribute: (arrays.pop(mean_key, None), arrays.pop(scale_key, None))
+                  for attribute, mean_key, scale_key, _ in _STANDARDIZATIONS}
     try:
         layers = layers_from_config(meta.get("architecture"))
         _check_declared_shapes(layers, arrays)  # before anything is allocated
@@ -334,17 +358,21 @@ def model_from_parts(path, meta_text, arrays):
         model.load_state_dict(arrays)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{path}: {exc}") from None
-    if (mean is None) != (scale is None):
-        raise ValueError(f"{path}: preprocessing statistics are incomplete")
-    if mean is not None:
+    for attribute, (mean, scale) in statistics.items():
+        width = model.in_features if attribute == "preprocessing" else model.out_features
+        if (mean is None) != (scale is None):
+            raise ValueError(f"{path}: {attribute} statistics are incomplete")
+        if mean is None:
+            continue
         for name, value in (("mean", mean), ("scale", scale)):
-            if (value.shape != (model.in_features,) or value.dtype.kind not in "biuf"
+            if (value.shape != (width,) or value.dtype.kind not in "biuf"
                     or not np.isfinite(value).all()):
-                raise ValueError(f"{path}: preprocessing {name} must be {model.in_features} "
-                                 f"finite values, got shape {value.shape}")
+                raise ValueError(f"{path}: {attribute} {name} must be {width} finite values, "
+                                 f"got shape {value.shape}")
         if (scale <= 0).any():
-            raise ValueError(f"{path}: preprocessing scale must be positive")
-        model.preprocessing = {"mean": mean.astype(np.float64), "scale": scale.astype(np.float64)}
+            raise ValueError(f"{path}: {attribute} scale must be positive")
+        setattr(model, attribute, {"mean": mean.astype(np.float64),
+                                   "scale": scale.astype(np.float64)})
     classes = meta.get("classes")
     if classes is not None and not isinstance(classes, list):
         raise ValueError(f"{path}: 'classes' must be a list")
@@ -353,7 +381,60 @@ def model_from_parts(path, meta_text, arrays):
     if not isinstance(metadata, dict):
         raise ValueError(f"{path}: 'metadata' must be a dict")
     model.metadata = metadata
+    if meta["version"] == 1:
+        model.loss = _version1_loss(model)
+    else:
+        model.loss, model.huber_delta = _check_head(path, model, meta.get("loss"),
+                                                    meta.get("huber_delta"))
     return model
+
+
+def _version1_loss(model):
+    """The loss of a version 1 file, as its metadata records it: 'loss' from
+    ``fastnn train``, or a FastNNClassifier's head; else None."""
+    metadata = model.metadata
+    if metadata.get("loss") in ("bce", "cross_entropy"):
+        return metadata["loss"]
+    if metadata.get("estimator") == "fastnn.sklearn.FastNNClassifier":
+        return "bce" if model.out_features == 1 else "cross_entropy"
+    return None
+
+
+def _check_head(path, model, loss, huber_delta):
+    """(loss, huber_delta) of a file, checked against what the model is: a
+    known loss (or None), Huber's delta with 'huber' only, a cross-entropy
+    with at least 2 outputs, classes only for a classifier (2 for one 'bce'
+    output, one per output for 'cross_entropy'), a target scaling only for
+    a regression."""
+    if loss is None:
+        if huber_delta is not None or model.target_scaling is not None:
+            raise ValueError(f"{path}: a Huber delta or a target scaling needs a loss")
+        return None, None
+    if loss not in LOSS_CODES:
+        raise ValueError(f"{path}: loss must be one of {sorted(LOSS_CODES)} or null, got "
+                         f"{loss!r}")
+    if (huber_delta is not None) != (loss == "huber"):
+        raise ValueError(f"{path}: huber_delta goes with loss 'huber' (and only there), got "
+                         f"loss {loss!r} and huber_delta {huber_delta!r}")
+    if huber_delta is not None and (isinstance(huber_delta, bool)
+                                    or not isinstance(huber_delta, (int, float))
+                                    or not np.isfinite(huber_delta) or huber_delta <= 0):
+        raise ValueError(f"{path}: huber_delta must be a positive number, got {huber_delta!r}")
+    k, classes = model.out_features, model.classes
+    if LOSS_CODES[loss] in REGRESSION_LOSSES:
+        if classes is not None:
+            raise ValueError(f"{path}: a regression (loss {loss!r}) has no classes")
+    else:
+        if model.target_scaling is not None:
+            raise ValueError(f"{path}: a classifier (loss {loss!r}) has no target scaling")
+        if loss == "cross_entropy" and k < 2:
+            raise ValueError(f"{path}: loss 'cross_entropy' needs at least 2 outputs, the "
+                             f"architecture has {k}")
+        expected = k if loss == "cross_entropy" else 2
+        if classes is not None and (k > 1 and loss == "bce" or len(classes) != expected):
+            raise ValueError(f"{path}: {len(classes)} class labels do not fit a loss {loss!r} "
+                             f"model with {k} output(s)")
+    return loss, None if huber_delta is None else float(huber_delta)
 
 
 def _check_declared_shapes(layers, arrays):

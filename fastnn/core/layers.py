@@ -274,7 +274,17 @@ LAYER_TYPES = {cls.__name__: cls for cls in (Dense, BatchNorm, ReLU, Sigmoid, Ta
 
 
 class Sequential:
-    """A stack of layers; the last one gives the logits.
+    """A stack of layers, the last one giving the logits (the outputs), and
+    what turns them into predictions: together, the whole model that
+    ``fn.save`` writes and ``fn.load`` reads back.
+
+    A model predicts with one call, ``fn.Trainer(model).predict(X)`` (in the
+    dtype it was trained in): the Trainer standardizes X with
+    ``preprocessing``, runs the network, and applies the head of its
+    ``loss`` (the sigmoid for 'bce', the softmax for 'cross_entropy',
+    nothing for a regression), then its ``classes`` or its
+    ``target_scaling``. ``Trainer.fit`` applies the same preprocessing and
+    target scaling to what it trains on, and records its loss here.
 
     Parameters
     ----------
@@ -298,13 +308,27 @@ class Sequential:
     dtype : numpy dtype of params and buffers (float64 until a Trainer or
         ``astype`` changes it).
     preprocessing : dict or None
-        {"mean": (in_features,), "scale": (in_features,)} when the inputs are
-        standardized before the model; applied by ``preprocess`` (the command
-        line sets and uses it); saved with the model.
+        {"mean": (in_features,), "scale": (in_features,)}: the network sees
+        (X - mean) / scale (``preprocess``), in training and in prediction
+        (every ``Trainer`` method applies it to the X it is given). Set it
+        before training, e.g. ``model.preprocessing = fn.standardization(X)``.
+    loss : str or None
+        The loss the model is trained with ('bce', 'cross_entropy', 'mse',
+        'l1', 'huber'), set by ``Trainer.fit``; it decides what the outputs
+        mean (sigmoid and softmax probabilities, or values), and a Trainer
+        given another loss refuses the model. None: not trained yet.
+    huber_delta : float or None
+        Huber's delta, for loss 'huber'.
+    target_scaling : dict or None
+        {"mean": (out_features,), "scale": (out_features,)}, regression
+        only: the network is trained on (y - mean) / scale and its outputs
+        are turned back into values as output * scale + mean. Set it before
+        training, e.g. ``model.target_scaling = fn.standardization(y)``.
     classes : list or None
-        The original label values; class code i stands for classes[i].
+        The original label values of a classifier; class code i stands for
+        classes[i] (2 labels for one 'bce' output, k for 'cross_entropy').
     metadata : dict
-        JSON-ready facts about training (saved with the model).
+        JSON-ready facts about training.
     """
 
     def __init__(self, *layers, seed=None):
@@ -332,6 +356,9 @@ class Sequential:
         self.layers = list(layers)
         # travel with the model through fn.save / fn.load (see io.py)
         self.preprocessing = None  # {"mean": (in,), "scale": (in,)}: x -> (x - mean) / scale
+        self.loss = None           # the loss it trains with, which decides its head
+        self.huber_delta = None    # Huber's delta, for loss 'huber'
+        self.target_scaling = None  # {"mean": (out,), "scale": (out,)}: output * scale + mean
         self.classes = None        # original label values, index = class code
         self.metadata = {}         # JSON-ready facts about the training run
         self.in_features = layers[0].in_features
@@ -487,7 +514,15 @@ class Sequential:
     def to_torch(self):
         """The equivalent torch.nn.Sequential, holding a copy of the weights,
         running statistics and counters, in the model's dtype (needs torch;
-        see fastnn.core.interop)."""
+        see fastnn.core.interop).
+
+        It is the network, from standardized inputs to logits (the state_dict
+        names are the model's): the rest of the whole model stays outside it.
+        What ``predict`` gives is, in torch terms,
+        ``head(net((X - pre["mean"]) / pre["scale"]))`` with ``pre =
+        self.preprocessing`` (when set) and ``head`` the sigmoid ('bce'), the
+        softmax ('cross_entropy') or, for a regression, ``out * scale + mean``
+        of ``self.target_scaling`` (when set)."""
         return to_torch_module(self.config(), self.state_dict(), self.dtype)
 
     def config(self):
@@ -502,6 +537,36 @@ class Sequential:
     def __repr__(self):
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"Sequential(\n  {inner}\n)  # {self.n_params} parameters, {self.dtype}"
+
+
+def standardization(a):
+    """The statistics that standardize each column of ``a``, as
+    ``Sequential.preprocessing`` (features) and ``Sequential.target_scaling``
+    (regression targets) take them: (a - mean) / scale.
+
+    Parameters
+    ----------
+    a : array (n, d) or (n,), finite
+
+    Returns
+    -------
+    dict
+        {"mean": (d,) float64, "scale": (d,) float64}: ``scale`` is the
+        (population) standard deviation, and 1.0 where it is 0 (or below
+        rounding noise: 1e-12 relative to the column's magnitude), so that a
+        constant column maps to 0 instead of dividing by zero.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2 or a.shape[0] == 0:
+        raise ValueError(f"a must be a non-empty 1-D or 2-D array, got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError("a must contain only finite values (found NaN or inf)")
+    mean = a.mean(axis=0)
+    std = a.std(axis=0)
+    negligible = std <= 1e-12 * np.maximum(np.abs(mean), 1.0)
+    return {"mean": mean, "scale": np.where(negligible, 1.0, std)}
 
 
 def layers_from_config(config):

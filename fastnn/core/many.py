@@ -10,17 +10,16 @@ import time
 
 import numpy as np
 
-from fastnn.kernels.loss import LOSS_CODES
-
 from . import validation as v
 from .device import choose_device
 from .layers import Sequential
 from .optim import Adam, Optimizer
-from .trainer import LOSSES, Trainer, check_targets
+from .trainer import LOSS_CODES, Trainer, check_targets, resolve_loss
 
 
-def fit_many(models, X, y, optimizers=None, seeds=None, loss="bce", device="auto",
-             dtype="float32", epochs=1, batch_size=32, shuffle=True, on_nonfinite="stop"):
+def fit_many(models, X, y, optimizers=None, seeds=None, loss=None, device="auto",
+             dtype="float32", epochs=1, batch_size=32, shuffle=True, on_nonfinite="stop",
+             sample_weight=None, huber_delta=None):
     """Train K models of one architecture on the same data, each with its
     own initial weights, optimizer (hyper-parameters, e.g. lr and
     weight_decay) and data order.
@@ -40,8 +39,9 @@ def fit_many(models, X, y, optimizers=None, seeds=None, loss="bce", device="auto
     seeds : sequence of K ints >= 0, or None
         Model m's shuffling seed (its own order of the rows each epoch, as
         ``Trainer(seed=seeds[m])`` shuffles); None: 0, 1, ..., K - 1.
-    loss, device, dtype : as ``Trainer``'s. device='auto' compares K fits on
-        the cpu with one launch of the K models on the GPU
+    loss, device, dtype, huber_delta : as ``Trainer``'s (one loss for every
+        model: a model's own loss must be it). device='auto' compares K fits
+        on the cpu with one launch of the K models on the GPU
         (fastnn.core.autodevice).
     epochs, batch_size, shuffle : as ``Trainer.fit``'s.
     on_nonfinite : {'stop', 'raise'}
@@ -49,6 +49,11 @@ def fit_many(models, X, y, optimizers=None, seeds=None, loss="bce", device="auto
         state restored (as ``Trainer.fit`` does) while the others go on
         ('stop'), or FloatingPointError once every model has finished
         ('raise').
+    sample_weight : array (n_samples,) or None
+        The samples' weights, the same for every model (as ``Trainer.fit``'s).
+        A weighted fit, or a regression loss, trains the models one after
+        another: the fused GPU engine trains the classification losses
+        without weights.
 
     Returns
     -------
@@ -88,13 +93,24 @@ def fit_many(models, X, y, optimizers=None, seeds=None, loss="bce", device="auto
     batch_size = v.check_int(batch_size, "batch_size")
     shuffle = v.check_bool(shuffle, "shuffle")
     dtype = v.check_dtype(dtype)
-    loss = v.check_choice(loss, "loss", LOSSES)
-    if loss == "cross_entropy" and models[0].out_features < 2:
-        raise ValueError(f"loss='cross_entropy' needs a model with at least 2 outputs "
-                         f"(one per class), this one has {models[0].out_features}")
-    X = v.check_X(X, "X", models[0].in_features, dtype)
+    # the models' own losses may contradict loss, or each other: one loss trains them all
+    resolved = {resolve_loss(model, loss, huber_delta) for model in models}
+    if len(resolved) > 1:
+        raise ValueError(f"the models have different losses ({sorted(resolved, key=str)}): "
+                         f"fit_many trains them with one")
+    loss, huber_delta = resolved.pop()
+    standardized = any(model.preprocessing is not None for model in models)
+    if standardized:  # raw features: each Trainer standardizes them with its model's statistics
+        X = v.as_float_array(X, "X", ndim=2)
+        if X.shape[1] != models[0].in_features:
+            raise ValueError(f"X must have shape (n_samples, {models[0].in_features}), got "
+                             f"{X.shape}")
+    else:
+        X = v.check_X(X, "X", models[0].in_features, dtype)
     n = X.shape[0]
-    Y = check_targets(loss, y, "y", n, models[0].out_features, dtype)
+    Y = check_targets(loss, y, "y", n, models[0].out_features, dtype, models[0].target_scaling)
+    if sample_weight is not None:
+        sample_weight = v.check_sample_weight(sample_weight, "sample_weight", n)
     if models[0].has_batchnorm:
         if batch_size < 2:
             raise ValueError("batch_size must be >= 2 for a model with BatchNorm "
@@ -103,18 +119,20 @@ def fit_many(models, X, y, optimizers=None, seeds=None, loss="bce", device="auto
             raise ValueError("X must have at least 2 samples to train a model with BatchNorm")
     for m, (model, optimizer) in enumerate(zip(models, optimizers)):
         _check_trainable(model, optimizer, dtype, m)
-    chosen = choose_device(device, models[0], batch_size, n, epochs, dtype, n_models=K)
+    chosen = choose_device(device, models[0], batch_size, n, epochs, dtype, n_models=K,
+                           loss=LOSS_CODES[loss], weighted=sample_weight is not None)
     # every check is done: only now are the models converted and trained
-    trainers = [Trainer(model, optimizer=opt, loss=loss, device=chosen, dtype=dtype, seed=seed)
+    trainers = [Trainer(model, optimizer=opt, loss=loss, device=chosen, dtype=dtype, seed=seed,
+                        huber_delta=huber_delta)
                 for model, opt, seed in zip(models, optimizers, seeds)]
     histories = None
-    if chosen == "cuda":
+    if chosen == "cuda" and sample_weight is None and not standardized:
         histories = _fit_on_gpu(trainers, X, Y, epochs, min(batch_size, n), shuffle)
-    if histories is None:  # the cpu, or a network the fused engine does not take
+    if histories is None:  # the cpu, or a fit the fused engine does not take
         histories = []
         for trainer in trainers:
             history = trainer.fit(X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
-                                  on_nonfinite="stop")
+                                  on_nonfinite="stop", sample_weight=sample_weight)
             history["nonfinite"] = trainer.nonfinite
             histories.append(history)
     stopped = [(m, h["nonfinite"]) for m, h in enumerate(histories) if h["nonfinite"]]
@@ -154,9 +172,11 @@ def _fit_on_gpu(trainers, X, Y, epochs, batch_size, shuffle):
     n = X.shape[0]
     session = first.backend.start_fit_many([t.model for t in trainers],
                                            [t.optimizer for t in trainers], X, Y, batch_size,
-                                           LOSS_CODES[first.loss])
+                                           first.engine_loss)
     if session is None:
         return None
+    for trainer in trainers:  # the models are now ones trained with this loss
+        trainer.model.loss, trainer.model.huber_delta = trainer.loss, trainer.huber_delta
     K = len(trainers)
     histories = [{"loss": [], "lr": [], "time": [], "nonfinite": None} for _ in trainers]
     try:

@@ -185,3 +185,38 @@ def check_class_labels(y, name, n_samples, n_classes):
         raise ValueError(f"{name} must hold integer class labels in [0, {n_classes}) for the "
                          f"model's {n_classes} outputs, got values in [{y.min()}, {y.max()}]")
     return y.astype(np.int64)
+
+
+def check_sample_weight(w, name, n_samples):
+    """Sample weights: (n,) finite, >= 0, with a positive sum -> float64 array.
+
+    A device array is taken as it is (float64, of the right length); its
+    values are not read."""
+    w = as_float_array(w, name, dtype=np.float64, ndim=1)
+    if w.shape != (n_samples,):
+        raise ValueError(f"{name} must have shape ({n_samples},), one weight per sample, got "
+                         f"{w.shape}")
+    if is_device_array(w):
+        return w
+    if w.min() < 0:
+        raise ValueError(f"{name} must hold weights >= 0, got a minimum of {w.min()}")
+    with np.errstate(over="ignore"):
+        total = w.sum()
+    if not total > 0:
+        raise ValueError(f"{name} must have a positive sum (every weight is 0)")
+    if not np.isfinite(total):
+        raise ValueError(f"{name} sums to {total}: the weights are too large to add up in "
+                         f"float64; scale them down")
+    return w
+
+
+def check_regression_targets(y, name, n_samples, n_outputs, dtype):
+    """Finite regression targets of shape (n,) or (n, k) -> (n, k) array."""
+    y = as_float_array(y, name, dtype=dtype, ndim=(1, 2))
+    if y.ndim == 1:
+        y = y.reshape(-1, 1)
+    if y.shape != (n_samples, n_outputs):
+        want = f"({n_samples},)" if n_outputs == 1 else f"({n_samples}, {n_outputs})"
+        raise ValueError(f"{name} must have shape {want} to match X and the model's "
+                         f"{n_outputs} output(s), got {y.shape}")
+    return y

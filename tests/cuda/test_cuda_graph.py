@@ -20,7 +20,7 @@ from fastnn.core.validation import is_device_array
 from fastnn.kernels import cuda_gemm, cuda_network, cuda_ops, optim
 from fastnn.kernels.cuda_graph import (StepRunner, begin_epoch, begin_step, run_plan,
                                        use_graphs)
-from fastnn.kernels.loss import BCE
+from fastnn.kernels.loss import BCE, engine_loss
 
 
 @pytest.fixture(autouse=True)
@@ -192,7 +192,8 @@ def test_an_epoch_synchronizes_once_and_allocates_nothing(monkeypatch):
     rng = np.random.default_rng(1)
     X, Y = rng.normal(size=(11, 5)), rng.uniform(size=(11, 2))
     model = fn.Sequential(fn.Dense(5, 3), fn.BatchNorm(3), fn.Dense(3, 2), seed=0)
-    session = CudaBackend().start_fit(model, fn.SGD(lr=0.1, momentum=0.9), X, Y, 4, BCE)
+    session = CudaBackend().start_fit(model, fn.SGD(lr=0.1, momentum=0.9), X, Y, 4,
+                                      engine_loss(BCE))
     losses, sizes = np.zeros(3), np.zeros(3, np.int64)
     session.train_epoch(np.arange(11), 4, True, losses, sizes)  # builds the plans
     calls = []

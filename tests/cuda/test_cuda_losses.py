@@ -1,0 +1,156 @@
+"""The regression losses and sample weights on the GPU's layer-by-layer
+engine: training replayed against PyTorch (the oracle) and the cpu engine,
+and the engine choice, which sends what the fused engine does not train
+(a regression loss, sample weights) to the layer-by-layer engine."""
+
+import numpy as np
+import pytest
+
+import fastnn as fn
+from fastnn.core.cuda_backend import ENGINE_VARIABLE, cuda_engine
+from fastnn.kernels.loss import BCE, CROSS_ENTROPY, HUBER, L1, MSE
+
+torch = pytest.importorskip("torch")
+
+TOLERANCES = {"float64": (1e-9, 1e-12), "float32": (2e-4, 2e-5)}  # (rtol, atol)
+LOSSES = {
+    "mse": (dict(loss="mse"), lambda: torch.nn.MSELoss(reduction="none")),
+    "l1": (dict(loss="l1"), lambda: torch.nn.L1Loss(reduction="none")),
+    "huber": (dict(loss="huber", huber_delta=0.8),
+              lambda: torch.nn.HuberLoss(reduction="none", delta=0.8)),
+}
+N, BATCH, EPOCHS = 7, 4, 1  # one epoch of two batches (4 rows, then 3): the simulator is slow
+
+
+def model():
+    # bias=False before BatchNorm: that bias's true gradient is 0 (see test_torch_oracle.py)
+    return fn.Sequential(fn.Dense(4, 6, bias=False), fn.BatchNorm(6), fn.ReLU(),
+                         fn.Dense(6, 2), seed=0)
+
+
+def data(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(N, 4)).astype(dtype)
+    Y = (X[:, :2] * 2.0 + rng.normal(0.0, 1.0, (N, 2))).astype(dtype)
+    W = rng.uniform(0.0, 3.0, N)
+    W[2] = 0.0
+    return X, Y, W
+
+
+def torch_replay(state, dtype, make_loss, X, Y, W):
+    """fit(shuffle=False) in torch: Adam, consecutive batches, the per-sample
+    losses averaged with the weights; returns (epoch losses, state_dict)."""
+    tmodel = model().to_torch().to(getattr(torch, dtype))
+    tmodel.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()})
+    opt = torch.optim.Adam(tmodel.parameters(), lr=0.01, foreach=False)
+    loss_fn = make_loss()
+    X, Y = torch.from_numpy(X), torch.from_numpy(Y)
+    weights = None if W is None else torch.from_numpy(W.astype(dtype))
+    epochs = []
+    for _ in range(EPOCHS):
+        total = 0.0
+        for start in range(0, N, BATCH):
+            xb, yb = X[start:start + BATCH], Y[start:start + BATCH]
+            opt.zero_grad()
+            per_sample = loss_fn(tmodel(xb), yb).mean(dim=1)
+            if weights is None:
+                loss = per_sample.mean()
+            else:
+                wb = weights[start:start + BATCH]
+                loss = (wb * per_sample).sum() / wb.sum()
+            loss.backward()
+            opt.step()
+            total += loss.item() * xb.shape[0]
+        epochs.append(total / N)
+    return epochs, {k: v.detach().numpy() for k, v in tmodel.state_dict().items()}
+
+
+def close(actual, expected, dtype, what):
+    rtol, atol = TOLERANCES[dtype]
+    np.testing.assert_allclose(np.asarray(actual, np.float64), np.asarray(expected, np.float64),
+                               rtol=rtol, atol=atol, err_msg=what)
+
+
+# every loss with and without weights in float64, and weighted in float32
+@pytest.mark.parametrize("weighted, dtype", [(False, "float64"), (True, "float64"),
+                                             (True, "float32")],
+                         ids=["unweighted-float64", "weighted-float64", "weighted-float32"])
+@pytest.mark.parametrize("loss_name", list(LOSSES))
+def test_regression_training_matches_torch_and_the_cpu(loss_name, weighted, dtype):
+    kwargs, make_loss = LOSSES[loss_name]
+    X, Y, W = data(dtype)
+    W = W if weighted else None
+    results = {}
+    for device in ("cpu", "cuda"):
+        m = model()
+        initial = m.astype(dtype).state_dict()
+        trainer = fn.Trainer(m, optimizer=fn.Adam(lr=0.01), device=device, dtype=dtype, **kwargs)
+        history = trainer.fit(X, Y, epochs=EPOCHS, batch_size=BATCH, shuffle=False,
+                              sample_weight=W)
+        results[device] = history["loss"], m.state_dict(), trainer.predict(X)
+    assert trainer.engine.startswith("layer-by-layer engine")
+    t_losses, t_state = torch_replay(initial, dtype, make_loss, X, Y, W)
+    losses, state, predictions = results["cuda"]
+    close(losses, t_losses, dtype, "history loss against torch")
+    close(losses, results["cpu"][0], dtype, "history loss against the cpu")
+    for key, value in t_state.items():
+        close(state[key], value, dtype, f"{key} against torch")
+        close(state[key], results["cpu"][1][key], dtype, f"{key} against the cpu")
+    close(predictions, results["cpu"][2], dtype, "predictions against the cpu")
+
+
+@pytest.mark.parametrize("loss", ["bce", "cross_entropy"])
+def test_weighted_classification_trains_layer_by_layer_as_the_cpu(loss):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(N, 4))
+    y = (X[:, 0] > 0).astype(float) if loss == "bce" else rng.integers(0, 2, N)
+    W = rng.uniform(0.0, 2.0, N)
+    results = {}
+    for device in ("cpu", "cuda"):
+        m = model() if loss == "cross_entropy" else fn.Sequential(
+            fn.Dense(4, 6, bias=False), fn.BatchNorm(6), fn.ReLU(), fn.Dense(6, 1), seed=0)
+        trainer = fn.Trainer(m, optimizer=fn.SGD(lr=0.1, momentum=0.9), loss=loss,
+                             device=device, dtype="float64", seed=0)
+        history = trainer.fit(X, y, epochs=EPOCHS, batch_size=BATCH, sample_weight=W)
+        results[device] = history, m.state_dict()
+    assert "layer-by-layer" in trainer.engine
+    (h_cpu, s_cpu), (h_gpu, s_gpu) = results["cpu"], results["cuda"]
+    np.testing.assert_allclose(h_gpu["loss"], h_cpu["loss"], rtol=1e-10)
+    for key, value in s_cpu.items():
+        np.testing.assert_allclose(s_gpu[key], value, rtol=1e-10, atol=1e-12, err_msg=key)
+
+
+@pytest.mark.parametrize("forced", ["", "fused", "block", "grid"])
+def test_the_engine_choice_sends_what_the_fused_engine_cannot_train_layer_by_layer(monkeypatch,
+                                                                                  forced):
+    """Whatever FASTNN_CUDA_ENGINE forces: the fused engine trains the
+    classification losses without weights, never a wrong fit."""
+    monkeypatch.setenv(ENGINE_VARIABLE, forced)
+    table = model().table
+    for loss in (BCE, CROSS_ENTROPY):
+        assert cuda_engine(table, BATCH, loss=loss, sm_count=132)[0] == "fused"
+        engine, reason = cuda_engine(table, BATCH, loss=loss, weighted=True)
+        assert engine == "layers" and "sample weights" in reason
+    for loss, name in ((MSE, "mse"), (L1, "l1"), (HUBER, "huber")):
+        engine, reason = cuda_engine(table, BATCH, loss=loss)
+        assert engine == "layers" and f"regression loss (loss='{name}')" in reason
+    X, Y, W = data("float32")
+    trainer = fn.Trainer(model(), loss="mse", device="cuda")
+    trainer.fit(X, Y, batch_size=BATCH)
+    assert trainer.engine.startswith("layer-by-layer engine")
+
+
+def test_fit_many_with_weights_trains_each_model_as_its_own_fit():
+    X, Y, W = data("float64")
+    y = (Y[:, 0] > 0).astype(float)
+    models = [fn.Sequential(fn.Dense(4, 3), fn.Tanh(), fn.Dense(3, 1), seed=s) for s in (0, 1)]
+    _, histories = fn.fit_many(models, X, y, optimizers=[fn.SGD(lr=0.1), fn.SGD(lr=0.2)],
+                               device="cuda", dtype="float64", epochs=EPOCHS,
+                               batch_size=BATCH, sample_weight=W)
+    for s, (m, lr) in enumerate(zip(models, (0.1, 0.2))):
+        alone = fn.Sequential(fn.Dense(4, 3), fn.Tanh(), fn.Dense(3, 1), seed=s)
+        trainer = fn.Trainer(alone, optimizer=fn.SGD(lr=lr), device="cpu", dtype="float64",
+                             seed=s)
+        history = trainer.fit(X, y, epochs=EPOCHS, batch_size=BATCH, sample_weight=W)
+        np.testing.assert_allclose(histories[s]["loss"], history["loss"], rtol=1e-10)
+        np.testing.assert_allclose(m.params, alone.params, rtol=1e-10, atol=1e-12)
