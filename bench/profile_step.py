@@ -10,7 +10,9 @@ lasts about half a millisecond, shorter than a time slice of the scheduler:
 the minimum over many rounds is the time of a part when nothing else ran on
 its core, the figure least disturbed by other processes on a shared machine
 (an epoch-long measurement on a loaded machine is not). Prints microseconds
-per call; the parts add up to about the whole step, printed last.
+per call; the parts add up to about the whole step (train_step and the
+update), printed next; last, the engine's step: one epoch of train_epoch over
+four batches, per batch, which adds the divergence guard and the loop.
 """
 
 import argparse
@@ -29,14 +31,22 @@ from fastnn.kernels import network as engine  # noqa: E402
 from fastnn.kernels.loss import LOSS_CODES, loss_and_gradient  # noqa: E402
 from fastnn.kernels.optim import optimizer_update  # noqa: E402
 
-GATHER, FORWARD, LOSS, BACKWARD, UPDATE, STEP = range(6)
+GATHER, FORWARD, LOSS, BACKWARD, UPDATE, STEP, EPOCH = range(7)
 
 
 @njit
-def repeat_part(net, ws, grads, opt, X, Y, index, loss, part, l, n, reps):
-    """Run one part of a step ``reps`` times (l: the layer, for FORWARD and BACKWARD)."""
+def repeat_part(net, ws, grads, opt, X, Y, index, loss, guard, part, l, n, reps):
+    """Run one part of a step ``reps`` times (l: the layer, for FORWARD and BACKWARD).
+    The update writes the guard's half of the parameters, as the engine's does;
+    EPOCH runs ``reps`` engine epochs over all of X."""
     t = net.table
     n_params = net.params.shape[0]
+    if part == EPOCH:
+        losses, sizes = np.zeros(index.shape[0]), np.zeros(index.shape[0], np.int64)
+        for _ in range(reps):
+            engine.train_epoch(net, ws, grads, opt, X, Y, index, n, True, losses, sizes, loss,
+                               guard, None)
+        return
     for _ in range(reps):
         if part == GATHER:
             first_input, _ = engine.layer_blocks(net, ws, 0, n)
@@ -63,16 +73,16 @@ def repeat_part(net, ws, grads, opt, X, Y, index, loss, part, l, n, reps):
             else:
                 engine.activation_layer_backward(net, ws, l, n, dy, dx)
         elif part == UPDATE:
-            optimizer_update(opt, net.params, grads[:n_params])
+            optimizer_update(opt, net.params, grads[:n_params], guard.params)
         else:
             engine.train_step(net, ws, grads, X, Y, index, 0, n, loss, None)
-            optimizer_update(opt, net.params, grads[:n_params])
+            optimizer_update(opt, net.params, grads[:n_params], guard.params)
 
 
 def microseconds(session, part, l, n, rounds, round_seconds=5e-4):
     s = session
-    args = (s.net, s.ws, s.grads, s.opt, s.X, s.Y, s.index, s.loss, np.int64(part), np.int64(l),
-            np.int64(n))
+    args = (s.net, s.ws, s.grads, s.opt, s.X, s.Y, s.index, s.loss, s.guard, np.int64(part),
+            np.int64(l), np.int64(n))
     repeat_part(*args, np.int64(1))
     start = time.perf_counter()
     repeat_part(*args, np.int64(100))
@@ -109,7 +119,8 @@ def profile(network, optimizer, rounds):
     rows.append((f"update ({optimizer}, {trainer.model.n_params} parameters)", UPDATE, 0))
     timed = [(name, microseconds(session, part, l, batch, rounds)) for name, part, l in rows]
     step = microseconds(session, STEP, 0, batch, rounds)
-    return timed, step
+    epoch = microseconds(session, EPOCH, 0, batch, rounds) * batch / X.shape[0]
+    return timed, step, epoch
 
 
 def main():
@@ -118,13 +129,14 @@ def main():
     parser.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
     parser.add_argument("--rounds", type=int, default=200)
     args = parser.parse_args()
-    timed, step = profile(args.network, args.optimizer, args.rounds)
+    timed, step, epoch = profile(args.network, args.optimizer, args.rounds)
     print(f"{args.network}, {args.optimizer}, float32, batch {NETWORKS[args.network][3]}: "
           f"microseconds per call (min of {args.rounds} rounds)")
     for name, us in timed:
         print(f"  {name:<44} {us:8.3f}")
     print(f"  {'sum of the parts':<44} {sum(us for _, us in timed):8.3f}")
     print(f"  {'whole step (train_step + update)':<44} {step:8.3f}")
+    print(f"  {'engine step (train_epoch, per batch)':<44} {epoch:8.3f}")
 
 
 if __name__ == "__main__":

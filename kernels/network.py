@@ -44,10 +44,20 @@ The description (built once per model by ``fastnn.core.layers.Sequential``):
             then the batch loss (one buffer, so that data-parallel training
             sums both with one all-reduce)
     opt   : the optimizer's named state (optim.py)
-    guard : Guard(params, buffers, counts, taken), two snapshots of the model
-            state taken alternately before each batch, so that when a batch's
-            loss is not finite the state before the previous batch (the last
-            one whose loss was finite) can be put back
+    guard : Guard(params, buffers, counts, taken, current), what it takes to
+            put back the state from before the previous batch (the last one
+            whose loss was finite) when a batch's loss is not finite:
+              params   : (P,) the other half of a double buffer of the
+                         parameters: each update reads them from one half and
+                         writes them to the other, so the parameters before
+                         the last update are kept without a copy
+              buffers  : (2, R), counts : (2, L), copies of the running
+                         statistics and BatchNorm counts, taken alternately
+                         before each batch (a few values per feature)
+              taken    : (1,) int64, the batches started in this fit
+              current  : (1,) int64, which half holds the current parameters:
+                         0 net.params, 1 guard.params; 0 whenever an engine
+                         call returns (net.params is the model's own array)
     comm  : None in one process, or a collective.Communicator: then each
             process runs its shard of every global batch, and the engine
             all-reduces the gradients and the loss once per step and, for
@@ -111,7 +121,7 @@ LAYER_FIELDS = np.dtype([(name, np.int64) for name in (
 Network = namedtuple("Network", ["table", "params", "buffers", "counts"])
 Workspace = namedtuple("Workspace", ["activations", "activation_at", "gradients", "saved",
                                      "targets", "sums", "coefficients"])
-Guard = namedtuple("Guard", ["params", "buffers", "counts", "taken"])
+Guard = namedtuple("Guard", ["params", "buffers", "counts", "taken", "current"])
 
 
 # ---- building the description (Python) ----
@@ -176,9 +186,10 @@ def workspace(table, batch, n_outputs, dtype):
 
 def guard_for(net):
     """An empty Guard for the model state of ``net``."""
-    return Guard(np.empty((2, net.params.size), net.params.dtype),
+    return Guard(np.empty(net.params.size, net.params.dtype),
                  np.empty((2, net.buffers.size), net.buffers.dtype),
-                 np.empty((2, net.counts.size), np.int64), np.zeros(1, np.int64))
+                 np.empty((2, net.counts.size), np.int64), np.zeros(1, np.int64),
+                 np.zeros(1, np.int64))
 
 
 # ---- named views (LLVM inlines them: they cost nothing at run time) ----
@@ -416,20 +427,47 @@ def scale_in_place(a, factor):
 
 @inline
 def take_snapshot(net, guard):
-    """Copy the model state into the guard's next snapshot slot."""
+    """Copy the running statistics and counts into the guard's next snapshot
+    slot (the parameters need no copy: see ``parameter_halves``)."""
     slot = guard.taken[0] % 2
-    copy_into(guard.params[slot], net.params)
     copy_into(guard.buffers[slot], net.buffers)
     copy_into(guard.counts[slot], net.counts)
     guard.taken[0] += 1
 
 
 @inline
+def parameter_halves(net, guard):
+    """(current, spare): the half of the parameters' double buffer that holds
+    the current parameters, which the step reads and the update reads, and
+    the other, which the update writes."""
+    if guard.current[0] == 0:
+        return net.params, guard.params
+    return guard.params, net.params
+
+
+@inline
+def settle_parameters(net, guard):
+    """Leave the current parameters in net.params and the ones before the
+    last update in guard.params (swapped, when the last update wrote
+    guard.params)."""
+    if guard.current[0] == 1:
+        for i in range(net.params.shape[0]):
+            latest = guard.params[i]
+            guard.params[i] = net.params[i]
+            net.params[i] = latest
+        guard.current[0] = 0
+
+
+@inline
 def restore_last_good(net, guard):
     """Put back the state from before the previous batch (the last one with a
-    finite loss), or from before this batch if it was the first."""
+    finite loss), or from before this batch if it was the first of the fit:
+    the parameters from the spare half of the double buffer (those before
+    the last update), the running statistics and counts from their snapshot."""
     slot = (guard.taken[0] - 2) % 2 if guard.taken[0] >= 2 else 0
-    copy_into(net.params, guard.params[slot])
+    if guard.taken[0] >= 2 and guard.current[0] == 0:
+        copy_into(net.params, guard.params)
+    guard.current[0] = 0
     copy_into(net.buffers, guard.buffers[slot])
     copy_into(net.counts, guard.counts[slot])
 
@@ -468,15 +506,19 @@ def train_epoch(net, ws, grads, opt, X, Y, index, batch_size, skip_single, losse
         if n == 1 and skip_single:
             continue
         take_snapshot(net, guard)
-        value = train_step(net, ws, grads, X, Y, index, start, n, loss, comm)
+        current, spare = parameter_halves(net, guard)
+        value = train_step(Network(net.table, current, net.buffers, net.counts), ws, grads, X, Y,
+                           index, start, n, loss, comm)
         losses[n_batches] = value
         sizes[n_batches] = n
         n_batches += 1
         if not np.isfinite(value):
             restore_last_good(net, guard)
             return n_batches, n_batches
-        optimizer_update(opt, net.params, grads[:n_params])
+        optimizer_update(opt, current, grads[:n_params], spare)
+        guard.current[0] = 1 - guard.current[0]
         share_running_statistics(net, comm)
+    settle_parameters(net, guard)
     return n_batches, 0
 
 

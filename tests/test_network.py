@@ -124,6 +124,53 @@ def test_cpu_training_matches_reference_engine(optimizer, dtype):
                                    err_msg=key)
 
 
+def train_epochs(device, model, optimizer, X, Y, epochs, batch_size):
+    """Engine epochs over the row orders ``epochs`` (one index array each) in one fit
+    session, as Trainer.fit runs them; returns each epoch's (batches, nonfinite)."""
+    session = get_backend(device).start_fit(model, optimizer, X, Y, batch_size, BCE)
+    results = []
+    for index in epochs:
+        losses, sizes = np.zeros(len(index)), np.zeros(len(index), np.int64)
+        results.append(session.train_epoch(index, batch_size, True, losses, sizes))
+        if results[-1][1]:
+            break
+    session.finish()
+    return results
+
+
+@pytest.mark.parametrize("device", ["numpy", "cpu"])
+@pytest.mark.parametrize("bad", [0, 1, 2, 3, 4])
+def test_a_non_finite_loss_puts_back_the_state_before_the_previous_batch(device, bad):
+    """Batch ``bad`` (0-based over the fit, 3 batches per epoch) has an infinite
+    input: the epoch stops there with the parameters, running statistics and
+    counts of the state before batch ``bad - 1`` (the last batch whose loss was
+    finite) put back bit for bit, also across the end of an epoch (bad = 3, 4)."""
+    rng = np.random.default_rng(3)
+    batch, per_epoch = 8, 3
+    X = rng.normal(size=(4 * batch, 5)).astype(np.float32)
+    X[3 * batch:, 2] = np.inf  # the last batch of rows is the poisoned one
+    Y = rng.uniform(size=(4 * batch, 2)).astype(np.float32)
+    clean, poisoned = np.arange(3 * batch), np.arange(3 * batch, 4 * batch)
+
+    def epochs(order):  # per_epoch batches each
+        return [order[i:i + per_epoch * batch] for i in range(0, len(order), per_epoch * batch)]
+
+    def fresh():
+        return make_model().astype("float32"), fn.SGD(lr=0.1, momentum=0.9)
+
+    order = np.concatenate([clean, clean])[:bad * batch]
+    expected, optimizer = fresh()
+    if bad >= 2:
+        train_epochs(device, expected, optimizer, X, Y, epochs(order[:(bad - 1) * batch]), batch)
+    model, optimizer = fresh()
+    results = train_epochs(device, model, optimizer, X, Y, epochs(np.concatenate([order, poisoned])),
+                           batch)
+    assert results[-1][1] == bad % per_epoch + 1
+    np.testing.assert_array_equal(model.params, expected.params)
+    np.testing.assert_array_equal(model.buffers, expected.buffers)
+    np.testing.assert_array_equal(model.counts, expected.counts)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_matrix_at_is_the_reshaped_slice_and_writes_through(dtype):
     """The engine's views of its flat buffers (kernels/views.py): the same

@@ -172,8 +172,9 @@ class CpuBackend(NumpyBackend):
         ws = network.workspace(model.table, 1, k, dtype)
         opt = optim.optimizer_state(optimizer.kind, optimizer.hyper(), np.zeros(1, np.int64),
                                     np.zeros((3, 1), dtype))
-        guard = network.Guard(np.zeros((2, 1), dtype), np.zeros((2, 1), dtype),
-                              np.zeros((2, 1), np.int64), np.zeros(1, np.int64))
+        guard = network.Guard(np.zeros(1, dtype), np.zeros((2, 1), dtype),
+                              np.zeros((2, 1), np.int64), np.zeros(1, np.int64),
+                              np.zeros(1, np.int64))
         communicator = None if comm is None else comm.communicator(8)
         index, losses, sizes = np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
         work = [(network.train_epoch, (net, ws, np.zeros(1, dtype), opt, X, Y, index, 1, True,
