@@ -235,5 +235,10 @@ def _optimizer_update_by_state_type(state, w, g, out):
 
 @jit
 def optimizer_update_compiled(state, w, g):
-    """``optimizer_update`` compiled, in place, for callers in Python (the functional API)."""
-    optimizer_update(state, w, g, w)
+    """``optimizer_update`` compiled, in place, for callers in Python (the
+    functional API). The update goes to a new array, then back into w: a loop
+    whose output is its input (out is w) runs 4x slower, as LLVM cannot tell
+    the two arrays apart when it compiles the update and keeps it scalar."""
+    out = np.empty_like(w)
+    optimizer_update(state, w, g, out)
+    w[:] = out
