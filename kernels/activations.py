@@ -18,8 +18,7 @@ import math
 import numpy as np
 
 from .elementwise import (
-    relu, relu_grad_from_output, sigmoid, sigmoid_grad_from_output,
-    tanh_grad_from_output,
+    relu, relu_backward_element, sigmoid, sigmoid_grad_from_output, tanh_grad_from_output,
 )
 from .jit import jit
 
@@ -85,7 +84,7 @@ def activation_backward(kind, y, dy, dx):
         dxr = dx[i]
         if kind == RELU:
             for j in range(yr.shape[0]):
-                dxr[j] = dyr[j] * relu_grad_from_output(yr[j])
+                dxr[j] = relu_backward_element(dyr[j], yr[j])
         elif kind == SIGMOID:
             for j in range(yr.shape[0]):
                 dxr[j] = dyr[j] * sigmoid_grad_from_output(yr[j])
