@@ -63,7 +63,10 @@ def repeat_part(net, ws, grads, opt, X, Y, index, loss, guard, part, l, n, reps)
                               ws.targets[:n], engine.gradient(ws, 0, n, Y.shape[1]))
         elif part == BACKWARD:
             # the walk's ping-pong buffers as the backward pass sees them at layer l
-            current = (t.shape[0] - 1 - l) % 2
+            current = 0
+            for later in range(l + 1, t.shape[0]):
+                if not t[later].folded:
+                    current = 1 - current
             dy = engine.gradient(ws, current, n, t[l].n_out)
             dx = engine.gradient(ws, 1 - current, n if l > 0 else 0, t[l].n_in)
             if t[l].kind == engine.DENSE:
@@ -114,8 +117,9 @@ def profile(network, optimizer, rounds):
                          + (" +relu" if table[l].relu_after else ""), FORWARD, l))
     rows.append(("loss", LOSS, 0))
     for l in range(table.shape[0] - 1, -1, -1):
-        rows.append((f"backward {l} {names[table[l].kind]} {table[l].n_in}->{table[l].n_out}",
-                     BACKWARD, l))
+        if not table[l].folded:
+            rows.append((f"backward {l} {names[table[l].kind]} {table[l].n_in}->{table[l].n_out}"
+                         + (" +relu" if table[l].relu_after else ""), BACKWARD, l))
     rows.append((f"update ({optimizer}, {trainer.model.n_params} parameters)", UPDATE, 0))
     timed = [(name, microseconds(session, part, l, batch, rounds)) for name, part, l in rows]
     step = microseconds(session, STEP, 0, batch, rounds)
