@@ -16,7 +16,7 @@ The description (built once per model by ``fastnn.core.layers.Sequential``):
                               BatchNorm's batch mean, var and inv_std
                   activation  RELU, SIGMOID or TANH, for an activation layer
                   relu_after  1 for a BatchNorm that also applies the ReLU
-                              following it (one fused pass)
+                              following it (fused into its forward and backward passes)
                   folded      1 for that ReLU: the layer before did its work
                   sync        1 for a BatchNorm whose statistics are those of
                               the global batch in data-parallel training
@@ -37,7 +37,7 @@ The description (built once per model by ``fastnn.core.layers.Sequential``):
                       the d loss / d (input) it writes
       saved         : each BatchNorm's batch mean, var, inv_std
       targets       : (batch, k) the batch's targets
-      sums          : (3 * max_width,) float64 scratch for the batch sums
+      sums          : (2 * max_width,) float64 scratch for the batch sums
       coefficients  : (3 * max_width,) scratch for per-feature coefficients
 
     grads : (P + 1,) the gradient of every parameter, laid out as params,
@@ -181,7 +181,7 @@ def workspace(table, batch, n_outputs, dtype):
                      gradients=np.zeros((2, batch * width), dtype),
                      saved=np.zeros(max(saved, 1), dtype),
                      targets=np.zeros((batch, n_outputs), dtype),
-                     sums=np.zeros(3 * width), coefficients=np.zeros(3 * width, dtype))
+                     sums=np.zeros(2 * width), coefficients=np.zeros(3 * width, dtype))
 
 
 def guard_for(net):
@@ -208,23 +208,6 @@ def dense_views(table, flat, l):
     weight = block(flat, row.weight_at, row.n_out, row.n_in)
     bias = flat[row.bias_at:row.bias_at + row.n_out] if row.bias_at >= 0 else flat[0:0]
     return weight, bias
-
-
-@internal
-def bias_is_folded(table, l):
-    """Whether Dense layer l's bias is added, and its gradient summed, by the
-    BatchNorm right after it, in the BatchNorm's own passes (batchnorm.py)."""
-    return l + 1 < table.shape[0] and table[l + 1].kind == BATCHNORM
-
-
-@internal
-def bias_before(table, flat, l):
-    """The bias (in params or in grads) of the Dense layer right before
-    BatchNorm l, which the BatchNorm adds; empty when there is none."""
-    if l > 0 and table[l - 1].kind == DENSE and table[l - 1].bias_at >= 0:
-        at = table[l - 1].bias_at
-        return flat[at:at + table[l].n_out]
-    return flat[0:0]
 
 
 @internal
@@ -298,11 +281,8 @@ def copy_into(destination, source):
 
 @inline
 def dense_layer_forward(net, ws, l, n):
-    """A bias folded into the BatchNorm after the layer is left to it."""
     x, y = layer_blocks(net, ws, l, n)
     weight, bias = dense_views(net.table, net.params, l)
-    if bias_is_folded(net.table, l):
-        bias = bias[0:0]
     dense_forward(x, weight, bias, y)
 
 
@@ -311,8 +291,6 @@ def dense_layer_backward(net, ws, grads, l, n, dy, dx):
     x, _ = layer_blocks(net, ws, l, n)
     weight, _ = dense_views(net.table, net.params, l)
     dweight, dbias = dense_views(net.table, grads, l)
-    if bias_is_folded(net.table, l):
-        dbias = dbias[0:0]
     dense_backward(dy, x, weight, dx, dweight, dbias, ws.sums)
 
 
@@ -322,22 +300,21 @@ def batchnorm_layer_forward(net, ws, l, n, n_global, training, comm):
     synchronized), the running statistics otherwise."""
     row = net.table[l]
     x, y = layer_blocks(net, ws, l, n)
-    bias = bias_before(net.table, net.params, l)
     gamma, beta = batchnorm_views(net.table, net.params, l)
     running_mean, running_var = running_statistics(net.table, net.buffers, l)
     relu = row.relu_after == 1
     if not training:
-        batchnorm_inference(x, bias, gamma, beta, running_mean, running_var, row.eps, relu, y,
-                            ws.sums, ws.coefficients)
+        batchnorm_inference(x, gamma, beta, running_mean, running_var, row.eps, relu, y, ws.sums,
+                            ws.coefficients)
         return
     mean, var, inv_std = saved_statistics(net.table, ws, l)
     rows = n
     if row.sync:
         rows = n_global
-        batchnorm_forward(x, bias, gamma, beta, row.eps, relu, y, mean, var, inv_std, ws.sums,
+        batchnorm_forward(x, gamma, beta, row.eps, relu, y, mean, var, inv_std, ws.sums,
                           ws.coefficients, comm, rows)
     else:
-        batchnorm_forward(x, bias, gamma, beta, row.eps, relu, y, mean, var, inv_std, ws.sums,
+        batchnorm_forward(x, gamma, beta, row.eps, relu, y, mean, var, inv_std, ws.sums,
                           ws.coefficients, None, rows)
     net.counts[l] += 1
     momentum = row.momentum
@@ -348,19 +325,18 @@ def batchnorm_layer_forward(net, ws, l, n, n_global, training, comm):
 
 @inline
 def batchnorm_layer_backward(net, ws, grads, l, n, n_global, dy, dx, comm):
-    """With a ReLU folded in, dy is the gradient of the ReLU's output."""
+    """With the ReLU after it folded in, dy is the gradient of the ReLU's output."""
     x, y = layer_blocks(net, ws, l, n)
     relu = net.table[l].relu_after == 1
     mean, _, inv_std = saved_statistics(net.table, ws, l)
     gamma, _ = batchnorm_views(net.table, net.params, l)
     dgamma, dbeta = batchnorm_views(net.table, grads, l)
-    dbias = bias_before(net.table, grads, l)
     if net.table[l].sync:
-        batchnorm_backward(dy, x, gamma, mean, inv_std, relu, y, dx, dgamma, dbeta, dbias,
-                           ws.sums, ws.coefficients, comm, n_global)
+        batchnorm_backward(dy, x, gamma, mean, inv_std, relu, y, dx, dgamma, dbeta, ws.sums,
+                           ws.coefficients, comm, n_global)
     else:
-        batchnorm_backward(dy, x, gamma, mean, inv_std, relu, y, dx, dgamma, dbeta, dbias,
-                           ws.sums, ws.coefficients, None, n)
+        batchnorm_backward(dy, x, gamma, mean, inv_std, relu, y, dx, dgamma, dbeta, ws.sums,
+                           ws.coefficients, None, n)
 
 
 @inline
@@ -582,10 +558,8 @@ def _dense_backward(dy, x, w, dx, dw, db, sums):
         _store(db, db_value)
 
 
-def _batchnorm_forward(x, bias, gamma, beta, eps, relu, y, mean, var, inv_std, sums, coef, comm,
+def _batchnorm_forward(x, gamma, beta, eps, relu, y, mean, var, inv_std, sums, coef, comm,
                        rows):
-    if bias.size:
-        _store(x, x + bias)
     value, batch_mean, batch_inv_std = batchnorm_forward_reference(x, gamma, beta, eps)
     _store(y, np.maximum(value, 0) if relu else value)
     _store(mean, batch_mean)
@@ -593,22 +567,19 @@ def _batchnorm_forward(x, bias, gamma, beta, eps, relu, y, mean, var, inv_std, s
     _store(inv_std, batch_inv_std)
 
 
-def _batchnorm_inference(x, bias, gamma, beta, mean, var, eps, relu, y, sums, coef):
-    value = batchnorm_inference_reference(x + bias if bias.size else x, gamma, beta, mean, var,
-                                          eps)
+def _batchnorm_inference(x, gamma, beta, mean, var, eps, relu, y, sums, coef):
+    value = batchnorm_inference_reference(x, gamma, beta, mean, var, eps)
     _store(y, np.maximum(value, 0) if relu else value)
 
 
-def _batchnorm_backward(dy, x, gamma, mean, inv_std, relu, y, dx, dgamma, dbeta, dbias, sums,
-                        coef, comm, rows):
+def _batchnorm_backward(dy, x, gamma, mean, inv_std, relu, y, dx, dgamma, dbeta, sums, coef,
+                        comm, rows):
     if relu:
         dy = activation_backward_reference(RELU, y, dy).astype(dy.dtype)
     dx_value, dgamma_value, dbeta_value = batchnorm_backward_reference(dy, x, gamma, mean,
                                                                        inv_std)
     if dx.shape[0]:
         _store(dx, dx_value)
-        if dbias.size:
-            _store(dbias, dx.sum(axis=0))
     _store(dgamma, dgamma_value)
     _store(dbeta, dbeta_value)
 

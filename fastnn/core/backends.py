@@ -194,15 +194,15 @@ class CpuBackend(NumpyBackend):
         f = x.shape[1]
         y = np.empty_like(x)
         mean, var, inv_std = (np.empty(f, x.dtype) for _ in range(3))
-        batchnorm.batchnorm_forward(x, gamma[:0], gamma, beta, eps, False, y, mean, var, inv_std,
-                                    np.empty(3 * f), np.empty(3 * f, x.dtype), None, x.shape[0])
+        batchnorm.batchnorm_forward(x, gamma, beta, eps, False, y, mean, var, inv_std,
+                                    np.empty(2 * f), np.empty(3 * f, x.dtype), None, x.shape[0])
         return y, mean, inv_std
 
     def batchnorm_backward(self, dy, x, gamma, mean, inv_std):
         dx, dgamma, dbeta = np.empty_like(x), np.empty_like(gamma), np.empty_like(gamma)
         batchnorm.batchnorm_backward(dy, x, gamma, mean, inv_std, False, dy, dx, dgamma, dbeta,
-                                     dgamma[:0], np.empty(3 * x.shape[1]),
-                                     np.empty(3 * x.shape[1], x.dtype), None, x.shape[0])
+                                     np.empty(2 * x.shape[1]), np.empty(3 * x.shape[1], x.dtype),
+                                     None, x.shape[0])
         return dx, dgamma, dbeta
 
     def bce(self, z, y):
