@@ -15,6 +15,9 @@ uses (``from .jit import jit, inline``) and never calls ``njit`` itself.
                rounding instead of two): the dense layer's own loop kernels
     dot_loops  loops, and LLVM may also reassociate a dot product's sum to split
                it over SIMD lanes: the forward loop kernel
+    scans      jit, and LLVM may reorder a sum to split it over SIMD lanes: the
+               passes over data whose answer does not depend on the order
+               (whether every value is finite, how many exceed a limit)
 
 Every flavour caches its machine code on disk (``cache=True``) and uses
 NumPy's error model (``error_model="numpy"``: a division by zero gives inf or
@@ -33,3 +36,4 @@ inline = njit(inline="always", **_OPTIONS)
 internal = njit(no_cpython_wrapper=True, **_OPTIONS)
 loops = njit(fastmath={"contract"}, **_OPTIONS)
 dot_loops = njit(fastmath={"contract", "reassoc"}, **_OPTIONS)
+scans = njit(fastmath={"reassoc"}, **_OPTIONS)

@@ -65,20 +65,39 @@ def contending_pools():
     """Descriptions of the other libraries' pools with more than one thread,
     e.g. ["libgomp (openmp, 2 threads, /.../torch/lib/libgomp.so.1)"]."""
     try:
-        from threadpoolctl import threadpool_info
+        from threadpoolctl import ThreadpoolController
     except ImportError:
         return _torch_pool()
-    packages = [os.path.realpath(folder) for folder in site.getsitepackages()
-                + [site.getusersitepackages()]]
-    own = _own_folders()
     found = []
-    for pool in threadpool_info():
-        path = os.path.realpath(pool.get("filepath") or "")
-        if (pool.get("num_threads", 1) > 1 and any(_inside(path, folder) for folder in packages)
-                and not any(_inside(path, folder) for folder in own)):
-            found.append(f"{pool.get('prefix')} ({pool.get('user_api')}, "
-                         f"{pool['num_threads']} threads, {path})")
+    for pool in _other_libraries(ThreadpoolController):
+        threads = pool.num_threads  # read live: a library's thread count can change
+        if threads > 1:
+            found.append(f"{pool.prefix} ({pool.user_api}, {threads} threads, "
+                         f"{os.path.realpath(pool.filepath)})")
     return found or _torch_pool()
+
+
+_scan = {}  # the last scan: the number of modules loaded then, and what it found
+
+
+def _other_libraries(ThreadpoolController):
+    """threadpoolctl's controllers of the loaded thread pools that belong to
+    an installed package other than OWN_PACKAGES. Finding the libraries is
+    the costly part (a walk over every loaded shared object): it is done
+    again only when modules were imported since the last scan, as a library
+    with a thread pool comes with the import of its package."""
+    if _scan.get("modules") != len(sys.modules):
+        packages = [os.path.realpath(folder) for folder in site.getsitepackages()
+                    + [site.getusersitepackages()]]
+        own = _own_folders()
+        others = []
+        for pool in ThreadpoolController().lib_controllers:
+            path = os.path.realpath(pool.filepath or "")
+            if (any(_inside(path, folder) for folder in packages)
+                    and not any(_inside(path, folder) for folder in own)):
+                others.append(pool)
+        _scan.update(modules=len(sys.modules), others=others)
+    return _scan["others"]
 
 
 def _torch_pool():
