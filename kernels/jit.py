@@ -3,8 +3,11 @@
 Each flavour is a numba ``njit`` decorator; a kernel file imports the ones it
 uses (``from .jit import jit, inline``) and never calls ``njit`` itself.
 
-    jit        a compiled function with a Python entry point: the kernels, the
-               engine's entry points (``train_epoch``, ``predict_logits``)
+    jit        a compiled function with a Python entry point: the kernels
+    released   jit, and the call releases the GIL while it runs, so that Python
+               threads run such calls side by side on several cores: the
+               engine's entry points (``train_epoch``, ``predict_logits``),
+               which ``fit_many`` runs for several models at once
     inline     inlined into its caller at numba's IR level: the element math of
                elementwise.py, the engine's glue (the walks, one step). No
                function of its own is compiled, so the caller is optimized as
@@ -32,6 +35,7 @@ from numba import njit
 _OPTIONS = dict(cache=True, error_model="numpy")
 
 jit = njit(**_OPTIONS)
+released = njit(nogil=True, **_OPTIONS)
 inline = njit(inline="always", **_OPTIONS)
 internal = njit(no_cpython_wrapper=True, **_OPTIONS)
 loops = njit(fastmath={"contract"}, **_OPTIONS)

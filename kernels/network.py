@@ -93,7 +93,7 @@ from .batchnorm import (
 from .collective import allreduce_sum, broadcast, shard
 from .dense import dense_backward, dense_backward_reference, dense_forward
 from .dense import dense_forward_reference
-from .jit import inline, internal, jit
+from .jit import inline, internal, released
 from .loss import loss_and_gradient
 from .optim import optimizer_update
 from .views import matrix_at, matrix_at_reference
@@ -101,10 +101,11 @@ from .views import matrix_at, matrix_at_reference
 # Compile time is a user-visible cost (a first run compiles everything), and it
 # grows with each separately compiled function: numba re-optimizes and re-emits
 # the code of every function a function calls. So the engine's entry points
-# (jit) call the kernels, which are compiled once each; the glue between them
-# (the walks, the per-layer functions, one step) is inlined into the entry
-# points (inline), and the small views the glue uses are compiled once, with no
-# Python entry point (internal). The flavours are defined in jit.py.
+# (released: they also let go of the GIL) call the kernels, which are compiled
+# once each (jit); the glue between them (the walks, the per-layer functions,
+# one step) is inlined into the entry points (inline), and the small views the
+# glue uses are compiled once, with no Python entry point (internal). The
+# flavours are defined in jit.py.
 
 # layer kinds
 DENSE, BATCHNORM, ACTIVATION = 0, 1, 2
@@ -490,7 +491,7 @@ def share_running_statistics(net, comm):
         broadcast(comm, net.counts)
 
 
-@jit
+@released
 def train_epoch(net, ws, grads, opt, X, Y, index, batch_size, skip_single, losses, sizes, loss,
                 guard, comm):
     """One epoch of mini-batch training over rows ``index`` of (X, Y).
@@ -526,7 +527,7 @@ def train_epoch(net, ws, grads, opt, X, Y, index, batch_size, skip_single, losse
     return n_batches, 0
 
 
-@jit
+@released
 def predict_logits(net, ws, X, out):
     """Inference-mode forward pass over all rows of X, in chunks of the
     workspace's batch capacity; writes the logits into out (n, k)."""

@@ -2,11 +2,15 @@
 
 On the GPU the fused engine trains all K in one launch per epoch, one block
 (or group of blocks) per model, so a grid of small models costs about what
-one of them does; elsewhere the models train one after another, each
-exactly as ``Trainer.fit`` trains it.
+one of them does. On the cpu the models train side by side, one per core:
+threads each run ``Trainer.fit`` for one model after another, the compiled
+engine lets go of the GIL while it trains an epoch, and BLAS runs one thread
+per product meanwhile (the cores are taken by the models). Each model is
+trained exactly as ``Trainer.fit`` trains it, to the same bits.
 """
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -16,6 +20,7 @@ from . import validation as v
 from .autodevice import choose_device
 from .layers import Sequential
 from .optim import Adam, Optimizer
+from .threads import blas_threads, usable_cores
 from .trainer import Trainer
 
 
@@ -94,12 +99,7 @@ def fit_many(models, X, y, optimizers=None, seeds=None, loss="bce", device="auto
     if chosen == "cuda":
         histories = _fit_on_gpu(trainers, X, y, epochs, batch_size, shuffle)
     if histories is None:  # the cpu, or a network the fused engine does not take
-        histories = []
-        for trainer in trainers:
-            history = trainer.fit(X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
-                                  on_nonfinite="stop")
-            history["nonfinite"] = trainer.nonfinite
-            histories.append(history)
+        histories = _fit_on_host(trainers, X, y, epochs, batch_size, shuffle)
     stopped = [(m, h["nonfinite"]) for m, h in enumerate(histories) if h["nonfinite"]]
     if stopped and on_nonfinite == "raise":
         raise FloatingPointError(
@@ -108,6 +108,24 @@ def fit_many(models, X, y, optimizers=None, seeds=None, loss="bce", device="auto
             + "; those models stopped there with the weights of their last step with a "
               "finite loss restored")
     return models, histories
+
+
+def _fit_on_host(trainers, X, y, epochs, batch_size, shuffle):
+    """Each trainer's fit, with 'nonfinite' added to its history. On the cpu
+    backend, several cores and models: side by side, one thread per core,
+    without progress bars."""
+    def fit(trainer, progress=None):
+        history = trainer.fit(X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                              on_nonfinite="stop", progress=progress)
+        history["nonfinite"] = trainer.nonfinite
+        return history
+
+    workers = min(len(trainers), usable_cores())
+    if workers == 1 or trainers[0].device != "cpu":
+        return [fit(trainer) for trainer in trainers]
+    trainers[0].precompile(X, y, progress=None)  # compile (or load) the engine once, first
+    with blas_threads(1), ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda trainer: fit(trainer, progress=False), trainers))
 
 
 def _fit_on_gpu(trainers, X, y, epochs, batch_size, shuffle):

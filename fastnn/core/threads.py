@@ -1,4 +1,4 @@
-"""Thread pools of other libraries that share the cores with the cpu engine.
+"""Thread pools that share the cores with the cpu engine: other libraries', and its own BLAS's.
 
 The cpu engine's matrix products run on the BLAS that numpy and SciPy ship
 (through numba's ``np.dot``), with one thread per core. Another library loaded
@@ -18,12 +18,17 @@ is not counted: numba's threading layer, which fastnn's engine
 does not use but which starts when anything asks numba for its thread count,
 loads the system's OpenMP. PyTorch is also recognized by itself, with or
 without threadpoolctl (``torch.get_num_threads()``).
+
+``fit_many`` trains several models side by side, one per core; meanwhile the
+BLAS threads would only compete with the models for the cores, so
+``blas_threads`` limits the BLAS of the engine to one thread for the while.
 """
 
 import os
 import site
 import sys
 import warnings
+from contextlib import contextmanager
 
 
 class ThreadContentionWarning(RuntimeWarning):
@@ -121,3 +126,60 @@ def _own_folders():
 
 def _inside(path, folder):
     return path.startswith(folder + os.sep)
+
+
+# ---- the BLAS of the cpu engine, limited while models train side by side ----
+
+def usable_cores():
+    """The number of cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def blas_threads(n):
+    """Within the block, the BLAS that the cpu engine's matrix products call
+    (SciPy's, through numba's np.dot) uses at most ``n`` threads: in the
+    whole process, as an OpenBLAS setting is (restored after the block).
+    Nothing changes where that BLAS is not an OpenBLAS whose thread count
+    can be set (``openblas_set_num_threads``, under SciPy's or the plain name)."""
+    control = _blas_thread_control()
+    if control is None:
+        yield
+        return
+    get, set_ = control
+    before = get()
+    set_(min(n, before))
+    try:
+        yield
+    finally:
+        set_(before)
+
+
+def _blas_thread_control():
+    """(get, set) of the thread count of the BLAS behind scipy.linalg.cython_blas,
+    or None. Its functions are looked up from that module's library, which
+    sees the BLAS it was linked with (POSIX dlsym searches its dependencies)."""
+    if "control" not in _blas:
+        import ctypes
+
+        import scipy.linalg.cython_blas
+        _blas["control"] = None
+        try:
+            library = ctypes.CDLL(scipy.linalg.cython_blas.__file__)
+        except OSError:
+            return None
+        for prefix in ("scipy_openblas", "openblas"):
+            get = getattr(library, prefix + "_get_num_threads", None)
+            set_ = getattr(library, prefix + "_set_num_threads", None)
+            if get is not None and set_ is not None:
+                get.restype, get.argtypes = ctypes.c_int, []
+                set_.restype, set_.argtypes = None, [ctypes.c_int]
+                _blas["control"] = (get, set_)
+                break
+    return _blas["control"]
+
+
+_blas = {}
