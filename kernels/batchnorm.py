@@ -24,6 +24,7 @@ import numpy as np
 from .collective import allreduce_sum
 from .elementwise import relu_backward_element
 from .jit import inline, jit
+from .views import vector_at
 
 
 # ---- reference (NumPy, any float dtype; the tests run it in float64) ----
@@ -84,7 +85,7 @@ def batchnorm_forward(x, gamma, beta, eps, relu, y, mean, var, inv_std, sums, co
     """Training-mode forward; writes y and the batch mean, var, inv_std.
     With ``relu``, writes max(y, 0) instead (BatchNorm then ReLU, fused)."""
     f = x.shape[1]
-    total, squares = sums[:f], sums[f:2 * f]
+    total, squares = vector_at(sums, 0, f), vector_at(sums, f, f)
     batch_sums(x, total)
     allreduce_sum(comm, total)
     for j in range(f):
@@ -148,7 +149,7 @@ def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps, relu, y,
     """Inference-mode forward with the running statistics; writes y
     (max(y, 0) with ``relu``)."""
     f = x.shape[1]
-    mean, inv_std = sums[:f], sums[f:2 * f]
+    mean, inv_std = vector_at(sums, 0, f), vector_at(sums, f, f)
     for j in range(f):
         mean[j] = running_mean[j]
         inv_std[j] = 1.0 / np.sqrt(running_var[j] + eps)
@@ -161,7 +162,7 @@ def batchnorm_scale_shift(x, gamma, beta, mean, inv_std, relu, y, coef):
     (PyTorch's CPU kernel folds the affine transform the same way); max(y, 0)
     with ``relu``."""
     f = x.shape[1]
-    scale, shift = coef[:f], coef[f:2 * f]
+    scale, shift = vector_at(coef, 0, f), vector_at(coef, f, f)
     for j in range(f):
         s = gamma[j] * inv_std[j]
         scale[j] = s
@@ -191,7 +192,7 @@ def batchnorm_backward(dy, x, gamma, mean, inv_std, relu, y, dx, dgamma, dbeta, 
     dx may have no rows: the first layer of a network needs no input gradient.
     """
     f = x.shape[1]
-    sum_dy, sum_dy_xc = sums[:f], sums[f:2 * f]
+    sum_dy, sum_dy_xc = vector_at(sums, 0, f), vector_at(sums, f, f)
     if relu:
         batchnorm_backward_sums(dy, x, mean, True, y, sum_dy, sum_dy_xc)
     else:
@@ -200,7 +201,7 @@ def batchnorm_backward(dy, x, gamma, mean, inv_std, relu, y, dx, dgamma, dbeta, 
         dgamma[j] = sum_dy_xc[j] * inv_std[j]
         dbeta[j] = sum_dy[j]
     if dx.shape[0]:
-        allreduce_sum(comm, sums[:2 * f])  # both sums in one call
+        allreduce_sum(comm, vector_at(sums, 0, 2 * f))  # both sums in one call
         if relu:
             batchnorm_backward_dx(dy, x, gamma, mean, inv_std, True, y, sum_dy, sum_dy_xc, rows,
                                   dx, coef)
@@ -241,7 +242,7 @@ def batchnorm_backward_dx(dy, x, gamma, mean, inv_std, relu, y, sum_dy, sum_dy_x
     where the sums run over all ``rows`` rows of the batch and g is dy, or
     with ``relu`` dy times the ReLU's derivative at its output y."""
     f = x.shape[1]
-    a, c, mean_dy = coef[:f], coef[f:2 * f], coef[2 * f:3 * f]
+    a, c, mean_dy = vector_at(coef, 0, f), vector_at(coef, f, f), vector_at(coef, 2 * f, f)
     for j in range(f):
         k = gamma[j] * inv_std[j]
         a[j] = k

@@ -20,6 +20,7 @@ import numpy as np
 
 from .batchnorm import batch_sums
 from .jit import dot_loops, inline, jit, loops
+from .views import vector_at
 
 # The loop kernels may fuse a multiply and an add (one rounding instead of
 # two), and the forward one may split a dot product over SIMD lanes: each
@@ -127,7 +128,7 @@ def dense_backward_blas(dy, x, w, dx, dw, db, sums):
 def store_bias_gradient(dy, db, sums):
     """db = dy summed over the batch, accumulated in float64 in sums, then
     stored in db's dtype."""
-    total = sums[:db.shape[0]]
+    total = vector_at(sums, 0, db.shape[0])
     batch_sums(dy, total)
     for j in range(db.shape[0]):
         db[j] = total[j]

@@ -32,9 +32,9 @@ The description (built once per model by ``fastnn.core.layers.Sequential``):
                       layer l for up to ``batch`` rows, the block at
                       activation_at[L] the logits. A BatchNorm with relu_after
                       writes straight into the block of the ReLU's output.
-      gradients     : (2, batch * max_width), the backward pass's ping-pong
-                      pair: d loss / d (output) of the layer being walked, and
-                      the d loss / d (input) it writes
+      gradients     : (2 * batch * max_width,), the backward pass's ping-pong
+                      pair, one in each half: d loss / d (output) of the layer
+                      being walked, and the d loss / d (input) it writes
       saved         : each BatchNorm's batch mean, var, inv_std
       targets       : (batch, k) the batch's targets
       sums          : (2 * max_width,) float64 scratch for the batch sums
@@ -96,7 +96,7 @@ from .dense import dense_forward_reference
 from .jit import inline, internal, released
 from .loss import loss_and_gradient
 from .optim import optimizer_update
-from .views import matrix_at, matrix_at_reference
+from .views import matrix_at, matrix_at_reference, vector_at, vector_at_reference
 
 # Compile time is a user-visible cost (a first run compiles everything), and it
 # grows with each separately compiled function: numba re-optimizes and re-emits
@@ -179,7 +179,7 @@ def workspace(table, batch, n_outputs, dtype):
     width = max(widths)
     return Workspace(activations=np.zeros(int(activation_at[-1]) + batch * widths[-1], dtype),
                      activation_at=activation_at,
-                     gradients=np.zeros((2, batch * width), dtype),
+                     gradients=np.zeros(2 * batch * width, dtype),
                      saved=np.zeros(max(saved, 1), dtype),
                      targets=np.zeros((batch, n_outputs), dtype),
                      sums=np.zeros(2 * width), coefficients=np.zeros(3 * width, dtype))
@@ -207,7 +207,7 @@ def dense_views(table, flat, l):
     grads; the bias is empty for a layer without one."""
     row = table[l]
     weight = block(flat, row.weight_at, row.n_out, row.n_in)
-    bias = flat[row.bias_at:row.bias_at + row.n_out] if row.bias_at >= 0 else flat[0:0]
+    bias = vector_at(flat, row.bias_at, row.n_out) if row.bias_at >= 0 else vector_at(flat, 0, 0)
     return weight, bias
 
 
@@ -215,22 +215,22 @@ def dense_views(table, flat, l):
 def batchnorm_views(table, flat, l):
     """BatchNorm layer l's (gamma, beta) in params or in grads."""
     row = table[l]
-    return (flat[row.weight_at:row.weight_at + row.n_out],
-            flat[row.bias_at:row.bias_at + row.n_out])
+    return vector_at(flat, row.weight_at, row.n_out), vector_at(flat, row.bias_at, row.n_out)
 
 
 @internal
 def running_statistics(table, buffers, l):
     """BatchNorm layer l's (running_mean, running_var)."""
     at, f = table[l].stats_at, table[l].n_out
-    return buffers[at:at + f], buffers[at + f:at + 2 * f]
+    return vector_at(buffers, at, f), vector_at(buffers, at + f, f)
 
 
 @internal
 def saved_statistics(table, ws, l):
     """BatchNorm layer l's batch (mean, var, inv_std) from the forward pass."""
     f, at = table[l].n_out, table[l].saved_at
-    return ws.saved[at:at + f], ws.saved[at + f:at + 2 * f], ws.saved[at + 2 * f:at + 3 * f]
+    return (vector_at(ws.saved, at, f), vector_at(ws.saved, at + f, f),
+            vector_at(ws.saved, at + 2 * f, f))
 
 
 @internal
@@ -252,8 +252,8 @@ def network_output(net, ws, n):
 
 @internal
 def gradient(ws, which, rows, cols):
-    """Gradient buffer ``which`` (0 or 1) viewed as (rows, cols)."""
-    return block(ws.gradients[which], 0, rows, cols)
+    """Gradient buffer ``which`` (0 or 1: the first or second half) viewed as (rows, cols)."""
+    return block(ws.gradients, which * (ws.gradients.shape[0] // 2), rows, cols)
 
 
 # ---- data movement (kernels, each with a NumPy reference below) ----
@@ -271,11 +271,10 @@ def gather_batch(X, Y, index, start, n, xb, yb):
 
 @internal
 def copy_into(destination, source):
-    """destination[...] = source, for arrays of one shape (any dimension)."""
-    flat_destination = destination.reshape(destination.size)
-    flat_source = source.reshape(source.size)
-    for i in range(flat_source.shape[0]):
-        flat_destination[i] = flat_source[i]
+    """destination[...] = source, for 2-D arrays of one shape."""
+    for i in range(source.shape[0]):
+        for j in range(source.shape[1]):
+            destination[i, j] = source[i, j]
 
 
 # ---- one forward and one backward function per layer kind ----
@@ -435,8 +434,10 @@ def take_snapshot(net, guard):
     """Copy the running statistics and counts into the guard's next snapshot
     slot (the parameters need no copy: see ``parameter_halves``)."""
     slot = guard.taken[0] % 2
-    copy_into(guard.buffers[slot], net.buffers)
-    copy_into(guard.counts[slot], net.counts)
+    for i in range(net.buffers.shape[0]):
+        guard.buffers[slot, i] = net.buffers[i]
+    for i in range(net.counts.shape[0]):
+        guard.counts[slot, i] = net.counts[i]
     guard.taken[0] += 1
 
 
@@ -471,10 +472,13 @@ def restore_last_good(net, guard):
     the last update), the running statistics and counts from their snapshot."""
     slot = (guard.taken[0] - 2) % 2 if guard.taken[0] >= 2 else 0
     if guard.taken[0] >= 2 and guard.current[0] == 0:
-        copy_into(net.params, guard.params)
+        for i in range(net.params.shape[0]):
+            net.params[i] = guard.params[i]
     guard.current[0] = 0
-    copy_into(net.buffers, guard.buffers[slot])
-    copy_into(net.counts, guard.counts[slot])
+    for i in range(net.buffers.shape[0]):
+        net.buffers[i] = guard.buffers[slot, i]
+    for i in range(net.counts.shape[0]):
+        net.counts[i] = guard.counts[slot, i]
 
 
 @inline
@@ -602,7 +606,7 @@ def _gather_batch(X, Y, index, start, n, xb, yb):
 #: each kernel the walks call, by name, and its NumPy reference with the same
 #: argument contract (outputs written in place)
 REFERENCE_KERNELS = {
-    "matrix_at": matrix_at_reference,
+    "matrix_at": matrix_at_reference, "vector_at": vector_at_reference,
     "dense_forward": _dense_forward, "dense_backward": _dense_backward,
     "batchnorm_forward": _batchnorm_forward, "batchnorm_inference": _batchnorm_inference,
     "batchnorm_backward": _batchnorm_backward,
