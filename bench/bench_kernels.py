@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cases import BACKENDS, BENCH_CASES, DENSE_PATHS, make_inputs, run
-from fastnn.core.backends import cuda_available
+from fastnn.core.cuda_backend import cuda_available
 
 ALL_BACKENDS = BACKENDS + (("cuda",) if cuda_available() else ())
 

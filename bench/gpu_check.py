@@ -211,6 +211,7 @@ def calibration_rows():
     """The cost figures of device='auto', measured here (fastnn.core.autodevice),
     and what auto picks with them for the standard networks and the demo."""
     from fastnn.core import autodevice
+    from fastnn.core.device import choose_device
     figures = autodevice.calibrate("float32")
     lines = ["\ndevice='auto' figures measured here (autodevice.calibrate, float32):"]
     for engine, c in figures.items():
@@ -225,7 +226,7 @@ def calibration_rows():
     for name, (model, batch, n) in cases.items():
         t = autodevice.predict(model.table, batch, n, 1, n * (model.in_features + 1) * 4,
                                "float32", costs=figures)
-        pick = autodevice.choose_device("auto", model, batch, n, 1, "float32")
+        pick = choose_device("auto", model, batch, n, 1, "float32")
         lines.append(f"| {name} | {batch} | {t['cpu']:.3g} | {t['cuda']:.3g} "
                      f"({t['cuda_engine']}) | {pick} |")
     return lines

@@ -7,7 +7,10 @@ normalization and binary cross-entropy, one API for the CPU and the GPU.
     history = trainer.fit(X, y, epochs=20, batch_size=64)
 """
 
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING
+
+from .version import __version__
 
 
 def _attach_kernels():
@@ -41,18 +44,51 @@ def _attach_kernels():
 
 _attach_kernels()
 
-from . import ops
-from .core.builders import mlp
-from .core.callbacks import Callback, CosineDecay, EarlyStopping, StepDecay
-from .core.interop import from_torch
-from .core.io import load, save
-from .core.layers import BatchNorm, Dense, ReLU, Sequential, Sigmoid, Tanh
-from .core.many import fit_many
-from .core.optim import SGD, Adam, AdamW, Optimizer, RMSprop
-from .core.threads import ThreadContentionWarning
-from .core.trainer import Trainer
+if TYPE_CHECKING:  # the public names, as tools that read the source (the API reference) see them
+    from . import ops
+    from .core.builders import mlp
+    from .core.callbacks import Callback, CosineDecay, EarlyStopping, ReduceLROnPlateau, StepDecay
+    from .core.io import load, save
+    from .core.layers import BatchNorm, Dense, ReLU, Sequential, Sigmoid, Tanh, from_torch
+    from .core.many import fit_many
+    from .core.optim import SGD, Adam, AdamW, Optimizer, RMSprop
+    from .core.threads import ThreadContentionWarning
+    from .core.trainer import Trainer
+
+#: Where each public name lives: imported on first use (``fn.Trainer``,
+#: ``from fastnn import Trainer``), so that ``import fastnn`` costs nothing
+#: and loads no numerical library until one is needed (the command line
+#: starts, and answers Ctrl-C, before NumPy and numba are loaded). The
+#: imports above say the same for static readers (tests/test_structure.py
+#: checks that they agree).
+_EXPORTS = {
+    "Sequential": "core.layers", "Dense": "core.layers", "BatchNorm": "core.layers",
+    "ReLU": "core.layers", "Sigmoid": "core.layers", "Tanh": "core.layers",
+    "from_torch": "core.layers", "mlp": "core.builders", "Trainer": "core.trainer",
+    "SGD": "core.optim", "RMSprop": "core.optim", "Adam": "core.optim", "AdamW": "core.optim",
+    "Optimizer": "core.optim", "Callback": "core.callbacks", "EarlyStopping": "core.callbacks",
+    "StepDecay": "core.callbacks", "CosineDecay": "core.callbacks",
+    "ReduceLROnPlateau": "core.callbacks", "save": "core.io", "load": "core.io",
+    "fit_many": "core.many", "ThreadContentionWarning": "core.threads",
+}
+_SUBMODULES = ("ops", "core", "kernels")
 
 __all__ = ["Sequential", "Dense", "BatchNorm", "ReLU", "Sigmoid", "Tanh", "mlp", "Trainer", "SGD",
            "RMSprop", "Adam", "AdamW", "Optimizer", "Callback", "EarlyStopping", "StepDecay",
-           "CosineDecay", "save", "load", "from_torch", "ops", "fit_many",
+           "CosineDecay", "ReduceLROnPlateau", "save", "load", "from_torch", "ops", "fit_many",
            "ThreadContentionWarning", "__version__"]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -1,13 +1,26 @@
 """Command line: ``fastnn demo`` (also ``python -m fastnn demo``); ``train``,
-``predict`` and ``info`` are in cli.py."""
+``predict`` and ``info`` are in cli.py.
+
+This module (the console script's entry point) and the package's
+``__init__`` import only what Python has already loaded at start-up, so a
+Ctrl-C is answered by ``main`` from the first instant of fastnn's code."""
 
 import sys
 
-from .cli import _int_at_least, _Parser, run_command
-
 
 def main(argv=None):
+    """``fastnn COMMAND ...``; returns the exit status. Ctrl-C at any moment,
+    also while NumPy and numba load, is one line on stderr and status 130."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before a command's own handler (run_command) took over
+        print("fastnn: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv):
     from . import __version__
+    from .cli import _int_at_least, _Parser, run_command
 
     parser = _Parser(prog="fastnn", description="fastnn command line")
     parser.add_argument("--version", action="version", version=f"fastnn {__version__}")

@@ -40,6 +40,8 @@ import time
 
 import numpy as np
 
+from .core.progress import ProgressBar
+
 # name: (d_in, hidden, blocks, batch)
 NETWORKS = {
     "tiny": (16, 32, 2, 32),
@@ -229,7 +231,7 @@ def _jax_prepare(network, optimizer, X, y):
 
 def _available(name):
     if name.startswith("fastnn-cuda") or name == "torch-cuda-graphs":
-        from fastnn.core.backends import cuda_available
+        from fastnn.core.cuda_backend import cuda_available
         if not cuda_available():
             return False
     if name == "fastnn-cuda-tf32":
@@ -328,26 +330,6 @@ def machine_info():
     return info
 
 
-class Progress:
-    """A one-line progress bar on stderr (a line per step when not a terminal)."""
-
-    def __init__(self, total, stream=None):
-        stream = sys.stderr if stream is None else stream  # the current one, not import time's
-        self.total, self.done, self.stream = total, 0, stream
-        self.tty = stream.isatty()
-
-    def step(self, label):
-        self.done += 1
-        width = 30
-        filled = int(width * self.done / self.total)
-        line = f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {label}"
-        if self.tty:
-            self.stream.write("\r" + line.ljust(80) + ("\n" if self.done == self.total else ""))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-
 def measure(network, impl, optimizer, quick):
     """samples/s of one (network, implementation, optimizer), in this process;
     impl "gemm-floor" measures the network's GEMM floor."""
@@ -381,7 +363,7 @@ def run(networks, implementations, optimizers, quick=False, progress=True):
             for impl in implementations
             if not (impl == "numpy" and net not in ("tiny", "small"))]
     plan += [(net, "gemm-floor", "-") for net in networks]
-    bar = Progress(len(plan)) if progress else None
+    bar = ProgressBar(len(plan)) if progress else None
     results, floors = [], {}
     for net, impl, opt in sorted(plan, key=lambda p: networks.index(p[0])):
         rate = _measure_in_subprocess(net, impl, opt, quick)
@@ -392,7 +374,9 @@ def run(networks, implementations, optimizers, quick=False, progress=True):
                             "samples_per_s": rate,
                             "samples": NETWORKS[net][3] * BATCHES[net][1 if quick else 0]})
         if bar:
-            bar.step(f"{net} {impl} {opt}: {rate:,.0f} samples/s")
+            bar.update(len(results) + len(floors), f" {net} {impl} {opt}: {rate:,.0f} samples/s")
+    if bar:
+        bar.close()
     return {"machine": machine_info(), "results": results, "gemm_floor": floors}
 
 
@@ -479,7 +463,8 @@ def plot(report, path):
     ax.set_title("fastnn bench: training throughput, float32")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from .core.io import write_atomically
+    write_atomically(path, lambda fh: fig.savefig(fh, dpi=120, format="png"))
 
 
 def _choices(parser, text, valid, name):
@@ -524,8 +509,8 @@ def main(argv=None):
                  progress=not args.no_progress)
     print(markdown(report))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=2)
+        from .core.io import write_atomically
+        write_atomically(args.json, lambda fh: json.dump(report, fh, indent=2), text=True)
     if args.plot:
         plot(report, args.plot)
     return 0

@@ -4,6 +4,14 @@ CSV/.npz file, predicting with a saved model, and describing a model file.
 Every error the user can cause (missing file, unknown column, non-numeric
 data, a bad option value...) is one line on stderr, ``fastnn CMD: error:
 ...``, and exit status 2 (1 when training diverges); never a traceback.
+Ctrl-C at any moment is one line, ``fastnn CMD: interrupted``, and exit
+status 130: this module imports only the standard library, and NumPy,
+numba and fastnn's core are imported inside ``run_command``.
+
+Every file a command writes (the model, predictions, bench's JSON and
+plot) is written atomically (``fastnn.core.io.write_atomically``) and
+replaces only a regular file: --out /dev/null, or a FIFO, is refused
+before any work; a symbolic link is followed and its target replaced.
 """
 
 import argparse
@@ -16,10 +24,7 @@ import sys
 import time
 import warnings
 
-import numpy as np
-
-from .core.backends import DEVICES
-from .core.callbacks import Callback
+from .core.config import DEVICES
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam")
@@ -271,13 +276,21 @@ def _note(command, text):
 
 def check_output_path(path, option="--out", inputs=()):
     """Refuse, before any work, an output path whose directory is missing,
-    that is a directory, or that names one of ``inputs`` ((name, path) pairs:
-    a command never overwrites its own input)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise UsageError(f"{option} {path}: directory {directory} does not exist")
-    if os.path.isdir(path):
+    that is not a regular file (a directory, a device such as /dev/null, a
+    FIFO), or that names one of ``inputs`` ((name, path) pairs: a command
+    never overwrites its own input). A symbolic link is followed."""
+    from .core.io import check_writable
+
+    target = os.path.realpath(path)
+    if os.path.isdir(target):
         raise UsageError(f"{option} {path}: is a directory")
+    try:
+        check_writable(path)
+    except FileNotFoundError:
+        raise UsageError(f"{option} {path}: directory {os.path.dirname(target)} does not "
+                         f"exist") from None
+    except ValueError as exc:
+        raise UsageError(f"{option} {exc}") from None
     for name, source in inputs:
         if _same_file(path, source):
             raise UsageError(f"{option} {path} names the input {name} {source}; writing there "
@@ -342,8 +355,9 @@ def _fmt_label(value):
 def _train(args):
     import fastnn as fn
 
-    from .core.autodevice import choose_device
-    from .core.backends import get_backend, resolve_device
+    import numpy as np
+
+    from .core.callbacks import ProgressDisplay
     from .data import encode_labels, file_kind, standardize_stats
 
     command = "train"
@@ -372,8 +386,6 @@ def _train(args):
             prepare_directory(args.checkpoint_dir)
         except ValueError as exc:
             raise UsageError(str(exc).replace("checkpoint_dir", "--checkpoint-dir", 1)) from None
-    device = resolve_device(args.device, "--device")
-    backend = get_backend(device)
 
     start = time.perf_counter()
     X, y, names, kind, engine = _read(command, args.data, target, args.csv_reader)
@@ -432,43 +444,39 @@ def _train(args):
     distributed = args.distributed == "mpi"
     model = fn.mlp(d, args.hidden, 1 if binary else k, batchnorm=args.batchnorm,
                    activation=args.activation, sync=distributed, seed=args.seed)
-    if not distributed:  # --device auto: the device predicted faster for this fit
-        device = choose_device(args.device, model, args.batch_size, n_train, args.epochs,
-                               args.dtype)
-        backend = get_backend(device)
+    # the Trainer decides the device (--device auto: the one predicted faster for this fit)
     trainer = fn.Trainer(model, optimizer=_make_optimizer(args.optimizer, lr, args.weight_decay),
-                         loss=loss, device=device, dtype=args.dtype, seed=args.seed,
+                         loss=loss, device=args.device, dtype=args.dtype, seed=args.seed,
                          distributed="mpi" if distributed else None)
     _RANK[0] = trainer.rank
     if distributed:
         _say(f"data-parallel over {trainer.size} MPI ranks")
-    described = backend.describe()
+
+    # compile the kernels (or load them from numba's cache) before training, saying so on a
+    # first run; fit would do it too, but silently here, where fit draws no progress bar
+    jit_s = trainer.precompile(Xt, yt, validation_data=val, progress=trainer.rank == 0,
+                               batch_size=args.batch_size, epochs=args.epochs)
+    described = trainer.backend.describe()
     _say(f"training on {n_train:,} rows, validating on {n_val:,}; {described}, {args.dtype}, "
          f"{args.optimizer} lr {lr:g}, batch {args.batch_size}"
          f"{', standardized features' if args.standardize else ''}")
     _say(f"model: {_describe_layers(model)} ({model.n_params:,} parameters, loss {loss})")
 
-    # compile the kernels (or load them from numba's cache) before training, saying so on a
-    # first run; fit would do it too, but silently here, where fit draws no progress bar
-    jit_s = trainer.precompile(Xt, yt, validation_data=val, progress=trainer.rank == 0)
-
-    # one fit: validation, early stopping (which puts the best epoch's weights back) and
-    # checkpoints are fit's own; the epoch lines come from a callback
+    # one fit: validation, early stopping (which puts the best epoch's weights back),
+    # checkpoints and the epoch lines (with a bar on a terminal) are callbacks of fit
     stopper = None
     if args.early_stopping is not None:
         stopper = fn.EarlyStopping(patience=args.early_stopping, monitor="val_loss",
                                    restore_best=True)
-    printer = _EpochPrinter(args.epochs, n_train,
-                            _EpochBar(args.epochs) if sys.stderr.isatty() and trainer.rank == 0
-                            else None)
+    display = ProgressDisplay(args.epochs, n_train, bar=sys.stderr.isatty(), lines=True)
     start = time.perf_counter()
     try:
         history = trainer.fit(Xt, yt, epochs=args.epochs, batch_size=args.batch_size,
                               shuffle=True, validation_data=val, progress=False,
                               early_stopping=stopper, checkpoint_dir=args.checkpoint_dir,
-                              resume=args.resume, callbacks=[printer])
+                              resume=args.resume, callbacks=[display])
     finally:
-        printer.close()
+        display.close()
     train_s = time.perf_counter() - start
     epochs_run = len(history["loss"])
 
@@ -542,63 +550,13 @@ def _check_float32_range(args, Xt, Xv):
                          f"{fix}")
 
 
-class _EpochPrinter(Callback):
-    """fastnn train's line per epoch (above the terminal bar, when there is one)."""
-
-    def __init__(self, epochs, n_train, bar):
-        self.epochs, self.n_train, self.bar = epochs, n_train, bar
-
-    def on_epoch_end(self, epoch, history, trainer):
-        line = (f"epoch {epoch + 1:{len(str(self.epochs))}d}/{self.epochs}  "
-                f"loss {history['loss'][-1]:.4f}")
-        if "val_loss" in history:
-            line += (f"  val_loss {history['val_loss'][-1]:.4f}  "
-                     f"val_accuracy {history['val_accuracy'][-1]:.4f}")
-        line += f"  {self.n_train / history['time'][-1]:,.0f} samples/s"
-        if self.bar is not None:
-            self.bar.clear()
-        _say(line)
-        if self.bar is not None:
-            self.bar.update()
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
-class _EpochBar:
-    """A one-line bar over the epochs on stderr (shown only on a terminal); the epoch
-    lines are printed above it."""
-
-    def __init__(self, total):
-        self.total, self.done, self.start = total, 0, time.perf_counter()
-        self._draw()
-
-    def _draw(self):
-        filled = int(30 * self.done / self.total)
-        elapsed = time.perf_counter() - self.start
-        eta = f", ~{elapsed / self.done * (self.total - self.done):.0f} s left" if self.done else ""
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] epoch "
-                         f"{min(self.done + 1, self.total)}/{self.total}{eta}\033[K")
-        sys.stderr.flush()
-
-    def clear(self):
-        sys.stderr.write("\r\033[K")
-        sys.stderr.flush()
-
-    def update(self):
-        self.done += 1
-        if self.done < self.total:
-            self._draw()
-
-    def close(self):
-        self.clear()
-
-
 # ---- predict ----
 def _predict(args):
+    import numpy as np
+
     import fastnn as fn
 
+    from .core.io import write_atomically
     from .data import file_kind, read_header
 
     command = "predict"
@@ -641,11 +599,11 @@ def _predict(args):
                          f"{out_k} output(s)")
     labels = [str(c) for c in classes] if classes is not None else None
 
-    handle = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
-    try:
+    names = labels if labels is not None else [str(i) for i in range(max(2, out_k))]
+    texts = np.array(names, dtype=object)[codes]
+
+    def write(handle):
         writer = csv.writer(handle, lineterminator="\n")
-        names = labels if labels is not None else [str(i) for i in range(max(2, out_k))]
-        texts = np.array(names, dtype=object)[codes]
         if not args.proba:
             writer.writerow(["prediction"])
             writer.writerows((t,) for t in texts)
@@ -656,9 +614,11 @@ def _predict(args):
             writer.writerows([f"{p:.6g}" for p in row] + [t]
                              for row, t in zip(shown.tolist(), texts))
         handle.flush()
-    finally:
-        if handle is not sys.stdout:
-            handle.close()
+
+    if args.out:
+        write_atomically(args.out, write, text=True)
+    else:
+        write(sys.stdout)
     if args.out:
         _say(f"wrote {len(codes):,} predictions to {args.out}")
 
@@ -676,6 +636,8 @@ def _feature_columns(model_path, columns, n_features):
 
 # ---- info ----
 def _info(args):
+    import numpy as np
+
     import fastnn as fn
 
     model = fn.load(args.model)

@@ -13,10 +13,14 @@ reader, else a plain Python/NumPy reader meant for small files.
 Every engine gives the same arrays: features as float64, the target column
 parsed the same way (all integers -> int64, else all numbers -> float64,
 else strings), the same missing-value spellings (pyarrow's list), the same
-errors (``ValueError`` naming the column).
+errors (``ValueError`` naming the column). A number is what pyarrow's
+reader takes (``NUMBER``): ASCII digits, an optional sign, point and
+exponent, inf/infinity/nan in any case, spaces and tabs around it; not
+Python's extras (``1_000``, other scripts' digits, non-breaking spaces).
 """
 
 import csv
+import math
 import os
 import re
 import warnings
@@ -35,6 +39,20 @@ LARGE_FILE_BYTES = 50 * 2**20
 # applied by every engine, to features and target alike.
 NULL_VALUES = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
                "1.#QNAN", "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null")
+
+
+#: A number in a CSV cell, as pyarrow's reader parses it (and so every engine).
+NUMBER = re.compile(r"[ \t]*[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+                    r"|(?i:inf|infinity)|(?i:nan)(?:\([0-9A-Za-z_]*\))?)[ \t]*")
+INTEGER = re.compile(r"[ \t]*[+-]?[0-9]+[ \t]*")
+
+
+def parse_number(text):
+    """The float a CSV cell holds (NUMBER's grammar), or ValueError."""
+    if NUMBER.fullmatch(text) is None:
+        raise ValueError(f"not a number: {text!r}")
+    stripped = text.strip(" \t").lower().lstrip("+-")
+    return math.nan if stripped.startswith("nan") else float(text)
 
 
 class SlowReaderWarning(UserWarning):
@@ -303,7 +321,8 @@ def _csv_pandas(path, header, features, target):
         values = series.to_numpy(dtype=object)
         bad = next((v for v in values if not _is_number_or_null(v)), None)
         if bad is None:  # e.g. an all-missing column
-            columns.append(np.array([np.nan if _is_null(v) else float(v) for v in values]))
+            columns.append(np.array([np.nan if _is_null(v) else parse_number(str(v))
+                                     for v in values]))
             continue
         raise ValueError(_non_numeric(path, name, bad))
     if target is None:
@@ -346,19 +365,19 @@ def _csv_numpy(path, header, features, target):
             raise ValueError(f"{path}: cannot parse the CSV file ({exc})") from None
     columns = []
     for name, column in zip(features, cells):
-        try:
-            columns.append(np.array(column, dtype=np.float64))
-        except ValueError:
-            out = np.empty(len(column), np.float64)
-            for r, text in enumerate(column):
-                if text in nulls:
-                    out[r] = np.nan
-                    continue
-                try:
-                    out[r] = float(text)
-                except ValueError:
-                    raise ValueError(_non_numeric(path, name, text)) from None
-            columns.append(out)
+        if all(map(NUMBER.fullmatch, column)) and not any("(" in text for text in column):
+            columns.append(np.array(column, dtype=np.float64))  # float() agrees on these
+            continue
+        out = np.empty(len(column), np.float64)
+        for r, text in enumerate(column):
+            if text in nulls:
+                out[r] = np.nan
+                continue
+            try:
+                out[r] = parse_number(text)
+            except ValueError:
+                raise ValueError(_non_numeric(path, name, text)) from None
+        columns.append(out)
     if t is None:
         return columns, None, None
     return columns, np.asarray(label_codes, np.int64), label_values
@@ -378,12 +397,14 @@ def _parse_labels(texts):
     """Distinct label texts -> their values: int64 if all are integers, else
     float64 if all are finite numbers, else the strings as they are.
 
-    Labels are strings first: numbers are used only when distinct texts give
-    distinct numbers. "01" and "1", "1.0" and "1", or two integers beyond
+    Labels are strings first: numbers (in ``NUMBER``'s grammar) are used only
+    when distinct texts give distinct numbers. "01" and "1", "1.0" and "1", or two integers beyond
     int64 that round to the same float stay two classes, as strings.
     """
     texts = [str(s) for s in texts]
-    for parse, dtype in ((int, np.int64), (float, np.float64)):
+    for pattern, parse, dtype in ((INTEGER, int, np.int64), (NUMBER, float, np.float64)):
+        if not all(pattern.fullmatch(s) for s in texts):
+            continue
         try:
             values = np.array([parse(s) for s in texts], dtype=dtype)
         except (ValueError, OverflowError):
@@ -505,11 +526,7 @@ def _is_number_or_null(value):
     if isinstance(value, (int, float, np.integer, np.floating)):
         return True
     if isinstance(value, str):
-        try:
-            float(value)
-        except ValueError:
-            return False
-        return True
+        return NUMBER.fullmatch(value) is not None
     return False
 
 

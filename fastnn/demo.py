@@ -20,18 +20,18 @@ def make_data(n_samples, n_features=30, seed=0):
 def run(samples=20000, epochs=10, batch_size=64, device="auto", dtype="float32", seed=0,
         out=print):
     import fastnn as fn
-    from fastnn.core.autodevice import choose_device
 
     X, y = make_data(samples + samples // 4, seed=seed)
     Xt, yt, Xv, yv = X[:samples], y[:samples], X[samples:], y[samples:]
     model = fn.mlp(30, [64, 64], 1, seed=seed)  # Dense BatchNorm ReLU, twice, and a Dense head
-    # device='auto': the device predicted faster for this fit (fastnn.core.autodevice)
-    device = choose_device(device, model, batch_size, samples, epochs, dtype)
     trainer = fn.Trainer(model, optimizer=fn.Adam(lr=1e-3), device=device, dtype=dtype, seed=seed)
+    # fit would compile too, untimed; with device='auto', on the device predicted faster for
+    # this fit (fastnn.core.device)
+    seconds = trainer.precompile(Xt, yt, validation_data=(Xv, yv), batch_size=batch_size,
+                                 epochs=epochs)
     out(f"fastnn {fn.__version__} demo: {samples} training samples, 30 features, "
         f"device {trainer.backend.describe()}, {dtype}")
     out(repr(model))
-    seconds = trainer.precompile(Xt, yt, validation_data=(Xv, yv))  # fit would, untimed
     out(f"kernels compiled (or loaded from numba's cache) in {seconds:.2f} s")
     history = trainer.fit(Xt, yt, epochs=epochs, batch_size=batch_size,
                           validation_data=(Xv, yv))

@@ -12,10 +12,15 @@ from fastnn.kernels.activations import ACTIVATION_CODES
 
 from .core import validation as v
 from .core.backends import get_backend
+from .core.device import choose_device
 
 __all__ = ["batchnorm_forward", "batchnorm_backward", "bce", "bce_with_logits", "cross_entropy",
            "sgd_step",
            "dense_forward", "dense_backward", "activation_forward", "activation_backward"]
+
+
+def _backend(backend):
+    return get_backend(choose_device(backend, name="backend"))
 
 
 def _vector(a, name, n, dtype):
@@ -66,7 +71,7 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5, backend="cpu"):
     gamma = _vector(gamma, "gamma", x.shape[1], x.dtype)
     beta = _vector(beta, "beta", x.shape[1], x.dtype)
     eps = v.check_float(eps, "eps", low=0.0, low_inclusive=False)
-    return get_backend(backend, "backend").batchnorm_forward(x, gamma, beta, eps)
+    return _backend(backend).batchnorm_forward(x, gamma, beta, eps)
 
 
 def batchnorm_backward(dy, x, gamma, mean, inv_std, backend="cpu"):
@@ -90,7 +95,7 @@ def batchnorm_backward(dy, x, gamma, mean, inv_std, backend="cpu"):
     f = x.shape[1]
     gamma, mean, inv_std = (_vector(a, n, f, x.dtype) for a, n in
                             ((gamma, "gamma"), (mean, "mean"), (inv_std, "inv_std")))
-    return get_backend(backend, "backend").batchnorm_backward(dy, x, gamma, mean, inv_std)
+    return _backend(backend).batchnorm_backward(dy, x, gamma, mean, inv_std)
 
 
 def bce(z, y, backend="cpu"):
@@ -112,7 +117,7 @@ def bce(z, y, backend="cpu"):
     if not v.is_device_array(z) and (z.min() < 0 or z.max() > 1):
         raise ValueError(f"z must hold probabilities in [0, 1], got values in [{z.min()}, {z.max()}]")
     shape = (z.shape[0], z.size // z.shape[0])
-    return get_backend(backend, "backend").bce(z.reshape(shape), y.reshape(shape))
+    return _backend(backend).bce(z.reshape(shape), y.reshape(shape))
 
 
 def bce_with_logits(logits, y, backend="cpu"):
@@ -132,7 +137,7 @@ def bce_with_logits(logits, y, backend="cpu"):
     """
     z, y = _pair(logits, y, "logits")
     shape, flat = z.shape, (z.shape[0], z.size // z.shape[0])
-    value, dz = get_backend(backend, "backend").bce_with_logits(z.reshape(flat), y.reshape(flat))
+    value, dz = _backend(backend).bce_with_logits(z.reshape(flat), y.reshape(flat))
     return value, dz.reshape(shape)
 
 
@@ -157,7 +162,7 @@ def cross_entropy(logits, y, backend="cpu"):
     labels = v.check_class_labels(y, "y", z.shape[0], z.shape[1])
     one_hot = np.zeros(z.shape, z.dtype)
     one_hot[np.arange(z.shape[0]), labels] = 1
-    return get_backend(backend, "backend").cross_entropy(z, one_hot)
+    return _backend(backend).cross_entropy(z, one_hot)
 
 
 def sgd_step(w, grad, lr, backend="cpu"):
@@ -182,7 +187,7 @@ def sgd_step(w, grad, lr, backend="cpu"):
     lr = v.check_float(lr, "lr", low=0.0, low_inclusive=False)
     if not v.is_device_array(w) and not np.isfinite(w).all():
         raise ValueError("w must contain only finite values (found NaN or inf)")
-    chosen = get_backend(backend, "backend")
+    chosen = _backend(backend)
     flat = w.reshape(w.size)
     state = kopt.optimizer_state(kopt.SGD, kopt.pack_hyper(lr=lr), np.zeros(1, np.int64),
                                  np.zeros((3, flat.size), w.dtype))
@@ -208,7 +213,7 @@ def dense_forward(x, w, b=None, backend="cpu"):
         raise ValueError(f"w must have shape (n_out, {x.shape[1]}), got {w.shape}")
     if b is not None:
         b = _vector(b, "b", w.shape[0], x.dtype)
-    return get_backend(backend, "backend").dense_forward(x, w, b)
+    return _backend(backend).dense_forward(x, w, b)
 
 
 def dense_backward(dy, x, w, backend="cpu"):
@@ -225,14 +230,14 @@ def dense_backward(dy, x, w, backend="cpu"):
     if w.shape[1] != x.shape[1]:
         raise ValueError(f"w must have shape (n_out, {x.shape[1]}), got {w.shape}")
     dy = _like(dy, "dy", (x.shape[0], w.shape[0]), x.dtype)
-    return get_backend(backend, "backend").dense_backward(dy, x, w)
+    return _backend(backend).dense_backward(dy, x, w)
 
 
 def activation_forward(x, activation, backend="cpu"):
     """y = f(x) for activation 'relu' | 'sigmoid' | 'tanh'; x (batch, features)."""
     code = ACTIVATION_CODES[v.check_choice(activation, "activation", ACTIVATION_CODES)]
     x = v.as_float_array(x, "x", ndim=2)
-    return get_backend(backend, "backend").activation_forward(code, x)
+    return _backend(backend).activation_forward(code, x)
 
 
 def activation_backward(y, dy, activation, backend="cpu"):
@@ -240,4 +245,4 @@ def activation_backward(y, dy, activation, backend="cpu"):
     code = ACTIVATION_CODES[v.check_choice(activation, "activation", ACTIVATION_CODES)]
     y = v.as_float_array(y, "y", ndim=2)
     dy = _like(dy, "dy", y.shape, y.dtype)
-    return get_backend(backend, "backend").activation_backward(code, y, dy)
+    return _backend(backend).activation_backward(code, y, dy)

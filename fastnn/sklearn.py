@@ -16,6 +16,7 @@ fastnn`` alone never imports it.
 
 import numbers
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -33,9 +34,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         f"importing it failed: {exc}") from exc
 
 from .core import validation as v
-from .core.backends import DEVICES, cuda_available, get_backend, resolve_device
-from .core.callbacks import EarlyStopping
+from .core.backends import get_backend
 from .core.builders import mlp
+from .core.callbacks import EarlyStopping
+from .core.device import DEVICES, choose_device
 from .core.optim import SGD, Adam
 from .core.trainer import Trainer, inference_logits, log_softmax
 
@@ -208,6 +210,10 @@ class FastNNClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X, y):
         """Train the network on (X, y) for up to ``max_iter`` epochs.
 
+        A fit that raises (bad arguments, bad data) leaves the estimator as
+        it was: every fitted attribute, and the model's weights unless
+        training itself had begun.
+
         Parameters
         ----------
         X : array-like (n_samples, n_features), dense
@@ -217,6 +223,10 @@ class FastNNClassifier(ClassifierMixin, BaseEstimator):
         -------
         self
         """
+        with _unchanged_on_error(self):
+            return self._fit(X, y)
+
+    def _fit(self, X, y):
         params = self._check_params()
         warm = self.warm_start and hasattr(self, "model_")
         X, y = validate_data(self, X, y, reset=not warm, dtype=params["dtype"], order="C")
@@ -298,6 +308,10 @@ class FastNNClassifier(ClassifierMixin, BaseEstimator):
         -------
         self
         """
+        with _unchanged_on_error(self):
+            return self._partial_fit(X, y, classes)
+
+    def _partial_fit(self, X, y, classes):
         params = self._check_params()
         if self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
@@ -352,7 +366,9 @@ class FastNNClassifier(ClassifierMixin, BaseEstimator):
         X = validate_data(self, X, reset=False, dtype=self.model_.dtype, order="C")
         X = _writeable(X)
         self._ensure_writeable()
-        backend = get_backend(self._predict_device())
+        # where it trained; a model trained on a GPU and unpickled on a machine without
+        # one predicts where device='auto' says
+        backend = get_backend(choose_device(self.device_ if self.device_ != "cuda" else "auto"))
         z = inference_logits(lambda rows: backend.predict_logits(self.model_, rows), self.model_, X)
         if self.n_outputs_ == 1:  # log sigmoid(-z), log sigmoid(z)
             z = np.hstack([np.zeros_like(z), z])
@@ -421,9 +437,8 @@ class FastNNClassifier(ClassifierMixin, BaseEstimator):
                              "one sample are undefined)")
         if not isinstance(self.device, str) or self.device not in DEVICES:
             raise ValueError(f"device must be one of {list(DEVICES)}, got {self.device!r}")
-        # 'auto' stays 'auto': the Trainer picks the faster device at fit time
-        return {"hidden": sizes, "dtype": v.check_dtype(self.dtype),
-                "device": self.device if self.device == "auto" else resolve_device(self.device)}
+        # the Trainer decides the device ('auto': the faster one, at fit time)
+        return {"hidden": sizes, "dtype": v.check_dtype(self.dtype), "device": self.device}
 
     def _initialize(self, classes, n_features, params, model_seed, shuffle_seed):
         """A fresh network, optimizer and shuffling stream."""
@@ -484,14 +499,6 @@ class FastNNClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"FastNNClassifier with batchnorm=True needs at least 2 training "
                              f"samples (BatchNorm's batch statistics), got n_samples = "
                              f"{n_samples}")
-
-    def _predict_device(self):
-        """The training device when it is still usable (a model trained on a
-        GPU and unpickled elsewhere falls back to ``device``)."""
-        device = getattr(self, "device_", self.device)
-        if device == "cuda" and not cuda_available():
-            device = "cpu"
-        return device
 
     def _ensure_writeable(self):
         """Arrays unpickled read-only (e.g. memory-mapped by joblib) are
@@ -559,6 +566,28 @@ class _MLPStopping(EarlyStopping):
             self.stopped_epoch = epoch
             return True
         return False
+
+
+@contextmanager
+def _unchanged_on_error(estimator):
+    """A fit that raises puts the estimator's attributes back as they were,
+    and the model's and the optimizer's arrays (a Trainer converts the model
+    to its dtype before it checks the data): a refused fit changes nothing,
+    and the estimator still predicts as before."""
+    saved = dict(vars(estimator))
+    model, optimizer = saved.get("model_"), saved.get("_optimizer")
+    arrays = None if model is None else (model.params, model.buffers, model.counts)
+    moments = None if optimizer is None else (optimizer.state, optimizer.step_count)
+    try:
+        yield
+    except BaseException:
+        vars(estimator).clear()
+        vars(estimator).update(saved)
+        if arrays is not None:
+            model.params, model.buffers, model.counts = arrays
+        if moments is not None:
+            optimizer.state, optimizer.step_count = moments
+        raise
 
 
 def _check_n_classes(classes):

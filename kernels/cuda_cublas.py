@@ -22,16 +22,16 @@ float32 accumulation.
 """
 
 import math
-import os
 
 import numpy as np
 from numba import config, cuda
+
+from fastnn.core import config as settings
 
 from .cuda_gemm import NumbaGemm, add_bias
 
 WORKSPACE_BYTES = 32 << 20  # cuBLAS's recommendation for Hopper
 CUDA_R_32F, CUDA_R_64F = 0, 1  # cudaDataType_t (library_types.h)
-GEMM_CHOICES = ("auto", "numba", "cublas")
 
 
 def cublas_available():
@@ -48,10 +48,7 @@ def cublas_available():
 def gemm_choice():
     """'cublas' or 'numba': FASTNN_CUDA_GEMM when set to one of them, else
     cuBLAS whenever it is installed."""
-    wanted = os.environ.get("FASTNN_CUDA_GEMM", "auto")
-    if wanted not in GEMM_CHOICES:
-        raise ValueError(f"FASTNN_CUDA_GEMM must be one of {', '.join(GEMM_CHOICES)}, "
-                         f"got {wanted!r}")
+    wanted = settings.cuda_gemm()
     if wanted == "auto":
         return "cublas" if cublas_available() else "numba"
     if wanted == "cublas" and not cublas_available():

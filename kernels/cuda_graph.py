@@ -42,9 +42,9 @@ its arguments on the host (no allocation, copy or synchronization for device
 array arguments), so its launches capture.
 """
 
-import os
-
 from numba import config, cuda
+
+from fastnn.core import config as settings
 
 
 def use_graphs():
@@ -52,7 +52,7 @@ def use_graphs():
     (False, why not)."""
     if config.ENABLE_CUDASIM:
         return False, "the CUDA simulator cannot capture graphs"
-    if os.environ.get("FASTNN_CUDA_GRAPHS") == "0":
+    if not settings.cuda_graphs():
         return False, "FASTNN_CUDA_GRAPHS=0"
     return True, ""
 

@@ -23,11 +23,12 @@ through cuBLAS. A Dense without bias adds no bias pass.
 """
 
 import math
-import os
 import weakref
 
 import numpy as np
 from numba import cuda
+
+from fastnn.core import config as settings
 
 from . import cuda_ops as k
 from . import optim
@@ -43,7 +44,7 @@ def empty(shape, dtype):
     with NaN instead, so that a kernel reading an element nobody wrote shows
     up as NaN in the results (bench/gpu_check.py sets it)."""
     a = cuda.device_array(shape, dtype)
-    if os.environ.get("FASTNN_CUDA_POISON") == "1":
+    if settings.cuda_poison():
         flat = a.reshape(a.size) if a.ndim > 1 else a
         if a.size:
             k.fill[k.grid_1d(a.size), k.THREADS](flat, np.nan)

@@ -22,7 +22,7 @@ import sys
 import pytest
 
 import fastnn as fn
-from fastnn.core.backends import cuda_available
+from fastnn.core.cuda_backend import cuda_available
 
 from helpers import make_model, make_xy
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import fastnn as fn
-from fastnn.core.backends import cuda_available
+from fastnn.core.cuda_backend import cuda_available
 
 from cases import as_float64, make_inputs, run, tolerance
 

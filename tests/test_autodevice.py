@@ -1,17 +1,16 @@
-"""device='auto' (fastnn.core.autodevice): the faster device by the
-documented cost model, with a mocked GPU and mocked cost figures; the
+"""device='auto' (fastnn.core.device.choose_device with the cost model of
+fastnn.core.autodevice): the faster device by the documented cost model, with a mocked GPU and mocked cost figures; the
 calibration that measures the figures, cached on disk; the Trainer's device
 before and after fit."""
 
 import json
-import os
 
 import numpy as np
 import pytest
 
 import fastnn as fn
 from fastnn.bench import NETWORKS, build_model
-from fastnn.core import autodevice
+from fastnn.core import autodevice, device
 from fastnn.core import trainer as trainer_module
 from fastnn.core.autodevice import Costs
 
@@ -23,8 +22,7 @@ def gpu(monkeypatch):
     """A usable GPU with 132 multiprocessors on which the fused engine (1 block
     per model) trains every network, unless a test says otherwise."""
     monkeypatch.delenv("FASTNN_DEVICE", raising=False)
-    monkeypatch.setattr(autodevice, "resolve_device", lambda device: (
-        os.environ.get("FASTNN_DEVICE") or "cuda") if device == "auto" else device)
+    monkeypatch.setattr(device, "cuda_available", lambda: True)
     engines = {"engine": ("cuda-fused", 132)}
     monkeypatch.setattr(autodevice, "gpu_engine", lambda table, batch, n: engines["engine"])
     return engines
@@ -40,8 +38,7 @@ def costs(cpu_mac, gpu_mac, gpu_step=0.0, per_fit=0.0, upload=float("inf")):
 
 
 def choose(model, batch, n=4096, epochs=2, n_models=1):
-    return autodevice.choose_device("auto", model, batch, n, epochs, "float32",
-                                    n_models=n_models)
+    return device.choose_device("auto", model, batch, n, epochs, "float32", n_models=n_models)
 
 
 def test_auto_picks_the_device_predicted_faster(gpu, monkeypatch):
@@ -137,13 +134,13 @@ def test_auto_follows_fastnn_device_and_leaves_other_devices_alone(gpu, monkeypa
     monkeypatch.setenv("FASTNN_DEVICE", "cpu")
     assert choose(model, 32) == "cpu"
     monkeypatch.delenv("FASTNN_DEVICE")
-    assert autodevice.choose_device("cpu", model, 32, 100, 1, "float32") == "cpu"
-    assert autodevice.choose_device("numpy", model, 32, 100, 1, "float32") == "numpy"
+    assert device.choose_device("cpu", model, 32, 100, 1, "float32") == "cpu"
+    assert device.choose_device("numpy", model, 32, 100, 1, "float32") == "numpy"
 
 
 def test_no_gpu_means_the_cpu_without_any_calibration(monkeypatch):
     monkeypatch.delenv("FASTNN_DEVICE", raising=False)
-    monkeypatch.setattr(autodevice, "resolve_device", lambda device: "cpu")
+    monkeypatch.setattr(device, "cuda_available", lambda: False)
     monkeypatch.setattr(autodevice, "engine_costs", lambda dtype: pytest.fail("calibrated"))
     assert choose(build_model("tiny"), 32) == "cpu"
 
@@ -153,7 +150,10 @@ def test_the_trainer_chooses_at_construction_and_again_at_each_fit(monkeypatch):
     fit, then the device that fit trained on, chosen for its batch size."""
     decisions = []
 
-    def fake_choice(device, model, batch_size, n_samples, epochs, dtype, n_models=1):
+    def fake_choice(device, model=None, batch_size=32, n_samples=None, epochs=1, dtype=None,
+                    n_models=1):
+        if device != "auto":
+            return device
         decisions.append((batch_size, n_samples, epochs))
         return "numpy" if batch_size >= 8 else "cpu"  # two host backends stand in
 

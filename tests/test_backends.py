@@ -1,5 +1,5 @@
-"""CUDA missing or broken never breaks fastnn (fastnn.core.backends:
-cuda_problem, resolve_device).
+"""CUDA missing or broken never breaks fastnn (fastnn.core.cuda_backend's
+cuda_problem, fastnn.core.device's choose_device).
 
 Each case runs in a fresh interpreter whose import of numba-cuda is
 sabotaged before fastnn is imported: 'missing' hides the numba_cuda package
@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from fastnn.core import backends
+from fastnn.core import cuda_backend, device
 
 SABOTAGE = {
     "missing": "sys.modules['numba_cuda'] = None  # as if not installed",
@@ -51,7 +51,7 @@ with warnings.catch_warnings(record=True) as caught:
     with contextlib.redirect_stderr(stderr):
         status = main(["demo", "--device", "cuda"])
 print(json.dumps({"devices": devices, "error": error, "cli_status": status,
-                  "cli_stderr": stderr.getvalue(), "problem": list(fn.core.backends.cuda_problem()),
+                  "cli_stderr": stderr.getvalue(), "problem": list(fn.core.cuda_backend.cuda_problem()),
                   "warnings": [f"{w.category.__name__}: {w.message}" for w in caught]}))
 """
 
@@ -94,7 +94,7 @@ def test_a_broken_numba_cuda_gives_one_warning_and_a_one_line_cuda_error():
 def test_the_probe_runs_once_per_process(monkeypatch):
     """cuda_problem is cached: a broken import is not retried at every Trainer."""
     calls = []
-    monkeypatch.setattr(backends, "_cuda_state", {})
+    monkeypatch.setattr(cuda_backend, "_cuda_state", {})
     import importlib.util
 
     original = importlib.util.find_spec
@@ -105,10 +105,10 @@ def test_the_probe_runs_once_per_process(monkeypatch):
         return original(name, *args, **kwargs)
 
     monkeypatch.setattr(importlib.util, "find_spec", counting)
-    first = backends.cuda_problem()
+    first = cuda_backend.cuda_problem()
     for _ in range(3):
-        assert backends.cuda_problem() == first
-        backends.cuda_available()
+        assert cuda_backend.cuda_problem() == first
+        cuda_backend.cuda_available()
     assert calls == ["numba_cuda"]
 
 
@@ -121,7 +121,7 @@ def test_cuda_device_errors_name_the_cause(monkeypatch, kind, expect):
     reasons = {"no-gpu": "numba.cuda.is_available() is False here: no driver",
                "missing": 'numba-cuda is not installed: pip install "fastnn[cuda]"',
                "broken": "numba.cuda failed to load (AttributeError: row_stack)"}
-    monkeypatch.setattr(backends, "_cuda_state", {"problem": (kind, reasons[kind])})
+    monkeypatch.setattr(cuda_backend, "_cuda_state", {"problem": (kind, reasons[kind])})
     with pytest.raises(ValueError, match="--device='cuda'") as info:
-        backends.resolve_device("cuda", "--device")
+        device.choose_device("cuda", name="--device")
     assert expect in str(info.value) and "\n" not in str(info.value)

@@ -2,6 +2,7 @@
 for bit, also after SIGKILL at random moments; damaged checkpoints are
 skipped with a warning."""
 
+import json
 import os
 import random
 import signal
@@ -155,3 +156,142 @@ def test_a_forged_header_declaring_a_huge_array_is_refused_before_allocating(tmp
     np.savez_compressed(compressed, x=np.zeros(10))
     with pytest.raises(ValueError, match="compressed"):
         fn.load(compressed)
+
+
+# ---- every callback's state is in the checkpoint: resume continues exactly ----
+
+class Interrupt(fn.Callback):
+    """Ends the process's fit after epoch ``after`` (0-based), as a kill would:
+    the checkpoints written before it are all a resume has."""
+
+    def __init__(self, after):
+        self.after = after
+
+    def on_epoch_end(self, epoch, history, trainer):
+        if epoch == self.after:
+            raise KeyboardInterrupt
+
+
+XS, YS = make_data(600, n_features=6, seed=0)
+XV, YV = make_data(200, n_features=6, seed=1)
+WITH = {"early stopping": (), "plateau": ("plateau",), "cosine": ("cosine",),
+        "all three": ("plateau", "cosine")}
+
+
+def stopping_run(kind, directory=None, resume=False, interrupt=None, every=1):
+    """A fit that early stopping ends after a few of 40 epochs, with
+    ReduceLROnPlateau and a cosine schedule as ``kind`` says."""
+    model = fn.Sequential(fn.Dense(6, 16), fn.BatchNorm(16), fn.ReLU(), fn.Dense(16, 1), seed=0)
+    trainer = fn.Trainer(model, optimizer=fn.SGD(lr=0.5, momentum=0.9), device="cpu",
+                         dtype="float64", seed=0)
+    stopper = fn.EarlyStopping(patience=3, monitor="val_loss", min_delta=1e-3)
+    callbacks = [Interrupt(interrupt)] if interrupt is not None else []
+    if "plateau" in WITH[kind]:
+        callbacks.append(fn.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=1,
+                                              min_delta=1e-3))
+    schedule = fn.CosineDecay(t_max=25) if "cosine" in WITH[kind] else None
+    history = trainer.fit(XS, YS, epochs=40, batch_size=32, validation_data=(XV, YV),
+                          early_stopping=stopper, lr_schedule=schedule, callbacks=callbacks,
+                          checkpoint_dir=directory, resume=resume, checkpoint_every=every)
+    return model, trainer, history, stopper
+
+
+def same_run(a, b):
+    (ma, ta, ha, sa), (mb, tb, hb, sb) = a, b
+    for x, y in ((ma.params, mb.params), (ma.buffers, mb.buffers), (ma.counts, mb.counts),
+                 (ta.optimizer.state, tb.optimizer.state)):
+        np.testing.assert_array_equal(x, y)
+    assert {k: v for k, v in ha.items() if k != "time"} == \
+        {k: v for k, v in hb.items() if k != "time"}
+    assert len(ha["time"]) == len(hb["time"])
+    assert (sa.stopped_epoch, sa.best_epoch, sa.best_value) == \
+        (sb.stopped_epoch, sb.best_epoch, sb.best_value)
+    assert ta.optimizer.lr == tb.optimizer.lr
+
+
+@pytest.mark.parametrize("kind", list(WITH))
+def test_an_interrupted_run_with_stateful_callbacks_resumes_exactly(tmp_path, kind):
+    full = stopping_run(kind)
+    stopped = full[3].stopped_epoch
+    assert 3 < stopped < 39 and len(full[2]["loss"]) == stopped + 1  # it does stop early
+    if "plateau" in WITH[kind]:
+        assert full[2]["lr"][-1] < full[2]["lr"][0] / 1.9  # the plateau halved the lr
+    for every in (1, 3):
+        for interrupt in range(1, stopped + 1):
+            directory = tmp_path / f"{every}-{interrupt}"
+            with pytest.raises(KeyboardInterrupt):
+                stopping_run(kind, directory, interrupt=interrupt, every=every)
+            same_run(full, stopping_run(kind, directory, resume=True, every=every))
+
+
+def test_resuming_a_run_that_stopped_trains_nothing_and_ends_as_it_did(tmp_path):
+    finished = stopping_run("all three", tmp_path)
+    again = stopping_run("all three", tmp_path, resume=True)
+    same_run(finished, again)  # the best epoch's weights, as the finished run left them
+    assert len(list_checkpoints(tmp_path)) == 3 and again[1].engine is None  # nothing ran
+
+
+STOPPING_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import fastnn as fn
+    from fastnn.demo import make_data
+    X, y = make_data(30000, n_features=20, seed=0)
+    Xv, yv = make_data(5000, n_features=20, seed=1)
+    model = fn.Sequential(fn.Dense(20, 64), fn.BatchNorm(64), fn.ReLU(), fn.Dense(64, 64),
+                          fn.BatchNorm(64), fn.ReLU(), fn.Dense(64, 1), seed=0)
+    trainer = fn.Trainer(model, optimizer=fn.SGD(lr=0.03, momentum=0.9), device="cpu", seed=0)
+    stopper = fn.EarlyStopping(patience=3, monitor="val_loss", min_delta=1e-3)
+    plateau = fn.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=1, min_delta=1e-3)
+    history = trainer.fit(X, y, epochs=40, batch_size=32, validation_data=(Xv, yv),
+                          early_stopping=stopper, lr_schedule=fn.CosineDecay(t_max=25),
+                          callbacks=[plateau], checkpoint_dir=sys.argv[1], resume=True)
+    np.save(sys.argv[2], np.concatenate([model.params, model.buffers]))
+    history.pop("time")
+    with open(sys.argv[3], "w") as f:
+        json.dump({"history": history, "stopped": stopper.stopped_epoch,
+                   "best": stopper.best_epoch, "lr": trainer.optimizer.lr}, f)
+""")
+
+
+def test_sigkill_with_early_stopping_plateau_and_cosine_then_resume_is_identical(tmp_path):
+    """kill -9 at random moments of a run that early stopping ends (after 10
+    of 40 epochs), with ReduceLROnPlateau lowering the lr and a cosine
+    schedule: the resumed run has the same weights, history and stopping
+    epoch, bit for bit."""
+    script = tmp_path / "train.py"
+    script.write_text(STOPPING_SCRIPT)
+
+    def run(name, kill_after=None):
+        proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / name),
+                                 str(tmp_path / f"{name}.npy"), str(tmp_path / f"{name}.json")],
+                                cwd=tmp_path)
+        if kill_after is None:
+            assert proc.wait(timeout=600) == 0
+            return True
+        time.sleep(kill_after)
+        if proc.poll() is not None:
+            assert proc.returncode == 0
+            return True
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return False
+
+    start = time.perf_counter()
+    run("clean")
+    duration = time.perf_counter() - start
+    expected = json.loads((tmp_path / "clean.json").read_text())
+    assert expected["stopped"] is not None and len(expected["history"]["loss"]) < 40
+    assert len(set(expected["history"]["lr"])) == len(expected["history"]["lr"])  # cosine
+    rng = random.Random(4321)
+    kills, finished, progress = 0, False, []
+    while not finished and kills < 12:
+        finished = run("killed", kill_after=rng.uniform(0.2, 0.8) * duration)
+        kills += not finished
+        progress.append(len(list_checkpoints(tmp_path / "killed")))
+    if not finished:
+        run("killed")
+    print(f"{kills} SIGKILLs before the run completed; checkpoints after each: {progress}")
+    assert kills >= 2 and max(progress) > 0
+    assert np.array_equal(np.load(tmp_path / "killed.npy"), np.load(tmp_path / "clean.npy"))
+    assert json.loads((tmp_path / "killed.json").read_text()) == expected

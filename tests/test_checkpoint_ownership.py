@@ -140,7 +140,7 @@ def test_pruning_tolerates_files_already_gone(tmp_path, monkeypatch):
     run = checkpoint.open_run(str(tmp_path), resume=False)
     try:
         for epoch in range(1, 6):
-            run.save(epoch, model, trainer.optimizer, trainer.rng, {"loss": []}, {})
+            run.save(epoch, model, trainer.optimizer, trainer.rng, {"loss": [0.5] * epoch}, {})
     finally:
         run.close()
     assert epochs_of(list_checkpoints(tmp_path)) == [5, 4, 3]

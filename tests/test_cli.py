@@ -14,7 +14,7 @@ import pytest
 
 import fastnn as fn
 from fastnn import cli, data
-from fastnn.core.backends import cuda_available
+from fastnn.core.cuda_backend import cuda_available
 from helpers import run_fastnn
 
 ENGINES = [name for name in data.available_engines() if name != "numpy"]

@@ -4,7 +4,14 @@ demo, bench, and fastnn itself), given bad input, prints one line on stderr,
 (1 when training diverges): never a traceback. Outputs never overwrite
 inputs."""
 
+import csv
 import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
 import time
 import zipfile
 
@@ -12,7 +19,10 @@ import numpy as np
 import pytest
 
 import fastnn as fn
+from fastnn import cli
 from helpers import run_fastnn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +53,10 @@ def work(tmp_path_factory):
         for info in src.infolist():  # a damaged .npy header (checksums made to match)
             raw = src.read(info)
             dst.writestr(info, raw.replace(b"'descr'", b"'dexcr'"))
+    raw = work / "raw-member.npz"  # a member whose name lacks .npy: raw bytes
+    raw.write_bytes((work / "model.npz").read_bytes())
+    with zipfile.ZipFile(raw, "a") as archive:
+        archive.writestr("notes", b"raw bytes, not an array")
     meta = {"format": "fastnn-model", "version": 1, "dtype": "float32",
             "architecture": [{"type": "Dense", "in_features": 20000, "out_features": 20000}],
             "classes": None, "metadata": {}}
@@ -85,6 +99,8 @@ CASES = {
     "predict-flipped-model": (["predict", "flipped.npz", "data.csv"], 2,
                               "flipped.npz: member '0.weight.npy' is damaged"),
     "info-flipped-model": (["info", "flipped.npz"], 2, "flipped.npz: member"),
+    "info-raw-member": (["info", "raw-member.npz"], 2, "raw-member.npz: member 'notes' is "
+                                                       "damaged or not a .npy array"),
     "info-forged-size": (["info", "forged.npz"], 2, "forged.npz: the architecture declares "
                                                     "Dense(20000, 20000"),
     "info-missing": (["info", "nothing.npz"], 2, "nothing.npz"),
@@ -134,3 +150,100 @@ def test_help_says_out_replaces_an_existing_file(work):
         run_fastnn(work, "train", "--help").stdout.split())
     assert "replacing an existing one" in " ".join(
         run_fastnn(work, "predict", "--help").stdout.split())
+
+
+# ---- Ctrl-C at any moment ----
+
+CONSOLE_SCRIPT = "import sys; from fastnn.__main__ import main; sys.exit(main())"
+
+
+def interrupted_after(work, delay, argv, script):
+    """Run a command (as `python -m fastnn`, or as the installed console
+    script runs it), send SIGINT after ``delay`` seconds."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("FASTNN_DEVICE", None)
+    start = [sys.executable, "-c", CONSOLE_SCRIPT] if script else [sys.executable, "-m", "fastnn"]
+    proc = subprocess.Popen(start + argv, cwd=work, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, err
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGINT")
+def test_ctrl_c_at_any_moment_is_one_line_and_status_130(work):
+    """SIGINT from the first instants (NumPy and numba still loading) to the
+    end: one line, 'fastnn train: interrupted', and status 130 (or, before
+    Python's handler is installed or while the interpreter shuts down, the
+    process ends by the signal itself, silently: a shell's 130 too). Only
+    the instants before fastnn's first line runs are out of its hands: the
+    interpreter's start-up (site and .pth files) and the console script's
+    own import statement, whose tracebacks name no file of fastnn."""
+    argv = ["train", "data.csv", "--target", "label", "--epochs", "400", "--out", "ctrl-c.npz"]
+    seen = []
+    for i, delay in enumerate([0.0, 0.03, 0.06, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0, 1.3,
+                               1.7, 2.2, 3.0]):
+        status, err = interrupted_after(work, delay, argv, script=i % 2 == 1)
+        if "Traceback" in err and not re.search(r"/(fastnn|kernels)/", err):
+            continue  # the interpreter's start-up, before fastnn's code
+        lines = [line for line in err.strip().splitlines()
+                 if not line.startswith("fastnn: compiling ")]
+        assert "Traceback" not in err and len(lines) <= 1, (delay, err)
+        assert status in (130, -signal.SIGINT, 0), (delay, status, err)  # 0: it had finished
+        if status == 130:
+            assert lines[0] in ("fastnn train: interrupted", "fastnn: interrupted"), lines
+        seen.append(status)
+    assert seen.count(130) >= 5, seen  # most of them landed while the command ran
+    (work / "ctrl-c.npz").unlink(missing_ok=True)
+
+
+# ---- outputs: only regular files are replaced, atomically ----
+
+@pytest.mark.skipif(os.name != "posix", reason="device nodes and FIFOs")
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_out_to_a_device_or_a_fifo_is_refused_before_any_work(work, tmp_path, kind):
+    target = tmp_path / "sink"
+    if kind == "device":
+        try:  # a /dev/null of our own: if this test ever fails, it replaces this one
+            os.mknod(target, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        except PermissionError:
+            pytest.skip("making a device node needs root")
+    else:
+        os.mkfifo(target)
+    for argv in (["train", "data.csv", "--target", "label", "--out", target],
+                 ["predict", "model.npz", "data.csv", "--out", target]):
+        start = time.perf_counter()
+        proc = run_fastnn(work, *argv)
+        assert proc.returncode == 2, proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith(f"fastnn {argv[0]}: error: --out {target} is a "), line
+        assert "not a regular file" in line and time.perf_counter() - start < 60
+        assert (stat.S_ISCHR if kind == "device" else stat.S_ISFIFO)(os.stat(target).st_mode)
+
+
+def test_a_failed_predict_out_leaves_the_old_file_whole(work, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "predictions.csv"
+    out.write_text("the old predictions\n")
+    real_writer = csv.writer
+
+    class FailingWriter:  # the disk fills up after the header
+        def __init__(self, handle, **options):
+            self.writer = real_writer(handle, **options)
+
+        def writerow(self, row):
+            self.writer.writerow(row)
+
+        def writerows(self, rows):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli.csv, "writer", FailingWriter)
+    status = cli.main(["predict", str(work / "model.npz"), str(work / "data.csv"), "--out",
+                       str(out)])
+    assert status == 2 and "No space left on device" in capsys.readouterr().err
+    assert out.read_text() == "the old predictions\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.csv"]  # no temporary
+    monkeypatch.setattr(cli.csv, "writer", real_writer)
+    assert cli.main(["predict", str(work / "model.npz"), str(work / "data.csv"), "--out",
+                     str(out)]) == 0
+    assert out.read_text().splitlines()[0] == "prediction" and len(out.read_text().split()) == 301

@@ -97,3 +97,22 @@ def test_version(capsys):
         main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out.strip() == f"fastnn {fn.__version__}"
+
+
+def test_resume_of_a_run_that_stopped_early_trains_nothing_and_saves_the_same_model(
+        data_csv, tmp_path, capsys):
+    options = ["--epochs", 60, "--device", "cpu", "--early-stopping", 2, "--optimizer", "sgd",
+               "--lr", 0.5, "--checkpoint-dir", tmp_path / "ckpt"]
+    assert train(data_csv, tmp_path / "first.npz", *options) == 0
+    first = fn.load(tmp_path / "first.npz")
+    assert first.metadata["stopped_early"] and first.metadata["epochs_run"] < 60
+    capsys.readouterr()
+    assert train(data_csv, tmp_path / "again.npz", *options, "--resume") == 0
+    out = capsys.readouterr().out
+    assert not [line for line in out.splitlines() if line.startswith("epoch ")]  # no epoch ran
+    again = fn.load(tmp_path / "again.npz")
+    for a, b in ((first.params, again.params), (first.buffers, again.buffers),
+                 (first.counts, again.counts)):
+        np.testing.assert_array_equal(a, b)
+    for key in ("epochs_run", "best_epoch", "stopped_early", "metrics"):
+        assert again.metadata[key] == first.metadata[key], key

@@ -21,7 +21,7 @@ if sys.platform == "darwin":
     pytest.skip("no CUDA on macOS: the [cuda] extra installs nothing there",
                 allow_module_level=True)
 
-from fastnn.core.backends import cuda_available  # noqa: E402
+from fastnn.core.cuda_backend import cuda_available  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TIMEOUT = 3000  # seconds

@@ -90,3 +90,36 @@ def test_npy_data_declaring_more_than_it_holds_is_refused(tmp_path):
     np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="holds Python objects"):
         data.read_table(pickled)
+
+
+# ---- every CSV reader takes the same numbers (pyarrow's grammar) ----
+
+@pytest.mark.parametrize("engine", READERS)
+@pytest.mark.parametrize("text", ["1_0.5", "1_000", "\u0661\u0662", "\uff11", "\u00a01.5",
+                                  "1.5\u00a0", "\u20001", "0x10", "1,5", "1e", "."])
+def test_what_pyarrow_refuses_every_reader_refuses(tmp_path, engine, text):
+    path = tmp_path / "data.csv"
+    path.write_text(f'x,label\n1,a\n"{text}",b\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"column 'x' is not numeric"):
+        data.read_table(path, target="label", engine=engine)
+
+
+@pytest.mark.parametrize("engine", READERS)
+def test_what_pyarrow_takes_every_reader_takes_alike(tmp_path, engine):
+    texts = [" 1.5", "1.5 ", "+1.5", ".5", "5.", "1e5", "1E+05", "-.5", "\t2", "0001", "-0"]
+    path = tmp_path / "data.csv"
+    path.write_text("x,label\n" + "".join(f'"{t}",{i % 2}\n' for i, t in enumerate(texts)))
+    X, _, _ = data.read_table(path, target="label", engine=engine)
+    np.testing.assert_array_equal(X[:, 0], [float(t) for t in texts])
+    for special in ("inf", "-Infinity", "NAN", "nan(1)"):  # numbers, but not finite ones
+        path.write_text(f"x,label\n1,a\n{special},b\n")
+        with pytest.raises(ValueError, match="missing or non-finite"):
+            data.read_table(path, target="label", engine=engine)
+
+
+@pytest.mark.parametrize("engine", READERS)
+def test_labels_are_numbers_only_in_the_same_grammar(tmp_path, engine):
+    codes, found = labels_of(tmp_path, ["1_0", "2_0", "1_0"], engine)
+    assert found == ["1_0", "2_0"]  # strings: Python's int() would have read 10 and 20
+    codes, found = labels_of(tmp_path, ["10", "20", "10"], engine)
+    assert found == [10, 20]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import fastnn as fn
-from fastnn.core.checkpoint import list_checkpoints
+from fastnn.core.checkpoint import CheckpointRun, list_checkpoints
 from helpers import N_IN, expect_error, make_model, same_array
 
 
@@ -407,3 +407,138 @@ def test_save_of_a_non_model_leaves_an_existing_file_alone(saved):
     expect_error(lambda: fn.save("model", saved), "model", "Sequential")
     assert saved.read_bytes() == content
     assert os.listdir(saved.parent) == [saved.name]
+
+
+# ---- a save replaces only a regular file ----
+
+def null_device(path):
+    """A character device like /dev/null, made in a temporary folder (a save
+    that goes wrong replaces this one, never the system's)."""
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except (PermissionError, AttributeError):
+        pytest.skip("making a device node needs root on a POSIX system")
+    return path
+
+
+@pytest.mark.skipif(os.name != "posix", reason="device nodes, FIFOs and symbolic links")
+@pytest.mark.parametrize("kind", ["device", "fifo", "directory"])
+def test_a_save_never_replaces_a_device_a_fifo_or_a_directory(tmp_path, kind):
+    path = tmp_path / "target"
+    if kind == "device":
+        null_device(path)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+    mode = os.stat(path).st_mode
+    with pytest.raises(ValueError, match=rf"target is a {kind if kind != 'fifo' else 'FIFO'}, "
+                                         r"not a regular file"):
+        fn.save(small_model(), path)
+    assert os.stat(path).st_mode == mode  # the same kind of file, untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["target"]  # no temporary left either
+    # a checkpoint's name that links to it is refused alike
+    trainer = fn.Trainer(fn.Sequential(fn.Dense(3, 1)), device="cpu")
+    trainer.optimizer.engine_state(trainer.model.n_params, trainer.dtype)
+    run = CheckpointRun(str(tmp_path), "0" * 16)
+    os.symlink(path, tmp_path / f"checkpoint-{'0' * 16}-000001.npz")
+    try:
+        with pytest.raises(ValueError, match=r"-> .*target\) is a .*not a regular file"):
+            run.save(1, trainer.model, trainer.optimizer, trainer.rng, {"loss": [1.0]}, {})
+    finally:
+        run.close()
+    assert os.stat(path).st_mode == mode
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symbolic links")
+def test_a_save_through_a_symbolic_link_replaces_its_target_and_keeps_the_link(tmp_path):
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "model.npz"
+    fn.save(fn.Sequential(fn.Dense(3, 1), seed=1), target)
+    os.chmod(target, 0o640)
+    link = tmp_path / "link.npz"
+    os.symlink(os.path.join("real", "model.npz"), link)
+    model = small_model()
+    fn.save(model, link)
+    assert os.path.islink(link) and os.readlink(link) == os.path.join("real", "model.npz")
+    assert fn.load(target).config() == model.config()  # the target holds the new model
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640  # with its own permissions
+    dangling = tmp_path / "dangling.npz"
+    os.symlink(tmp_path / "real" / "new.npz", dangling)
+    fn.save(model, dangling)  # as open() does: the link's target is created
+    assert os.path.islink(dangling) and fn.load(tmp_path / "real" / "new.npz").n_params
+
+
+# ---- every member of an .npz is checked, whatever its name ----
+
+def with_member(tmp_path, name, data):
+    path = tmp_path / "model.npz"
+    fn.save(small_model(), path)
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr(name, data)
+    return path
+
+
+def npy_header(shape, dtype="<f8"):
+    header = f"{{'descr': '{dtype}', 'fortran_order': False, 'shape': {shape}, }}".encode()
+    header += b" " * (63 - len(header) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header
+
+
+@pytest.mark.parametrize("name", ["extra", "0.weight", "notes.txt"])
+def test_a_member_that_declares_terabytes_is_refused_whatever_its_name(tmp_path, name):
+    path = with_member(tmp_path, name, npy_header((1000000, 1000000)) + b"\0" * 64)
+    with pytest.raises(ValueError, match=rf"member '{re.escape(name)}' declares 8000000000000 "
+                                         r"bytes"):
+        fn.load(path)
+
+
+@pytest.mark.parametrize("name", ["extra", "raw.bin"])
+def test_a_member_that_is_not_an_array_is_refused(tmp_path, name):
+    path = with_member(tmp_path, name, b"just some bytes, not a .npy array")
+    with pytest.raises(ValueError, match=rf"member '{re.escape(name)}' is damaged or not a "
+                                         r"\.npy array"):
+        fn.load(path)
+
+
+def test_a_checkpoint_with_a_forged_member_is_skipped_for_an_older_one(tmp_path):
+    X, y = np.random.default_rng(0).normal(size=(40, 3)), np.zeros(40)
+    full = fn.Sequential(fn.Dense(3, 1), seed=0)
+    fn.Trainer(full, device="cpu", seed=0).fit(X, y, epochs=3, batch_size=8)
+    fn.Trainer(fn.Sequential(fn.Dense(3, 1), seed=0), device="cpu", seed=0).fit(
+        X, y, epochs=2, batch_size=8, checkpoint_dir=tmp_path)
+    newest = list_checkpoints(tmp_path)[0]
+    for data in (npy_header((10 ** 6, 10 ** 6)), b"raw bytes"):
+        with zipfile.ZipFile(newest, "a") as archive:
+            archive.writestr("forged", data)
+        resumed = fn.Sequential(fn.Dense(3, 1), seed=0)
+        with pytest.warns(RuntimeWarning, match="skipping checkpoint: .*member 'forged'"):
+            fn.Trainer(resumed, device="cpu", seed=0).fit(X, y, epochs=3, batch_size=8,
+                                                          checkpoint_dir=tmp_path, resume=True)
+        np.testing.assert_array_equal(resumed.params, full.params)  # from epoch 1's checkpoint
+        fn.Trainer(fn.Sequential(fn.Dense(3, 1), seed=0), device="cpu", seed=0).fit(
+            X, y, epochs=2, batch_size=8, checkpoint_dir=tmp_path / "again")
+        tmp_path, newest = tmp_path / "again", list_checkpoints(tmp_path / "again")[0]
+
+
+# ---- metadata: bounded in depth ----
+
+def test_deeply_nested_metadata_is_refused_when_saved_and_when_loaded(tmp_path):
+    model = small_model()
+    deep = []
+    for _ in range(50000):
+        deep = [deep]
+    model.metadata = {"deep": deep}
+    with pytest.raises(ValueError, match="nested more than 64 levels"):
+        fn.save(model, tmp_path / "model.npz")
+    assert not (tmp_path / "model.npz").exists()
+    model.metadata = {"deep": "PLACEHOLDER"}
+    fn.save(model, tmp_path / "model.npz")
+    with np.load(tmp_path / "model.npz") as data:
+        arrays = {key: data[key] for key in data.files}
+    arrays["__fastnn__"] = np.array(str(arrays["__fastnn__"]).replace(
+        '"PLACEHOLDER"', "[" * 50000 + "]" * 50000))
+    np.savez(tmp_path / "deep.npz", **arrays)  # written without fn.save's checks
+    with pytest.raises(ValueError, match="deep.npz: corrupted model metadata: nested more "
+                                         "than 64 levels"):
+        fn.load(tmp_path / "deep.npz")

@@ -110,7 +110,7 @@ def test_ops_accept_the_good_inputs(backend, op):
 @pytest.mark.parametrize("op", GOOD)
 @pytest.mark.parametrize("backend", ["tpu", "CPU", "", None, 0])
 def test_ops_reject_an_unknown_backend(op, backend):
-    """resolve_device's message names the value and the valid choices."""
+    """choose_device's message names the value and the valid choices."""
     expect_error(lambda: call_op(op, backend), repr(backend), "'cpu'.*'numpy'")
 
 

@@ -21,7 +21,7 @@ from sklearn.utils import check_random_state  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 import fastnn as fn  # noqa: E402
-from fastnn.core.backends import cuda_available  # noqa: E402
+from fastnn.core.cuda_backend import cuda_available  # noqa: E402
 from fastnn.sklearn import FastNNClassifier  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -389,3 +389,34 @@ def test_cuda_matches_cpu():
     assert gpu.device_ == "cuda"
     assert abs(gpu.score(Xt, yt) - cpu.score(Xt, yt)) < 0.03
     np.testing.assert_allclose(gpu.loss_curve_[:3], cpu.loss_curve_[:3], rtol=1e-3)
+
+
+# ---- a refused fit changes nothing ----
+
+@pytest.mark.parametrize("refusal", ["one class", "warm new class", "partial_fit new class",
+                                     "warm dtype and new class"])
+def test_a_refused_fit_leaves_a_fitted_estimator_that_still_predicts(refusal):
+    X, y = make_classification(n_samples=120, n_features=5, random_state=0)
+    clf = FastNNClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0, device="cpu")
+    clf.fit(X, y)
+    before = dict(vars(clf))
+    params = clf.model_.params.copy()
+    proba = clf.predict_proba(X)
+    other = np.random.default_rng(1).normal(size=(40, 3))
+    with pytest.raises(ValueError):
+        if refusal == "one class":  # another width, and only one class: refused after validation
+            clf.fit(other, np.zeros(40))
+        elif refusal == "warm new class":
+            clf.set_params(warm_start=True)
+            clf.fit(X, np.where(y == 1, 2, y))
+        elif refusal == "partial_fit new class":
+            clf.partial_fit(X, np.where(y == 1, 2, y))
+        else:  # refused after the dtype parameter changed
+            clf.set_params(warm_start=True, dtype="float64")
+            clf.fit(X, np.full(len(y), 7))
+    clf.set_params(warm_start=False, dtype="float32")
+    assert clf.n_features_in_ == 5 and set(vars(clf)) == set(before)
+    assert all(vars(clf)[k] is before[k] for k in before)
+    assert clf.model_.dtype == np.float32
+    np.testing.assert_array_equal(clf.model_.params, params)
+    np.testing.assert_array_equal(clf.predict_proba(X), proba)

@@ -355,3 +355,88 @@ def test_trainer_rejects_a_bad_fastnn_device_override(monkeypatch, override, arg
     model = make_model()
     expect_error(lambda: fn.Trainer(model, device="auto"), arg)
     assert model.dtype == np.float64
+
+
+# ---- optimizers: every hyper-parameter is checked whenever it is set ----
+
+SETTINGS = [(fn.SGD, "lr", -1), (fn.SGD, "lr", "abc"), (fn.SGD, "lr", float("nan")),
+            (fn.SGD, "lr", 0), (fn.SGD, "momentum", -0.5), (fn.SGD, "dampening", 2.0),
+            (fn.SGD, "weight_decay", float("inf")), (fn.SGD, "nesterov", "yes"),
+            (fn.RMSprop, "alpha", 1.5), (fn.RMSprop, "eps", 0), (fn.RMSprop, "centered", 1),
+            (fn.Adam, "lr", None), (fn.Adam, "betas", (1.0, 0.9)), (fn.Adam, "betas", 0.9),
+            (fn.Adam, "eps", -1e-8), (fn.AdamW, "weight_decay", -0.01),
+            (fn.Adam, "decoupled_weight_decay", "no")]
+
+
+@pytest.mark.parametrize("kind, name, value", SETTINGS,
+                         ids=[f"{k.__name__}.{n}={v!r}" for k, n, v in SETTINGS])
+def test_a_hyper_parameter_set_later_is_checked_as_the_constructor_checks_it(kind, name, value):
+    with pytest.raises((ValueError, TypeError)) as by_constructor:
+        kind(**{name: value})
+    optimizer = kind()
+    before = getattr(optimizer, name)
+    with pytest.raises(by_constructor.type) as by_setter:
+        setattr(optimizer, name, value)
+    assert str(by_setter.value) == str(by_constructor.value)
+    assert getattr(optimizer, name) == before
+
+
+@pytest.mark.parametrize("device", ["cpu", "numpy"])
+def test_every_engine_refuses_a_rule_broken_after_construction_before_training(device):
+    """nesterov=True needs momentum > 0: set momentum to 0 afterwards, and
+    every engine refuses the fit, with the constructor's words, before a step."""
+    model = fn.Sequential(fn.Dense(5, 8), fn.ReLU(), fn.Dense(8, 1), seed=0)
+    optimizer = fn.SGD(lr=0.1, momentum=0.9, nesterov=True)
+    optimizer.momentum = 0.0
+    trainer = fn.Trainer(model, optimizer=optimizer, device=device, dtype="float64")
+    params = model.params.copy()
+    with pytest.raises(ValueError, match="nesterov=True requires momentum > 0"):
+        trainer.fit(X, Y, epochs=1)
+    np.testing.assert_array_equal(model.params, params)
+    assert optimizer.state is None and optimizer.step_count[0] == 0
+
+
+# ---- fit_many checks every model before it touches one ----
+
+def many_models(k=4):
+    return [fn.Sequential(fn.Dense(5, 8), fn.BatchNorm(8), fn.ReLU(), fn.Dense(8, 1), seed=s)
+            for s in range(k)]
+
+
+@pytest.mark.parametrize("problem", ["nan weights", "overflow in float32", "nan moments",
+                                     "broken rule", "bad y"])
+def test_fit_many_refused_for_one_model_changes_none(problem):
+    models = many_models()
+    optimizers = [fn.Adam(lr=1e-2) for _ in models]
+    y = Y
+    if problem == "nan weights":
+        models[2].params[3] = np.nan
+    elif problem == "overflow in float32":
+        models[3].params[0] = 1e300  # finite in float64, inf once converted
+    elif problem == "nan moments":
+        optimizers[2].engine_state(models[2].n_params, np.float32)
+        optimizers[2].state[0, 0] = np.nan
+    elif problem == "broken rule":
+        optimizers[1] = fn.SGD(lr=0.1, momentum=0.9, nesterov=True)
+        optimizers[1].momentum = 0.0
+    else:
+        y = np.full(len(Y), 2.0)
+    before = [(m.params.copy(), m.buffers.copy(), m.counts.copy(), m.dtype) for m in models]
+    with pytest.raises(ValueError, match=r"models\[|optimizers\[|y must"):
+        fn.fit_many(models, X, y, optimizers=optimizers, device="cpu", epochs=2)
+    for model, (params, buffers, counts, dtype) in zip(models, before):
+        assert model.dtype == dtype == np.float64  # none converted to float32
+        np.testing.assert_array_equal(model.params, params)
+        np.testing.assert_array_equal(model.buffers, buffers)
+        np.testing.assert_array_equal(model.counts, counts)
+    assert all(o.step_count[0] == 0 for o in optimizers)
+
+
+def test_fit_many_on_the_cpu_trains_each_model_as_a_trainer_does():
+    models, histories = fn.fit_many(many_models(3), X, Y, seeds=[5, 6, 7], device="cpu",
+                                    epochs=2, batch_size=16)
+    for model, history, seed, fresh in zip(models, histories, [5, 6, 7], many_models(3)):
+        expected = fn.Trainer(fresh, optimizer=fn.Adam(), device="cpu", seed=seed).fit(
+            X, Y, epochs=2, batch_size=16)
+        np.testing.assert_array_equal(model.params, fresh.params)
+        assert history["loss"] == expected["loss"] and history["nonfinite"] is None

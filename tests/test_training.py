@@ -118,8 +118,8 @@ def test_single_output_predictions_are_one_dimensional_and_use_running_statistic
 
 def test_auto_device_runs_on_cpu_without_a_gpu_and_says_so(monkeypatch):
     monkeypatch.delenv("FASTNN_DEVICE", raising=False)
-    from fastnn.core import backends
-    monkeypatch.setattr(backends, "cuda_available", lambda: False)
+    from fastnn.core import device
+    monkeypatch.setattr(device, "cuda_available", lambda: False)
     assert fn.Trainer(mlp(), device="auto").device == "cpu"
     monkeypatch.setenv("FASTNN_DEVICE", "numpy")
     assert fn.Trainer(mlp(), device="auto").device == "numpy"

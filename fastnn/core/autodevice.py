@@ -2,8 +2,9 @@
 
 The rule
 --------
-Without a usable GPU, or with FASTNN_DEVICE set, 'auto' is what
-``backends.resolve_device`` says. With a GPU, the time of the fit is
+Without a usable GPU, or with FASTNN_DEVICE set, 'auto' needs no
+prediction (``fastnn.core.device.choose_device``, the one function that
+decides the device, says what it is). With a GPU, the time of the fit is
 predicted on each device and the faster one is chosen; a tie goes to the
 cpu, so the GPU is chosen only when it is predicted faster. For one step of
 a network at ``batch`` rows, on engine e:
@@ -58,7 +59,10 @@ from collections import namedtuple
 
 import numpy as np
 
-from .backends import cuda_available, resolve_device
+from fastnn.version import __version__
+
+from . import config
+from .cuda_backend import cuda_available
 
 ENGINES = ("cpu", "cuda-fused", "cuda-layers")
 
@@ -84,7 +88,6 @@ DEFAULT_COSTS = {
 #: the calibration networks: (d_in, hidden, blocks, batch, steps timed per epoch)
 CALIBRATION_NETWORKS = {"tiny": (16, 32, 2, 32, 64), "small": (32, 64, 2, 64, 32),
                         "medium": (256, 256, 3, 256, 8)}
-CALIBRATE_VARIABLE = "FASTNN_CALIBRATE"
 
 
 # ---- what a step costs ----
@@ -130,22 +133,6 @@ def predict(table, batch, n_samples, epochs, data_bytes, dtype, n_models=1, cost
     return {"cpu": cpu, "cuda": gpu, "cuda_engine": engine}
 
 
-def choose_device(device, model, batch_size, n_samples, epochs, dtype, n_models=1,
-                  data_bytes=None):
-    """The device a fit runs on, for a ``device`` argument ('auto', 'cpu',
-    'cuda', 'numpy'): ``resolve_device``'s answer, except that 'auto' with a
-    usable GPU (and FASTNN_DEVICE unset) picks the device with the smaller
-    predicted fit time (``predict``; a tie goes to the cpu)."""
-    resolved = resolve_device(device)
-    if device != "auto" or resolved != "cuda" or os.environ.get("FASTNN_DEVICE", "").strip():
-        return resolved
-    batch = min(batch_size, n_samples)
-    if data_bytes is None:
-        data_bytes = n_samples * (model.in_features + model.out_features) * np.dtype(dtype).itemsize
-    times = predict(model.table, batch, n_samples, epochs, data_bytes, dtype, n_models)
-    return "cuda" if times["cuda"] < times["cpu"] else "cpu"
-
-
 # ---- the constants: calibrated once per machine, cached on disk ----
 
 def cache_path(dtype):
@@ -154,16 +141,12 @@ def cache_path(dtype):
     versions and dtype."""
     import numba
 
-    from fastnn import __version__
-    root = os.environ.get("FASTNN_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-        "fastnn")
     key = json.dumps([__version__, numba.__version__, _numba_cuda_version(), platform.node(),
                       platform.processor() or platform.machine(), os.cpu_count(),
                       numba.config.NUMBA_NUM_THREADS,  # get_num_threads() starts numba's pool
                       _gpu_name(), str(np.dtype(dtype))])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return os.path.join(root, f"device-costs-{np.dtype(dtype)}-{digest}.json")
+    return os.path.join(config.cache_dir(), f"device-costs-{np.dtype(dtype)}-{digest}.json")
 
 
 def engine_costs(dtype):
@@ -175,7 +158,7 @@ def engine_costs(dtype):
             return {name: Costs(**values) for name, values in json.load(f)["costs"].items()}
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    if os.environ.get(CALIBRATE_VARIABLE, "1").strip() == "0" or not _real_gpu():
+    if not config.calibrate() or not _real_gpu():
         return dict(DEFAULT_COSTS)
     return calibrate(dtype, path)
 
@@ -208,35 +191,38 @@ def calibrate(dtype="float32", path=None, networks=None):
 
 def measure_step(engine, spec, dtype):
     """(seconds per step, layer table) of the network ``spec`` trained by
-    ``engine``: the best of three timed epochs, after one that compiles."""
-    from .cuda_backend import ENGINE_VARIABLE
+    ``engine`` (a session of its backend, as ``Trainer.fit`` drives it): the
+    best of three timed epochs, after one that compiles."""
+    from fastnn.kernels.loss import LOSS_CODES
+
+    from .backends import BACKENDS
     from .layers import BatchNorm, Dense, ReLU, Sequential
     from .optim import SGD
-    from .trainer import Trainer
 
     d_in, hidden, blocks, batch, steps = spec
     layers, width = [], d_in
     for _ in range(blocks):
         layers += [Dense(width, hidden), BatchNorm(hidden), ReLU()]
         width = hidden
-    model = Sequential(*layers, Dense(width, 1), seed=0)
+    model = Sequential(*layers, Dense(width, 1), seed=0).astype(dtype)
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((batch * steps, d_in))
-    y = (X[:, 0] > 0).astype(float)
-    saved = os.environ.get(ENGINE_VARIABLE)
-    if engine != "cpu":
-        os.environ[ENGINE_VARIABLE] = engine.split("-")[1]
-    try:
-        trainer = Trainer(model, optimizer=SGD(lr=1e-3), device=engine.split("-")[0],
-                          dtype=dtype, seed=0)
-        trainer.fit(X, y, epochs=1, batch_size=batch, shuffle=False)
-        history = trainer.fit(X, y, epochs=3, batch_size=batch, shuffle=False)
-    finally:
-        if saved is None:
-            os.environ.pop(ENGINE_VARIABLE, None)
-        else:
-            os.environ[ENGINE_VARIABLE] = saved
-    return min(history["time"]) / steps, model.table
+    X = rng.standard_normal((batch * steps, d_in)).astype(dtype)
+    Y = (X[:, :1] > 0).astype(dtype)
+    backend, optimizer, loss = BACKENDS[engine.split("-")[0]], SGD(lr=1e-3), LOSS_CODES["bce"]
+    index, losses, sizes = np.arange(batch * steps), np.zeros(steps), np.zeros(steps, np.int64)
+    with config.forced_cuda_engine(None if engine == "cpu" else engine.split("-")[1]):
+        backend.prepare(model, optimizer, X, Y, loss, announce=False)
+        session = backend.start_fit(model, optimizer, X, Y, batch, loss)
+        times = []
+        try:
+            for _ in range(4):
+                start = time.perf_counter()
+                session.train_epoch(index, batch, True, losses, sizes)
+                session.finish()
+                times.append(time.perf_counter() - start)
+        finally:
+            session.finish()
+    return min(times[1:]) / steps, model.table
 
 
 def write_json(path, content):
@@ -256,8 +242,8 @@ def write_json(path, content):
 
 def _real_gpu():
     """A GPU to calibrate on: usable, and not the CUDA simulator."""
-    from numba import config
-    return cuda_available() and not config.ENABLE_CUDASIM
+    import numba
+    return cuda_available() and not numba.config.ENABLE_CUDASIM
 
 
 def _gpu_name():

@@ -10,8 +10,9 @@ A backend provides the functional ops (inputs already validated by
     session.logits(X_val); session.finish()
     backend.predict_logits(model, X)
 
-``Trainer`` and ``ops`` look a backend up here once; no other module branches
-on the device.
+``Trainer`` and ``ops`` look a backend up here once, by the name that
+``fastnn.core.device.choose_device`` (the one function that decides the
+device) returned; no other module branches on the device.
 
     numpy : the NumPy reference kernels (slow; the yardstick for the others)
     cpu   : the @njit kernels, a whole epoch per compiled call; with ``comm``
@@ -19,9 +20,6 @@ on the device.
             data-parallel run, the same compiled epoch with its all-reduces
     cuda  : the @cuda.jit kernels, data and model resident on the GPU
 """
-
-import os
-import warnings
 
 import numpy as np
 
@@ -241,89 +239,9 @@ class CpuBackend(NumpyBackend):
 
 
 BACKENDS = {"numpy": NumpyBackend(), "cpu": CpuBackend(), "cuda": CudaBackend()}
-DEVICES = ("auto", "cpu", "cuda", "numpy")
 
 
-CUDA_EXTRA = 'pip install "fastnn[cuda]"'
-_cuda_state = {}  # the probe's answer, and whether the fallback warning was shown
-
-
-def cuda_problem():
-    """Why the cuda backend cannot run in this process, or None when it can.
-
-    Probed once per process. Returns None, or ``(kind, reason)`` with a
-    one-line reason:
-
-    - ``'missing'``: numba-cuda is not installed (the ``[cuda]`` extra);
-    - ``'broken'``: numba.cuda is installed but fails to import or to
-      initialise (e.g. a numba-cuda release that calls a function its NumPy
-      no longer has);
-    - ``'no-gpu'``: numba.cuda works but sees no usable GPU or driver.
-    """
-    import importlib.util
-
-    if "problem" in _cuda_state:
-        return _cuda_state["problem"]
-    if importlib.util.find_spec("numba_cuda") is None:
-        problem = "missing", f"numba-cuda is not installed: {CUDA_EXTRA}"
-    else:
-        try:
-            from numba import cuda
-            available = cuda.is_available()
-            why = "" if available else " ".join((cuda.cuda_error() or "no GPU found").split())
-        except Exception as exc:  # an import or driver-initialisation failure in numba.cuda
-            cause = " ".join(str(exc).split())
-            problem = "broken", f"numba.cuda failed to load ({type(exc).__name__}: {cause})"
-        else:
-            problem = None if available else (
-                "no-gpu", f"numba.cuda.is_available() is False here: {why}")
-    _cuda_state["problem"] = problem
-    return problem
-
-
-def cuda_available():
-    """True when numba sees a usable NVIDIA GPU."""
-    return cuda_problem() is None
-
-
-def resolve_device(device, name="device"):
-    """'auto' | 'cpu' | 'cuda' | 'numpy' -> the name of the backend to use.
-
-    'auto' honours the FASTNN_DEVICE environment variable, else picks 'cuda'
-    when a GPU is usable and 'cpu' otherwise: quietly when numba-cuda is not
-    installed or there is no GPU, with one RuntimeWarning per process naming
-    the cause when numba.cuda is installed but broken. 'cuda' without a
-    usable GPU is a one-line ValueError naming the cause.
-    """
-    if not isinstance(device, str) or device not in DEVICES:
-        raise ValueError(f"{name} must be one of {list(DEVICES)}, got {device!r}")
-    if device == "auto":
-        override = os.environ.get("FASTNN_DEVICE", "").strip()
-        if override:
-            if override not in DEVICES or override == "auto":
-                raise ValueError(f"FASTNN_DEVICE must be 'cpu', 'cuda' or 'numpy', got {override!r}")
-            device = override
-        elif cuda_available():
-            device = "cuda"
-        else:
-            device = "cpu"
-            problem = cuda_problem()
-            if problem is not None and problem[0] == "broken" and not _cuda_state.get("warned"):
-                _cuda_state["warned"] = True
-                warnings.warn(f"fastnn: device='auto' runs on the cpu because {problem[1]}",
-                              RuntimeWarning, stacklevel=2)
-    if device == "cuda" and not cuda_available():
-        problem = cuda_problem()
-        if problem is not None and problem[0] == "missing":
-            raise ValueError(f"{name}='cuda' runs on an NVIDIA GPU through numba-cuda, which is "
-                             f"not installed: {CUDA_EXTRA} (or use 'cpu' or 'auto')")
-        reason = problem[1] if problem is not None else "numba.cuda.is_available() is False"
-        raise ValueError(f"{name}='cuda' needs an NVIDIA GPU that numba can use, and {reason}; "
-                         f"use 'cpu' or 'auto'")
-    return device
-
-
-def get_backend(device, name="device"):
-    """The backend object for a device name (after ``resolve_device``)."""
-    return BACKENDS[resolve_device(device, name)]
-
+def get_backend(device):
+    """The backend object of a device that ``fastnn.core.device.choose_device``
+    decided: 'cpu', 'cuda' or 'numpy'."""
+    return BACKENDS[device]

@@ -4,8 +4,10 @@ Every ``fit`` with a ``checkpoint_dir`` is one *run*, named by a random run
 identity (16 hex digits) that is stored in each of its checkpoints and in
 their file names: ``checkpoint-RRRRRRRRRRRRRRRR-EEEEEE.npz`` after EEEEEE
 completed epochs. A checkpoint holds the model's state_dict, the
-optimizer's state and step count, the shuffling generator's state, the
-history so far, and a SHA-256 checksum over all of it.
+optimizer's state, step count and learning rate, the shuffling generator's
+state, the history so far, the state of every callback that has one
+(``state_dict``: early stopping's best weights, a schedule's counters...),
+whether training had stopped, and a SHA-256 checksum over all of it.
 
 A run only ever reads, writes and deletes its own checkpoints: pruning keeps
 the newest ``KEEP`` of its own run and leaves every other file alone, so
@@ -37,14 +39,15 @@ import zipfile
 
 import numpy as np
 
-from .io import check_npz_members, write_npz_atomically
+from .io import check_npz_members, json_ready, parse_json, write_npz_atomically
 
 try:
     import fcntl
 except ImportError:  # not a POSIX system: runs are not locked
     fcntl = None
 
-FORMAT, VERSION = "fastnn-checkpoint", 2
+FORMAT, VERSION = "fastnn-checkpoint", 3
+READABLE = (2, 3)  # version 2 had no callback states, stop flag or lr
 KEEP = 3  # checkpoints kept per run; older ones of the same run are deleted
 _NAME = re.compile(r"^checkpoint-([0-9a-f]{16})-(\d{6})\.npz$")
 
@@ -81,7 +84,9 @@ def run_of(path):
 
 
 def read_checkpoint(path):
-    """(meta, arrays) of a checkpoint whose checksum verifies; ValueError otherwise."""
+    """(meta, arrays) of a checkpoint whose checksum verifies and whose
+    contents have the expected form; ValueError otherwise, whatever the
+    damage."""
     check_npz_members(path, "fastnn checkpoint")
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -91,18 +96,41 @@ def read_checkpoint(path):
         raise ValueError(f"{path}: unreadable checkpoint ({exc})") from None
     if "meta" not in arrays or "checksum" not in arrays:
         raise ValueError(f"{path}: not a fastnn checkpoint")
-    meta_text = str(arrays.pop("meta")[()])
-    checksum = str(arrays.pop("checksum")[()])
-    if _digest(arrays, meta_text) != checksum:
+    meta, checksum = arrays.pop("meta"), arrays.pop("checksum")
+    if meta.shape != () or checksum.shape != () or meta.dtype.kind != "U" \
+            or checksum.dtype.kind != "U":
+        raise ValueError(f"{path}: not a fastnn checkpoint (damaged 'meta' or 'checksum')")
+    meta_text = str(meta[()])
+    if _digest(arrays, meta_text) != str(checksum[()]):
         raise ValueError(f"{path}: checksum mismatch (truncated or corrupted)")
-    meta = json.loads(meta_text)
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise ValueError(f"{path}: checkpoint format {meta.get('format')!r} version "
-                         f"{meta.get('version')!r} is not supported")
+    meta = parse_json(meta_text, f"{path}: damaged checkpoint metadata")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT \
+            or meta.get("version") not in READABLE:
+        found = meta.get("version") if isinstance(meta, dict) else None
+        raise ValueError(f"{path}: checkpoint format version {found!r} is not supported")
     if meta.get("run") != run_of(path):
         raise ValueError(f"{path}: the file name and the run identity stored inside "
                          f"({meta.get('run')!r}) disagree")
+    _check_form(path, meta, arrays)
     return meta, arrays
+
+
+def _check_form(path, meta, arrays):
+    """ValueError unless the metadata and arrays are what ``save`` writes."""
+    history = meta.get("history")
+    form = [isinstance(meta.get("epoch"), int) and meta["epoch"] >= 0,
+            isinstance(meta.get("architecture"), list), isinstance(meta.get("dtype"), str),
+            isinstance(meta.get("optimizer"), str),
+            isinstance(meta.get("hyperparameters", {}), dict),
+            isinstance(meta.get("rng"), dict), isinstance(meta.get("callbacks", {}), dict),
+            isinstance(history, dict) and "loss" in history
+            and all(isinstance(values, list) and len(values) == meta.get("epoch")
+                    for values in history.values()),
+            "optimizer/state" in arrays and "optimizer/step" in arrays
+            and arrays["optimizer/state"].ndim == 2 and arrays["optimizer/step"].shape == (1,)]
+    if not all(form):
+        raise ValueError(f"{path}: damaged checkpoint (its contents are not those of a fastnn "
+                         f"checkpoint)")
 
 
 def newest_valid_checkpoint(directory, run_id):
@@ -162,16 +190,30 @@ class CheckpointRun:
         self.directory, self.run_id, self.resumed = directory, run_id, resumed
         self._lock = _lock_run(directory, run_id)
 
-    def save(self, epoch, model, optimizer, rng, history, hyperparameters):
+    def save(self, epoch, model, optimizer, rng, history, hyperparameters, callbacks=None,
+             stopped=False):
         """Write this run's checkpoint taken after ``epoch`` completed epochs
-        and delete the run's own checkpoints beyond the newest ``KEEP``."""
+        and delete the run's own checkpoints beyond the newest ``KEEP``.
+
+        ``callbacks``: {key: state_dict()} of the stateful callbacks (their
+        arrays are stored as arrays, the rest in the JSON metadata);
+        ``stopped``: whether training stopped after this epoch."""
         arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
         arrays["optimizer/state"] = optimizer.state
         arrays["optimizer/step"] = optimizer.step_count
+        states = {}
+        for key, state in (callbacks or {}).items():
+            states[key] = {}
+            for name, value in state.items():
+                if isinstance(value, np.ndarray):
+                    arrays[f"callbacks/{key}/{name}"] = value
+                else:
+                    states[key][name] = json_ready(value, f"{key}.state_dict()[{name!r}]")
         meta = {"format": FORMAT, "version": VERSION, "run": self.run_id, "epoch": epoch,
                 "architecture": model.config(), "dtype": np.dtype(model.dtype).name,
                 "optimizer": type(optimizer).__name__, "hyperparameters": hyperparameters,
-                "rng": rng.bit_generator.state, "history": history}
+                "lr": optimizer.lr, "rng": rng.bit_generator.state, "history": history,
+                "callbacks": states, "stopped": bool(stopped)}
         meta_text = json.dumps(meta)
         arrays["meta"] = np.array(meta_text)
         arrays["checksum"] = np.array(_digest({k: v for k, v in arrays.items() if k != "meta"},
@@ -240,20 +282,33 @@ def _lock_run(directory, run_id):
     return fd
 
 
-def restore(meta, arrays, model, optimizer, rng, hyperparameters):
-    """Load a checkpoint into the model, the optimizer and the generator.
-
-    Refuses one taken from another architecture, dtype or optimizer type
-    (before changing anything). The optimizer keeps its own
-    hyper-parameters (``hyperparameters``, as given to this fit): a
-    RuntimeWarning names those that differ from the checkpoint's run.
-    Returns (epochs done, history).
-    """
+def check_resumable(meta, model, optimizer):
+    """ValueError, before anything changes, unless the checkpoint was
+    written for this architecture, dtype and optimizer type and its
+    optimizer state fits the model."""
     if meta["architecture"] != model.config() or meta["dtype"] != np.dtype(model.dtype).name:
         raise ValueError("resume: the checkpoint was written for another architecture or dtype")
     if meta["optimizer"] != type(optimizer).__name__:
         raise ValueError(f"resume: the checkpoint was written with {meta['optimizer']}, not "
                          f"{type(optimizer).__name__}")
+
+
+def restore(meta, arrays, model, optimizer, rng, hyperparameters, callbacks):
+    """Load a checkpoint (checked by ``check_resumable``) into the model, the
+    optimizer, the generator and the stateful ``callbacks`` ({key:
+    callback}, ``callbacks.stateful``).
+
+    The optimizer keeps its own hyper-parameters (``hyperparameters``, as
+    given to this fit): a RuntimeWarning names those that differ from the
+    checkpoint's run. When its lr is the one the run started with, the run's
+    lr as it was at the checkpoint comes back (a callback such as
+    ReduceLROnPlateau may have lowered it). A callback without a state in
+    the checkpoint, or a state without its callback, is named in a
+    RuntimeWarning and starts afresh.
+
+    Returns {'epoch': epochs done, 'history': ..., 'stopped': whether
+    training had stopped}.
+    """
     model.load_state_dict({k[len("model/"):]: v for k, v in arrays.items()
                            if k.startswith("model/")})
     optimizer.state = arrays["optimizer/state"].astype(model.dtype)
@@ -265,5 +320,21 @@ def restore(meta, arrays, model, optimizer, rng, hyperparameters):
     if changed:
         warnings.warn(f"resume: continuing run {meta['run']} with this optimizer's "
                       f"hyper-parameters, which differ from the checkpoint's: "
-                      f"{', '.join(changed)}", RuntimeWarning, stacklevel=4)
-    return meta["epoch"], meta["history"]
+                      f"{', '.join(changed)}", RuntimeWarning, stacklevel=5)
+    if "lr" in meta and before.get("lr") == hyperparameters.get("lr"):
+        optimizer.lr = meta["lr"]
+    states = {key: dict(value) for key, value in meta.get("callbacks", {}).items()}
+    for name, value in arrays.items():
+        if name.startswith("callbacks/"):
+            key, field = name[len("callbacks/"):].rsplit("/", 1)
+            states.setdefault(key, {})[field] = value
+    unmatched = sorted(set(states) ^ set(callbacks))
+    if unmatched:
+        warnings.warn(f"resume: the callbacks with state differ from the checkpoint's "
+                      f"({', '.join(unmatched)}); those start afresh", RuntimeWarning,
+                      stacklevel=5)
+    for key, callback in callbacks.items():
+        if key in states:
+            callback.load_state_dict(states[key])
+    return {"epoch": meta["epoch"], "history": meta["history"],
+            "stopped": bool(meta.get("stopped", False))}

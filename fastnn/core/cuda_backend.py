@@ -6,18 +6,60 @@ Ops accept host NumPy arrays (copied in, results copied out) or device
 arrays with ``__cuda_array_interface__`` (results stay on the device).
 """
 
-import os
 from types import SimpleNamespace
 
 import numpy as np
 
+from . import config
 from .validation import is_device_array
 
 #: Forces the engine that trains on the GPU (benchmarks and tests): 'fused'
 #: (either mode, as planned), 'block', 'grid' (the fused engine in that mode,
 #: whatever the plan) or 'layers'; unset, ``cuda_engine`` decides.
-ENGINE_VARIABLE = "FASTNN_CUDA_ENGINE"
-ENGINES = ("fused", "block", "grid", "layers")
+ENGINE_VARIABLE = config.CUDA_ENGINE
+
+
+CUDA_EXTRA = 'pip install "fastnn[cuda]"'
+_cuda_state = {}  # the probe's answer, once per process
+
+
+def cuda_problem():
+    """Why the cuda backend cannot run in this process, or None when it can.
+
+    Probed once per process. Returns None, or ``(kind, reason)`` with a
+    one-line reason:
+
+    - ``'missing'``: numba-cuda is not installed (the ``[cuda]`` extra);
+    - ``'broken'``: numba.cuda is installed but fails to import or to
+      initialise (e.g. a numba-cuda release that calls a function its NumPy
+      no longer has);
+    - ``'no-gpu'``: numba.cuda works but sees no usable GPU or driver.
+    """
+    import importlib.util
+
+    if "problem" in _cuda_state:
+        return _cuda_state["problem"]
+    if importlib.util.find_spec("numba_cuda") is None:
+        problem = "missing", f"numba-cuda is not installed: {CUDA_EXTRA}"
+    else:
+        try:
+            from numba import cuda
+            available = cuda.is_available()
+            why = "" if available else " ".join((cuda.cuda_error() or "no GPU found").split())
+        except Exception as exc:  # an import or driver-initialisation failure in numba.cuda
+            cause = " ".join(str(exc).split())
+            problem = "broken", f"numba.cuda failed to load ({type(exc).__name__}: {cause})"
+        else:
+            problem = None if available else (
+                "no-gpu", f"numba.cuda.is_available() is False here: {why}")
+    _cuda_state["problem"] = problem
+    return problem
+
+
+def cuda_available():
+    """True when numba sees a usable NVIDIA GPU."""
+    return cuda_problem() is None
+
 
 
 def gpu_multiprocessors():
@@ -38,11 +80,9 @@ def cuda_engine(table, batch, n_models=1, sm_count=None):
     at batches of up to ``batch`` rows, else ('layers', reason): the
     layer-by-layer engine (kernels/cuda_network.py; one model). The fused
     engine's limits are ``cuda_fused.fused_plan``'s. FASTNN_CUDA_ENGINE
-    forces a choice (``ENGINES``)."""
+    forces a choice (fastnn.core.config)."""
     from fastnn.kernels import cuda_fused
-    forced = os.environ.get(ENGINE_VARIABLE, "").strip()
-    if forced and forced not in ENGINES:
-        raise ValueError(f"{ENGINE_VARIABLE} must be one of {list(ENGINES)}, got {forced!r}")
+    forced = config.cuda_engine()
     if forced == "layers":
         return "layers", f"{ENGINE_VARIABLE}=layers"
     if sm_count is None:

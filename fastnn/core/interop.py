@@ -1,9 +1,16 @@
-"""PyTorch interop (optional: needs torch): ``from_torch`` and
-``Sequential.to_torch``, for the layers fastnn has."""
+"""PyTorch interop (optional: needs torch): the correspondence between
+fastnn's layers and ``torch.nn``'s, both ways, in terms of the
+architecture's ``config()`` records and torch-named state dicts.
+
+``fn.from_torch`` and ``Sequential.to_torch`` (fastnn.core.layers) build
+on these two functions; this module knows the layers by their config
+records only, so it imports nothing of fastnn.
+"""
 
 import numpy as np
 
-from .layers import BatchNorm, Dense, ReLU, Sequential, Sigmoid, Tanh
+#: torch.nn activations and their fastnn layer type (a config record's 'type')
+ACTIVATIONS = {"ReLU": "ReLU", "Sigmoid": "Sigmoid", "Tanh": "Tanh"}
 
 
 def _torch():
@@ -14,15 +21,16 @@ def _torch():
     return torch
 
 
-def from_torch(module):
-    """A fastnn Sequential equal to a ``torch.nn.Sequential`` of Linear,
-    BatchNorm1d (affine, with running statistics), ReLU, Sigmoid and Tanh.
+def from_torch_module(module):
+    """The fastnn architecture and state of a ``torch.nn.Sequential`` of
+    Linear, BatchNorm1d (affine, with running statistics), ReLU, Sigmoid and
+    Tanh, layers taken by position whatever the children's names.
 
-    Layers are taken by position, whatever the children's names
-    (``Sequential(OrderedDict(...))`` works as ``Sequential(a, b, ...)``).
-
-    Weights, biases, running statistics and num_batches_tracked are copied;
-    the model gets the torch model's dtype (float32 or float64).
+    Returns
+    -------
+    config : list of dict, as ``Sequential.config()`` gives it
+    state : dict of str -> ndarray, torch's state_dict names ('0.weight', ...)
+    dtype : np.float32 when every floating tensor is float32, else np.float64
 
     Raises
     ------
@@ -36,45 +44,44 @@ def from_torch(module):
     if not isinstance(module, torch.nn.Sequential):
         raise TypeError(f"module must be a torch.nn.Sequential, got {type(module).__name__}")
     children = list(module)  # by position: the children may have any names (an OrderedDict)
-    layers = []
+    config = []
     for i, m in enumerate(children):
         if isinstance(m, torch.nn.Linear):
-            layers.append(Dense(m.in_features, m.out_features, bias=m.bias is not None))
+            config.append({"type": "Dense", "in_features": m.in_features,
+                           "out_features": m.out_features, "bias": m.bias is not None})
         elif isinstance(m, torch.nn.BatchNorm1d):
             if not m.affine or not m.track_running_stats:
                 raise ValueError(f"module[{i}]: BatchNorm1d needs affine=True and "
                                  f"track_running_stats=True to convert")
-            layers.append(BatchNorm(m.num_features, eps=m.eps, momentum=m.momentum))
-        elif type(m) in (torch.nn.ReLU, torch.nn.Sigmoid, torch.nn.Tanh):
-            layers.append({torch.nn.ReLU: ReLU, torch.nn.Sigmoid: Sigmoid,
-                           torch.nn.Tanh: Tanh}[type(m)]())
+            config.append({"type": "BatchNorm", "num_features": m.num_features, "eps": m.eps,
+                           "momentum": m.momentum})
+        elif type(m).__name__ in ACTIVATIONS and type(m) is getattr(torch.nn, type(m).__name__):
+            config.append({"type": ACTIVATIONS[type(m).__name__]})
         else:
             raise ValueError(f"module[{i}]: fastnn has no equivalent of {type(m).__name__} "
                              f"(supported: Linear, BatchNorm1d, ReLU, Sigmoid, Tanh)")
-    model = Sequential(*layers)
     state = {f"{i}.{key}": value.detach().cpu().numpy()
              for i, m in enumerate(children) for key, value in m.state_dict().items()}
-    dtypes = {v.dtype for k, v in state.items() if v.dtype.kind == "f"}
-    model.astype(np.float32 if dtypes == {np.dtype(np.float32)} else np.float64)
-    model.load_state_dict(state)
-    return model
+    dtypes = {v.dtype for v in state.values() if v.dtype.kind == "f"}
+    return config, state, np.float32 if dtypes == {np.dtype(np.float32)} else np.float64
 
 
-def to_torch(model):
-    """The equivalent ``torch.nn.Sequential``, holding a copy of the weights,
-    running statistics and counters, in the model's dtype."""
+def to_torch_module(config, state, dtype):
+    """The ``torch.nn.Sequential`` of a fastnn architecture (``config()``
+    records), holding a copy of ``state`` (a torch-named state dict), in
+    ``dtype``."""
     torch = _torch()
     modules = []
-    for layer in model.layers:
-        if isinstance(layer, Dense):
-            modules.append(torch.nn.Linear(layer.in_features, layer.out_features,
-                                           bias=layer.use_bias))
-        elif isinstance(layer, BatchNorm):
-            modules.append(torch.nn.BatchNorm1d(layer.num_features, eps=layer.eps,
-                                                momentum=layer.momentum))
+    for spec in config:
+        kind = spec["type"]
+        if kind == "Dense":
+            modules.append(torch.nn.Linear(spec["in_features"], spec["out_features"],
+                                           bias=spec["bias"]))
+        elif kind == "BatchNorm":
+            modules.append(torch.nn.BatchNorm1d(spec["num_features"], eps=spec["eps"],
+                                                momentum=spec["momentum"]))
         else:
-            modules.append({ReLU: torch.nn.ReLU, Sigmoid: torch.nn.Sigmoid,
-                            Tanh: torch.nn.Tanh}[type(layer)]())
-    tmodel = torch.nn.Sequential(*modules).to(getattr(torch, np.dtype(model.dtype).name))
-    tmodel.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()})
+            modules.append(getattr(torch.nn, {v: k for k, v in ACTIVATIONS.items()}[kind])())
+    tmodel = torch.nn.Sequential(*modules).to(getattr(torch, np.dtype(dtype).name))
+    tmodel.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
     return tmodel

@@ -11,6 +11,7 @@ is not positive, metadata that is not JSON).
 import json
 import numbers
 import os
+import re
 import secrets
 import stat
 import zipfile
@@ -25,11 +26,21 @@ _META = "__fastnn__"
 _MEAN, _SCALE = "__preprocessing_mean__", "__preprocessing_scale__"
 
 
-def json_ready(value, where):
+#: JSON that fastnn reads or writes (model metadata, checkpoints) nests at most
+#: this deep and is at most this many characters: a file cannot make the
+#: parser recurse without bound or hold more than this in memory.
+MAX_JSON_DEPTH = 64
+MAX_JSON_CHARS = 256 * 2**20
+
+
+def json_ready(value, where, depth=0):
     """``value`` as plain JSON values: NumPy scalars and arrays become Python
     numbers and lists; anything else that JSON cannot hold, or a dict key
     that is not a string, raises TypeError naming ``where`` (e.g.
-    "metadata['rows']")."""
+    "metadata['rows']"); nesting deeper than ``MAX_JSON_DEPTH`` raises
+    ValueError."""
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"{where}: nested more than {MAX_JSON_DEPTH} levels deep")
     if isinstance(value, np.generic):
         value = value.item()
     if value is None or isinstance(value, (str, bool, int, float)):
@@ -39,18 +50,45 @@ def json_ready(value, where):
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in "biufUS":
             raise TypeError(f"{where}: an array of dtype {value.dtype} is not JSON-ready")
-        return json_ready(value.tolist(), where)
+        return json_ready(value.tolist(), where, depth)
     if isinstance(value, (list, tuple)):
-        return [json_ready(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return [json_ready(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"{where}: key {key!r} must be a string (JSON keys are)")
-            out[key] = json_ready(item, f"{where}[{key!r}]")
+            out[key] = json_ready(item, f"{where}[{key!r}]", depth + 1)
         return out
     raise TypeError(f"{where}: {type(value).__name__} {value!r} is not JSON-ready (str, int, "
                     f"float, bool, None, and lists and dicts of them)")
+
+
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def parse_json(text, what):
+    """``json.loads(text)`` for text read from a file, bounded: ValueError
+    starting with ``what`` when the text is longer than ``MAX_JSON_CHARS``,
+    nests deeper than ``MAX_JSON_DEPTH`` or is not JSON. The depth is
+    counted before parsing, so no input makes the parser recurse without
+    bound."""
+    if len(text) > MAX_JSON_CHARS:
+        raise ValueError(f"{what}: {len(text)} characters, more than fastnn reads "
+                         f"({MAX_JSON_CHARS})")
+    depth = 0
+    for token in _JSON_TOKENS.finditer(text):
+        bracket = token.group()
+        if bracket in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"{what}: nested more than {MAX_JSON_DEPTH} levels deep")
+        elif bracket in "]}":
+            depth -= 1
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"{what}: not valid JSON ({exc})") from None
 
 
 def save(model, path):
@@ -62,9 +100,11 @@ def save(model, path):
     that would not load is refused with ValueError/TypeError before anything
     is written. The file is written to a temporary name beside ``path``,
     flushed to disk, and renamed over ``path``: a crash leaves the old file or
-    the new one, never half of either. A new file gets the permissions
-    ``open()`` would give it (0666 less the umask); a replaced file keeps its
-    own.
+    the new one, never half of either. Only a regular file is replaced: a
+    directory, a device node (/dev/null), a FIFO or a socket at ``path`` is
+    refused with ValueError; a symbolic link is followed and its target
+    replaced. A new file gets the permissions ``open()`` would give it (0666
+    less the umask); a replaced file keeps its own.
     """
     if not isinstance(model, Sequential):
         raise TypeError(f"model must be a fastnn.Sequential, got {type(model).__name__}")
@@ -86,36 +126,52 @@ def save(model, path):
                                  f"numbers") from None
     meta_text = json.dumps(meta)
     model_from_parts(f"{path} (not written)", meta_text, dict(arrays))  # load's rules, first
+    check_writable(path)
     arrays[_META] = np.array(meta_text)
     write_npz_atomically(path, arrays)
 
 
 def write_npz_atomically(path, arrays):
-    """np.savez to a temporary file beside ``path``, fsync, rename over
-    ``path``, fsync the directory: a crash leaves the old file or the new one.
+    """np.savez of ``arrays`` to ``path`` by ``write_atomically``."""
+    write_atomically(path, lambda fh: np.savez(fh, **arrays))
 
-    The temporary file is created with mode 0666 less the umask, as ``open()``
-    creates files; when ``path`` exists, the new file takes its permissions.
+
+def write_atomically(path, write, text=False):
+    """Create or replace the file ``path`` through ``write(handle)``, so that
+    a crash leaves the old file or the new one, never half of either: a
+    temporary file beside it, flushed to disk, renamed over it, the folder
+    flushed.
+
+    Only a regular file is ever replaced: a directory, a device node (such
+    as /dev/null), a FIFO or a socket at ``path`` is refused with
+    ValueError before anything is written. A symbolic link is followed: its
+    target is replaced (atomically, in the target's folder) and the link
+    stays. A new file gets the permissions ``open()`` would give it (0666
+    less the umask); a replaced file keeps its own.
+
+    Parameters
+    ----------
+    path : str or PathLike
+    write : callable taking the open handle (binary, or text in UTF-8 with
+        ``text=True``; newlines written as they are)
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{path}: cannot write there, directory {directory} does not "
-                                f"exist")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{path}: is a directory")
+    path = os.fspath(path)
+    target = check_writable(path)
+    directory = os.path.dirname(target)
     try:
-        keep_mode = stat.S_IMODE(os.stat(path).st_mode)
+        keep_mode = stat.S_IMODE(os.stat(target).st_mode)
     except OSError:
         keep_mode = None
     fd, tmp = _create_temporary(directory, path)
     try:
         if keep_mode is not None and hasattr(os, "fchmod"):
             os.fchmod(fd, keep_mode)
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
+        with (os.fdopen(fd, "w", encoding="utf-8", newline="") if text
+              else os.fdopen(fd, "wb")) as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -128,6 +184,29 @@ def write_npz_atomically(path, arrays):
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def check_writable(path):
+    """The file that writing ``path`` replaces or creates (a symbolic link's
+    target, followed to the end); FileNotFoundError when its folder does not
+    exist, ValueError when something other than a regular file is there."""
+    target = os.path.realpath(path)
+    directory = os.path.dirname(target)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{path}: cannot write there, directory {directory} does not "
+                                f"exist")
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        return target
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode)
+                or stat.S_ISBLK(mode) else "not a regular file")
+        shown = path if target == os.path.abspath(path) else f"{path} (-> {target})"
+        raise ValueError(f"{shown} is {kind}, not a regular file: fastnn writes regular files "
+                         f"only, and will not replace it")
+    return target
 
 
 def _create_temporary(directory, path):
@@ -147,10 +226,12 @@ def _create_temporary(directory, path):
 
 def check_npz_members(path, what="fastnn model file"):
     """Refuse, before numpy allocates anything, an .npz whose members are
-    compressed (fastnn never writes them; a zip bomb would be), hold Python
-    objects, or declare more data than they hold: np.load sizes its buffer
-    from the declared shape, so a forged header could otherwise ask for
-    terabytes."""
+    compressed (fastnn never writes them; a zip bomb would be), are not
+    .npy arrays, hold Python objects, or declare more data than they hold:
+    np.load sizes its buffer from the declared shape, so a forged header
+    could otherwise ask for terabytes. Every member is checked, whatever
+    its name (np.load reads any member that starts like a .npy array as
+    one)."""
     try:
         with zipfile.ZipFile(path) as archive:
             total = os.path.getsize(path)
@@ -164,8 +245,6 @@ def check_npz_members(path, what="fastnn model file"):
                 if info.file_size > total:
                     raise ValueError(f"{path}: member {name!r} claims {info.file_size} bytes, "
                                      f"more than the whole file; not a {what}")
-                if not name.endswith(".npy"):
-                    continue
                 with archive.open(info) as member:
                     _check_npy_header(path, f"member {name!r}", member, info.file_size)
     except (zipfile.BadZipFile, OSError, EOFError, KeyError, NotImplementedError, RuntimeError,
@@ -237,10 +316,7 @@ def model_from_parts(path, meta_text, arrays):
     """The model that a file's metadata (JSON text) and arrays describe, or
     ValueError naming ``path``: the rules of ``load``, which ``save`` applies
     too. ``arrays`` is consumed."""
-    try:
-        meta = json.loads(meta_text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: corrupted model metadata ({exc})") from None
+    meta = parse_json(meta_text, f"{path}: corrupted model metadata")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{path}: not a fastnn model file")
     if meta.get("version") != VERSION:

@@ -14,6 +14,7 @@ import numpy as np
 from fastnn.kernels import network as nw
 from fastnn.kernels.activations import RELU, SIGMOID, TANH
 
+from .interop import from_torch_module, to_torch_module
 from .validation import check_bool, check_choice, check_dtype, check_float, check_int
 
 
@@ -395,10 +396,10 @@ class Sequential:
                 getattr(self, buf)[offset:offset + int(np.prod(shape))] = staged[key].ravel()
 
     def to_torch(self):
-        """The equivalent torch.nn.Sequential with a copy of the weights
-        (needs torch; see fastnn.core.interop)."""
-        from .interop import to_torch
-        return to_torch(self)
+        """The equivalent torch.nn.Sequential, holding a copy of the weights,
+        running statistics and counters, in the model's dtype (needs torch;
+        see fastnn.core.interop)."""
+        return to_torch_module(self.config(), self.state_dict(), self.dtype)
 
     def config(self):
         """JSON-ready description of the architecture."""
@@ -441,3 +442,29 @@ def state_dict_shapes(layers):
         if isinstance(layer, BatchNorm):
             shapes[f"{i}.num_batches_tracked"] = ()
     return shapes
+
+
+def from_torch(module):
+    """A fastnn Sequential equal to a ``torch.nn.Sequential`` of Linear,
+    BatchNorm1d (affine, with running statistics), ReLU, Sigmoid and Tanh.
+
+    Layers are taken by position, whatever the children's names
+    (``Sequential(OrderedDict(...))`` works as ``Sequential(a, b, ...)``).
+
+    Weights, biases, running statistics and num_batches_tracked are copied;
+    the model gets the torch model's dtype (float32 or float64).
+
+    Raises
+    ------
+    TypeError
+        For anything but a torch.nn.Sequential.
+    ValueError
+        Naming the first layer fastnn does not support, or a BatchNorm1d
+        without affine parameters or running statistics.
+    """
+    config, state, dtype = from_torch_module(module)
+    model = Sequential.from_config(config)
+    model.astype(dtype)
+    model.load_state_dict(state)
+    return model
+

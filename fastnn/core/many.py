@@ -17,11 +17,11 @@ import numpy as np
 from fastnn.kernels.loss import LOSS_CODES
 
 from . import validation as v
-from .autodevice import choose_device
+from .device import choose_device
 from .layers import Sequential
 from .optim import Adam, Optimizer
 from .threads import blas_threads, usable_cores
-from .trainer import Trainer
+from .trainer import LOSSES, Trainer, check_targets
 
 
 def fit_many(models, X, y, optimizers=None, seeds=None, loss="bce", device="auto",
@@ -62,6 +62,9 @@ def fit_many(models, X, y, optimizers=None, seeds=None, loss="bce", device="auto
         ``Trainer.fit`` returns them ('loss', 'lr', 'time'; on the GPU the
         time is that of the launch shared by the K models), plus 'nonfinite':
         None, or the (epoch, batch) where the model stopped, both 1-based.
+
+    Every argument and every model and optimizer is checked before any
+    model is converted or trained: a refused call changes none of them.
     """
     models = list(models) if not isinstance(models, Sequential) else [models]
     if not models or not all(isinstance(m, Sequential) for m in models):
@@ -90,14 +93,28 @@ def fit_many(models, X, y, optimizers=None, seeds=None, loss="bce", device="auto
     batch_size = v.check_int(batch_size, "batch_size")
     shuffle = v.check_bool(shuffle, "shuffle")
     dtype = v.check_dtype(dtype)
-
+    loss = v.check_choice(loss, "loss", LOSSES)
+    if loss == "cross_entropy" and models[0].out_features < 2:
+        raise ValueError(f"loss='cross_entropy' needs a model with at least 2 outputs "
+                         f"(one per class), this one has {models[0].out_features}")
     X = v.check_X(X, "X", models[0].in_features, dtype)
-    chosen = choose_device(device, models[0], batch_size, X.shape[0], epochs, dtype, n_models=K)
+    n = X.shape[0]
+    Y = check_targets(loss, y, "y", n, models[0].out_features, dtype)
+    if models[0].has_batchnorm:
+        if batch_size < 2:
+            raise ValueError("batch_size must be >= 2 for a model with BatchNorm "
+                             "(batch statistics of one sample are undefined)")
+        if n < 2:
+            raise ValueError("X must have at least 2 samples to train a model with BatchNorm")
+    for m, (model, optimizer) in enumerate(zip(models, optimizers)):
+        _check_trainable(model, optimizer, dtype, m)
+    chosen = choose_device(device, models[0], batch_size, n, epochs, dtype, n_models=K)
+    # every check is done: only now are the models converted and trained
     trainers = [Trainer(model, optimizer=opt, loss=loss, device=chosen, dtype=dtype, seed=seed)
                 for model, opt, seed in zip(models, optimizers, seeds)]
     histories = None
     if chosen == "cuda":
-        histories = _fit_on_gpu(trainers, X, y, epochs, batch_size, shuffle)
+        histories = _fit_on_gpu(trainers, X, Y, epochs, min(batch_size, n), shuffle)
     if histories is None:  # the cpu, or a network the fused engine does not take
         histories = _fit_on_host(trainers, X, y, epochs, batch_size, shuffle)
     stopped = [(m, h["nonfinite"]) for m, h in enumerate(histories) if h["nonfinite"]]
@@ -128,20 +145,31 @@ def _fit_on_host(trainers, X, y, epochs, batch_size, shuffle):
         return list(pool.map(lambda trainer: fit(trainer, progress=False), trainers))
 
 
-def _fit_on_gpu(trainers, X, y, epochs, batch_size, shuffle):
+def _check_trainable(model, optimizer, dtype, m):
+    """ValueError naming model ``m`` when its weights or running statistics,
+    converted to ``dtype``, or its optimizer's state are not finite, or its
+    optimizer's hyper-parameters break a rule; nothing is converted."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = all(v.all_finite(a.astype(dtype)) for a in (model.params, model.buffers))
+    if not finite:
+        raise ValueError(f"models[{m}]: its weights or running statistics hold NaN or inf (in "
+                         f"{np.dtype(dtype).name}) before training; set finite values first")
+    state = optimizer.state
+    if state is not None and state.shape[1] == model.n_params and not v.all_finite(state):
+        raise ValueError(f"optimizers[{m}]: its state holds NaN or inf before training; "
+                         f"reset() it first")
+    try:
+        optimizer.check()
+    except ValueError as exc:
+        raise ValueError(f"optimizers[{m}]: {exc}") from None
+
+
+def _fit_on_gpu(trainers, X, Y, epochs, batch_size, shuffle):
     """The K models in one fused session, or None when the fused engine
     does not take them (the caller then trains them one after another)."""
     first = trainers[0]
     model = first.model
-    Y = first._targets(y, "y", X.shape[0])
     n = X.shape[0]
-    if model.has_batchnorm:
-        if batch_size < 2:
-            raise ValueError("batch_size must be >= 2 for a model with BatchNorm "
-                             "(batch statistics of one sample are undefined)")
-        if n < 2:
-            raise ValueError("X must have at least 2 samples to train a model with BatchNorm")
-    batch_size = min(batch_size, n)
     session = first.backend.start_fit_many([t.model for t in trainers],
                                            [t.optimizer for t in trainers], X, Y, batch_size,
                                            LOSS_CODES[first.loss])

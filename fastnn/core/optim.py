@@ -9,15 +9,64 @@ from fastnn.kernels import optim as k
 from .validation import check_bool, check_float
 
 
+class Hyperparameter:
+    """An optimizer's hyper-parameter: checked by ``check(value, name)``
+    whenever it is set, by the constructor or later (``opt.lr = 0.01``), so
+    an optimizer never holds a value its constructor would refuse."""
+
+    def __init__(self, check):
+        self.check = check
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, optimizer, owner=None):
+        if optimizer is None:
+            return self
+        return optimizer.__dict__[self.name]
+
+    def __set__(self, optimizer, value):
+        optimizer.__dict__[self.name] = self.check(value, self.name)
+
+
+def _positive(value, name):
+    return check_float(value, name, low=0.0, low_inclusive=False)
+
+
+def _non_negative(value, name):
+    return check_float(value, name, low=0.0)
+
+
+def _unit(value, name):
+    return check_float(value, name, 0.0, 1.0)
+
+
+def _betas(value, name):
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{name} must be a pair (beta1, beta2), got {value!r}")
+    return (check_float(value[0], f"{name}[0]", 0.0, 1.0, high_inclusive=False),
+            check_float(value[1], f"{name}[1]", 0.0, 1.0, high_inclusive=False))
+
+
 class Optimizer:
     """Base class. ``state`` holds (3, n_params) buffers and the step count;
-    it is created at the first ``fit`` and carried over to later ones."""
+    it is created at the first ``fit`` and carried over to later ones.
+
+    Each hyper-parameter is checked whenever it is set (the constructor's
+    rules and messages); rules that tie two together (SGD's nesterov) are
+    checked by the constructor and again by ``check()`` at the start of
+    every fit, so every engine trains only what these rules allow.
+    """
 
     kind = None
 
     def __init__(self):
         self.state = None
         self.step_count = np.zeros(1, np.int64)
+
+    def check(self):
+        """ValueError when the hyper-parameters break a rule that ties two
+        of them together; nothing to check here."""
 
     def hyper(self):
         """The hyper-parameter vector the kernels read (k.pack_hyper's layout)."""
@@ -27,10 +76,12 @@ class Optimizer:
         """The kernels' named state (kernels/optim.py: SGDState, RMSpropState
         or AdamState) over this optimizer's arrays, so that the kernels update
         them in place; (re)allocates them when the parameter count or dtype
-        changed."""
-        if self.state is None or self.state.shape[1] != n_params or self.state.dtype != dtype:
+        changed, converts them when only the dtype did."""
+        if self.state is None or self.state.shape[1] != n_params:
             self.state = np.zeros((3, n_params), dtype)
             self.step_count = np.zeros(1, np.int64)
+        elif self.state.dtype != dtype:  # the same model, converted: its moments, converted
+            self.state = self.state.astype(dtype)
         return k.optimizer_state(self.kind, self.hyper(), self.step_count, self.state)
 
     def hyperparameters(self):
@@ -66,14 +117,22 @@ class SGD(Optimizer):
     """
 
     kind = k.SGD
+    lr = Hyperparameter(_positive)
+    momentum = Hyperparameter(_non_negative)
+    dampening = Hyperparameter(_unit)
+    weight_decay = Hyperparameter(_non_negative)
+    nesterov = Hyperparameter(check_bool)
 
     def __init__(self, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
         super().__init__()
-        self.lr = check_float(lr, "lr", low=0.0, low_inclusive=False)
-        self.momentum = check_float(momentum, "momentum", low=0.0)
-        self.dampening = check_float(dampening, "dampening", 0.0, 1.0)
-        self.weight_decay = check_float(weight_decay, "weight_decay", low=0.0)
-        self.nesterov = check_bool(nesterov, "nesterov")
+        self.lr = lr
+        self.momentum = momentum
+        self.dampening = dampening
+        self.weight_decay = weight_decay
+        self.nesterov = nesterov
+        self.check()
+
+    def check(self):
         if self.nesterov and (self.momentum == 0 or self.dampening != 0):
             raise ValueError("nesterov=True requires momentum > 0 and dampening = 0")
 
@@ -98,16 +157,22 @@ class RMSprop(Optimizer):
     """
 
     kind = k.RMSPROP
+    lr = Hyperparameter(_positive)
+    alpha = Hyperparameter(_unit)
+    eps = Hyperparameter(_positive)
+    weight_decay = Hyperparameter(_non_negative)
+    momentum = Hyperparameter(_non_negative)
+    centered = Hyperparameter(check_bool)
 
     def __init__(self, lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                  centered=False):
         super().__init__()
-        self.lr = check_float(lr, "lr", low=0.0, low_inclusive=False)
-        self.alpha = check_float(alpha, "alpha", 0.0, 1.0)
-        self.eps = check_float(eps, "eps", low=0.0, low_inclusive=False)
-        self.weight_decay = check_float(weight_decay, "weight_decay", low=0.0)
-        self.momentum = check_float(momentum, "momentum", low=0.0)
-        self.centered = check_bool(centered, "centered")
+        self.lr = lr
+        self.alpha = alpha
+        self.eps = eps
+        self.weight_decay = weight_decay
+        self.momentum = momentum
+        self.centered = centered
 
     def hyper(self):
         return k.pack_hyper(lr=self.lr, alpha=self.alpha, eps=self.eps, momentum=self.momentum,
@@ -129,18 +194,20 @@ class Adam(Optimizer):
     """
 
     kind = k.ADAM
+    lr = Hyperparameter(_positive)
+    betas = Hyperparameter(_betas)
+    eps = Hyperparameter(_positive)
+    weight_decay = Hyperparameter(_non_negative)
+    decoupled_weight_decay = Hyperparameter(check_bool)
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  decoupled_weight_decay=False):
         super().__init__()
-        self.lr = check_float(lr, "lr", low=0.0, low_inclusive=False)
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        self.betas = (check_float(betas[0], "betas[0]", 0.0, 1.0, high_inclusive=False),
-                      check_float(betas[1], "betas[1]", 0.0, 1.0, high_inclusive=False))
-        self.eps = check_float(eps, "eps", low=0.0, low_inclusive=False)
-        self.weight_decay = check_float(weight_decay, "weight_decay", low=0.0)
-        self.decoupled_weight_decay = check_bool(decoupled_weight_decay, "decoupled_weight_decay")
+        self.lr = lr
+        self.betas = betas
+        self.eps = eps
+        self.weight_decay = weight_decay
+        self.decoupled_weight_decay = decoupled_weight_decay
 
     def hyper(self):
         return k.pack_hyper(lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,

@@ -1,6 +1,5 @@
 """The Trainer: mini-batch training of a Sequential model on one backend."""
 
-import math
 import os
 import sys
 import time
@@ -11,13 +10,15 @@ import numpy as np
 from fastnn.kernels.activations import numpy_sigmoid
 from fastnn.kernels.loss import LOSS_CODES, numpy_loss
 
-from . import validation as v
 from . import checkpoint
-from .autodevice import choose_device
-from .backends import get_backend, resolve_device
-from .callbacks import EarlyStopping, check_callbacks, schedule_lr
+from . import validation as v
+from .backends import get_backend
+from .callbacks import (Checkpointing, EarlyStopping, LearningRateSchedule, ProgressDisplay,
+                        ValidationScores, check_callbacks, pad)
+from .device import choose_device
 from .layers import Sequential
 from .optim import Adam, Optimizer
+from .progress import isatty
 
 LOSSES = tuple(LOSS_CODES)
 PRECISIONS = ("exact", "tf32")
@@ -39,9 +40,10 @@ class Trainer:
     device : {'auto', 'cpu', 'cuda', 'numpy'}
         'auto' is 'cpu' without a usable GPU; with one, each ``fit`` picks the
         device predicted to train this network faster at its batch size
-        (fastnn.core.autodevice: a cost model with constants measured on the
-        machine; a tie goes to the cpu). The environment variable
-        FASTNN_DEVICE overrides it. 'numpy' runs the reference kernels (slow,
+        (fastnn.core.device.choose_device, with the cost model of
+        fastnn.core.autodevice: constants measured on the machine; a tie
+        goes to the cpu). The environment variable FASTNN_DEVICE overrides
+        it. 'numpy' runs the reference kernels (slow,
         for checking).
     dtype : {'float32', 'float64'}
     seed : int or None
@@ -75,6 +77,9 @@ class Trainer:
         on cuda the engine (fused or layer-by-layer) and how it ran
     rank, size : int, this process's MPI rank and the number of ranks (0, 1
         without ``distributed``)
+    stop_training : bool, set during a fit once a callback asked to stop
+        (a callback may set it too); after a resume, whether the run had
+        stopped
     """
 
     def __init__(self, model, optimizer=None, loss="bce", device="auto", dtype="float32", seed=None,
@@ -96,11 +101,11 @@ class Trainer:
             raise ValueError("precision='tf32' rounds float32 products to TF32; with "
                              "dtype='float64' use precision='exact'")
         self.auto_device = device == "auto" and distributed is None
-        self.device = choose_device(device, model, 32, 32 * 64, 1, self.dtype) \
-            if self.auto_device else resolve_device(device)
+        self._device_argument = device
+        # device='auto': the choice for a nominal fit (batches of 32) until fit chooses again
+        self._choose_device(model, 32, 32 * 64, 1)
         if seed is not None:
             v.check_int(seed, "seed", minimum=0)
-        self.backend = get_backend(self.device)
         self._fit_options = {}  # what start_fit takes beyond the defaults
         if self.precision == "tf32":
             if self.backend.tf32_products():
@@ -126,21 +131,47 @@ class Trainer:
         self.nonfinite = None  # (epoch, batch) where the last fit met a non-finite value
         self.compile_seconds = 0.0  # how long the last fit compiled before its first epoch
         self.engine = None  # what ran the last fit (the backend, or its engine on cuda)
+        self.stop_training = False  # set during a fit when a callback asks to stop
+        self._session = None  # the engine session of the fit under way
+
+    def _choose_device(self, model, batch_size, n_samples, epochs):
+        """Set the device (and backend) that runs a fit of ``model`` with these
+        figures: fastnn.core.device.choose_device's answer for this Trainer's
+        device argument ('auto': the faster device for this fit; under MPI,
+        'auto' is decided without a fit in view)."""
+        self.device = choose_device(self._device_argument, model if self.auto_device else None,
+                                    batch_size, n_samples, epochs, self.dtype)
+        self.backend = get_backend(self.device)
+
+    def _checked_model(self):
+        """The model, refused when it is no longer in this Trainer's dtype (it
+        was converted after the Trainer was made)."""
+        model = self.model
+        if model.dtype != self.dtype:
+            name, was = np.dtype(model.dtype).name, np.dtype(self.dtype).name
+            raise ValueError(f"the model is {name} now, but this Trainer trains and predicts in "
+                             f"{was}: it was converted after the Trainer was made "
+                             f"(model.astype, or a Trainer of another dtype); make a Trainer for "
+                             f"the model as it is, or convert it back with "
+                             f"model.astype({was!r})")
+        return model
 
     # ---- training ----
-    def precompile(self, X, y, validation_data=None, progress=None):
-        """Compile the kernels a ``fit(X, y, validation_data=...)`` will run, or
-        load them from numba's cache, without training; ``fit`` does it
-        itself, so call this only to pay the compile time at a moment of your
-        choosing. A cold compile (the first run of an installation) prints one
-        line on stderr unless ``progress`` is False.
+    def precompile(self, X, y, validation_data=None, progress=None, batch_size=32, epochs=1):
+        """Compile the kernels a ``fit(X, y, validation_data=...,
+        batch_size=..., epochs=...)`` will run, or load them from numba's
+        cache, without training (with device='auto', on the device that fit
+        will choose); ``fit`` does it itself, so call this only to pay the
+        compile time at a moment of your choosing. A cold compile (the first
+        run of an installation) prints one line on stderr unless
+        ``progress`` is False.
 
         Returns
         -------
         float
             The seconds it took.
         """
-        model = self.model
+        model = self._checked_model()
         X = v.check_X(X, "X", model.in_features, self.dtype)
         Y = self._targets(y, "y", X.shape[0])
         X_val = None
@@ -151,6 +182,9 @@ class Trainer:
                               self.dtype)
         if progress is not None:
             progress = v.check_bool(progress, "progress")
+        batch_size = v.check_int(batch_size, "batch_size")
+        epochs = v.check_int(epochs, "epochs")
+        self._choose_device(model, min(batch_size, X.shape[0]), X.shape[0], epochs)
         return self.backend.prepare(model, self.optimizer, X, Y, LOSS_CODES[self.loss],
                                     comm=self.mpi, X_val=X_val, announce=progress is not False)
 
@@ -158,6 +192,15 @@ class Trainer:
             progress=None, early_stopping=None, lr_schedule=None, on_nonfinite="raise",
             checkpoint_dir=None, checkpoint_every=1, resume=False, callbacks=None):
         """Mini-batch training.
+
+        The loop runs epochs on the engine; everything between epochs is a
+        callback (``fastnn.Callback``; the order is in
+        fastnn.core.callbacks): the validation scores, the progress display,
+        your ``callbacks``, the learning-rate schedule, early stopping and
+        checkpointing. The optimizer's ``lr`` is read at the start of every
+        epoch (a callback that changes it, such as ``ReduceLROnPlateau``,
+        takes effect at the next one), then the schedules turn it into the
+        epoch's lr, which ``history['lr']`` records.
 
         Parameters
         ----------
@@ -172,14 +215,17 @@ class Trainer:
         shuffle : bool
         validation_data : (X_val, y_val) or None
         progress : bool or None
-            A progress bar over the epochs (tqdm when installed, else a plain
-            one) on stderr: None shows it only when stderr is a terminal.
+            A progress bar over the epochs on stderr (``ProgressDisplay``):
+            None shows it only when stderr is a terminal.
         early_stopping : EarlyStopping or None
             Stops when its monitored metric stops improving and, with
             ``restore_best``, puts back the best epoch's weights.
         lr_schedule : StepDecay, CosineDecay, callable epoch -> lr, or None
-            Sets the optimizer's lr at the start of each epoch (0-based,
-            counted within this fit).
+            The lr of each epoch (0-based, counted from the start of the
+            run), evaluated as the epoch starts; it may reach 0 (that epoch
+            leaves the weights alone) and is never written into the
+            optimizer. StepDecay and CosineDecay scale the optimizer's lr
+            unless given their own ``initial_lr``.
         on_nonfinite : {'raise', 'stop'}
             When a batch's loss is NaN or infinite (a diverging run), training
             stops at that batch and the weights and running statistics of the
@@ -194,35 +240,44 @@ class Trainer:
             both 1-based, batch None for a non-finite state. Either way,
             after ``fit`` every parameter, buffer and optimizer state is finite.
         checkpoint_dir : path or None
-            Write a checkpoint there every ``checkpoint_every`` epochs and
-            after the last: weights, running statistics, optimizer state, the
-            shuffling generator's state, epoch and history, atomically and
-            with a checksum, named by this run's identity (see
-            fastnn.core.checkpoint); the run's newest 3 are kept, other runs'
-            files are never touched. The directory is created and checked
-            (and the run locked) before training starts.
+            Write a checkpoint there every ``checkpoint_every`` epochs, after
+            the last and after the one that stops training: weights, running
+            statistics, the optimizer's state, step count and lr, the
+            shuffling generator's state, the history and the state of every
+            callback that has one (early stopping's best weights, ...),
+            atomically and with a checksum, named by this run's identity
+            (see fastnn.core.checkpoint); the run's newest 3 are kept, other
+            runs' files are never touched. The directory is created and
+            checked (and the run locked) before training starts.
         checkpoint_every : int >= 1
         resume : bool
             Continue the run whose checkpoint in ``checkpoint_dir`` was
-            written last, from its newest valid checkpoint (corrupted ones
+            written last, from its newest valid checkpoint (damaged ones
             are skipped with a warning), training until ``epochs`` epochs are
-            complete in all; a new run if there is none. The checkpoint
-            restores the weights, running statistics, the optimizer's state
-            and step count, the shuffling generator and the history; the
+            complete in all; a new run if there is none; nothing to train
+            when the run had stopped (early stopping, a callback) or was
+            complete. The checkpoint restores everything it holds; the
             hyper-parameters are this optimizer's (a RuntimeWarning names
-            those that differ from the checkpoint's). An interrupted and
-            resumed run ends with the same weights, bit for bit, as an
-            uninterrupted one (same device and arguments).
-        callbacks : list of objects with ``on_epoch_end(epoch, history, trainer)``, or None
-            Called after each epoch, in order, once the epoch's loss (and
-            validation scores) are in ``history`` and before early stopping
-            and checkpointing decide: ``epoch`` is the 0-based index of the
-            epoch just trained (counted from the start of training when
-            resuming), ``history`` the dict this fit returns (read it, do not
-            change it), ``trainer`` this Trainer, whose ``model`` then holds
+            those that differ from the checkpoint's), except that an lr the
+            run's callbacks lowered comes back when this optimizer's lr is
+            the one the run started with. An interrupted and resumed run,
+            with the same arguments, ends with the same weights, history and
+            stopping epoch, bit for bit, as an uninterrupted one (same
+            device).
+        callbacks : list of Callback (or objects with ``on_epoch_end(epoch,
+            history, trainer)``), or None
+            Their hooks are called in order (``fastnn.Callback``):
+            ``on_epoch_end`` after each epoch, once its loss and validation
+            scores are in ``history`` and before the schedule, early
+            stopping and checkpointing act; ``epoch`` is the 0-based index of
+            the epoch just trained (counted from the start of the run when
+            resuming), ``trainer`` this Trainer, whose ``model`` then holds
             the epoch's weights on the host. Training stops after the epoch
             when any callback returns True (under MPI, rank 0's answer
-            counts). See ``fastnn.Callback``.
+            counts). A callback may change ``trainer.optimizer.lr``; it may
+            not replace the model's arrays (``model.astype``) or change the
+            optimizer's other hyper-parameters during the fit
+            (RuntimeError).
 
         Returns
         -------
@@ -231,8 +286,9 @@ class Trainer:
             'loss': mean training loss over the epoch's samples, from the
             training steps themselves (each batch's mean weighted by its
             size); 'val_loss', 'val_accuracy' with validation data (NaN for
-            epochs that had none, e.g. before a resume that added it); 'lr';
-            'time': seconds per epoch.
+            epochs that had none, e.g. before a resume that added it); 'lr':
+            the learning rate each epoch trained with; 'time': seconds per
+            epoch.
         """
         args = dict(X=X, y=y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                     validation_data=validation_data, progress=progress,
@@ -251,7 +307,9 @@ class Trainer:
 
     def _fit(self, X, y, epochs, batch_size, shuffle, validation_data, progress, early_stopping,
              lr_schedule, on_nonfinite, checkpoint_dir, checkpoint_every, resume, callbacks):
-        model = self.model
+        """Check every argument, build the fit's callbacks, open the run's
+        checkpoints; then ``_train``. Nothing changes before ``_train``."""
+        model = self._checked_model()
         X = v.check_X(X, "X", model.in_features, self.dtype)
         Y = self._targets(y, "y", X.shape[0])
         epochs = v.check_int(epochs, "epochs")
@@ -262,8 +320,10 @@ class Trainer:
         if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
             raise TypeError(f"early_stopping must be a fastnn.EarlyStopping, got "
                             f"{type(early_stopping).__name__}")
-        if lr_schedule is not None and not callable(lr_schedule):
-            raise TypeError("lr_schedule must be StepDecay, CosineDecay or a callable epoch -> lr")
+        schedule = None
+        if lr_schedule is not None:
+            schedule = (lr_schedule if callable(getattr(lr_schedule, "learning_rate", None))
+                        else LearningRateSchedule(lr_schedule))
         on_nonfinite = v.check_choice(on_nonfinite, "on_nonfinite", ("raise", "stop"))
         callbacks = check_callbacks(callbacks)
         checkpoint_every = v.check_int(checkpoint_every, "checkpoint_every")
@@ -285,75 +345,87 @@ class Trainer:
             Xv = v.check_X(validation_data[0], "validation_data[0]", model.in_features, self.dtype)
             Yv = self._targets(validation_data[1], "validation_data[1]", Xv.shape[0])
             val = (Xv, Yv)
-        if early_stopping is not None and early_stopping.monitor.startswith("val_") and val is None:
-            raise ValueError(f"early_stopping monitors {early_stopping.monitor!r}, which needs "
-                             f"validation_data")
+        named = [(f"callbacks[{i}]", c) for i, c in enumerate(callbacks)]
+        named += [("lr_schedule", schedule), ("early_stopping", early_stopping)]
+        named = [(name, c) for name, c in named if c is not None]
+        if len({id(c) for _, c in named}) != len(named):
+            raise ValueError("callbacks, lr_schedule and early_stopping hold the same object twice; "
+                             "each is called once per epoch")
+        for name, callback in named:
+            monitor = getattr(callback, "monitor", None)
+            if val is None and monitor in ("val_loss", "val_accuracy"):
+                raise ValueError(f"{name} monitors {monitor!r}, which needs validation_data")
         nonfinite = nonfinite_entry(model, self.optimizer.state)
         if nonfinite is not None:
             raise ValueError(f"the {nonfinite} holds NaN or inf before training; set finite "
                              f"values first")
-        initial_lr = self.optimizer.lr
-        lrs = [schedule_lr(lr_schedule, e, initial_lr) for e in range(epochs)] if lr_schedule else None
+        self.optimizer.check()
         hyperparameters = self.optimizer.hyperparameters()
 
         n = X.shape[0]
         batch_size = min(batch_size, n)  # one batch of everything at most
-        if self.auto_device:  # the faster device for this network, batch and data
-            self.device = choose_device("auto", model, batch_size, n, epochs, self.dtype)
-            self.backend = get_backend(self.device)
         if self.mpi is not None:
             _check_distributed_batch(model, batch_size, self.size)
             progress = progress if self.rank == 0 else False
+        self._choose_device(model, batch_size, n, epochs)
         run = None
         if checkpoint_dir is not None and self.rank == 0:
             # the directory is checked and the run chosen and locked before anything changes
             run = checkpoint.open_run(checkpoint_dir, resume)
+        display = None
         try:
-            return self._train(run, checkpoint_dir is not None, X, Y, epochs, batch_size,
-                               shuffle, val, progress, early_stopping, lrs, on_nonfinite,
-                               checkpoint_every, hyperparameters, callbacks)
+            resumed = run.resumed if run is not None else None
+            if self.mpi is not None:  # every rank starts from rank 0's generator and checkpoint
+                self.rng.bit_generator.state = self.mpi.comm.bcast(self.rng.bit_generator.state)
+                resumed = self.mpi.comm.bcast(resumed)
+            if resumed is not None:
+                checkpoint.check_resumable(resumed[0], model, self.optimizer)
+            built = [ValidationScores(*val)] if val is not None else []
+            if progress or (progress is None and isatty(sys.stderr)):
+                display = ProgressDisplay(epochs, n)
+                built.append(display)
+            built += [c for _, c in named]
+            if checkpoint_dir is not None:
+                built.append(Checkpointing(run, resumed, checkpoint_every, epochs,
+                                           hyperparameters, built, self.mpi))
+            return self._train(X, Y, None if val is None else val[0], epochs, batch_size, shuffle,
+                               built, on_nonfinite, progress is not False)
         finally:
+            if display is not None:
+                display.close()
             if run is not None:
                 run.close()
 
-    def _train(self, run, checkpointing, X, Y, epochs, batch_size, shuffle, val, progress,
-               early_stopping, lrs, on_nonfinite, checkpoint_every, hyperparameters, callbacks):
+    def _train(self, X, Y, X_val, epochs, batch_size, shuffle, callbacks, on_nonfinite,
+               announce):
+        """The epoch loop: the engine trains each epoch, and the callbacks act
+        between epochs (before the first, after each, after the last)."""
         model = self.model
         n = X.shape[0]
-        resumed = run.resumed if run is not None else None
-        if self.mpi is not None:
-            self.rng.bit_generator.state = self.mpi.comm.bcast(self.rng.bit_generator.state)
-            resumed = self.mpi.comm.bcast(resumed)
-        first_epoch, history = 0, None
-        if resumed is not None:
-            first_epoch, history = checkpoint.restore(*resumed, model, self.optimizer, self.rng,
-                                                      hyperparameters)
-        n_batches = -(-n // batch_size)
-        losses, sizes = np.zeros(n_batches), np.zeros(n_batches, np.int64)
-        if history is None:
-            history = {"loss": [], "lr": [], "time": []}
-        if val is not None:  # NaN for the epochs before a resume that adds validation data
-            history.setdefault("val_loss", [math.nan] * len(history["loss"]))
-            history.setdefault("val_accuracy", [math.nan] * len(history["loss"]))
-        if early_stopping is not None:
-            early_stopping.reset()
-        # compile (or load) the engines first: no compile time in the epochs' times
-        self.compile_seconds = self.backend.prepare(
-            model, self.optimizer, X, Y, LOSS_CODES[self.loss], comm=self.mpi,
-            X_val=None if val is None else val[0], announce=progress is not False)
-        bar = _progress_bar(epochs, progress)
-        self.nonfinite = None
-        session = self.backend.start_fit(model, self.optimizer, X, Y, batch_size,
-                                         LOSS_CODES[self.loss], comm=self.mpi,
-                                         **self._fit_options)
-        self.engine = getattr(session, "engine", None) or self.backend.describe()
-        epoch_start = _StateSnapshot(model, self.optimizer)
+        history = {"loss": [], "lr": [], "time": []}
+        self.stop_training, self.nonfinite = False, None
+        for callback in callbacks:
+            _hook(callback, "on_fit_start")(self, history)
+        first_epoch = len(history["loss"])
+        last_epoch = first_epoch if self.stop_training else max(first_epoch, epochs)
+        session = None
+        if first_epoch < last_epoch:
+            # compile (or load) the engines first: no compile time in the epochs' times
+            self.compile_seconds = self.backend.prepare(
+                model, self.optimizer, X, Y, LOSS_CODES[self.loss], comm=self.mpi, X_val=X_val,
+                announce=announce)
+            session = self.backend.start_fit(model, self.optimizer, X, Y, batch_size,
+                                             LOSS_CODES[self.loss], comm=self.mpi,
+                                             **self._fit_options)
+            self.engine = getattr(session, "engine", None) or self.backend.describe()
+            epoch_start = _StateSnapshot(model, self.optimizer)
+            losses, sizes = np.zeros(-(-n // batch_size)), np.zeros(-(-n // batch_size), np.int64)
+        self._session = session
         try:
-            for epoch in range(first_epoch, epochs):
+            for epoch in range(first_epoch, last_epoch):
                 start = time.perf_counter()
-                if lrs is not None:
-                    self.optimizer.lr = lrs[epoch]
-                    session.set_learning_rate(lrs[epoch])
+                lr = self._learning_rate(epoch, callbacks)
+                session.set_learning_rate(lr)
                 epoch_start.take()
                 index = self.rng.permutation(n) if shuffle else np.arange(n)
                 done, bad_batch = session.train_epoch(index, batch_size, model.has_batchnorm,
@@ -362,7 +434,7 @@ class Trainer:
                 nonfinite = epoch_start.nonfinite_entry()
                 if nonfinite is not None:
                     epoch_start.restore()  # the host holds the good state; the session is done
-                    session = None
+                    session = self._session = None
                 if bad_batch or nonfinite is not None:
                     self.nonfinite = (epoch + 1, bad_batch or None)
                     if on_nonfinite == "raise":
@@ -371,41 +443,42 @@ class Trainer:
                     break
                 history["loss"].append(float(np.dot(losses[:done], sizes[:done]) /
                                              sizes[:done].sum()))
-                history["lr"].append(self.optimizer.lr)
+                history["lr"].append(lr)
                 history["time"].append(time.perf_counter() - start)
-                if val is not None:
-                    scores = self._scores(inference_logits(session.logits, model, val[0]),
-                                          val[1])
-                    history["val_loss"].append(scores["loss"])
-                    history["val_accuracy"].append(scores["accuracy"])
-                for values in history.values():  # metrics not measured this epoch: NaN
-                    values.extend([math.nan] * (len(history["loss"]) - len(values)))
-                if bar is not None:
-                    bar.update(history, n)
-                stop = False
-                if callbacks:  # the epoch's weights are on the host (finished above)
-                    stop = any([bool(c.on_epoch_end(epoch, history, self)) for c in callbacks])
-                    if self.mpi is not None:
-                        stop = self.mpi.comm.bcast(stop)
-                if checkpointing and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
-                    if run is not None:  # rank 0 writes
-                        run.save(epoch + 1, model, self.optimizer, self.rng, history,
-                                 hyperparameters)
-                    if self.mpi is not None:
-                        self.mpi.comm.Barrier()
-                if early_stopping is not None:
-                    if early_stopping.update(epoch, history[early_stopping.monitor][-1], model):
-                        break
-                if stop:
+                for callback in callbacks:  # the epoch's weights are on the host (finished above)
+                    if callback.on_epoch_end(epoch, history, self):
+                        self.stop_training = True
+                    pad(history)
+                pad(history)
+                epoch_start.check_unchanged()
+                if self.mpi is not None:
+                    self.stop_training = self.mpi.comm.bcast(self.stop_training)
+                if self.stop_training:
                     break
         finally:
             if session is not None:
                 session.finish()
-            if bar is not None:
-                bar.close()
-        if early_stopping is not None:
-            early_stopping.restore(model)
+            self._session = None
+        for callback in callbacks:
+            _hook(callback, "on_fit_end")(self, history)
         return history
+
+    def _learning_rate(self, epoch, callbacks):
+        """The lr of ``epoch``: the optimizer's, through every callback's
+        ``learning_rate`` hook in order."""
+        lr = self.optimizer.lr
+        for callback in callbacks:
+            hook = getattr(callback, "learning_rate", None)
+            if hook is not None:
+                lr = v.check_float(hook(epoch, lr), f"{type(callback).__name__}.learning_rate("
+                                   f"{epoch})", low=0.0)
+        return lr
+
+    def _fit_scores(self, X, Y):
+        """Loss and accuracy of the weights of the epoch just trained (during
+        a fit: computed by its session, on the GPU from the resident weights)."""
+        predict = self._session.logits if self._session is not None else self._logits
+        return self._scores(inference_logits(predict, self.model, X), Y)
 
     # ---- inference ----
     def _logits(self, X):
@@ -413,7 +486,7 @@ class Trainer:
 
     def decision_function(self, X):
         """Logits in inference mode (running statistics): (n,) or (n, k)."""
-        X = v.check_X(X, "X", self.model.in_features, self.dtype)
+        X = v.check_X(X, "X", self._checked_model().in_features, self.dtype)
         return self._squeeze(self._logits(X))
 
     def predict_proba(self, X):
@@ -430,7 +503,7 @@ class Trainer:
         ndarray (n_samples,) for a 'bce' model with one output, else
         (n_samples, k)
         """
-        X = v.check_X(X, "X", self.model.in_features, self.dtype)
+        X = v.check_X(X, "X", self._checked_model().in_features, self.dtype)
         logits = inference_logits(self._logits, self.model, X)
         if self.loss == "cross_entropy":
             return np.exp(log_softmax(logits)).astype(self.dtype)
@@ -453,20 +526,12 @@ class Trainer:
             'loss': mean BCE over all elements; 'accuracy': fraction of
             elements whose predicted label equals y >= 0.5.
         """
-        X = v.check_X(X, "X", self.model.in_features, self.dtype)
+        X = v.check_X(X, "X", self._checked_model().in_features, self.dtype)
         Y = self._targets(y, "y", X.shape[0])
         return self._scores(inference_logits(self._logits, self.model, X), Y)
 
     def _targets(self, y, name, n_samples):
-        """Targets as the engine takes them: (n, k) in [0, 1] for 'bce', one-hot
-        rows of the integer labels for 'cross_entropy'."""
-        k = self.model.out_features
-        if self.loss == "bce":
-            return v.check_targets(y, name, n_samples, k, self.dtype)
-        labels = v.check_class_labels(y, name, n_samples, k)
-        one_hot = np.zeros((n_samples, k), self.dtype)
-        one_hot[np.arange(n_samples), labels] = 1
-        return one_hot
+        return check_targets(self.loss, y, name, n_samples, self.model.out_features, self.dtype)
 
     def _scores(self, logits, Y):
         """Loss and accuracy from float64 logits that may be +-inf: they stand
@@ -500,17 +565,56 @@ def _check_distributed_batch(model, batch_size, size):
                          f"{unsynced}; use a larger batch_size or BatchNorm(sync=True)")
 
 
+def check_targets(loss, y, name, n_samples, k, dtype):
+    """Targets as the engine takes them: (n, k) in [0, 1] for 'bce', one-hot
+    rows of the integer labels for 'cross_entropy'."""
+    if loss == "bce":
+        return v.check_targets(y, name, n_samples, k, dtype)
+    labels = v.check_class_labels(y, name, n_samples, k)
+    one_hot = np.zeros((n_samples, k), dtype)
+    one_hot[np.arange(n_samples), labels] = 1
+    return one_hot
+
+
+def _hook(callback, name):
+    """A callback's hook ``name``, or a no-op for objects without it."""
+    return getattr(callback, name, None) or (lambda *args: None)
+
+
 class _StateSnapshot:
     """Copies of the model's parameters, running statistics and counters and
     of the optimizer's state and step count (the arrays a session trains in
     place, or copies back to in ``finish``), taken at the start of an epoch,
     to put back when the epoch leaves any of them non-finite."""
 
+    NAMES = ("model.params", "model.buffers", "model.counts", "optimizer.state",
+             "optimizer.step_count")
+
     def __init__(self, model, optimizer):
-        self.model = model
+        self.model, self.optimizer = model, optimizer
         self.live = (model.params, model.buffers, model.counts, optimizer.state,
                      optimizer.step_count)
         self.saved = tuple(np.empty_like(a) for a in self.live)
+        self.hyperparameters = optimizer.hyperparameters()
+
+    def check_unchanged(self):
+        """RuntimeError when a callback replaced an array the session trains
+        (``model.astype``, an assignment) or changed a hyper-parameter other
+        than lr: the fit would go on training what it started with."""
+        model, optimizer = self.model, self.optimizer
+        now = (model.params, model.buffers, model.counts, optimizer.state, optimizer.step_count)
+        for name, before, after in zip(self.NAMES, self.live, now):
+            if after is not before:
+                raise RuntimeError(f"a callback replaced {name} during fit (model.astype, or an "
+                                   f"assignment): the fit trains the arrays it started with; "
+                                   f"convert or replace them before fit or after it")
+        current = optimizer.hyperparameters()
+        changed = [k for k, value in self.hyperparameters.items()
+                   if k != "lr" and current[k] != value]
+        if changed:
+            raise RuntimeError(f"a callback changed the optimizer's {', '.join(changed)} during "
+                               f"fit: between epochs only lr takes effect; set the others "
+                               f"before fit")
 
     def take(self):
         for saved, live in zip(self.saved, self.live):
@@ -590,53 +694,3 @@ def log_softmax(z):
             largest = z[rows] == top[rows]
             out[rows] = np.where(largest, -np.log(largest.sum(axis=1, keepdims=True)), -np.inf)
     return out
-
-
-class _PlainBar:
-    """A progress bar for when tqdm is not installed."""
-
-    def __init__(self, total):
-        self.total, self.done = total, 0
-
-    def update(self, n=1):
-        self.done += n
-        filled = int(30 * self.done / self.total)
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] epoch {self.done}/{self.total}")
-        sys.stderr.flush()
-
-    def set_postfix_str(self, text):
-        sys.stderr.write(f"  {text}")
-        sys.stderr.flush()
-
-    def close(self):
-        sys.stderr.write("\n")
-
-
-class _EpochProgress:
-    """One bar over the epochs, with the latest metrics beside it."""
-
-    def __init__(self, epochs):
-        try:
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=epochs, unit="epoch", file=sys.stderr, mininterval=0.25)
-        except ImportError:
-            self.bar = _PlainBar(epochs)
-
-    def update(self, history, n_samples):
-        parts = [f"loss {history['loss'][-1]:.4f}"]
-        if "val_loss" in history:
-            parts += [f"val_loss {history['val_loss'][-1]:.4f}",
-                      f"val_acc {history['val_accuracy'][-1]:.4f}"]
-        parts.append(f"{n_samples / history['time'][-1]:,.0f} samples/s")
-        self.bar.update(1)
-        self.bar.set_postfix_str(", ".join(parts))
-
-    def close(self):
-        self.bar.close()
-
-
-def _progress_bar(epochs, progress):
-    if progress is None:
-        progress = sys.stderr.isatty()
-    return _EpochProgress(epochs) if progress else None
-

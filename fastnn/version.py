@@ -1,0 +1,3 @@
+"""fastnn's version (the one in pyproject.toml)."""
+
+__version__ = "0.1.0"
