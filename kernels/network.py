@@ -27,7 +27,7 @@ The description (built once per model by ``fastnn.core.layers.Sequential``):
       counts  : (L,) int64 BatchNorm num_batches_tracked
 
     Workspace(activations, activation_at, gradients, saved, targets, sums,
-              coefficients), allocated once per fit (``workspace``):
+              coefficients, scratch), allocated once per fit (``workspace``):
       activations   : flat; the block at activation_at[l] holds the input of
                       layer l for up to ``batch`` rows, the block at
                       activation_at[L] the logits. A BatchNorm with relu_after
@@ -39,6 +39,8 @@ The description (built once per model by ``fastnn.core.layers.Sequential``):
       targets       : (batch, k) the batch's targets
       sums          : (2 * max_width,) float64 scratch for the batch sums
       coefficients  : (3 * max_width,) scratch for per-feature coefficients
+      scratch       : the dense forward kernels' scratch (dense.py): room for
+                      the transposed weight of the largest small Dense layer
 
     grads : (P + 1,) the gradient of every parameter, laid out as params,
             then the batch loss (one buffer, so that data-parallel training
@@ -91,8 +93,8 @@ from .batchnorm import (
     batchnorm_update_running, batchnorm_update_running_reference,
 )
 from .collective import allreduce_sum, broadcast, shard
-from .dense import dense_backward, dense_backward_reference, dense_forward
-from .dense import dense_forward_reference
+from .dense import TRANSPOSED_COPY_MAX_WIDTH, dense_backward, dense_backward_reference
+from .dense import dense_forward, dense_forward_reference
 from .jit import inline, internal, released
 from .loss import loss_and_gradient
 from .optim import optimizer_update
@@ -121,7 +123,7 @@ LAYER_FIELDS = np.dtype([(name, np.int64) for name in (
     "relu_after", "folded", "sync")] + [("eps", np.float64), ("momentum", np.float64)])
 Network = namedtuple("Network", ["table", "params", "buffers", "counts"])
 Workspace = namedtuple("Workspace", ["activations", "activation_at", "gradients", "saved",
-                                     "targets", "sums", "coefficients"])
+                                     "targets", "sums", "coefficients", "scratch"])
 Guard = namedtuple("Guard", ["params", "buffers", "counts", "taken", "current"])
 
 
@@ -182,7 +184,18 @@ def workspace(table, batch, n_outputs, dtype):
                      gradients=np.zeros(2 * batch * width, dtype),
                      saved=np.zeros(max(saved, 1), dtype),
                      targets=np.zeros((batch, n_outputs), dtype),
-                     sums=np.zeros(2 * width), coefficients=np.zeros(3 * width, dtype))
+                     sums=np.zeros(2 * width), coefficients=np.zeros(3 * width, dtype),
+                     scratch=np.zeros(dense_scratch_size(fields), dtype))
+
+
+def dense_scratch_size(fields):
+    """The dense kernels' scratch for the layers of a layer table (its plain
+    structured array): the largest n_in * n_out of a Dense layer at most
+    TRANSPOSED_COPY_MAX_WIDTH wide (at least 1)."""
+    sizes = [n_in * n_out for kind, n_in, n_out in zip(
+        fields["kind"].tolist(), fields["n_in"].tolist(), fields["n_out"].tolist())
+        if kind == DENSE and max(n_in, n_out) <= TRANSPOSED_COPY_MAX_WIDTH]
+    return max(sizes, default=1)
 
 
 def guard_for(net):
@@ -283,7 +296,7 @@ def copy_into(destination, source):
 def dense_layer_forward(net, ws, l, n):
     x, y = layer_blocks(net, ws, l, n)
     weight, bias = dense_views(net.table, net.params, l)
-    dense_forward(x, weight, bias, y)
+    dense_forward(x, weight, bias, y, ws.scratch)
 
 
 @inline
@@ -550,7 +563,7 @@ def _store(out, value):
     out[...] = value
 
 
-def _dense_forward(x, w, b, y):
+def _dense_forward(x, w, b, y, scratch):
     _store(y, dense_forward_reference(x, w, b))
 
 
