@@ -6,7 +6,9 @@ one of them does. On the cpu the models train side by side, one per core:
 threads each run ``Trainer.fit`` for one model after another, the compiled
 engine lets go of the GIL while it trains an epoch, and BLAS runs one thread
 per product meanwhile (the cores are taken by the models). Each model is
-trained exactly as ``Trainer.fit`` trains it, to the same bits.
+trained exactly as ``Trainer.fit`` trains it: to the same bits wherever the
+BLAS gives a product the same bits whatever its thread count (products small
+enough for one BLAS thread always do).
 """
 
 import time
