@@ -888,7 +888,7 @@ class FusedTrainingSession:
         self.batches_per_epoch = -(-X.shape[0] // batch)
         self.ws = Workspace(empty((K, host.activations.size), dtype),
                             cuda.to_device(host.activation_at),
-                            empty((K,) + host.gradients.shape, dtype),
+                            empty((K, 2, host.gradients.size // 2), dtype),
                             empty((K, host.saved.size), dtype),
                             empty((K,) + host.targets.shape, dtype),
                             empty((K, self.batches_per_epoch), np.float64),
