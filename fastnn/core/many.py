@@ -143,8 +143,13 @@ def _fit_on_host(trainers, X, y, epochs, batch_size, shuffle):
     if workers == 1 or trainers[0].device != "cpu":
         return [fit(trainer) for trainer in trainers]
     trainers[0].precompile(X, y, progress=None)  # compile (or load) the engine once, first
-    with blas_threads(1), ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda trainer: fit(trainer, progress=False), trainers))
+    with blas_threads(1):
+        pool = ThreadPoolExecutor(workers)
+        try:
+            futures = [pool.submit(fit, trainer, False) for trainer in trainers]
+            return [future.result() for future in futures]
+        finally:  # an error or Ctrl-C: the fits not started yet never start
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _check_trainable(model, optimizer, dtype, m):
