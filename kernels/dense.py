@@ -11,12 +11,13 @@ Contract, shared by every version of the op:
     db : (n_out,)             = sum of dy over the batch
 Nothing is cached for the backward pass beyond the input x itself.
 CPU kernels write into the output arrays passed last; the forward kernels
-also take ``scratch``, an array of at least n_in * n_out in x's dtype (see
-TRANSPOSED_COPY_MAX_WIDTH). The matrix products go to BLAS through ``np.dot``
-with transposed views, except for the smallest products (see LOOP_MAX_WIDTH
+also take ``scratch``, an array in x's dtype: empty, or of at least n_in *
+n_out to have the weight's transposed copy made there (see
+TRANSPOSED_COPY_CORES). The matrix products go to BLAS through ``np.dot`` with
+transposed views, except for the smallest products (see LOOP_MAX_WIDTH
 below), which loops compiled here finish in less time than a BLAS call costs
-to enter, and for the forward product of small layers, which multiplies a
-transposed copy of the weight.
+to enter, and, on the BLAS cores that serve it faster, for the forward
+product of small layers, which multiplies a transposed copy of the weight.
 """
 
 import numpy as np
@@ -52,17 +53,20 @@ BACKWARD_LOOP_MAX_PRODUCT = 1024
 
 # numba hands ``np.dot(x, w.T)`` to BLAS as sgemm with the operand w.T marked
 # transposed (its F order as a flag, no copy), and OpenBLAS's small-matrix
-# kernels (AVX-512 machines, products of up to 100^3 multiply-adds) serve that
-# case 2-2.7x slower than two untransposed operands up to 32 wide, 1.6x at 64
-# (32 x 32 -> 32: 1.04 us against 0.39 us; issue 23's measurements). So the
-# forward product of a layer at most this wide, in a product of at most
-# 100^3 multiply-adds, first copies w.T into scratch (0.15-0.3 us for 32 wide)
-# and multiplies two untransposed matrices. The backward products reach BLAS
-# untransposed (dx = dy @ w) or with the transpose that those kernels serve
-# well (dw = dy.T @ x). Where OpenBLAS has no small-matrix kernels (its AVX2
-# builds) both forms run the same code and give the same bits.
+# kernels (its AVX-512 cores below, products of up to 100^3 multiply-adds)
+# serve that case 2-2.7x slower than two untransposed operands up to 32 wide,
+# 1.6x at 64 (32 x 32 -> 32: 1.04 us against 0.39 us; issue 23's
+# measurements). There, the forward product of a layer at most this wide, in a
+# product of at most 100^3 multiply-adds, first copies w.T into scratch (0.15-
+# 0.3 us for 32 x 32) and multiplies two untransposed matrices. The backward
+# products reach BLAS untransposed (dx = dy @ w) or with the transpose that
+# those kernels serve well (dw = dy.T @ x). Elsewhere (OpenBLAS's AVX2 cores
+# have no small-matrix kernels) both forms run the same code, give the same
+# bits, and the copy would only cost time: the engine then passes an empty
+# scratch. TRANSPOSED_COPY_CORES names the cores by openblas_get_corename().
 TRANSPOSED_COPY_MAX_WIDTH = 64
 TRANSPOSED_COPY_MAX_PRODUCT = 100 ** 3
+TRANSPOSED_COPY_CORES = ("skylakex", "cooperlake", "sapphirerapids")
 
 
 # ---- reference (NumPy, any float dtype; the tests run it in float64) ----
@@ -130,9 +134,9 @@ def dense_backward(dy, x, w, dx, dw, db, sums):
 @jit
 def dense_forward_blas(x, w, b, y, scratch):
     """dense_forward through BLAS (of a transposed copy of w in scratch for a
-    small layer, see TRANSPOSED_COPY_MAX_WIDTH)."""
+    small layer, when scratch has room: see TRANSPOSED_COPY_CORES)."""
     n_out, n_in = w.shape
-    if forward_copies_weight(x.shape[0], n_in, n_out):
+    if scratch.shape[0] >= n_in * n_out and forward_copies_weight(x.shape[0], n_in, n_out):
         w_t = matrix_at(scratch, 0, n_in, n_out)
         transpose_into(w, w_t)
         np.dot(x, w_t, y)
@@ -288,19 +292,20 @@ def dense_backward_loops(dy, x, w, dx, dw, db, sums):
 
 
 @jit
-def gemm_floor_step(xs, ws, dys, outs, dws, dxs, reps):
+def gemm_floor_step(xs, ws, dys, outs, dws, dxs, reps, copies_weights):
     """The matrix products of ``reps`` training steps and nothing else, made
     with the same calls as the kernels above: y = x @ w.T (of a transposed
-    copy of w where dense_forward_blas makes one, the copy not timed) and
-    dw = dy.T @ x for every layer, dx = dy @ w for all but the first (the
-    benchmarks' GEMM floor). Takes tuples of arrays, one entry per dense layer."""
+    copy of w where dense_forward_blas makes one with ``copies_weights``, the
+    copy not timed) and dw = dy.T @ x for every layer, dx = dy @ w for all
+    but the first (the benchmarks' GEMM floor). Takes tuples of arrays, one
+    entry per dense layer."""
     copies = []
     for l in range(len(ws)):
         copies.append(np.ascontiguousarray(ws[l].T))
     for _ in range(reps):
         for l in range(len(ws)):
             n_out, n_in = ws[l].shape
-            if forward_copies_weight(xs[l].shape[0], n_in, n_out):
+            if copies_weights and forward_copies_weight(xs[l].shape[0], n_in, n_out):
                 np.dot(xs[l], copies[l], outs[l])
             else:
                 np.dot(xs[l], ws[l].T, outs[l])

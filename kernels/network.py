@@ -39,8 +39,9 @@ The description (built once per model by ``fastnn.core.layers.Sequential``):
       targets       : (batch, k) the batch's targets
       sums          : (2 * max_width,) float64 scratch for the batch sums
       coefficients  : (3 * max_width,) scratch for per-feature coefficients
-      scratch       : the dense forward kernels' scratch (dense.py): room for
-                      the transposed weight of the largest small Dense layer
+      scratch       : the dense forward kernels' scratch (dense.py): empty, or
+                      room for the transposed weight of the largest small
+                      Dense layer, where the BLAS serves that faster
 
     grads : (P + 1,) the gradient of every parameter, laid out as params,
             then the batch loss (one buffer, so that data-parallel training
@@ -170,8 +171,10 @@ def build_layer_table(layers):
     return table, p, r, s
 
 
-def workspace(table, batch, n_outputs, dtype):
-    """A Workspace for batches of up to ``batch`` rows, in ``dtype``."""
+def workspace(table, batch, n_outputs, dtype, copies_weights=False):
+    """A Workspace for batches of up to ``batch`` rows, in ``dtype``; with
+    ``copies_weights``, its scratch has room for the dense forward's
+    transposed weight copies (dense.py, TRANSPOSED_COPY_CORES)."""
     fields = table.view(np.ndarray)  # a recarray's attributes cost microseconds each
     n_layers = fields.shape[0]
     widths = [int(fields["n_in"][0])] + fields["n_out"].tolist()
@@ -185,17 +188,18 @@ def workspace(table, batch, n_outputs, dtype):
                      saved=np.zeros(max(saved, 1), dtype),
                      targets=np.zeros((batch, n_outputs), dtype),
                      sums=np.zeros(2 * width), coefficients=np.zeros(3 * width, dtype),
-                     scratch=np.zeros(dense_scratch_size(fields), dtype))
+                     scratch=np.zeros(dense_scratch_size(fields) if copies_weights else 0,
+                                      dtype))
 
 
 def dense_scratch_size(fields):
     """The dense kernels' scratch for the layers of a layer table (its plain
     structured array): the largest n_in * n_out of a Dense layer at most
-    TRANSPOSED_COPY_MAX_WIDTH wide (at least 1)."""
+    TRANSPOSED_COPY_MAX_WIDTH wide (0 without one)."""
     sizes = [n_in * n_out for kind, n_in, n_out in zip(
         fields["kind"].tolist(), fields["n_in"].tolist(), fields["n_out"].tolist())
         if kind == DENSE and max(n_in, n_out) <= TRANSPOSED_COPY_MAX_WIDTH]
-    return max(sizes, default=1)
+    return max(sizes, default=0)
 
 
 def guard_for(net):

@@ -171,6 +171,30 @@ def test_a_non_finite_loss_puts_back_the_state_before_the_previous_batch(device,
     np.testing.assert_array_equal(model.counts, expected.counts)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_transposed_weight_copy_trains_as_the_transposed_view(dtype, monkeypatch):
+    """The dense forward of small layers multiplies a transposed copy of the
+    weight where the BLAS serves that faster (dense.TRANSPOSED_COPY_CORES),
+    else the transposed view: the same training either way, to rounding (to
+    the bit where the BLAS runs the same code for both)."""
+    backend = get_backend("cpu")
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(96, 5)).astype(dtype)
+    Y = rng.uniform(size=(96, 2)).astype(dtype)
+    states = {}
+    for copies in (False, True):
+        monkeypatch.setattr(type(backend), "copies_weights", lambda self, c=copies: c)
+        model = fn.Sequential(fn.Dense(5, 40), fn.BatchNorm(40), fn.ReLU(), fn.Dense(40, 24),
+                              fn.ReLU(), fn.Dense(24, 2), seed=4).astype(dtype)
+        session = backend.start_fit(model, fn.SGD(lr=0.1, momentum=0.9), X, Y, 32, BCE)
+        assert session.ws.scratch.size == (40 * 24 if copies else 0)
+        for _ in range(3):
+            session.train_epoch(np.arange(96), 32, True, np.zeros(3), np.zeros(3, np.int64))
+        states[copies] = model.params.copy()
+    rtol = 1e-4 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(states[True], states[False], rtol=rtol, atol=rtol)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_matrix_at_is_the_reshaped_slice_and_writes_through(dtype):
     """The engine's views of its flat buffers (kernels/views.py): the same

@@ -40,7 +40,8 @@ class HostSession:
         self.loss = loss.ENGINE_LOSSES[loss_kind]
         self.net = model.network()
         self.opt = optimizer.engine_state(model.n_params, model.dtype)
-        self.ws = network.workspace(model.table, batch, Y.shape[1], model.dtype)
+        self.ws = network.workspace(model.table, batch, Y.shape[1], model.dtype,
+                                    backend.copies_weights())
         self.grads = np.zeros(model.n_params + 1, model.dtype)  # the gradients, then the loss
         self.guard = network.guard_for(self.net)
         self.comm = None
@@ -99,7 +100,7 @@ class NumpyBackend:
     def predict_logits(self, model, X):
         """Inference-mode logits (n, k) of host X, in chunks of 4096 rows."""
         ws = network.workspace(model.table, max(1, min(X.shape[0], 4096)), model.out_features,
-                               model.dtype)
+                               model.dtype, self.copies_weights())
         out = np.empty((X.shape[0], model.out_features), model.dtype)
         net = model.network()
         if self.compiled:
@@ -110,6 +111,11 @@ class NumpyBackend:
 
     def describe(self):
         return "numpy (reference kernels)"
+
+    def copies_weights(self):
+        """Whether the dense forward multiplies a transposed copy of a small
+        layer's weight (kernels/dense.py): no, the reference needs none."""
+        return False
 
     def tf32_products(self):
         """Whether Trainer(precision='tf32') gets TF32 products here: no."""
@@ -182,6 +188,12 @@ class CpuBackend(NumpyBackend):
             work.append((network.predict_logits, (net, ws, X_val, np.zeros((0, k), dtype))))
         return compile_ahead(work, f"the cpu kernels for {np.dtype(dtype).name}", announce)
 
+    def copies_weights(self):
+        """Whether the dense forward multiplies a transposed copy of a small
+        layer's weight (kernels/dense.py): where the BLAS that numba calls
+        runs on a core that serves it faster (dense.TRANSPOSED_COPY_CORES)."""
+        return threads.blas_core() in dense.TRANSPOSED_COPY_CORES
+
     def describe(self):
         import numba
         # numba's configured thread count: numba.get_num_threads() would start numba's
@@ -216,7 +228,8 @@ class CpuBackend(NumpyBackend):
 
     def dense_forward(self, x, w, b):
         y = np.empty((x.shape[0], w.shape[0]), x.dtype)
-        dense.dense_forward(x, w, b if b is not None else w[0, :0], y, np.empty(w.size, x.dtype))
+        scratch = np.empty(w.size if self.copies_weights() else 0, x.dtype)
+        dense.dense_forward(x, w, b if b is not None else w[0, :0], y, scratch)
         return y
 
     def dense_backward(self, dy, x, w):

@@ -158,28 +158,53 @@ def blas_threads(n):
         set_(before)
 
 
+def blas_core():
+    """The name of the core that the BLAS behind the cpu engine runs its
+    kernels for, lowercase ("haswell", "skylakex", ...: OpenBLAS's
+    openblas_get_corename()), or "" when that BLAS does not say."""
+    if "core" not in _blas:
+        import ctypes
+        library, core = _blas_library(), ""
+        for prefix in ("scipy_openblas", "openblas"):
+            get = getattr(library, prefix + "_get_corename", None) if library else None
+            if get is not None:
+                get.restype, get.argtypes = ctypes.c_char_p, []
+                core = (get() or b"").decode("ascii", "replace").strip().lower()
+                break
+        _blas["core"] = core
+    return _blas["core"]
+
+
 def _blas_thread_control():
     """(get, set) of the thread count of the BLAS behind scipy.linalg.cython_blas,
-    or None. Its functions are looked up from that module's library, which
-    sees the BLAS it was linked with (POSIX dlsym searches its dependencies)."""
+    or None."""
     if "control" not in _blas:
         import ctypes
-
-        import scipy.linalg.cython_blas
-        _blas["control"] = None
-        try:
-            library = ctypes.CDLL(scipy.linalg.cython_blas.__file__)
-        except OSError:
-            return None
+        library, _blas["control"] = _blas_library(), None
         for prefix in ("scipy_openblas", "openblas"):
-            get = getattr(library, prefix + "_get_num_threads", None)
-            set_ = getattr(library, prefix + "_set_num_threads", None)
+            get = getattr(library, prefix + "_get_num_threads", None) if library else None
+            set_ = getattr(library, prefix + "_set_num_threads", None) if library else None
             if get is not None and set_ is not None:
                 get.restype, get.argtypes = ctypes.c_int, []
                 set_.restype, set_.argtypes = None, [ctypes.c_int]
                 _blas["control"] = (get, set_)
                 break
     return _blas["control"]
+
+
+def _blas_library():
+    """The library of scipy.linalg.cython_blas, through which numba's np.dot
+    calls BLAS, opened with ctypes (its symbol lookups see the BLAS it was
+    linked with: POSIX dlsym searches its dependencies), or None."""
+    if "library" not in _blas:
+        import ctypes
+
+        import scipy.linalg.cython_blas
+        try:
+            _blas["library"] = ctypes.CDLL(scipy.linalg.cython_blas.__file__)
+        except OSError:
+            _blas["library"] = None
+    return _blas["library"]
 
 
 _blas = {}
