@@ -49,7 +49,10 @@ if TYPE_CHECKING:  # the public names, as tools that read the source (the API re
     from .core.builders import mlp
     from .core.callbacks import Callback, CosineDecay, EarlyStopping, ReduceLROnPlateau, StepDecay
     from .core.io import load, save
-    from .core.layers import BatchNorm, Dense, ReLU, Sequential, Sigmoid, Tanh, from_torch
+    from .core.layers import (
+        GELU, BatchNorm, Dense, Dropout, LeakyReLU, ReLU, Sequential, Sigmoid, SiLU, Tanh,
+        from_torch,
+    )
     from .core.many import fit_many
     from .core.optim import SGD, Adam, AdamW, Optimizer, RMSprop
     from .core.threads import ThreadContentionWarning
@@ -64,7 +67,9 @@ if TYPE_CHECKING:  # the public names, as tools that read the source (the API re
 _EXPORTS = {
     "Sequential": "core.layers", "Dense": "core.layers", "BatchNorm": "core.layers",
     "ReLU": "core.layers", "Sigmoid": "core.layers", "Tanh": "core.layers",
-    "from_torch": "core.layers", "mlp": "core.builders", "Trainer": "core.trainer",
+    "LeakyReLU": "core.layers", "GELU": "core.layers", "SiLU": "core.layers",
+    "Dropout": "core.layers", "from_torch": "core.layers", "mlp": "core.builders",
+    "Trainer": "core.trainer",
     "SGD": "core.optim", "RMSprop": "core.optim", "Adam": "core.optim", "AdamW": "core.optim",
     "Optimizer": "core.optim", "Callback": "core.callbacks", "EarlyStopping": "core.callbacks",
     "StepDecay": "core.callbacks", "CosineDecay": "core.callbacks",
@@ -73,7 +78,8 @@ _EXPORTS = {
 }
 _SUBMODULES = ("ops", "core", "kernels")
 
-__all__ = ["Sequential", "Dense", "BatchNorm", "ReLU", "Sigmoid", "Tanh", "mlp", "Trainer", "SGD",
+__all__ = ["Sequential", "Dense", "BatchNorm", "ReLU", "Sigmoid", "Tanh", "LeakyReLU", "GELU",
+           "SiLU", "Dropout", "mlp", "Trainer", "SGD",
            "RMSprop", "Adam", "AdamW", "Optimizer", "Callback", "EarlyStopping", "StepDecay",
            "CosineDecay", "ReduceLROnPlateau", "save", "load", "from_torch", "ops", "fit_many",
            "ThreadContentionWarning", "__version__"]

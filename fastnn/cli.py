@@ -26,7 +26,9 @@ import warnings
 
 from .core.config import DEVICES
 
-ACTIVATIONS = ("relu", "tanh", "sigmoid")
+#: fastnn.mlp's hidden activations but 'identity' (tests/test_cli.py checks that they agree:
+#: this module imports only the standard library)
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "gelu", "gelu_tanh", "silu")
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam")
 READERS = ("auto", "pyarrow", "pandas", "numpy")
 EXIT_ERROR = 2
@@ -127,7 +129,12 @@ def build_parser():
     train.add_argument("--no-batchnorm", dest="batchnorm", action="store_false",
                        help="no BatchNorm after each hidden Dense layer (default: BatchNorm on)")
     train.add_argument("--activation", choices=ACTIVATIONS, default="relu",
-                       help="hidden activation (default relu)")
+                       help="hidden activation (default relu; leaky_relu: slope 0.01; gelu_tanh: "
+                            "GELU's tanh approximation)")
+    train.add_argument("--dropout", type=_float_in(0.0, 1.0, high_open=True, what="in [0, 1)"),
+                       default=0.0, metavar="P",
+                       help="a Dropout(P) after each hidden activation: each hidden unit is "
+                            "zeroed with probability P at each training step (default 0: none)")
     train.add_argument("--epochs", type=_int_at_least(1), default=10, metavar="N",
                        help="maximum number of epochs (default 10)")
     train.add_argument("--batch-size", type=_int_at_least(1), default=64, metavar="B",
@@ -343,6 +350,8 @@ def _describe_layers(model):
             parts.append(f"Dense({spec['in_features']},{spec['out_features']})")
         elif name == "BatchNorm":
             parts.append(f"BatchNorm({spec['num_features']})")
+        elif name == "Dropout":
+            parts.append(f"Dropout({spec['p']:g})")
         else:
             parts.append(name)
     return " ".join(parts)
@@ -443,7 +452,8 @@ def _train(args):
     lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else 1e-2)
     distributed = args.distributed == "mpi"
     model = fn.mlp(d, args.hidden, 1 if binary else k, batchnorm=args.batchnorm,
-                   activation=args.activation, sync=distributed, seed=args.seed)
+                   activation=args.activation, sync=distributed, seed=args.seed,
+                   dropout=args.dropout)
     # the Trainer decides the device (--device auto: the one predicted faster for this fit)
     trainer = fn.Trainer(model, optimizer=_make_optimizer(args.optimizer, lr, args.weight_decay),
                          loss=loss, device=args.device, dtype=args.dtype, seed=args.seed,
@@ -501,7 +511,7 @@ def _train(args):
         "data": os.path.basename(args.data), "format": kind, "rows": n, "train_rows": n_train,
         "validation_rows": n_val, "columns": names, "target": target, "task":
         "binary" if binary else "multiclass", "loss": loss, "hidden": args.hidden,
-        "batchnorm": args.batchnorm, "activation": args.activation,
+        "batchnorm": args.batchnorm, "activation": args.activation, "dropout": args.dropout,
         "standardize": args.standardize, "optimizer": args.optimizer, "lr": lr,
         "weight_decay": args.weight_decay, "batch_size": args.batch_size,
         "epochs": args.epochs, "epochs_run": epochs_run, "best_epoch": best_epoch,

@@ -8,7 +8,7 @@ Float32 and float64 inputs keep their dtype; integer input becomes float64.
 import numpy as np
 
 from fastnn.kernels import optim as kopt
-from fastnn.kernels.activations import ACTIVATION_CODES
+from fastnn.kernels.activations import ACTIVATION_CODES, FROM_INPUT
 
 from .core import validation as v
 from .core.backends import get_backend
@@ -16,7 +16,8 @@ from .core.device import choose_device
 
 __all__ = ["batchnorm_forward", "batchnorm_backward", "bce", "bce_with_logits", "cross_entropy",
            "sgd_step",
-           "dense_forward", "dense_backward", "activation_forward", "activation_backward"]
+           "dense_forward", "dense_backward", "activation_forward", "activation_backward",
+           "dropout_forward", "dropout_backward"]
 
 
 def _backend(backend):
@@ -233,16 +234,98 @@ def dense_backward(dy, x, w, backend="cpu"):
     return _backend(backend).dense_backward(dy, x, w)
 
 
-def activation_forward(x, activation, backend="cpu"):
-    """y = f(x) for activation 'relu' | 'sigmoid' | 'tanh'; x (batch, features)."""
+def activation_forward(x, activation, backend="cpu", negative_slope=0.01):
+    """y = f(x), element-wise.
+
+    Parameters
+    ----------
+    x : array (batch, features)
+    activation : {'relu', 'sigmoid', 'tanh', 'leaky_relu', 'gelu', 'gelu_tanh', 'silu'}
+        PyTorch's formulas: 'gelu' is torch.nn.GELU() (with erf), 'gelu_tanh'
+        GELU(approximate='tanh'), 'silu' x * sigmoid(x).
+    negative_slope : float
+        'leaky_relu''s slope for x <= 0 (torch.nn.LeakyReLU's default 0.01).
+
+    Returns
+    -------
+    y : ndarray (batch, features), x's dtype
+    """
     code = ACTIVATION_CODES[v.check_choice(activation, "activation", ACTIVATION_CODES)]
+    negative_slope = v.check_float(negative_slope, "negative_slope")
     x = v.as_float_array(x, "x", ndim=2)
-    return _backend(backend).activation_forward(code, x)
+    return _backend(backend).activation_forward(code, negative_slope, x)
 
 
-def activation_backward(y, dy, activation, backend="cpu"):
-    """dx = dy * f'(x), from the forward output y; y, dy (batch, features)."""
+def activation_backward(y, dy, activation, backend="cpu", x=None, negative_slope=0.01):
+    """dx = dy * f'(x), element-wise.
+
+    Parameters
+    ----------
+    y : array (batch, features), the forward output: what 'relu', 'sigmoid'
+        and 'tanh' compute f' from (None for the others)
+    dy : array, the shape of y (or of x)
+    activation : str, as in ``activation_forward``
+    x : array (batch, features) or None, the forward input: what
+        'leaky_relu', 'gelu', 'gelu_tanh' and 'silu' compute f' from
+        (required for them)
+    negative_slope : float, 'leaky_relu''s
+
+    Returns
+    -------
+    dx : ndarray, dy's shape and dtype
+    """
     code = ACTIVATION_CODES[v.check_choice(activation, "activation", ACTIVATION_CODES)]
-    y = v.as_float_array(y, "y", ndim=2)
-    dy = _like(dy, "dy", y.shape, y.dtype)
-    return _backend(backend).activation_backward(code, y, dy)
+    negative_slope = v.check_float(negative_slope, "negative_slope")
+    if code in FROM_INPUT:
+        if x is None:
+            raise ValueError(f"x (the forward input) is required: the derivative of "
+                             f"{activation!r} is computed from it")
+        x = v.as_float_array(x, "x", ndim=2)
+        dy = _like(dy, "dy", x.shape, x.dtype)
+        y = x  # not read
+    else:
+        y = v.as_float_array(y, "y", ndim=2)
+        dy = _like(dy, "dy", y.shape, y.dtype)
+        x = y  # not read
+    return _backend(backend).activation_backward(code, negative_slope, x, y, dy)
+
+
+def dropout_forward(x, p, key=0, step=0, layer=0, first_row=0, backend="cpu"):
+    """Training-mode dropout with the mask a fit draws (see fastnn.kernels.dropout).
+
+    Parameters
+    ----------
+    x : array (batch, features)
+    p : float in [0, 1], the probability of dropping an element
+    key : int in [0, 2**64), the fit's dropout key (``Trainer.dropout_key``)
+    step : int >= 0, the optimizer updates taken before this step
+    layer : int >= 0, the layer's position in its Sequential
+    first_row : int >= 0, the row of the global batch that x's first row is
+
+    Returns
+    -------
+    y : ndarray (batch, features) = x * mask
+    mask : ndarray (batch, features), x's dtype: 1 / (1 - p) where an element
+        is kept, 0 where it is dropped (the cache ``dropout_backward`` takes)
+    """
+    p = v.check_float(p, "p", 0.0, 1.0)
+    key = v.check_int(key, "key", minimum=0)
+    if key >= 2 ** 64:
+        raise ValueError(f"key must be < 2**64, got {key}")
+    step = v.check_int(step, "step", minimum=0)
+    layer = v.check_int(layer, "layer", minimum=0)
+    first_row = v.check_int(first_row, "first_row", minimum=0)
+    x = v.as_float_array(x, "x", ndim=2)
+    return _backend(backend).dropout_forward(x, key, step, layer, first_row, p)
+
+
+def dropout_backward(dy, mask, backend="cpu"):
+    """dx = dy * mask, with the mask ``dropout_forward`` returned.
+
+    Returns
+    -------
+    dx : ndarray, dy's shape and dtype
+    """
+    dy = v.as_float_array(dy, "dy", ndim=2)
+    mask = _like(mask, "mask", dy.shape, dy.dtype)
+    return _backend(backend).dropout_backward(dy, mask)

@@ -35,7 +35,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .core import validation as v
 from .core.backends import get_backend
-from .core.builders import mlp
+from .core.builders import ACTIVATIONS as MLP_ACTIVATIONS
+from .core.builders import check_dropout, mlp
 from .core.callbacks import EarlyStopping
 from .core.device import DEVICES, choose_device
 from .core.optim import SGD, Adam
@@ -43,8 +44,10 @@ from .core.trainer import Trainer, inference_logits, log_softmax
 
 __all__ = ["FastNNClassifier"]
 
-# MLPClassifier's activation names -> fastnn.mlp's
-ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "logistic": "sigmoid", "identity": "identity"}
+# MLPClassifier's activation names ('logistic' for the sigmoid) and fastnn.mlp's others ->
+# fastnn.mlp's
+ACTIVATIONS = {"logistic": "sigmoid",
+               **{name: name for name in MLP_ACTIVATIONS if name != "sigmoid"}}
 SOLVERS = ("adam", "sgd")
 _SEED_HIGH = np.iinfo(np.int32).max
 
@@ -54,7 +57,8 @@ class FastNNClassifier(ClassifierMixin, BaseEstimator):
     ``sklearn.neural_network.MLPClassifier``.
 
     The network is, for each width h in ``hidden_layer_sizes``:
-    ``Dense -> BatchNorm (if batchnorm) -> activation``, then a ``Dense`` head:
+    ``Dense -> BatchNorm (if batchnorm) -> activation -> Dropout (if dropout)``,
+    then a ``Dense`` head:
     one logit and binary cross-entropy for two classes, one logit per class
     and softmax cross-entropy for more. Dense weights start Glorot-uniform
     (MLPClassifier's initialization, though it narrows the range for
@@ -70,9 +74,17 @@ class FastNNClassifier(ClassifierMixin, BaseEstimator):
         needs at least 2 samples (and ``batch_size >= 2``); a last mini-batch
         of a single sample is skipped in each epoch. ``batchnorm=False`` gives
         MLPClassifier's architecture.
-    activation : {'relu', 'tanh', 'logistic', 'identity'}, default='relu'
-        Hidden-layer activation, as in MLPClassifier ('logistic' is the
-        sigmoid; 'identity' puts no activation layer).
+    activation : str, default='relu'
+        Hidden-layer activation: 'relu', 'tanh', 'logistic' or 'identity', as
+        in MLPClassifier ('logistic' is the sigmoid; 'identity' puts no
+        activation layer), or one of ``fastnn.mlp``'s others: 'leaky_relu'
+        (``LeakyReLU()``, slope 0.01), 'gelu' (``GELU()``), 'gelu_tanh'
+        (``GELU(approximate='tanh')``), 'silu' (``SiLU()``).
+    dropout : float in [0, 1), default=0.0
+        A ``fastnn.Dropout(dropout)`` after each hidden activation (not in
+        MLPClassifier): each hidden unit is zeroed with this probability at
+        each training step, the others scaled by 1 / (1 - dropout);
+        ``predict`` never drops. The masks follow from ``random_state``.
     solver : {'adam', 'sgd'}, default='adam'
         'adam': ``fastnn.Adam(learning_rate_init, (beta_1, beta_2), epsilon)``;
         'sgd': ``fastnn.SGD(learning_rate_init, momentum,
@@ -172,7 +184,7 @@ class FastNNClassifier(ClassifierMixin, BaseEstimator):
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
                  warm_start=False, momentum=0.9, nesterovs_momentum=True,
                  early_stopping=False, validation_fraction=0.1, beta_1=0.9, beta_2=0.999,
-                 epsilon=1e-8, n_iter_no_change=10, device="auto", dtype="float32"):
+                 epsilon=1e-8, n_iter_no_change=10, device="auto", dtype="float32", dropout=0.0):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.batchnorm = batchnorm
         self.activation = activation
@@ -196,6 +208,7 @@ class FastNNClassifier(ClassifierMixin, BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.device = device
         self.dtype = dtype
+        self.dropout = dropout
 
     # ---- scikit-learn plumbing ----
     def __sklearn_tags__(self):
@@ -243,7 +256,8 @@ class FastNNClassifier(ClassifierMixin, BaseEstimator):
             classes, y_enc = np.unique(y, return_inverse=True)
             _check_n_classes(classes)
         rs = check_random_state(self.random_state)
-        model_seed, shuffle_seed, split_seed = (int(s) for s in rs.randint(_SEED_HIGH, size=3))
+        model_seed, shuffle_seed, split_seed, dropout_seed = (
+            int(s) for s in rs.randint(_SEED_HIGH, size=4))
 
         X_val = y_val = None
         if self.early_stopping:
@@ -256,7 +270,7 @@ class FastNNClassifier(ClassifierMixin, BaseEstimator):
             X, X_val = np.ascontiguousarray(X), np.ascontiguousarray(X_val)
         self._check_batchnorm_samples(X.shape[0])
         if not warm:
-            self._initialize(classes, X.shape[1], params, model_seed, shuffle_seed)
+            self._initialize(classes, X.shape[1], params, model_seed, shuffle_seed, dropout_seed)
         batch_size = self._batch_size(X.shape[0])
         trainer = self._trainer(params, batch_size)
 
@@ -335,8 +349,10 @@ class FastNNClassifier(ClassifierMixin, BaseEstimator):
         self._check_batchnorm_samples(X.shape[0])
         if first:
             rs = check_random_state(self.random_state)
-            model_seed, shuffle_seed, _ = (int(s) for s in rs.randint(_SEED_HIGH, size=3))
-            self._initialize(all_classes, X.shape[1], params, model_seed, shuffle_seed)
+            model_seed, shuffle_seed, _, dropout_seed = (
+                int(s) for s in rs.randint(_SEED_HIGH, size=4))
+            self._initialize(all_classes, X.shape[1], params, model_seed, shuffle_seed,
+                             dropout_seed)
             self.best_loss_, self._no_improvement_count = np.inf, 0
             self.validation_scores_ = self.best_validation_score_ = None
         y_enc = np.searchsorted(all_classes, y)
@@ -405,9 +421,8 @@ class FastNNClassifier(ClassifierMixin, BaseEstimator):
                 raise ValueError(f"hidden_layer_sizes must be > 0, "
                                  f"got {self.hidden_layer_sizes!r}")
         v.check_bool(self.batchnorm, "batchnorm")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, "
-                             f"got {self.activation!r}")
+        v.check_choice(self.activation, "activation", ACTIVATIONS)
+        check_dropout(self.dropout)
         if self.solver not in SOLVERS:
             extra = " (fastnn trains with mini-batches only)" if self.solver == "lbfgs" else ""
             raise ValueError(f"solver must be one of {list(SOLVERS)}{extra}, got {self.solver!r}")
@@ -440,13 +455,13 @@ class FastNNClassifier(ClassifierMixin, BaseEstimator):
         # the Trainer decides the device ('auto': the faster one, at fit time)
         return {"hidden": sizes, "dtype": v.check_dtype(self.dtype), "device": self.device}
 
-    def _initialize(self, classes, n_features, params, model_seed, shuffle_seed):
-        """A fresh network, optimizer and shuffling stream."""
+    def _initialize(self, classes, n_features, params, model_seed, shuffle_seed, dropout_seed):
+        """A fresh network, optimizer, shuffling stream and dropout seed."""
         n_classes = len(classes)
         n_out = 1 if n_classes == 2 else n_classes
         model = mlp(n_features, params["hidden"], n_out, batchnorm=self.batchnorm,
-                    activation=ACTIVATIONS[self.activation], init="xavier",
-                    seed=model_seed).astype(params["dtype"])
+                    activation=ACTIVATIONS[self.activation], init="xavier", seed=model_seed,
+                    dropout=self.dropout).astype(params["dtype"])
         model.classes = list(classes)
         self.model_ = model
         self.classes_ = np.asarray(classes)
@@ -457,10 +472,13 @@ class FastNNClassifier(ClassifierMixin, BaseEstimator):
         self.t_ = 0
         self._optimizer = None
         self._rng = np.random.default_rng(shuffle_seed)
+        self._dropout_seed = dropout_seed
 
     def _trainer(self, params, batch_size):
         """A Trainer over the stored model, optimizer and shuffling stream
-        (all of which carry over from call to call)."""
+        (all of which carry over from call to call); its seed gives the
+        dropout masks' key (the optimizer's step count, carried over too,
+        moves them on from call to call)."""
         self._ensure_writeable()
         weight_decay = self.alpha / batch_size
         opt = self._optimizer
@@ -483,7 +501,7 @@ class FastNNClassifier(ClassifierMixin, BaseEstimator):
         self._optimizer = opt
         loss = "bce" if self.n_outputs_ == 1 else "cross_entropy"
         trainer = Trainer(self.model_, optimizer=opt, loss=loss, device=params["device"],
-                          dtype=params["dtype"])
+                          dtype=params["dtype"], seed=getattr(self, "_dropout_seed", None))
         trainer.rng = self._rng
         self.model_ = trainer.model
         self.device_ = trainer.device

@@ -1,14 +1,20 @@
-"""Element-wise activations: ReLU, sigmoid, tanh.
+"""Element-wise activations: ReLU, sigmoid, tanh, LeakyReLU, GELU (exact and
+tanh approximation), SiLU.
 
 Contract, shared by every version of the op:
-    x, y, dy, dx : any shape, same shape and dtype
+    x, y, dy, dx   : any shape, same shape and dtype
+    negative_slope : float, LeakyReLU's slope for x <= 0 (the others ignore it)
     forward:  y = f(x)
-    backward: dx = dy * f'(x), with f' written in terms of the output y
-              (relu: y > 0; sigmoid: y (1 - y); tanh: 1 - y^2), so the
-              backward pass caches only the layer's output.
-    NaN propagates through every version alike: relu(NaN) = NaN and its
-    derivative at a NaN output is NaN (never 0), so a NaN weight or input
-    always reaches the loss and stops training there.
+    backward: dx = dy * f'(x), with f' written in terms of the output y for
+              relu (y > 0), sigmoid (y (1 - y)) and tanh (1 - y^2), which
+              then need only the layer's output, and of the input x for
+              leaky_relu, gelu, gelu_tanh and silu (GELU and SiLU cannot be
+              inverted; LeakyReLU reads x so that any slope works).
+    The formulas are PyTorch's (torch.nn.LeakyReLU, GELU(approximate='none'
+    | 'tanh'), SiLU), evaluated in float64 and rounded to the dtype.
+    NaN propagates through every version alike: f(NaN) = NaN and the
+    derivative at a NaN is NaN (never 0), so a NaN weight or input always
+    reaches the loss and stops training there.
 The cpu kernels take 2-D arrays and write the outputs passed last; the codes
 below name the activations inside the compiled network description.
 """
@@ -18,13 +24,18 @@ import math
 import numpy as np
 
 from .elementwise import (
-    relu, relu_backward_element, sigmoid, sigmoid_grad_from_output, tanh_grad_from_output,
+    GELU_KAPPA, GELU_PDF, SQRT1_2, SQRT_2_OVER_PI, gelu, gelu_grad, gelu_tanh, gelu_tanh_grad,
+    leaky_relu, leaky_relu_grad, relu, relu_backward_element, sigmoid, sigmoid_grad_from_output,
+    silu, silu_grad, tanh_grad_from_output,
 )
 from .jit import jit
 
 
-RELU, SIGMOID, TANH = 0, 1, 2
-ACTIVATION_CODES = {"relu": RELU, "sigmoid": SIGMOID, "tanh": TANH}
+RELU, SIGMOID, TANH, LEAKY_RELU, GELU, GELU_TANH, SILU = range(7)
+ACTIVATION_CODES = {"relu": RELU, "sigmoid": SIGMOID, "tanh": TANH, "leaky_relu": LEAKY_RELU,
+                    "gelu": GELU, "gelu_tanh": GELU_TANH, "silu": SILU}
+#: the activations whose derivative is computed from the input x
+FROM_INPUT = (LEAKY_RELU, GELU, GELU_TANH, SILU)
 
 
 # ---- reference (NumPy) ----
@@ -40,54 +51,117 @@ def numpy_sigmoid(x):
 sigmoid_reference = numpy_sigmoid
 
 
-def activation_forward_reference(kind, x):
+def erf(x):
+    """math.erf of every element, in x's dtype (NumPy has no erf; SciPy's would
+    cost every ``import fastnn`` the import of scipy.special)."""
+    return np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype)
+
+
+def activation_forward_reference(kind, negative_slope, x):
     if kind == RELU:
         return np.maximum(x, 0)
     if kind == SIGMOID:
         return sigmoid_reference(x)
-    return np.tanh(x)
+    if kind == TANH:
+        return np.tanh(x)
+    if kind == LEAKY_RELU:
+        return np.where(x > 0, x, x * negative_slope)
+    if kind == GELU:
+        return x * 0.5 * (1 + erf(x * SQRT1_2))
+    if kind == GELU_TANH:
+        return 0.5 * x * (1 + np.tanh(SQRT_2_OVER_PI * (x + GELU_KAPPA * x ** 3)))
+    with np.errstate(over="ignore"):  # exp(-x) = inf: x / inf = -0, as in PyTorch
+        return x / (1 + np.exp(-x))
 
 
-def activation_backward_reference(kind, y, dy):
+def activation_backward_reference(kind, negative_slope, x, y, dy):
     if kind == RELU:  # 1 where y > 0, 0 where y <= 0, NaN (y itself) where y is NaN
         return dy * np.where(y > 0, 1, np.where(y <= 0, 0, y))
     if kind == SIGMOID:
         return dy * y * (1 - y)
-    return dy * (1 - y * y)
+    if kind == TANH:
+        return dy * (1 - y * y)
+    if kind == LEAKY_RELU:
+        return dy * np.where(x > 0, 1, np.where(x <= 0, negative_slope, x))
+    if kind == GELU:
+        return dy * (0.5 * (1 + erf(x * SQRT1_2)) + x * GELU_PDF * np.exp(-0.5 * x * x))
+    if kind == GELU_TANH:
+        t = np.tanh(SQRT_2_OVER_PI * (x + GELU_KAPPA * x ** 3))
+        return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * SQRT_2_OVER_PI
+                     * (1 + 3 * GELU_KAPPA * x * x))
+    with np.errstate(over="ignore"):
+        s = 1 / (1 + np.exp(-x))
+    return dy * s * (1 + x * (1 - s))
 
 
 # ---- cpu ----
 
 @jit
-def activation_forward(kind, x, y):
+def activation_forward(kind, negative_slope, x, y):
     """y = f(x) for the activation code ``kind``."""
-    for i in range(x.shape[0]):
-        xr = x[i]
-        yr = y[i]
-        if kind == RELU:
-            for j in range(xr.shape[0]):
-                yr[j] = relu(xr[j])
-        elif kind == SIGMOID:
-            for j in range(xr.shape[0]):
-                yr[j] = sigmoid(xr[j])
-        else:
-            for j in range(xr.shape[0]):
-                yr[j] = math.tanh(xr[j])
+    rows, cols = x.shape
+    if kind == RELU:
+        for i in range(rows):
+            for j in range(cols):
+                y[i, j] = relu(x[i, j])
+    elif kind == SIGMOID:
+        for i in range(rows):
+            for j in range(cols):
+                y[i, j] = sigmoid(x[i, j])
+    elif kind == TANH:
+        for i in range(rows):
+            for j in range(cols):
+                y[i, j] = math.tanh(x[i, j])
+    elif kind == LEAKY_RELU:
+        slope = y.dtype.type(negative_slope)
+        for i in range(rows):
+            for j in range(cols):
+                y[i, j] = leaky_relu(x[i, j], slope)
+    elif kind == GELU:
+        for i in range(rows):
+            for j in range(cols):
+                y[i, j] = gelu(x[i, j])
+    elif kind == GELU_TANH:
+        for i in range(rows):
+            for j in range(cols):
+                y[i, j] = gelu_tanh(x[i, j])
+    else:
+        for i in range(rows):
+            for j in range(cols):
+                y[i, j] = silu(x[i, j])
 
 
 @jit
-def activation_backward(kind, y, dy, dx):
-    """dx = dy * f'(x), from the forward output y. dx may alias dy."""
-    for i in range(y.shape[0]):
-        yr = y[i]
-        dyr = dy[i]
-        dxr = dx[i]
-        if kind == RELU:
-            for j in range(yr.shape[0]):
-                dxr[j] = relu_backward_element(dyr[j], yr[j])
-        elif kind == SIGMOID:
-            for j in range(yr.shape[0]):
-                dxr[j] = dyr[j] * sigmoid_grad_from_output(yr[j])
-        else:
-            for j in range(yr.shape[0]):
-                dxr[j] = dyr[j] * tanh_grad_from_output(yr[j])
+def activation_backward(kind, negative_slope, x, y, dy, dx):
+    """dx = dy * f'(x), from the forward input x or output y (see the
+    contract). dx may alias dy."""
+    rows, cols = dy.shape
+    if kind == RELU:
+        for i in range(rows):
+            for j in range(cols):
+                dx[i, j] = relu_backward_element(dy[i, j], y[i, j])
+    elif kind == SIGMOID:
+        for i in range(rows):
+            for j in range(cols):
+                dx[i, j] = dy[i, j] * sigmoid_grad_from_output(y[i, j])
+    elif kind == TANH:
+        for i in range(rows):
+            for j in range(cols):
+                dx[i, j] = dy[i, j] * tanh_grad_from_output(y[i, j])
+    elif kind == LEAKY_RELU:
+        slope = dx.dtype.type(negative_slope)
+        for i in range(rows):
+            for j in range(cols):
+                dx[i, j] = dy[i, j] * leaky_relu_grad(x[i, j], slope)
+    elif kind == GELU:
+        for i in range(rows):
+            for j in range(cols):
+                dx[i, j] = dy[i, j] * gelu_grad(x[i, j])
+    elif kind == GELU_TANH:
+        for i in range(rows):
+            for j in range(cols):
+                dx[i, j] = dy[i, j] * gelu_tanh_grad(x[i, j])
+    else:
+        for i in range(rows):
+            for j in range(cols):
+                dx[i, j] = dy[i, j] * silu_grad(x[i, j])

@@ -6,7 +6,8 @@ state_dict order, buffers, counts) and the same optimizer layout (optim.py).
 ``CudaTrainingSession`` copies the model, the optimizer state and the whole
 training set to the GPU once, allocates every buffer once, and then trains
 each batch with one *plan* (kernels/cuda_graph.py): begin_step, gather,
-forward, loss, backward, update, every argument fixed when the plan is built.
+forward, loss, backward, gradient clipping, update, every argument fixed when
+the plan is built.
 What changes from step to step (the batch cursor, the optimizer step count,
 BatchNorm's batches tracked, the hyper-parameters with the lr) lives in
 device memory, so a step is replayed as a CUDA graph where graphs are used
@@ -20,6 +21,10 @@ Matrix products go through the session's product engine: cuBLAS (nvmath-
 python, kernels/cuda_cublas.py) when installed, else fastnn's GEMM
 (kernels/cuda_gemm.py); precision="tf32" runs them on TF32 tensor cores
 through cuBLAS. A Dense without bias adds no bias pass.
+
+Dropout draws dropout.py's masks from the fit's key (a device scalar) and
+the optimizer's step count on the device, one thread per element, and keeps
+them for the backward pass; in inference it copies its input.
 """
 
 import math
@@ -35,8 +40,9 @@ from . import optim
 from .cuda_cublas import make_gemm
 from .cuda_gemm import NumbaGemm
 from .cuda_graph import DriverGraphs, StepRunner, begin_epoch, begin_step, run_plan, use_graphs
+from .dropout import keep_scale, keep_threshold
 from .loss import BCE
-from .network import BATCHNORM, DENSE
+from .network import BATCHNORM, DENSE, DROPOUT
 
 
 def empty(shape, dtype):
@@ -71,7 +77,9 @@ class DeviceModel:
         kind, n_in, n_out = int(t.kind[l]), int(t.n_in[l]), int(t.n_out[l])
         pw, pb, r = int(t.weight_at[l]), int(t.bias_at[l]), int(t.stats_at[l])
         views = {"kind": kind, "n_in": n_in, "n_out": n_out, "act": int(t.activation[l]),
-                 "eps": float(t.eps[l]), "momentum": float(t.momentum[l])}
+                 "eps": float(t.eps[l]), "momentum": float(t.momentum[l]),
+                 "negative_slope": np.dtype(self.dtype).type(t.negative_slope[l]),
+                 "p": float(t.p[l])}
         if kind == DENSE:
             views["w"] = self.params[pw:pw + n_out * n_in].reshape(n_out, n_in)
             views["b"] = self.params[pb:pb + n_out] if pb >= 0 else None
@@ -107,19 +115,23 @@ class Workspace:
         self.yb = empty((batch, n_outputs), dtype)
         groups = k.row_groups(batch)
         self.partial = [empty((groups, width), np.float64) for _ in range(2)]
-        self.bn = {}
+        self.bn, self.masks = {}, {}
         for l, v in enumerate(dm.layers):
             if v["kind"] == BATCHNORM:
                 self.bn[l] = tuple(empty(v["n_out"], dtype) for _ in range(3))
+            elif v["kind"] == DROPOUT:
+                self.masks[l] = empty((batch, v["n_out"]), dtype)
 
     def grad(self, which, width):
         """Gradient buffer ``which`` viewed as (batch, width)."""
         return self.gbuf[which][:self.batch * width].reshape(self.batch, width)
 
 
-def forward(dm, ws, n, training, gemm, plan, stream=0):
+def forward(dm, ws, n, training, gemm, plan, stream=0, dropout=None):
     """Append to ``plan`` the forward pass over the first n rows of
-    ws.acts[0]; in training, BatchNorm uses and updates batch statistics."""
+    ws.acts[0]; in training, BatchNorm uses and updates batch statistics and
+    Dropout draws its masks from ``dropout``, the pair (key (1,) uint64,
+    optimizer step count (1,) int64) of device arrays."""
     for l, v in enumerate(dm.layers):
         x, y = ws.acts[l], ws.acts[l + 1]
         kind, n_out = v["kind"], v["n_out"]
@@ -147,9 +159,18 @@ def forward(dm, ws, n, training, gemm, plan, stream=0):
                 plan.append((k.batchnorm_inference[k.grid_1d(n * n_out), k.THREADS, stream],
                              (x, v["gamma"], v["beta"], v["running_mean"], v["running_var"],
                               v["eps"], n, y)))
+        elif kind == DROPOUT:
+            grid = k.grid_1d(n * n_out)
+            if training:
+                key, step = dropout
+                plan.append((k.dropout_forward[grid, k.THREADS, stream],
+                             (x, key, step, l, 0, keep_threshold.py_func(v["p"]),
+                              keep_scale.py_func(v["p"], x), n, y, ws.masks[l])))
+            else:
+                plan.append((k.copy_rows[grid, k.THREADS, stream], (x, n, y)))
         else:
             plan.append((k.activation_forward[k.grid_1d(n * n_out), k.THREADS, stream],
-                         (v["act"], x, n, y)))
+                         (v["act"], v["negative_slope"], x, n, y)))
 
 
 def backward(dm, ws, grads, n, gemm, plan, stream=0):
@@ -185,10 +206,27 @@ def backward(dm, ws, grads, n, gemm, plan, stream=0):
                          (p1, p2, groups, inv_std, dgamma, dbeta)))
             plan.append((k.batchnorm_backward_dx[k.grid_1d(n * n_out), k.THREADS, stream],
                          (dy, x, v["gamma"], mean, inv_std, dgamma, dbeta, n, dx)))
+        elif kind == DROPOUT:
+            plan.append((k.dropout_backward[k.grid_1d(n * n_out), k.THREADS, stream],
+                         (dy, ws.masks[l], n, dx)))
         elif l > 0:
             plan.append((k.activation_backward[k.grid_1d(n * n_out), k.THREADS, stream],
-                         (v["act"], ws.acts[l + 1], dy, n, dx)))
+                         (v["act"], v["negative_slope"], x, ws.acts[l + 1], dy, n, dx)))
         cur = 1 - cur
+
+
+def clip_launches(clip_norm, clip_value, g, partial, factor, stream=0):
+    """The launches clipping the flat gradients g before the update (optim.py's
+    clip_gradients): by the norm clip_norm, or to clip_value (0: none).
+    partial: (UPDATE_BLOCKS,) float64 scratch; factor: (1,) in g's dtype."""
+    grid = k.update_grid(g.shape[0])
+    if clip_norm > 0.0:
+        return [(k.gradient_square_sums[grid, k.THREADS, stream], (g, partial)),
+                (k.clip_norm_factor[1, 1, stream], (partial, grid, clip_norm, factor)),
+                (k.scale_by[grid, k.THREADS, stream], (g, factor))]
+    if clip_value > 0.0:
+        return [(k.clip_by_value[grid, k.THREADS, stream], (g, g.dtype.type(clip_value)))]
+    return []
 
 
 def optimizer_update_launch(state, w, g, stream=0):
@@ -263,11 +301,13 @@ class CudaTrainingSession:
     ``precision``: 'exact' or 'tf32' (the products on TF32 tensor cores,
     through cuBLAS; float32 only). ``graphs``: how steps are captured
     (cuda_graph.DriverGraphs, an object with its methods, or None for eager
-    launches); by default as ``cuda_graph.use_graphs`` decides.
+    launches); by default as ``cuda_graph.use_graphs`` decides. Dropout
+    masks are drawn with ``dropout_key``; the gradients are clipped to the
+    norm ``clip_norm`` or to ``clip_value`` (0: not clipped).
     """
 
     def __init__(self, model, optimizer, X, Y, batch, loss_kind, precision="exact",
-                 graphs="default"):
+                 graphs="default", dropout_key=0, clip_norm=0.0, clip_value=0.0):
         self.model = model
         self.loss_kind = loss_kind
         self.stream = stream = cuda.stream()
@@ -281,6 +321,9 @@ class CudaTrainingSession:
         self.index = cuda.device_array(X.shape[0], np.int64)
         self.cursor = cuda.device_array(1, np.int64)
         self.epoch_start = EpochStart(self.dm, self.opt)
+        self.dropout_key = cuda.to_device(np.array([dropout_key], np.uint64), stream=stream)
+        self.clip = (clip_norm, clip_value, empty(k.UPDATE_BLOCKS, np.float64),
+                     empty(1, model.dtype))
         self.gemm = make_gemm(model.dtype, stream, tf32=precision == "tf32", allocate=empty)
         if graphs == "default":
             graphs = DriverGraphs() if use_graphs()[0] else None
@@ -300,10 +343,12 @@ class CudaTrainingSession:
         plan.append((k.gather_rows[k.grid_1d(n * cols), k.THREADS, stream],
                      (self.X, self.Y, self.index, self.cursor, batch_size, n, ws.acts[0],
                       ws.yb)))
-        forward(dm, ws, n, True, self.gemm, plan, stream)
+        forward(dm, ws, n, True, self.gemm, plan, stream, (self.dropout_key, self.opt.state.step))
         plan.append(loss_and_gradient(self.loss_kind, ws.acts[-1], ws.yb, n, ws.grad(0, n_out),
                                       self.losses, self.cursor, stream))
         backward(dm, ws, self.grads, n, self.gemm, plan, stream)
+        clip_norm, clip_value, partial, factor = self.clip
+        plan.extend(clip_launches(clip_norm, clip_value, self.grads, partial, factor, stream))
         plan.append(optimizer_update_launch(self.opt.state, dm.params, self.grads, stream))
         return plan
 

@@ -1,5 +1,6 @@
-"""CUDA kernels for batch normalization, activations, BCE, the optimizer
-updates and the mini-batch gather, with their launchers.
+"""CUDA kernels for batch normalization, activations, dropout, BCE, gradient
+clipping, the optimizer updates and the mini-batch gather, with their
+launchers.
 
 Contract: the same as the cpu kernels of each op family (see batchnorm.py,
 activations.py, loss.py, optim.py); all arrays are device arrays, 2-D ones
@@ -20,15 +21,16 @@ float64 slot on the device with one atomic per block.
 
 import math
 
+import numpy as np
 from numba import config, cuda, float64
 
 from .elementwise import (
-    adam_element, bce_term, bce_with_logits_term, relu, relu_grad_from_output,
-    rmsprop_element, sgd_element, sigmoid, sigmoid_grad_from_output,
-    tanh_grad_from_output,
+    adam_element, bce_term, bce_with_logits_term, gelu, gelu_grad, gelu_tanh, gelu_tanh_grad,
+    leaky_relu, leaky_relu_grad, relu, relu_grad_from_output, rmsprop_element, sgd_element,
+    sigmoid, sigmoid_grad_from_output, silu, silu_grad, splitmix64, tanh_grad_from_output,
 )
-from .activations import RELU, SIGMOID
-from .optim import adam_scalars, rmsprop_scalars, sgd_scalars
+from .activations import GELU, GELU_TANH, LEAKY_RELU, RELU, SIGMOID, TANH
+from .optim import NORM_EPS, adam_scalars, rmsprop_scalars, sgd_scalars
 
 if config.ENABLE_CUDASIM:
     # The simulator runs kernels as Python, where an @njit function cannot
@@ -201,7 +203,8 @@ def batchnorm_backward_dx(dy, x, gamma, mean, inv_std, dgamma, dbeta, n, dx):
 
 
 @cuda.jit
-def activation_forward(kind, x, n, y):
+def activation_forward(kind, negative_slope, x, n, y):
+    """y = f(x); negative_slope (LeakyReLU's) comes in x's dtype."""
     i = cuda.grid(1)
     f = x.shape[1]
     if i < n * f:
@@ -211,24 +214,86 @@ def activation_forward(kind, x, n, y):
             y[r, c] = relu(v)
         elif kind == SIGMOID:
             y[r, c] = sigmoid(v)
-        else:
+        elif kind == TANH:
             y[r, c] = math.tanh(v)
+        elif kind == LEAKY_RELU:
+            y[r, c] = leaky_relu(v, negative_slope)
+        elif kind == GELU:
+            y[r, c] = gelu(v)
+        elif kind == GELU_TANH:
+            y[r, c] = gelu_tanh(v)
+        else:
+            y[r, c] = silu(v)
 
 
 @cuda.jit
-def activation_backward(kind, y, dy, n, dx):
+def activation_backward(kind, negative_slope, x, y, dy, n, dx):
+    """dx = dy * f'(x), from the input x or the output y (activations.py)."""
     i = cuda.grid(1)
-    f = y.shape[1]
+    f = dy.shape[1]
     if i < n * f:
         r, c = i // f, i % f
-        v = y[r, c]
         if kind == RELU:
-            d = relu_grad_from_output(v)
+            d = relu_grad_from_output(y[r, c])
         elif kind == SIGMOID:
-            d = sigmoid_grad_from_output(v)
+            d = sigmoid_grad_from_output(y[r, c])
+        elif kind == TANH:
+            d = tanh_grad_from_output(y[r, c])
+        elif kind == LEAKY_RELU:
+            d = leaky_relu_grad(x[r, c], negative_slope)
+        elif kind == GELU:
+            d = gelu_grad(x[r, c])
+        elif kind == GELU_TANH:
+            d = gelu_tanh_grad(x[r, c])
         else:
-            d = tanh_grad_from_output(v)
+            d = silu_grad(x[r, c])
         dx[r, c] = dy[r, c] * d
+
+
+# ---- dropout (dropout.py's masks, drawn by one thread per element) ----
+
+LOW32 = np.uint64(0xFFFFFFFF)
+
+
+@cuda.jit
+def dropout_forward(x, key, step, layer, first_row, threshold, kept, n, y, mask):
+    """mask = kept (1 / (1 - p), in x's dtype) where the element's 32 random
+    bits reach ``threshold`` (dropout.keep_threshold), else 0; y = x * mask.
+    key: (1,) uint64, the fit's; step: (1,) int64, the optimizer's step
+    count, already advanced for this step (the mask's step is one less);
+    row r is row first_row + r of the global batch."""
+    i = cuda.grid(1)
+    f = x.shape[1]
+    if i < n * f:
+        r, c = i // f, i % f
+        # np.uint64 around each hash: in the CUDA simulator the compiled hash returns
+        # a Python int, which numba would type as int64
+        seed = np.uint64(splitmix64(np.uint64(key[0]), np.uint64(step[0] - 1)))
+        seed = np.uint64(splitmix64(seed, np.uint64(layer)))
+        seed = np.uint64(splitmix64(seed, np.uint64(first_row + r)))
+        word = np.uint64(splitmix64(seed, np.uint64(c // 2)))
+        bits = (word >> np.uint64(32 * (c % 2))) & LOW32
+        m = kept if bits >= threshold else 0.0
+        mask[r, c] = m
+        y[r, c] = x[r, c] * m
+
+
+@cuda.jit
+def dropout_backward(dy, mask, n, dx):
+    i = cuda.grid(1)
+    f = dy.shape[1]
+    if i < n * f:
+        r, c = i // f, i % f
+        dx[r, c] = dy[r, c] * mask[r, c]
+
+
+@cuda.jit
+def copy_rows(x, n, y):
+    """y[:n] = x[:n] (a Dropout layer in inference)."""
+    i = cuda.grid(1)
+    f = x.shape[1]
+    if i < n * f:
+        y[i // f, i % f] = x[i // f, i % f]
 
 
 # ---- loss ----
@@ -341,6 +406,62 @@ def adam_update(w, g, m, v, hyper, step):
                                         decoupled, step_size, bias_correction2_sqrt)
 
 
+# ---- gradient clipping (optim.py's clip_gradients) ----
+# By norm: per-block partial sums of squares (float64), one block adding them
+# in a fixed order into the factor min(1, max_norm / (norm + eps)) in the
+# gradients' dtype, then every gradient times it. By value: one clamp.
+
+@cuda.jit
+def gradient_square_sums(g, partial):
+    """partial[block] = the block's share of sum(g^2), grid-stride."""
+    lane = cuda.shared.array(THREADS, float64)
+    t = cuda.threadIdx.x
+    s = 0.0
+    for i in range(cuda.grid(1), g.shape[0], cuda.gridsize(1)):
+        v = float64(g[i])
+        s += v * v
+    lane[t] = s
+    cuda.syncthreads()
+    step = THREADS // 2
+    while step > 0:
+        if t < step:
+            lane[t] += lane[t + step]
+        cuda.syncthreads()
+        step //= 2
+    if t == 0:
+        partial[cuda.blockIdx.x] = lane[0]
+
+
+@cuda.jit
+def clip_norm_factor(partial, blocks, max_norm, factor):
+    """One thread: factor[0] = max_norm / (sqrt(sum of the partials) + eps)
+    when below 1 (NaN included, as PyTorch's), else 1; factor has the
+    gradients' dtype."""
+    if cuda.grid(1) == 0:
+        total = 0.0
+        for b in range(blocks):
+            total += partial[b]
+        coef = max_norm / (math.sqrt(total) + NORM_EPS)
+        factor[0] = coef if not coef >= 1.0 else 1.0
+
+
+@cuda.jit
+def scale_by(g, factor):
+    """g *= factor[0], grid-stride."""
+    for i in range(cuda.grid(1), g.shape[0], cuda.gridsize(1)):
+        g[i] *= factor[0]
+
+
+@cuda.jit
+def clip_by_value(g, high):
+    """Clamp every g to [-high, high] (high in g's dtype; NaN stays NaN)."""
+    for i in range(cuda.grid(1), g.shape[0], cuda.gridsize(1)):
+        if g[i] > high:
+            g[i] = high
+        elif g[i] < -high:
+            g[i] = -high
+
+
 # ---- mini-batch gather ----
 
 @cuda.jit
@@ -368,7 +489,7 @@ def fill(a, value):
 def signatures():
     """(name, kernel, argument types) of every kernel above at float32 and
     float64, as the launchers call them; the PTX test compiles each one."""
-    from numba import float32, int64
+    from numba import float32, int64, uint32, uint64
     out = []
     for dt in (float32, float64):
         m, v, f64m, f64v, i64v = dt[:, ::1], dt[::1], float64[:, ::1], float64[::1], int64[::1]
@@ -384,8 +505,16 @@ def signatures():
             "batchnorm_normalize": (batchnorm_normalize, (m, v, v, v, v, int64, m)),
             "batchnorm_inference": (batchnorm_inference, (m, v, v, v, v, float64, int64, m)),
             "batchnorm_backward_dx": (batchnorm_backward_dx, (m, m, v, v, v, v, v, int64, m)),
-            "activation_forward": (activation_forward, (int64, m, int64, m)),
-            "activation_backward": (activation_backward, (int64, m, m, int64, m)),
+            "activation_forward": (activation_forward, (int64, dt, m, int64, m)),
+            "activation_backward": (activation_backward, (int64, dt, m, m, m, int64, m)),
+            "dropout_forward": (dropout_forward, (m, uint64[::1], i64v, int64, int64, uint32,
+                                                  dt, int64, m, m)),
+            "dropout_backward": (dropout_backward, (m, m, int64, m)),
+            "copy_rows": (copy_rows, (m, int64, m)),
+            "gradient_square_sums": (gradient_square_sums, (v, f64v)),
+            "clip_norm_factor": (clip_norm_factor, (f64v, int64, float64, v)),
+            "scale_by": (scale_by, (v, v)),
+            "clip_by_value": (clip_by_value, (v, dt)),
             "bce_with_logits": (bce_with_logits, (m, m, int64, float64, m, f64v, i64v)),
             "bce": (bce, (m, m, int64, float64, f64v, i64v)),
             "cross_entropy": (cross_entropy, (m, m, int64, m, f64v, i64v)),

@@ -11,8 +11,9 @@ which also lets the loops that call them vectorize.
 
 import math
 
-from .jit import inline
+import numpy as np
 
+from .jit import inline
 
 
 #: PyTorch clamps log(z) and log(1 - z) at -100 in binary_cross_entropy.
@@ -77,6 +78,104 @@ def sigmoid_grad_from_output(y):
 @inline
 def tanh_grad_from_output(y):
     return 1.0 - y * y
+
+
+# ---- activations whose derivative needs the input x (PyTorch's formulas) ----
+# GELU and SiLU are not invertible, so their backward passes read the
+# layer's input; LeakyReLU reads it too, so that any negative_slope works.
+
+SQRT1_2 = 0.7071067811865476             # 1 / sqrt(2)            (M_SQRT1_2)
+GELU_PDF = 0.3989422804014327            # 1 / sqrt(2 pi)         (M_2_SQRTPI * M_SQRT1_2 / 2)
+SQRT_2_OVER_PI = 0.7978845608028654      # sqrt(2 / pi)           (M_SQRT2 * M_2_SQRTPI / 2)
+GELU_KAPPA = 0.044715
+
+
+@inline
+def leaky_relu(x, negative_slope):
+    """x for x > 0, else negative_slope * x (NaN stays NaN)."""
+    return x if x > 0.0 else x * negative_slope
+
+
+@inline
+def leaky_relu_grad(x, negative_slope):
+    """1 for x > 0, negative_slope for x <= 0, NaN for a NaN x (propagated)."""
+    if x > 0.0:
+        return 1.0
+    return negative_slope if x <= 0.0 else x
+
+
+@inline
+def gelu(x):
+    """x Phi(x) = x / 2 (1 + erf(x / sqrt(2))): torch.nn.GELU()."""
+    return x * 0.5 * (1.0 + math.erf(x * SQRT1_2))
+
+
+@inline
+def gelu_grad(x):
+    """Phi(x) + x phi(x), phi the standard normal density."""
+    cdf = 0.5 * (1.0 + math.erf(x * SQRT1_2))
+    return cdf + x * (GELU_PDF * math.exp(-0.5 * x * x))
+
+
+@inline
+def gelu_tanh(x):
+    """x / 2 (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))): torch.nn.GELU(approximate='tanh')."""
+    inner = SQRT_2_OVER_PI * (x + GELU_KAPPA * x * x * x)
+    return 0.5 * x * (1.0 + math.tanh(inner))
+
+
+@inline
+def gelu_tanh_grad(x):
+    """The derivative of gelu_tanh, as PyTorch's backward writes it."""
+    inner = SQRT_2_OVER_PI * (x + GELU_KAPPA * x * x * x)
+    t = math.tanh(inner)
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (
+        1.0 + 3.0 * GELU_KAPPA * x * x)
+
+
+@inline
+def silu(x):
+    """x / (1 + exp(-x)): torch.nn.SiLU() (exp(-x) = inf gives -0, as in PyTorch)."""
+    return x / (1.0 + math.exp(-x))
+
+
+@inline
+def silu_grad(x):
+    """s (1 + x (1 - s)) with s = sigmoid(x)."""
+    s = 1.0 / (1.0 + math.exp(-x))
+    return s * (1.0 + x * (1.0 - s))
+
+
+# ---- counter-based random bits: Dropout's masks ----
+# SplitMix64 (Steele, Lea and Flood, 2014) as a hash: output number c of the
+# sequence seeded with s is mix64(s + (c + 1) * GAMMA). Any output is computed
+# without the ones before it, so every engine draws the same bits for the same
+# (seed, counter) in any order, and a seed is itself such an output, which
+# chains keys, steps, layers and rows (see dropout.py). uint64 arithmetic
+# wraps; every operand is a uint64 (numba types uint64 mixed with int64 as
+# float64), so callers convert counters with np.uint64.
+
+SPLITMIX_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_SHIFT30, _SHIFT27, _SHIFT31 = np.uint64(30), np.uint64(27), np.uint64(31)
+_ONE = np.uint64(1)
+
+
+@inline
+def mix64(z):
+    """SplitMix64's finalizer: a bijection of the uint64 z whose every output
+    bit depends on every input bit."""
+    z = (z ^ (z >> _SHIFT30)) * _MIX1
+    z = (z ^ (z >> _SHIFT27)) * _MIX2
+    return z ^ (z >> _SHIFT31)
+
+
+@inline
+def splitmix64(seed, counter):
+    """Output number ``counter`` (0-based) of SplitMix64 seeded with ``seed``
+    (both uint64)."""
+    return mix64(seed + (counter + _ONE) * SPLITMIX_GAMMA)
 
 
 # ---- optimizer element updates (PyTorch's single-tensor formulas) ----

@@ -5,7 +5,7 @@ The description (built once per model by ``fastnn.core.layers.Sequential``):
 
     Network(table, params, buffers, counts)
       table   : LayerTable, one entry per layer in each field
-                  kind        DENSE, BATCHNORM or ACTIVATION
+                  kind        DENSE, BATCHNORM, ACTIVATION or DROPOUT
                   n_in, n_out the layer's input and output widths
                   weight_at   offset in params of the weight: a Dense weight
                               (n_out, n_in), or a BatchNorm's gamma (n_out,)
@@ -14,7 +14,10 @@ The description (built once per model by ``fastnn.core.layers.Sequential``):
                               (its running_var follows)
                   saved_at    offset in the workspace's ``saved`` of a
                               BatchNorm's batch mean, var and inv_std
-                  activation  RELU, SIGMOID or TANH, for an activation layer
+                  activation  an activation layer's code (activations.py)
+                  mask_at     a Dropout layer's offset in the workspace's
+                              ``masks``, in rows: its mask starts at
+                              mask_at * batch
                   relu_after  1 for a BatchNorm that also applies the ReLU
                               following it (fused into its forward and backward passes)
                   folded      1 for that ReLU: the layer before did its work
@@ -22,12 +25,15 @@ The description (built once per model by ``fastnn.core.layers.Sequential``):
                               the global batch in data-parallel training
                   eps, momentum  a BatchNorm's, float64 (momentum < 0: a
                               cumulative average, PyTorch's momentum=None)
+                  negative_slope a LeakyReLU's, float64
+                  p           a Dropout's drop probability, float64
       params  : (P,) every trainable parameter, in torch state_dict order
       buffers : (R,) every running statistic
       counts  : (L,) int64 BatchNorm num_batches_tracked
 
     Workspace(activations, activation_at, gradients, saved, targets, sums,
-              coefficients, scratch), allocated once per fit (``workspace``):
+              coefficients, scratch, masks, dropout, clip), allocated once per
+              fit (``workspace``):
       activations   : flat; the block at activation_at[l] holds the input of
                       layer l for up to ``batch`` rows, the block at
                       activation_at[L] the logits. A BatchNorm with relu_after
@@ -37,11 +43,22 @@ The description (built once per model by ``fastnn.core.layers.Sequential``):
                       being walked, and the d loss / d (input) it writes
       saved         : each BatchNorm's batch mean, var, inv_std
       targets       : (batch, k) the batch's targets
-      sums          : (2 * max_width,) float64 scratch for the batch sums
+      sums          : (2 * max_width,) float64 scratch for the batch sums (and
+                      a row's random words, in a Dropout layer)
       coefficients  : (3 * max_width,) scratch for per-feature coefficients
       scratch       : the dense forward kernels' scratch (dense.py): empty, or
                       room for the transposed weight of the largest small
                       Dense layer, where the BLAS serves that faster
+      masks         : each Dropout layer's mask of the step (dropout.py), kept
+                      for the backward pass
+      dropout       : (3,) uint64, what the step's masks are drawn from: the
+                      fit's key (DROPOUT_KEY), the step (DROPOUT_STEP: the
+                      optimizer's updates so far, set by train_epoch) and the
+                      first row of this process's shard in the global batch
+                      (DROPOUT_ROW, set by train_step)
+      clip          : (2,) float64, the fit's gradient clipping (optim.py's
+                      CLIP_NORM and CLIP_VALUE slots; 0 = off), applied to the
+                      gradients of every step before the update
 
     grads : (P + 1,) the gradient of every parameter, laid out as params,
             then the batch loss (one buffer, so that data-parallel training
@@ -96,8 +113,12 @@ from .batchnorm import (
 from .collective import allreduce_sum, broadcast, shard
 from .dense import TRANSPOSED_COPY_MAX_WIDTH, dense_backward, dense_backward_reference
 from .dense import dense_forward, dense_forward_reference
+from .dropout import (
+    dropout_backward, dropout_backward_reference, dropout_forward, dropout_forward_reference,
+)
 from .jit import inline, internal, released
 from .loss import loss_and_gradient
+from .optim import CLIP_NORM, CLIP_VALUE, clip_gradients, clip_gradients_reference
 from .optim import optimizer_update
 from .views import matrix_at, matrix_at_reference, vector_at, vector_at_reference
 
@@ -111,7 +132,9 @@ from .views import matrix_at, matrix_at_reference, vector_at, vector_at_referenc
 # flavours are defined in jit.py.
 
 # layer kinds
-DENSE, BATCHNORM, ACTIVATION = 0, 1, 2
+DENSE, BATCHNORM, ACTIVATION, DROPOUT = 0, 1, 2, 3
+# the slots of Workspace.dropout
+DROPOUT_KEY, DROPOUT_STEP, DROPOUT_ROW = 0, 1, 2
 # Constants passed to compiled functions are NumPy scalars: numba compiles a
 # separate copy of a function for each literal (True, 0, ...) it is called with,
 # but one copy for all values of these.
@@ -121,10 +144,12 @@ LOSS_GRADIENT = np.int64(0)  # the gradient buffer the loss writes and the backw
 
 LAYER_FIELDS = np.dtype([(name, np.int64) for name in (
     "kind", "n_in", "n_out", "weight_at", "bias_at", "stats_at", "saved_at", "activation",
-    "relu_after", "folded", "sync")] + [("eps", np.float64), ("momentum", np.float64)])
+    "mask_at", "relu_after", "folded", "sync")] + [
+    (name, np.float64) for name in ("eps", "momentum", "negative_slope", "p")])
 Network = namedtuple("Network", ["table", "params", "buffers", "counts"])
 Workspace = namedtuple("Workspace", ["activations", "activation_at", "gradients", "saved",
-                                     "targets", "sums", "coefficients", "scratch"])
+                                     "targets", "sums", "coefficients", "scratch", "masks",
+                                     "dropout", "clip"])
 Guard = namedtuple("Guard", ["params", "buffers", "counts", "taken", "current"])
 
 
@@ -133,12 +158,14 @@ Guard = namedtuple("Guard", ["params", "buffers", "counts", "taken", "current"])
 def build_layer_table(layers):
     """The LayerTable, and the sizes of params, buffers and saved statistics,
     for ``layers``: a list of dicts with keys kind, n_in, n_out, bias (Dense),
-    activation (ACTIVATION), eps, momentum, sync (BATCHNORM)."""
+    activation and negative_slope (ACTIVATION), eps, momentum, sync
+    (BATCHNORM), p (DROPOUT)."""
     n = len(layers)
-    fields = {name: np.full(n, -1, np.int64) for name in LAYER_FIELDS.names[:8]}
+    fields = {name: np.full(n, -1, np.int64) for name in LAYER_FIELDS.names[:9]}
     fields.update(relu_after=np.zeros(n, np.int64), folded=np.zeros(n, np.int64),
-                  sync=np.zeros(n, np.int64), eps=np.zeros(n), momentum=np.zeros(n))
-    p = r = s = 0
+                  sync=np.zeros(n, np.int64), eps=np.zeros(n), momentum=np.zeros(n),
+                  negative_slope=np.zeros(n), p=np.zeros(n))
+    p = r = s = m = 0
     for l, layer in enumerate(layers):
         kind, n_in, n_out = layer["kind"], layer["n_in"], layer["n_out"]
         fields["kind"][l], fields["n_in"][l], fields["n_out"][l] = kind, n_in, n_out
@@ -163,25 +190,37 @@ def build_layer_table(layers):
                     and follower["activation"] == RELU:
                 fields["relu_after"][l] = 1
                 fields["folded"][l + 1] = 1
+        elif kind == DROPOUT:
+            fields["p"][l] = layer["p"]
+            fields["mask_at"][l] = m
+            m += n_out
         else:
             fields["activation"][l] = layer["activation"]
+            fields["negative_slope"][l] = layer.get("negative_slope", 0.0)
     table = np.zeros(n, LAYER_FIELDS).view(np.recarray)
     for name, values in fields.items():
         table[name] = values
     return table, p, r, s
 
 
-def workspace(table, batch, n_outputs, dtype, copies_weights=False):
-    """A Workspace for batches of up to ``batch`` rows, in ``dtype``; with
-    ``copies_weights``, its scratch has room for the dense forward's
-    transposed weight copies (dense.py, TRANSPOSED_COPY_CORES)."""
+def workspace(table, batch, n_outputs, dtype, dropout_key=0, clip_norm=0.0, clip_value=0.0,
+              copies_weights=False):
+    """A Workspace for batches of up to ``batch`` rows, in ``dtype``; Dropout
+    masks drawn with the key ``dropout_key`` (uint64, as a Python int), the
+    gradients clipped to a norm of ``clip_norm`` or to ``clip_value`` (0:
+    not clipped); with ``copies_weights``, room in its scratch for the dense
+    forward's transposed weight copies (dense.py, TRANSPOSED_COPY_CORES)."""
     fields = table.view(np.ndarray)  # a recarray's attributes cost microseconds each
     n_layers = fields.shape[0]
     widths = [int(fields["n_in"][0])] + fields["n_out"].tolist()
+    kinds = fields["kind"].tolist()
     activation_at = np.zeros(n_layers + 1, np.int64)
     activation_at[1:] = np.cumsum(batch * np.array(widths[:-1], np.int64))
-    saved = 3 * sum(w for w, kind in zip(widths[1:], fields["kind"].tolist()) if kind == BATCHNORM)
+    saved = 3 * sum(w for w, kind in zip(widths[1:], kinds) if kind == BATCHNORM)
+    masks = sum(w for w, kind in zip(widths[1:], kinds) if kind == DROPOUT)
     width = max(widths)
+    clip = np.zeros(2)
+    clip[CLIP_NORM], clip[CLIP_VALUE] = clip_norm, clip_value
     return Workspace(activations=np.zeros(int(activation_at[-1]) + batch * widths[-1], dtype),
                      activation_at=activation_at,
                      gradients=np.zeros(2 * batch * width, dtype),
@@ -189,7 +228,9 @@ def workspace(table, batch, n_outputs, dtype, copies_weights=False):
                      targets=np.zeros((batch, n_outputs), dtype),
                      sums=np.zeros(2 * width), coefficients=np.zeros(3 * width, dtype),
                      scratch=np.zeros(dense_scratch_size(fields) if copies_weights else 0,
-                                      dtype))
+                                      dtype),
+                     masks=np.zeros(max(batch * masks, 1), dtype),
+                     dropout=np.array([dropout_key, 0, 0], np.uint64), clip=clip)
 
 
 def dense_scratch_size(fields):
@@ -258,6 +299,13 @@ def layer_blocks(net, ws, l, n):
     row = net.table[l]
     return (block(ws.activations, ws.activation_at[l], n, row.n_in),
             block(ws.activations, ws.activation_at[l + 1 + row.relu_after], n, row.n_out))
+
+
+@inline
+def dropout_mask(net, ws, l, n):
+    """Dropout layer l's mask of the step, (n, n_out)."""
+    row = net.table[l]
+    return block(ws.masks, row.mask_at * ws.targets.shape[0], n, row.n_out)
 
 
 @internal
@@ -359,13 +407,30 @@ def batchnorm_layer_backward(net, ws, grads, l, n, n_global, dy, dx, comm):
 @inline
 def activation_layer_forward(net, ws, l, n):
     x, y = layer_blocks(net, ws, l, n)
-    activation_forward(net.table[l].activation, x, y)
+    activation_forward(net.table[l].activation, net.table[l].negative_slope, x, y)
 
 
 @inline
 def activation_layer_backward(net, ws, l, n, dy, dx):
-    _, y = layer_blocks(net, ws, l, n)
-    activation_backward(net.table[l].activation, y, dy, dx)
+    x, y = layer_blocks(net, ws, l, n)
+    activation_backward(net.table[l].activation, net.table[l].negative_slope, x, y, dy, dx)
+
+
+@inline
+def dropout_layer_forward(net, ws, l, n, training):
+    """The step's mask (kept in the workspace) in training; the identity otherwise."""
+    x, y = layer_blocks(net, ws, l, n)
+    if training:
+        dropout_forward(x, ws.dropout[DROPOUT_KEY], ws.dropout[DROPOUT_STEP], l,
+                        ws.dropout[DROPOUT_ROW], net.table[l].p, y, dropout_mask(net, ws, l, n),
+                        ws.sums)
+    else:
+        copy_into(y, x)
+
+
+@inline
+def dropout_layer_backward(net, ws, l, n, dy, dx):
+    dropout_backward(dy, dropout_mask(net, ws, l, n), dx)
 
 
 # ---- the walks ----
@@ -382,6 +447,8 @@ def forward(net, ws, n, n_global, training, comm):
             dense_layer_forward(net, ws, l, n)
         elif t[l].kind == BATCHNORM:
             batchnorm_layer_forward(net, ws, l, n, n_global, training, comm)
+        elif t[l].kind == DROPOUT:
+            dropout_layer_forward(net, ws, l, n, training)
         else:
             activation_layer_forward(net, ws, l, n)
 
@@ -401,6 +468,8 @@ def backward(net, ws, grads, n, n_global, comm):
             dense_layer_backward(net, ws, grads, l, n, dy, dx)
         elif t[l].kind == BATCHNORM:
             batchnorm_layer_backward(net, ws, grads, l, n, n_global, dy, dx, comm)
+        elif t[l].kind == DROPOUT:
+            dropout_layer_backward(net, ws, l, n, dy, dx)
         else:
             activation_layer_backward(net, ws, l, n, dy, dx)
         current = 1 - current
@@ -417,6 +486,7 @@ def train_step(net, ws, grads, X, Y, index, start, n_global, loss, comm):
     batch's mean loss; the optimizer update is a separate call.
     """
     offset, n = shard(comm, start, n_global)
+    ws.dropout[DROPOUT_ROW] = np.uint64(offset - start)  # the shard's rows in the global batch
     n_params = net.params.shape[0]
     # a shard may have no rows (a last batch smaller than the process count): it then
     # computes zero gradients and still takes part in every all-reduce
@@ -532,6 +602,7 @@ def train_epoch(net, ws, grads, opt, X, Y, index, batch_size, skip_single, losse
         if n == 1 and skip_single:
             continue
         take_snapshot(net, guard)
+        ws.dropout[DROPOUT_STEP] = np.uint64(opt.step[0])
         current, spare = parameter_halves(net, guard)
         value = train_step(Network(net.table, current, net.buffers, net.counts), ws, grads, X, Y,
                            index, start, n, loss, comm)
@@ -541,6 +612,8 @@ def train_epoch(net, ws, grads, opt, X, Y, index, batch_size, skip_single, losse
         if not np.isfinite(value):
             restore_last_good(net, guard)
             return n_batches, n_batches
+        if ws.clip[CLIP_NORM] > 0.0 or ws.clip[CLIP_VALUE] > 0.0:
+            clip_gradients(ws.clip, grads[:n_params])
         optimizer_update(opt, current, grads[:n_params], spare)
         guard.current[0] = 1 - guard.current[0]
         share_running_statistics(net, comm)
@@ -597,7 +670,7 @@ def _batchnorm_inference(x, gamma, beta, mean, var, eps, relu, y, sums, coef):
 def _batchnorm_backward(dy, x, gamma, mean, inv_std, relu, y, dx, dgamma, dbeta, sums, coef,
                         comm, rows):
     if relu:
-        dy = activation_backward_reference(RELU, y, dy).astype(dy.dtype)
+        dy = activation_backward_reference(RELU, 0.0, None, y, dy).astype(dy.dtype)
     dx_value, dgamma_value, dbeta_value = batchnorm_backward_reference(dy, x, gamma, mean,
                                                                        inv_std)
     if dx.shape[0]:
@@ -606,12 +679,23 @@ def _batchnorm_backward(dy, x, gamma, mean, inv_std, relu, y, dx, dgamma, dbeta,
     _store(dbeta, dbeta_value)
 
 
-def _activation_forward(kind, x, y):
-    _store(y, activation_forward_reference(kind, x))
+def _activation_forward(kind, negative_slope, x, y):
+    _store(y, activation_forward_reference(kind, negative_slope, x))
 
 
-def _activation_backward(kind, y, dy, dx):
-    _store(dx, activation_backward_reference(kind, y, dy))
+def _activation_backward(kind, negative_slope, x, y, dy, dx):
+    _store(dx, activation_backward_reference(kind, negative_slope, x, y, dy))
+
+
+def _dropout_forward(x, key, step, layer, first_row, p, y, mask, words):
+    y_value, mask_value = dropout_forward_reference(x, key, step, layer, first_row, p)
+    _store(y, y_value)
+    _store(mask, mask_value)
+
+
+def _dropout_backward(dy, mask, dx):
+    if dx.shape[0]:
+        _store(dx, dropout_backward_reference(dy, mask))
 
 
 def _gather_batch(X, Y, index, start, n, xb, yb):
@@ -629,6 +713,8 @@ REFERENCE_KERNELS = {
     "batchnorm_backward": _batchnorm_backward,
     "batchnorm_update_running": batchnorm_update_running_reference,
     "activation_forward": _activation_forward, "activation_backward": _activation_backward,
+    "dropout_forward": _dropout_forward, "dropout_backward": _dropout_backward,
+    "clip_gradients": clip_gradients_reference,
     "gather_batch": _gather_batch,
     "copy_into": _store,
     "scale_in_place": lambda a, factor: _store(a, a * factor),

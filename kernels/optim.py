@@ -242,3 +242,52 @@ def optimizer_update_compiled(state, w, g):
     out = np.empty_like(w)
     optimizer_update(state, w, g, out)
     w[:] = out
+
+
+# ---- gradient clipping: on the flat gradient buffer, before the update ----
+# clip : (2,) float64, [max_norm, max_value] at the slots below; 0 turns that
+#        clipping off. In data-parallel training the engine clips the
+#        all-reduced gradients, so every process clips alike.
+CLIP_NORM, CLIP_VALUE = 0, 1
+#: torch.nn.utils.clip_grad_norm_'s eps: coef = max_norm / (norm + eps)
+NORM_EPS = 1e-6
+
+
+def clip_gradients_reference(clip, g):
+    """torch.nn.utils.clip_grad_norm_ (one norm over every parameter, in
+    float64) or clip_grad_value_, in place on the flat gradients g (NumPy)."""
+    max_norm, max_value = clip[CLIP_NORM], clip[CLIP_VALUE]
+    if max_norm > 0.0:
+        with np.errstate(over="ignore"):
+            norm = np.sqrt(np.sum(g.astype(np.float64) ** 2))
+        coef = max_norm / (norm + NORM_EPS)
+        if not coef >= 1.0:  # PyTorch multiplies by min(coef, 1) (NaN included); by 1 is nothing
+            g *= g.dtype.type(coef)
+    if max_value > 0.0:
+        np.clip(g, -max_value, max_value, out=g)
+
+
+@jit
+def clip_gradients(clip, g):
+    """``clip_gradients_reference``, compiled: a pass over g for the norm (and
+    one to scale it, when it is larger than max_norm), or one pass clamping
+    every element to [-max_value, max_value] (NaN stays NaN)."""
+    max_norm, max_value = clip[CLIP_NORM], clip[CLIP_VALUE]
+    if max_norm > 0.0:
+        total = 0.0
+        for i in range(g.shape[0]):
+            v = np.float64(g[i])
+            total += v * v
+        coef = max_norm / (math.sqrt(total) + NORM_EPS)
+        if not coef >= 1.0:
+            factor = g.dtype.type(coef)
+            for i in range(g.shape[0]):
+                g[i] *= factor
+    if max_value > 0.0:
+        high = g.dtype.type(max_value)
+        low = -high
+        for i in range(g.shape[0]):
+            if g[i] > high:
+                g[i] = high
+            elif g[i] < low:
+                g[i] = low

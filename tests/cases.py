@@ -55,6 +55,12 @@ TEST_SHAPES = {
     "relu": [(2, 7), (33, 13)],
     "sigmoid": [(2, 7), (33, 13)],
     "tanh": [(2, 7), (33, 13)],
+    "leaky_relu": [(2, 7), (33, 13)],
+    "gelu": [(2, 7), (33, 13)],
+    "gelu_tanh": [(2, 7), (33, 13)],
+    "silu": [(2, 7), (33, 13)],
+    # odd widths: a row's last 64-bit word gives one element
+    "dropout": [(2, 1), (2, 7), (33, 13), (64, 64)],
     "sgd": [(1,), (7,), (1001,)],
     "sgd_momentum": [(1,), (7,), (1001,)],
     "sgd_nesterov": [(7,), (1001,)],
@@ -77,6 +83,7 @@ BENCH_SHAPES = {
     "dense_forward_blas": [(32, 32, 1), (64, 64, 1), (2, 64, 32), (32, 32, 32)],
     "dense_backward_loops": [(32, 32, 1), (64, 64, 1), (2, 64, 32), (32, 32, 32)],
     "dense_backward_blas": [(32, 32, 1), (64, 64, 1), (2, 64, 32), (32, 32, 32)],
+    "dropout": [(32, 32), (64, 64), (256, 256)],
     "sgd": [(4096,), (65536,), (1 << 20,)],
     "sgd_momentum": [(4096,), (65536,), (1 << 20,)],
     "rmsprop": [(4096,), (65536,), (1 << 20,)],
@@ -101,6 +108,10 @@ OPTIMIZERS = {
                               decoupled_weight_decay=True)),
 }
 OPTIMIZER_STEPS = 3
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "gelu", "gelu_tanh", "silu")
+NEGATIVE_SLOPE = 0.2  # LeakyReLU's, in the leaky_relu cases
+# Dropout cases: p, and the key, step, layer and first row the masks are drawn for
+DROPOUT = dict(p=0.3, key=0xD1B54A32D192ED03, step=12, layer=5, first_row=40)
 
 
 def make_inputs(case, dtype, seed=0):
@@ -136,10 +147,13 @@ def make_inputs(case, dtype, seed=0):
         else:
             inputs["dy"] = normal(n, n_out)
         return inputs
-    if op in ("relu", "sigmoid", "tanh"):
+    if op in ACTIVATIONS:
         x = normal(*shape) * 3
-        y = ops.activation_forward(x.astype(np.float64), op, backend="numpy").astype(dtype)
+        y = ops.activation_forward(x.astype(np.float64), op, backend="numpy",
+                                   negative_slope=NEGATIVE_SLOPE).astype(dtype)
         return dict(x=x, y=y, dy=normal(*shape))
+    if op == "dropout":
+        return dict(x=normal(*shape), dy=normal(*shape))
     # optimizers
     (n,) = shape
     return dict(w=normal(n), grads=[normal(n) for _ in range(OPTIMIZER_STEPS)])
@@ -165,9 +179,13 @@ def run(case, backend, inputs):
         return ops.dense_backward(a["dy"], a["x"], a["w"], backend=backend)
     if op in DENSE_PATHS:
         return run_dense_path(op, backend, a)
-    if op in ("relu", "sigmoid", "tanh"):
-        return (ops.activation_forward(a["x"], op, backend=backend),
-                ops.activation_backward(a["y"], a["dy"], op, backend=backend))
+    if op in ACTIVATIONS:
+        return (ops.activation_forward(a["x"], op, backend=backend, negative_slope=NEGATIVE_SLOPE),
+                ops.activation_backward(a["y"], a["dy"], op, backend=backend, x=a["x"],
+                                        negative_slope=NEGATIVE_SLOPE))
+    if op == "dropout":
+        y, mask = ops.dropout_forward(a["x"], backend=backend, **DROPOUT)
+        return y, mask, ops.dropout_backward(a["dy"], mask, backend=backend)
     return (run_optimizer(case.op, backend, a["w"], a["grads"]),)
 
 

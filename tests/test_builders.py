@@ -27,11 +27,24 @@ def test_layers_in_order_and_the_same_initial_weights_as_written_by_hand():
      ["Dense", "BatchNorm", "Tanh", "Dense", "BatchNorm", "Tanh", "Dense"]),
     (dict(hidden=(5,), activation="sigmoid", batchnorm=False), ["Dense", "Sigmoid", "Dense"]),
     (dict(hidden=[5], activation="identity"), ["Dense", "BatchNorm", "Dense"]),
+    (dict(hidden=[5, 4], dropout=0.2),
+     ["Dense", "BatchNorm", "ReLU", "Dropout", "Dense", "BatchNorm", "ReLU", "Dropout", "Dense"]),
+    (dict(hidden=[5], activation="identity", dropout=0.5, batchnorm=False),
+     ["Dense", "Dropout", "Dense"]),
+    (dict(hidden=[5], activation="leaky_relu"), ["Dense", "BatchNorm", "LeakyReLU", "Dense"]),
+    (dict(hidden=[5], activation="gelu", batchnorm=False), ["Dense", "GELU", "Dense"]),
+    (dict(hidden=[5], activation="silu", dropout=0.0), ["Dense", "BatchNorm", "SiLU", "Dense"]),
 ])
 def test_options(kwargs, expected):
     model = fn.mlp(3, out_features=2, **kwargs)
     assert kinds(model) == expected
     assert model.in_features == 3 and model.out_features == 2
+
+
+def test_the_options_reach_the_layers():
+    model = fn.mlp(3, [4], 1, activation="gelu_tanh", dropout=0.3)
+    assert model.layers[2].approximate == "tanh" and model.layers[3].p == 0.3
+    assert fn.mlp(3, [4], 1, activation="leaky_relu").layers[2].negative_slope == 0.01
 
 
 def test_sync_and_init_reach_the_layers():
@@ -49,6 +62,10 @@ def test_sync_and_init_reach_the_layers():
     (dict(in_features=0), ValueError, "in_features must be >= 1"),
     (dict(out_features=None), TypeError, "out_features must be an integer"),
     (dict(batchnorm=1), TypeError, "batchnorm must be True or False"),
+    (dict(dropout=1.0), ValueError, "dropout must be < 1"),
+    (dict(dropout=-0.1), ValueError, "dropout must be >= 0"),
+    (dict(dropout="0.1"), TypeError, "dropout must be a real number"),
+    (dict(activation="GELU"), ValueError, "activation must be one of"),
 ])
 def test_bad_arguments_name_themselves(kwargs, error, message):
     args = dict(in_features=3, hidden=[4], out_features=1)

@@ -1,6 +1,7 @@
 """Crash-safe checkpoints: resume gives the uninterrupted run's weights bit
-for bit, also after SIGKILL at random moments; damaged checkpoints are
-skipped with a warning."""
+for bit, also after SIGKILL at random moments (with Dropout layers, whose
+masks a resumed run must draw as the uninterrupted one); damaged checkpoints
+are skipped with a warning."""
 
 import json
 import os
@@ -90,8 +91,9 @@ SCRIPT = textwrap.dedent("""
     import fastnn as fn
     from fastnn.demo import make_data
     X, y = make_data(100000, n_features=20, seed=0)
-    model = fn.Sequential(fn.Dense(20, 64), fn.BatchNorm(64), fn.ReLU(), fn.Dense(64, 64),
-                          fn.BatchNorm(64), fn.ReLU(), fn.Dense(64, 1), seed=0)
+    model = fn.Sequential(fn.Dense(20, 64), fn.BatchNorm(64), fn.ReLU(), fn.Dropout(0.1),
+                          fn.Dense(64, 64), fn.BatchNorm(64), fn.ReLU(), fn.Dropout(0.1),
+                          fn.Dense(64, 1), seed=0)
     trainer = fn.Trainer(model, optimizer=fn.Adam(lr=1e-3), device="cpu", seed=0)
     trainer.fit(X, y, epochs=int(sys.argv[2]), batch_size=32, checkpoint_dir=sys.argv[1],
                 resume=True)

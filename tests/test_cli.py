@@ -200,6 +200,25 @@ def test_zero_one_csv_numpy_reader_options_and_no_validation(work):
     assert "preprocessing: none stored" in ok(work, "info", "zo.npz").stdout
 
 
+def test_the_activations_are_fn_mlps():
+    """cli.py imports only the standard library, so it lists the names itself."""
+    from fastnn.core.builders import ACTIVATIONS
+    assert set(cli.ACTIVATIONS) == set(ACTIVATIONS) - {"identity"}
+
+
+def test_dropout_and_a_new_activation(work):
+    X, labels = make_problem(300, seed=4, classes=(0, 1))
+    np.savez(work / "drop.npz", X=X, y=labels.astype(np.int64))
+    proc = ok(work, "train", "drop.npz", "--epochs", 3, "--hidden", "8,6", "--activation", "gelu",
+              "--dropout", 0.25, "--seed", 1, "--device", "cpu", "--out", "drop_model.npz")
+    assert "GELU Dropout(0.25) Dense(8,6)" in proc.stdout
+    model = fn.load(work / "drop_model.npz")
+    assert [type(layer).__name__ for layer in model.layers] == [
+        "Dense", "BatchNorm", "GELU", "Dropout", "Dense", "BatchNorm", "GELU", "Dropout", "Dense"]
+    assert model.layers[3].p == 0.25 and model.metadata["dropout"] == 0.25
+    assert model.metadata["activation"] == "gelu"
+
+
 def test_npz_training_and_npy_prediction(work):
     X, labels = make_problem(300, seed=2, classes=(3, 7))
     np.savez(work / "arr.npz", X=X, y=labels.astype(np.int64))
@@ -290,7 +309,9 @@ ERRORS = [
     ("train", ["ok.csv", "--target", "y", "--validation-split", "1.5"],
      "argument --validation-split: must be in [0, 1)"),
     ("train", ["ok.csv", "--target", "y", "--hidden", "64,x"], "argument --hidden"),
-    ("train", ["ok.csv", "--target", "y", "--activation", "gelu"], "argument --activation"),
+    ("train", ["ok.csv", "--target", "y", "--activation", "swish"], "argument --activation"),
+    ("train", ["ok.csv", "--target", "y", "--dropout", "1"], "argument --dropout"),
+    ("train", ["ok.csv", "--target", "y", "--dropout", "-0.1"], "argument --dropout"),
     ("train", ["ok.csv", "--target", "y", "--early-stopping", "3", "--validation-split", "0"],
      "--early-stopping needs validation data"),
     ("train", ["ok.csv", "--target", "y", "--out", "nodir/m.npz"], "does not exist"),

@@ -33,9 +33,32 @@ def test_torch_round_trip_keeps_weights_statistics_and_predictions(dtype):
         assert torch.equal(back.state_dict()[key], value), key
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_new_layers_round_trip_and_predict_as_torch_in_eval_mode(dtype):
+    torch.manual_seed(1)
+    nn = torch.nn
+    tmodel = nn.Sequential(nn.Linear(5, 7), nn.LeakyReLU(0.2), nn.Dropout(0.4), nn.Linear(7, 6),
+                           nn.GELU(), nn.Linear(6, 6), nn.GELU(approximate="tanh"),
+                           nn.Dropout(0.1), nn.Linear(6, 4), nn.SiLU(), nn.Linear(4, 1)).to(dtype)
+    model = fn.from_torch(tmodel)
+    assert [spec["type"] for spec in model.config()] == [
+        "Dense", "LeakyReLU", "Dropout", "Dense", "GELU", "Dense", "GELU", "Dropout", "Dense",
+        "SiLU", "Dense"]
+    assert (model.layers[1].negative_slope, model.layers[2].p, model.layers[4].approximate,
+            model.layers[6].approximate) == (0.2, 0.4, "none", "tanh")
+    X = np.random.default_rng(0).normal(size=(9, 5)).astype(model.dtype)
+    expected = torch.sigmoid(tmodel.eval()(torch.from_numpy(X)))[:, 0].detach().numpy()
+    np.testing.assert_allclose(fn.Trainer(model, device="cpu", dtype=model.dtype).predict_proba(X),
+                               expected, rtol=1e-5 if dtype == torch.float32 else 1e-12)
+    back = model.to_torch()
+    assert [type(m) for m in back] == [type(m) for m in tmodel]
+    assert (back[1].negative_slope, back[2].p, back[4].approximate, back[6].approximate) == (
+        0.2, 0.4, "none", "tanh")
+
+
 def test_unsupported_layers_are_named():
-    with pytest.raises(ValueError, match=r"module\[1\].*Dropout"):
-        fn.from_torch(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Dropout(0.1)))
+    with pytest.raises(ValueError, match=r"module\[1\].*AlphaDropout"):
+        fn.from_torch(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.AlphaDropout(0.1)))
     with pytest.raises(ValueError, match="affine"):
         fn.from_torch(torch.nn.Sequential(torch.nn.Linear(3, 3),
                                           torch.nn.BatchNorm1d(3, affine=False)))

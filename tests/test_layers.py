@@ -49,6 +49,17 @@ CONSTRUCTOR_CASES = [
      "real number"),
     ("BatchNorm-momentum-nan", lambda: fn.BatchNorm(4, momentum=float("nan")), "momentum",
      "finite"),
+    ("LeakyReLU-slope-nan", lambda: fn.LeakyReLU(float("nan")), "negative_slope", "finite"),
+    ("LeakyReLU-slope-str", lambda: fn.LeakyReLU("0.1"), "negative_slope", "real number"),
+    ("LeakyReLU-slope-none", lambda: fn.LeakyReLU(None), "negative_slope", "real number"),
+    ("GELU-approximate-bogus", lambda: fn.GELU("fast"), "approximate", "tanh"),
+    ("GELU-approximate-none", lambda: fn.GELU(None), "approximate", "tanh"),
+    ("GELU-approximate-bool", lambda: fn.GELU(True), "approximate", "tanh"),
+    ("Dropout-p-neg", lambda: fn.Dropout(-0.1), "p", ">= 0"),
+    ("Dropout-p-big", lambda: fn.Dropout(1.5), "p", "<= 1"),
+    ("Dropout-p-nan", lambda: fn.Dropout(float("nan")), "p", "finite"),
+    ("Dropout-p-str", lambda: fn.Dropout("0.5"), "p", "real number"),
+    ("Dropout-p-none", lambda: fn.Dropout(None), "p", "real number"),
     ("SGD-lr-0", lambda: fn.SGD(lr=0), "lr", "> 0"),
     ("SGD-lr-neg", lambda: fn.SGD(lr=-1), "lr", "> 0"),
     ("SGD-lr-nan", lambda: fn.SGD(lr=float("nan")), "lr", "finite"),
@@ -96,6 +107,19 @@ def test_layer_and_optimizer_constructors_reject_bad_arguments(_, factory, arg, 
     expect_error(factory, arg, what)
 
 
+def test_the_new_layers_keep_their_arguments_through_config():
+    model = fn.Sequential(fn.Dense(N_IN, 4), fn.LeakyReLU(-0.5), fn.Dropout(0.25),
+                          fn.GELU("tanh"), fn.Dense(4, 4), fn.GELU(), fn.SiLU(), fn.Dropout(1.0),
+                          fn.Dense(4, 1))
+    config = model.config()
+    assert config[1:4] == [{"type": "LeakyReLU", "negative_slope": -0.5},
+                           {"type": "Dropout", "p": 0.25}, {"type": "GELU", "approximate": "tanh"}]
+    assert fn.Sequential.from_config(config).config() == config
+    assert model.n_params == fn.Sequential(fn.Dense(N_IN, 4), fn.Dense(4, 4),
+                                           fn.Dense(4, 1)).n_params
+    assert repr(model.layers[2]) == "Dropout(p=0.25)"
+
+
 def test_batchnorm_momentum_none_is_valid():
     bn = fn.BatchNorm(4, momentum=None)
     assert bn.momentum is None
@@ -120,6 +144,8 @@ SEQUENTIAL_CASES = [
     ("batchnorm-width-mismatch", lambda: [fn.Dense(N_IN, 4), fn.BatchNorm(3)], {},
      "layers[1]", "num_features must be 4"),
     ("first-is-activation", lambda: [fn.ReLU(), fn.Dense(N_IN, 1)], {}, "layers[0]",
+     "Dense or BatchNorm"),
+    ("first-is-dropout", lambda: [fn.Dropout(0.1), fn.Dense(N_IN, 1)], {}, "layers[0]",
      "Dense or BatchNorm"),
     ("layer-of-another-model", lambda: [_owned_dense(), fn.Dense(4, 1)], {}, "layers[0]",
      "already belongs"),

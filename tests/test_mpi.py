@@ -66,6 +66,54 @@ def test_n_ranks_train_like_one_process_with_the_same_global_batch(tmp_path, ran
         assert np.array_equal(np.load(tmp_path / f"multi-{rank}.npz")["params"], first["params"])
 
 
+DROPOUT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import fastnn as fn
+
+    distributed = sys.argv[1] == "mpi"
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(203, 7))
+    y = (X[:, 0] * X[:, 1] > 0) * 1.0
+    model = fn.Sequential(fn.Dense(7, 12, bias=False), fn.BatchNorm(12, sync=True), fn.ReLU(),
+                          fn.Dropout(0.3), fn.Dense(12, 8), fn.GELU(), fn.Dropout(0.2),
+                          fn.Dense(8, 1), seed=3)
+    seed = None if sys.argv[3] == "none" else int(sys.argv[3])
+    trainer = fn.Trainer(model, optimizer=fn.Adam(lr=0.01), device="cpu", dtype="float64",
+                         seed=seed, distributed="mpi" if distributed else None,
+                         clip_grad_norm=0.5)
+    history = trainer.fit(X, y, epochs=3, batch_size=20)
+    np.savez(f"{sys.argv[2]}-{trainer.rank}.npz", params=model.params, buffers=model.buffers,
+             loss=np.array(history["loss"]), key=np.uint64(trainer.dropout_key))
+""")
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_n_ranks_draw_the_dropout_masks_and_clip_like_one_process(tmp_path, ranks):
+    """Each rank draws its own rows of the global batch's masks, and the
+    gradients are clipped after the all-reduce: N ranks train like one process."""
+    (tmp_path / "dropout.py").write_text(DROPOUT)
+    subprocess.run([sys.executable, "dropout.py", "single", "single", "1"], cwd=tmp_path,
+                   check=True)
+    out = run_mpi(ranks, "dropout.py", "mpi", "multi", "1", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    single = np.load(tmp_path / "single-0.npz")
+    for rank in range(ranks):
+        multi = np.load(tmp_path / f"multi-{rank}.npz")
+        for key in ("params", "buffers", "loss"):
+            np.testing.assert_allclose(multi[key], single[key], rtol=1e-10, atol=1e-12,
+                                       err_msg=f"rank {rank} {key}")
+
+
+def test_without_a_seed_every_rank_draws_rank_0s_masks(tmp_path):
+    (tmp_path / "dropout.py").write_text(DROPOUT)
+    out = run_mpi(2, "dropout.py", "mpi", "multi", "none", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    ranks = [np.load(tmp_path / f"multi-{rank}.npz") for rank in range(2)]
+    assert ranks[0]["key"] == ranks[1]["key"]
+    assert np.array_equal(ranks[0]["params"], ranks[1]["params"])
+
+
 PER_RANK = textwrap.dedent("""
     import sys
     import numpy as np

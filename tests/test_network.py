@@ -10,15 +10,26 @@ from fastnn.kernels import network as nw
 from fastnn.kernels.loss import BCE, CROSS_ENTROPY, ENGINE_LOSSES
 
 
-def make_model(activation=fn.ReLU, seed=0, n_in=5, n_out=2):
-    return fn.Sequential(fn.Dense(n_in, 7), fn.BatchNorm(7), activation(),
-                         fn.Dense(7, 6, bias=False), fn.BatchNorm(6, momentum=None), activation(),
-                         fn.Dense(6, n_out), seed=seed)
+def make_model(activation=fn.ReLU, seed=0, n_in=5, n_out=2, dropout=None):
+    """Dense BatchNorm activation [Dropout] Dense BatchNorm activation [Dropout] Dense."""
+    extra = [] if dropout is None else [fn.Dropout(dropout)]
+    layers = [fn.Dense(n_in, 7), fn.BatchNorm(7), activation(), *extra,
+              fn.Dense(7, 6, bias=False), fn.BatchNorm(6, momentum=None), activation()]
+    if dropout is not None:
+        layers.append(fn.Dropout(dropout / 2))
+    return fn.Sequential(*layers, fn.Dense(6, n_out), seed=seed)
+
+
+ACTIVATIONS = {"relu": fn.ReLU, "sigmoid": fn.Sigmoid, "tanh": fn.Tanh,
+               "leaky_relu": lambda: fn.LeakyReLU(0.15), "leaky_relu_negative":
+               lambda: fn.LeakyReLU(-0.4), "gelu": fn.GELU, "gelu_tanh": lambda: fn.GELU("tanh"),
+               "silu": fn.SiLU}
 
 
 def batch_loss(model, X, Y, loss_kind=BCE):
     """Training-mode loss of one batch (reference kernels), without touching
-    the model's running statistics."""
+    the model's running statistics (Dropout masks: key 0, step 0, as
+    engine_gradient's)."""
     net = model.network()._replace(buffers=model.buffers.copy(), counts=model.counts.copy())
     ws = nw.workspace(model.table, X.shape[0], Y.shape[1], model.dtype)
     grads = np.zeros(model.n_params + 1, model.dtype)
@@ -36,12 +47,15 @@ def engine_gradient(model, X, Y, device, loss_kind=BCE):
     return loss, grads[:-1]
 
 
+@pytest.mark.parametrize("dropout", [None, 0.4], ids=["", "dropout"])
 @pytest.mark.parametrize("loss_kind", [BCE, CROSS_ENTROPY], ids=["bce", "cross_entropy"])
 @pytest.mark.parametrize("device", ["numpy", "cpu"])
-@pytest.mark.parametrize("activation", [fn.ReLU, fn.Sigmoid, fn.Tanh])
-def test_gradients_match_central_finite_differences(activation, device, loss_kind):
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_gradients_match_central_finite_differences(activation, device, loss_kind, dropout):
+    """Every layer's backward pass, Dropout's with the step's mask (which does
+    not depend on the weights)."""
     rng = np.random.default_rng(3)
-    model = make_model(activation, n_out=3)
+    model = make_model(ACTIVATIONS[activation], n_out=3, dropout=dropout)
     X = rng.normal(size=(9, 5))
     if loss_kind == BCE:
         Y = rng.uniform(size=(9, 3))

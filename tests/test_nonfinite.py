@@ -14,7 +14,9 @@ import pytest
 import fastnn as fn
 from fastnn.core.backends import BACKENDS
 from fastnn.demo import make_data
-from fastnn.kernels.activations import RELU, SIGMOID, TANH, sigmoid_reference
+from fastnn.kernels.activations import (
+    GELU, GELU_TANH, LEAKY_RELU, RELU, SIGMOID, SILU, TANH, sigmoid_reference,
+)
 
 HOST_DEVICES = ("cpu", "numpy")
 SPECIAL = np.array([[np.nan, np.inf, -np.inf, 0.0, -0.0, 1.5, -1.5, 1e-300]])
@@ -40,28 +42,34 @@ def assert_all_finite(model, trainer):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("device", HOST_DEVICES)
-@pytest.mark.parametrize("code", [RELU, SIGMOID, TANH])
+@pytest.mark.parametrize("code", [RELU, SIGMOID, TANH, LEAKY_RELU, GELU, GELU_TANH, SILU])
 def test_activations_keep_nan_forward_and_backward(code, device, dtype):
     backend = BACKENDS[device]
     x = SPECIAL.astype(dtype)
-    y = backend.activation_forward(code, x)
-    assert np.array_equal(np.isnan(y), np.isnan(x)), y  # NaN in, NaN out; nothing else NaN
+    with np.errstate(invalid="ignore"):  # inf * 0 in GELU and SiLU at -inf, as in PyTorch
+        y = backend.activation_forward(code, 0.01, x)
+    nan_in = np.isnan(x) if code in (RELU, SIGMOID, TANH, LEAKY_RELU) else ~np.isfinite(x) & (
+        np.isnan(x) | (x < 0))
+    assert np.isnan(y[0, 0]), y  # NaN in, NaN out
+    assert not np.isnan(y[~nan_in]).any(), y  # nothing else NaN
     dy = np.ones_like(x)
-    dx = backend.activation_backward(code, y, dy)
-    assert np.isnan(dx[0, 0]), dx  # the derivative at a NaN output is NaN, never 0
+    with np.errstate(invalid="ignore"):
+        dx = backend.activation_backward(code, 0.01, x, y, dy)
+    assert np.isnan(dx[0, 0]), dx  # the derivative at a NaN is NaN, never 0
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_relu_values_at_the_edges_agree_between_cpu_and_reference(dtype):
     x = SPECIAL.astype(dtype)
-    cpu = BACKENDS["cpu"].activation_forward(RELU, x)
-    ref = BACKENDS["numpy"].activation_forward(RELU, x)
+    cpu = BACKENDS["cpu"].activation_forward(RELU, 0.0, x)
+    ref = BACKENDS["numpy"].activation_forward(RELU, 0.0, x)
     np.testing.assert_array_equal(cpu, ref)  # element-wise, no summation: exact
     y = np.array([[np.nan, np.inf, 0.0, 2.0]], dtype)
     dy = np.array([[3.0, 3.0, 3.0, 3.0]], dtype)
     expected = np.array([[np.nan, 3.0, 0.0, 3.0]], dtype)
     for device in HOST_DEVICES:
-        np.testing.assert_array_equal(BACKENDS[device].activation_backward(RELU, y, dy), expected)
+        np.testing.assert_array_equal(BACKENDS[device].activation_backward(RELU, 0.0, y, y, dy),
+                                      expected)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

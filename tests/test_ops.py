@@ -31,11 +31,14 @@ GOOD = {
     "dense_backward": dict(dy=_rng.normal(size=(5, 4)), x=_x, w=_rng.normal(size=(4, 3))),
     "activation_forward": dict(x=_x, activation="tanh"),
     "activation_backward": dict(y=np.tanh(_x), dy=_rng.normal(size=(5, 3)), activation="tanh"),
+    "dropout_forward": dict(x=_x, p=0.5, key=3, step=2, layer=1, first_row=7),
+    "dropout_backward": dict(dy=_rng.normal(size=(5, 3)), mask=(_x > 0) * 2.0),
 }
 # The array every other array's shape is checked against.
 PRIMARY = {"batchnorm_forward": "x", "batchnorm_backward": "x", "bce": "z",
            "bce_with_logits": "logits", "dense_forward": "x", "dense_backward": "x",
-           "activation_forward": "x", "activation_backward": "y"}
+           "activation_forward": "x", "activation_backward": "y", "dropout_forward": "x",
+           "dropout_backward": "dy"}
 
 
 def call_op(op, backend="cpu", **changes):
@@ -81,7 +84,20 @@ SPECIFIC_CASES = [
     ("dense_forward", "w", "transposed", GOOD["dense_forward"]["w"].T, "shape"),
     ("dense_backward", "dy", "wrong-batch", GOOD["dense_backward"]["dy"][:-1], "shape"),
     ("activation_forward", "x", "1-D", _x[0], "2-D"),
-    ("activation_forward", "activation", "unknown", "gelu", "relu"),
+    ("activation_forward", "activation", "unknown", "swish", "relu"),
+    ("activation_forward", "negative_slope", "nan", np.nan, "finite"),
+    ("activation_forward", "negative_slope", "str", "0.1", "real number"),
+    ("activation_backward", "x", "missing for gelu", None, "required"),
+    ("dropout_forward", "x", "1-D", _x[0], "2-D"),
+    ("dropout_forward", "p", "above-1", 1.5, "<= 1"),
+    ("dropout_forward", "p", "negative", -0.1, ">= 0"),
+    ("dropout_forward", "p", "nan", np.nan, "finite"),
+    ("dropout_forward", "key", "negative", -1, ">= 0"),
+    ("dropout_forward", "key", "too-large", 2 ** 64, "< 2\\*\\*64"),
+    ("dropout_forward", "key", "float", 1.0, "integer"),
+    ("dropout_forward", "step", "negative", -1, ">= 0"),
+    ("dropout_forward", "layer", "str", "1", "integer"),
+    ("dropout_forward", "first_row", "negative", -3, ">= 0"),
     ("activation_forward", "activation", "capitalised", "ReLU", "relu"),
     ("activation_forward", "activation", "none", None, "relu"),
     ("activation_backward", "activation", "unknown", "softmax", "relu"),
@@ -96,7 +112,10 @@ for _eps in (0.0, -1.0, np.nan, np.inf, "1e-5", True, None):
 @pytest.mark.parametrize("op, arg, _, value, what", ARRAY_CASES + SPECIFIC_CASES,
                          ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in ARRAY_CASES + SPECIFIC_CASES])
 def test_ops_reject_bad_input(backend, op, arg, _, value, what):
-    expect_error(lambda: call_op(op, backend, **{arg: value}), arg, what)
+    changes = {arg: value}
+    if _ == "missing for gelu":
+        changes["activation"] = "gelu"
+    expect_error(lambda: call_op(op, backend, **changes), arg, what)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

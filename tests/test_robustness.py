@@ -73,8 +73,8 @@ DETERMINISM = textwrap.dedent("""
     import fastnn as fn
     from fastnn.demo import make_data
     X, y = make_data(2048, n_features=128, seed=0)
-    m = fn.Sequential(fn.Dense(128, 128), fn.BatchNorm(128), fn.ReLU(), fn.Dense(128, 128),
-                      fn.BatchNorm(128), fn.ReLU(), fn.Dense(128, 1), seed=0)
+    m = fn.Sequential(fn.Dense(128, 128), fn.BatchNorm(128), fn.ReLU(), fn.Dropout(0.1),
+                      fn.Dense(128, 128), fn.BatchNorm(128), fn.ReLU(), fn.Dense(128, 1), seed=0)
     fn.Trainer(m, optimizer=fn.Adam(lr=1e-3), device="cpu", seed=0).fit(X, y, epochs=2,
                                                                          batch_size=256)
     np.save(sys.argv[1], m.params)

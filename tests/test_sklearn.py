@@ -53,6 +53,8 @@ CHECKED = [
     FastNNClassifier(hidden_layer_sizes=(16,), activation="logistic", learning_rate_init=0.03,
                      max_iter=50, early_stopping=True, validation_fraction=0.2,
                      n_iter_no_change=3, device="cpu"),
+    FastNNClassifier(hidden_layer_sizes=(32,), activation="gelu", dropout=0.2,
+                     learning_rate_init=0.01, max_iter=60, device="cpu"),
 ]
 
 
@@ -85,7 +87,7 @@ def three_classes(n=1500, seed=0):
 def test_parameters_are_mlpclassifier_names_plus_fastnn_ones():
     ours = set(inspect.signature(FastNNClassifier).parameters)
     mlp = set(inspect.signature(MLPClassifier).parameters)
-    assert ours - mlp == {"batchnorm", "device", "dtype"}
+    assert ours - mlp == {"batchnorm", "device", "dtype", "dropout"}
     shared = ours & mlp
     for name in shared:  # same defaults, apart from batch_size=200 ~ 'auto'
         if name != "batch_size":
@@ -186,7 +188,9 @@ def test_single_class_sparse_and_bad_parameters_are_refused():
              (dict(learning_rate_init=0.0), ValueError),
              (dict(validation_fraction=1.0), ValueError),
              (dict(device="tpu"), ValueError), (dict(dtype="float16"), ValueError),
-             (dict(batchnorm="yes"), TypeError), (dict(alpha=-1.0), ValueError)]
+             (dict(batchnorm="yes"), TypeError), (dict(alpha=-1.0), ValueError),
+             (dict(dropout=1.0), ValueError), (dict(dropout="0.1"), TypeError),
+             (dict(activation="sigmoid"), ValueError)]
     if not cuda_available():
         cases.append((dict(device="cuda"), ValueError))
     for params, exc in cases:
@@ -341,6 +345,26 @@ def test_same_random_state_same_model():
     rs_clf = FastNNClassifier(random_state=np.random.RandomState(0), **kw)
     first = rs_clf.fit(X, y).predict_proba(Xt)
     assert not np.array_equal(first, rs_clf.fit(X, y).predict_proba(Xt))
+
+
+def test_dropout_and_the_new_activations_with_a_random_state_give_one_model():
+    X, Xt, y, yt = moons(400)
+    kw = dict(hidden_layer_sizes=(16, 16), device="cpu", dropout=0.2, learning_rate_init=0.02,
+              batch_size=32)
+    models = [FastNNClassifier(activation=act, random_state=seed, max_iter=15, **kw).fit(X, y)
+              for act, seed in [("gelu", 3), ("gelu", 3), ("gelu", 4), ("silu", 3),
+                                ("leaky_relu", 3), ("gelu_tanh", 3)]]
+    assert [spec["type"] for spec in models[0].model_.config()] == [
+        "Dense", "BatchNorm", "GELU", "Dropout", "Dense", "BatchNorm", "GELU", "Dropout", "Dense"]
+    np.testing.assert_array_equal(models[0].model_.params, models[1].model_.params)
+    assert not np.array_equal(models[0].model_.params, models[2].model_.params)
+    for clf in models:
+        assert clf.score(Xt, yt) > 0.8
+    # partial_fit continues the masks where fit left them: two epochs of one fit
+    one = FastNNClassifier(random_state=5, max_iter=2, **kw).fit(X, y)
+    two = FastNNClassifier(random_state=5, max_iter=1, **kw).fit(X, y)
+    two.partial_fit(X, y)
+    np.testing.assert_array_equal(one.model_.params, two.model_.params)
 
 
 def test_pickle_and_fastnn_save(tmp_path):

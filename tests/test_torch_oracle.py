@@ -15,6 +15,16 @@ The largest error seen per dtype, as |fastnn - torch| / (atol / rtol + |torch|)
 end of the module (run pytest with -s) and, when the environment variable
 FASTNN_ORACLE_REPORT names a path, written there as JSON.
 
+Dropout: torch is given fastnn's masks. A Dropout layer is replayed by a
+module doing torch.nn.Dropout's arithmetic (x * bernoulli(1 - p) / (1 - p))
+with the keep pattern that fastnn.kernels.dropout draws for the fit's key,
+the step and the layer; if fastnn dropped other elements, or scaled them
+otherwise, the weights would differ at the first step. Gradient clipping is
+torch.nn.utils.clip_grad_norm_ / clip_grad_value_ between backward and step.
+The new layers and clipping are replayed on the numpy reference engine too
+(and, in tests/cuda/test_cuda_oracle.py, on the cuda engine in the CUDA
+simulator).
+
 Numerical trap avoided on purpose: a Dense bias right before a BatchNorm has a
 true gradient of exactly zero, so its computed gradient is rounding noise, and
 RMSprop and Adam, which divide by sqrt(v) + eps, turn that noise into steps of
@@ -31,6 +41,7 @@ import numpy as np
 import pytest
 
 import fastnn as fn
+from fastnn.kernels.dropout import dropout_mask_reference
 
 torch = pytest.importorskip("torch")
 
@@ -42,9 +53,10 @@ MAX_ERR = {dtype: {"max_rel_err": 0.0, "where": None, "checks": 0} for dtype in 
 
 
 # ---- architectures ----
-# A layer spec is ("dense", in, out, bias), ("bn", n, momentum, eps), or an
-# activation name. bias=None marks a Dense directly before a BatchNorm: it has a
-# bias only when the optimizer is SGD (see the module docstring).
+# A layer spec is ("dense", in, out, bias), ("bn", n, momentum, eps), ("dropout",
+# p), ("leaky_relu", negative_slope), or an activation name. bias=None marks a
+# Dense directly before a BatchNorm: it has a bias only when the optimizer is SGD
+# (see the module docstring).
 
 ARCHS = {
     # Dense-BN-ReLU twice, one logit; 75 = 4 * 16 + 11.
@@ -78,6 +90,29 @@ ARCHS = {
         layers=[("bn", 6, None, 1e-5), "tanh", ("dense", 6, 11, None), ("bn", 11, None, 1e-3),
                 "sigmoid", ("dense", 11, 1, True)],
         n=58, batch_size=10, targets="binary"),
+    # Dropout after a BatchNorm-ReLU and after a SiLU, and right before the head
+    "dropout": dict(
+        layers=[("dense", 8, 16, None), ("bn", 16, 0.1, 1e-5), "relu", ("dropout", 0.3),
+                ("dense", 16, 12, True), "silu", ("dropout", 0.5), ("dense", 12, 7, True),
+                ("dropout", 0.1), ("dense", 7, 1, True)],
+        n=75, batch_size=16, targets="binary"),
+    # LeakyReLU after a BatchNorm (not fused: its derivative reads the input), GELU's
+    # tanh approximation
+    "leaky_gelu_tanh": dict(
+        layers=[("dense", 8, 16, None), ("bn", 16, 0.1, 1e-5), ("leaky_relu", 0.2),
+                ("dense", 16, 12, True), "gelu_tanh", ("dense", 12, 1, True)],
+        n=70, batch_size=16, targets="binary"),
+    # exact GELU and SiLU, a negative LeakyReLU slope, three outputs
+    "gelu_silu": dict(
+        layers=[("dense", 7, 11, True), "gelu", ("dense", 11, 9, None), ("bn", 9, 0.1, 1e-5),
+                "silu", ("dense", 9, 6, True), ("leaky_relu", -0.3), ("dense", 6, 3, True)],
+        n=61, batch_size=12, targets="multilabel"),
+    # all of the new layers in few steps: the CUDA simulator's case (tests/cuda)
+    "new_layers_small": dict(
+        layers=[("dense", 5, 6, None), ("bn", 6, 0.1, 1e-5), ("leaky_relu", 0.2), ("dropout", 0.3),
+                ("dense", 6, 5, True), "gelu", ("dense", 5, 4, True), "silu", ("dropout", 0.2),
+                ("dense", 4, 4, True), "gelu_tanh", ("dense", 4, 1, True)],
+        n=20, batch_size=8, targets="binary"),
 }
 
 
@@ -88,12 +123,13 @@ def _bias(bias, bias_before_bn):
 def build_fastnn(layers, bias_before_bn, seed=0):
     out = []
     for spec in layers:
-        if spec == "relu":
-            out.append(fn.ReLU())
-        elif spec == "tanh":
-            out.append(fn.Tanh())
-        elif spec == "sigmoid":
-            out.append(fn.Sigmoid())
+        if isinstance(spec, str):
+            out.append({"relu": fn.ReLU, "tanh": fn.Tanh, "sigmoid": fn.Sigmoid, "silu": fn.SiLU,
+                        "gelu": fn.GELU, "gelu_tanh": lambda: fn.GELU("tanh")}[spec]())
+        elif spec[0] == "dropout":
+            out.append(fn.Dropout(spec[1]))
+        elif spec[0] == "leaky_relu":
+            out.append(fn.LeakyReLU(spec[1]))
         elif spec[0] == "dense":
             out.append(fn.Dense(spec[1], spec[2], bias=_bias(spec[3], bias_before_bn)))
         else:
@@ -101,16 +137,34 @@ def build_fastnn(layers, bias_before_bn, seed=0):
     return fn.Sequential(*out, seed=seed)
 
 
+class GivenMaskDropout(torch.nn.Module):
+    """torch.nn.Dropout's arithmetic in training, x * bernoulli(1 - p) / (1 -
+    p) as torch computes it, with the Bernoulli draws set from outside
+    (``keep``, 0/1); the identity in eval mode."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p, self.keep = p, None
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        noise = self.keep.to(x.dtype)
+        noise.div_(1 - self.p)
+        return x * noise
+
+
 def build_torch(layers, bias_before_bn, dtype):
     nn = torch.nn
     out = []
     for spec in layers:
-        if spec == "relu":
-            out.append(nn.ReLU())
-        elif spec == "tanh":
-            out.append(nn.Tanh())
-        elif spec == "sigmoid":
-            out.append(nn.Sigmoid())
+        if isinstance(spec, str):
+            out.append({"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "silu": nn.SiLU,
+                        "gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU("tanh")}[spec]())
+        elif spec[0] == "dropout":
+            out.append(GivenMaskDropout(spec[1]))
+        elif spec[0] == "leaky_relu":
+            out.append(nn.LeakyReLU(spec[1]))
         elif spec[0] == "dense":
             out.append(nn.Linear(spec[1], spec[2], bias=_bias(spec[3], bias_before_bn)))
         else:
@@ -204,22 +258,37 @@ def error_report():
             json.dump(MAX_ERR, f, indent=2)
 
 
-def torch_fit(model, opt, X, Y, epochs, batch_size, skip_single):
-    """The loop fit(shuffle=False) runs: consecutive batches, in order. Returns
-    per epoch the list of (batch mean loss, batch size)."""
+def torch_fit(model, opt, X, Y, epochs, batch_size, skip_single, dropout_key=0, clip=None):
+    """The loop fit(shuffle=False) runs: consecutive batches, in order; each
+    GivenMaskDropout keeps what fastnn's Dropout at its position keeps at
+    that step (masks of ``dropout_key``); ``clip``: None, ("norm", max_norm) or
+    ("value", clip_value). Returns per epoch the list of (batch mean loss,
+    batch size)."""
     loss_fn = torch.nn.BCEWithLogitsLoss()
     model.train()
-    history = []
+    history, step = [], 0
     for _ in range(epochs):
         batches = []
         for start in range(0, X.shape[0], batch_size):
             xb, yb = X[start:start + batch_size], Y[start:start + batch_size]
             if xb.shape[0] == 1 and skip_single:
                 continue
+            width = X.shape[1]
+            for layer, module in enumerate(model):
+                if isinstance(module, GivenMaskDropout):
+                    mask = dropout_mask_reference(dropout_key, step, layer, 0, module.p,
+                                                  xb.shape[0], width, np.float64)
+                    module.keep = torch.from_numpy(mask != 0)
+                width = getattr(module, "out_features", getattr(module, "num_features", width))
             opt.zero_grad()
             loss = loss_fn(model(xb), yb)
             loss.backward()
+            if clip is not None and clip[0] == "norm":
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip[1])
+            elif clip is not None:
+                torch.nn.utils.clip_grad_value_(model.parameters(), clip[1])
             opt.step()
+            step += 1
             batches.append((loss.item(), xb.shape[0]))
         history.append(batches)
     return history
@@ -231,16 +300,42 @@ def torch_fit(model, opt, X, Y, epochs, batch_size, skip_single):
 @pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
 @pytest.mark.parametrize("arch_name", list(ARCHS))
 def test_training_matches_torch(arch_name, opt_name, dtype):
+    check_training_against_torch(arch_name, opt_name, dtype, "cpu")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("arch_name", ["dropout", "leaky_gelu_tanh", "gelu_silu"])
+def test_the_reference_engine_trains_the_new_layers_as_torch(arch_name, dtype):
+    check_training_against_torch(arch_name, "adam", dtype, "numpy")
+
+
+CLIPPINGS = {"norm": ("norm", 0.2), "value": ("value", 0.01)}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("device", ["cpu", "numpy"])
+@pytest.mark.parametrize("opt_name", ["sgd_nesterov", "adam"])
+@pytest.mark.parametrize("clipping", list(CLIPPINGS))
+def test_gradient_clipping_matches_torch(clipping, opt_name, device, dtype):
+    check_training_against_torch("dropout", opt_name, dtype, device, CLIPPINGS[clipping])
+
+
+def check_training_against_torch(arch_name, opt_name, dtype, device, clip=None):
+    """Train the architecture in fastnn on ``device`` and in torch from the same
+    weights over the same batches (torch given fastnn's dropout masks), with
+    ``clip`` (see torch_fit), and compare losses, weights, running statistics
+    and optimizer state."""
     arch = ARCHS[arch_name]
     make_fn_opt, make_torch_opt, state_rows = OPTIMIZERS[opt_name]
-    where = f"{arch_name}/{opt_name}"
+    where = f"{arch_name}/{opt_name}/{device}" + (f"/clip {clip[0]}" if clip else "")
     seed = sorted(ARCHS).index(arch_name) * 100 + sorted(OPTIMIZERS).index(opt_name)
     X, Y = make_data(arch, dtype, seed)
 
     bias_before_bn = opt_name.startswith("sgd")
     model = build_fastnn(arch["layers"], bias_before_bn, seed=seed)
-    trainer = fn.Trainer(model, optimizer=make_fn_opt(), loss="bce", device="cpu",
-                         dtype=dtype, seed=0)
+    clipping = {} if clip is None else {f"clip_grad_{clip[0]}": clip[1]}
+    trainer = fn.Trainer(model, optimizer=make_fn_opt(), loss="bce", device=device,
+                         dtype=dtype, seed=0, **clipping)
     initial = model.state_dict()
 
     tmodel = build_torch(arch["layers"], bias_before_bn, dtype)
@@ -251,7 +346,7 @@ def test_training_matches_torch(arch_name, opt_name, dtype):
     y_fit = Y[:, 0] if Y.shape[1] == 1 else Y  # single output: 1-D targets
     history = trainer.fit(X, y_fit, epochs=EPOCHS, batch_size=arch["batch_size"], shuffle=False)
     t_history = torch_fit(tmodel, topt, torch.from_numpy(X), torch.from_numpy(Y), EPOCHS,
-                          arch["batch_size"], model.has_batchnorm)
+                          arch["batch_size"], model.has_batchnorm, trainer.dropout_key, clip)
 
     # losses: fastnn reports each epoch's batch losses averaged with the batch sizes
     expected_loss = [sum(l * n for l, n in b) / sum(n for _, n in b) for b in t_history]

@@ -4,7 +4,8 @@ A backend provides the functional ops (inputs already validated by
 ``fastnn.ops``) and the training sessions the Trainer drives:
 
     backend.prepare(model, optimizer, X, Y, loss_kind, comm=None, X_val=None, announce=True)
-    session = backend.start_fit(model, optimizer, X, Y, batch, loss_kind, comm=None)
+    session = backend.start_fit(model, optimizer, X, Y, batch, loss_kind, comm=None,
+                                dropout_key=0, clip_norm=0.0, clip_value=0.0)
     session.set_learning_rate(lr)
     batches, nonfinite = session.train_epoch(index, batch_size, skip_single, losses, sizes)
     session.logits(X_val); session.finish()
@@ -23,7 +24,7 @@ device) returned; no other module branches on the device.
 
 import numpy as np
 
-from fastnn.kernels import activations, batchnorm, dense, loss, network, optim
+from fastnn.kernels import activations, batchnorm, dense, dropout, loss, network, optim
 
 from . import threads
 from .compilation import compile_ahead
@@ -33,15 +34,18 @@ from .cuda_backend import CudaBackend
 class HostSession:
     """One ``fit`` on a host backend: the workspace, gradients and guard are
     allocated once, then each epoch is one engine call that trains the
-    model's and the optimizer's own arrays in place."""
+    model's and the optimizer's own arrays in place. Dropout masks are drawn
+    with ``dropout_key``; the gradients are clipped to the norm ``clip_norm``
+    or to ``clip_value`` (0: not clipped)."""
 
-    def __init__(self, backend, model, optimizer, X, Y, batch, loss_kind, comm=None):
+    def __init__(self, backend, model, optimizer, X, Y, batch, loss_kind, comm=None,
+                 dropout_key=0, clip_norm=0.0, clip_value=0.0):
         self.backend, self.model, self.X, self.Y = backend, model, X, Y
         self.loss = loss.ENGINE_LOSSES[loss_kind]
         self.net = model.network()
         self.opt = optimizer.engine_state(model.n_params, model.dtype)
-        self.ws = network.workspace(model.table, batch, Y.shape[1], model.dtype,
-                                    backend.copies_weights())
+        self.ws = network.workspace(model.table, batch, Y.shape[1], model.dtype, dropout_key,
+                                    clip_norm, clip_value, backend.copies_weights())
         self.grads = np.zeros(model.n_params + 1, model.dtype)  # the gradients, then the loss
         self.guard = network.guard_for(self.net)
         self.comm = None
@@ -85,11 +89,13 @@ class NumpyBackend:
 
     engine_predict_logits = staticmethod(network.predict_logits_reference)
 
-    def start_fit(self, model, optimizer, X, Y, batch, loss_kind, comm=None):
+    def start_fit(self, model, optimizer, X, Y, batch, loss_kind, comm=None, dropout_key=0,
+                  clip_norm=0.0, clip_value=0.0):
         if comm is not None:
             raise ValueError(f"the {self.name} backend runs in one process; data-parallel "
                              f"training runs on 'cpu'")
-        return HostSession(self, model, optimizer, X, Y, batch, loss_kind)
+        return HostSession(self, model, optimizer, X, Y, batch, loss_kind, None, dropout_key,
+                           clip_norm, clip_value)
 
     def prepare(self, model, optimizer, X, Y, loss_kind, comm=None, X_val=None, announce=True):
         """Compile what a fit with these arguments runs, or load it from
@@ -100,7 +106,7 @@ class NumpyBackend:
     def predict_logits(self, model, X):
         """Inference-mode logits (n, k) of host X, in chunks of 4096 rows."""
         ws = network.workspace(model.table, max(1, min(X.shape[0], 4096)), model.out_features,
-                               model.dtype, self.copies_weights())
+                               model.dtype, copies_weights=self.copies_weights())
         out = np.empty((X.shape[0], model.out_features), model.dtype)
         net = model.network()
         if self.compiled:
@@ -144,11 +150,17 @@ class NumpyBackend:
     def dense_backward(self, dy, x, w):
         return dense.dense_backward_reference(dy, x, w)
 
-    def activation_forward(self, code, x):
-        return activations.activation_forward_reference(code, x)
+    def activation_forward(self, code, negative_slope, x):
+        return activations.activation_forward_reference(code, negative_slope, x)
 
-    def activation_backward(self, code, y, dy):
-        return activations.activation_backward_reference(code, y, dy)
+    def activation_backward(self, code, negative_slope, x, y, dy):
+        return activations.activation_backward_reference(code, negative_slope, x, y, dy)
+
+    def dropout_forward(self, x, key, step, layer, first_row, p):
+        return dropout.dropout_forward_reference(x, key, step, layer, first_row, p)
+
+    def dropout_backward(self, dy, mask):
+        return dropout.dropout_backward_reference(dy, mask)
 
     def optimizer_update(self, state, w, g):
         optim.optimizer_update_reference(state, w, g)
@@ -161,9 +173,11 @@ class CpuBackend(NumpyBackend):
     engine_train_step = staticmethod(network.train_step)
     engine_predict_logits = staticmethod(network.predict_logits)
 
-    def start_fit(self, model, optimizer, X, Y, batch, loss_kind, comm=None):
+    def start_fit(self, model, optimizer, X, Y, batch, loss_kind, comm=None, dropout_key=0,
+                  clip_norm=0.0, clip_value=0.0):
         threads.warn_once_if_contended()
-        return HostSession(self, model, optimizer, X, Y, batch, loss_kind, comm)
+        return HostSession(self, model, optimizer, X, Y, batch, loss_kind, comm, dropout_key,
+                           clip_norm, clip_value)
 
     def prepare(self, model, optimizer, X, Y, loss_kind, comm=None, X_val=None, announce=True):
         """Compile the epoch engine (and, with ``X_val``, the inference engine)
@@ -237,14 +251,26 @@ class CpuBackend(NumpyBackend):
         dense.dense_backward(dy, x, w, dx, dw, db, np.empty(w.shape[0]))
         return dx, dw, db
 
-    def activation_forward(self, code, x):
+    def activation_forward(self, code, negative_slope, x):
         y = np.empty_like(x)
-        activations.activation_forward(code, x, y)
+        activations.activation_forward(code, negative_slope, x, y)
         return y
 
-    def activation_backward(self, code, y, dy):
+    def activation_backward(self, code, negative_slope, x, y, dy):
         dx = np.empty_like(dy)
-        activations.activation_backward(code, y, dy, dx)
+        activations.activation_backward(code, negative_slope, x, y, dy, dx)
+        return dx
+
+    def dropout_forward(self, x, key, step, layer, first_row, p):
+        y, mask = np.empty_like(x), np.empty_like(x)
+        dropout.dropout_forward(x, np.uint64(key), np.uint64(step), np.int64(layer),
+                                np.uint64(first_row), p, y, mask,
+                                np.empty((x.shape[1] + 1) // 2))
+        return y, mask
+
+    def dropout_backward(self, dy, mask):
+        dx = np.empty_like(dy)
+        dropout.dropout_backward(dy, mask, dx)
         return dx
 
     def optimizer_update(self, state, w, g):

@@ -482,7 +482,7 @@ class Checkpointing(Callback):
     """Checkpoints of one run (``fit(checkpoint_dir=...)``, see
     fastnn.core.checkpoint): on a resumed run, ``on_fit_start`` loads the
     checkpoint into the model, the optimizer, the shuffling generator, the
-    history and every stateful callback; after every ``every`` epochs, after
+    Trainer's dropout key, the history and every stateful callback; after every ``every`` epochs, after
     the last and after the one that stops training, it writes one.
 
     Parameters
@@ -507,6 +507,8 @@ class Checkpointing(Callback):
             return
         restored = restore(*self.resumed, trainer.model, trainer.optimizer, trainer.rng,
                            self.hyperparameters, self.callbacks)
+        if restored["dropout_key"] is not None:  # the run's masks, also when its seed was None
+            trainer.dropout_key = restored["dropout_key"]
         history.clear()
         history.update(restored["history"])
         trainer.stop_training = restored["stopped"]
@@ -518,6 +520,7 @@ class Checkpointing(Callback):
         if self.run is not None:
             states = {key: callback.state_dict() for key, callback in self.callbacks.items()}
             self.run.save(done, trainer.model, trainer.optimizer, trainer.rng, history,
-                          self.hyperparameters, states, trainer.stop_training)
+                          self.hyperparameters, states, trainer.stop_training,
+                          trainer.dropout_key)
         if self.comm is not None:
             self.comm.comm.Barrier()

@@ -5,7 +5,7 @@ identity (16 hex digits) that is stored in each of its checkpoints and in
 their file names: ``checkpoint-RRRRRRRRRRRRRRRR-EEEEEE.npz`` after EEEEEE
 completed epochs. A checkpoint holds the model's state_dict, the
 optimizer's state, step count and learning rate, the shuffling generator's
-state, the history so far, the state of every callback that has one
+state, the Dropout masks' key, the history so far, the state of every callback that has one
 (``state_dict``: early stopping's best weights, a schedule's counters...),
 whether training had stopped, and a SHA-256 checksum over all of it.
 
@@ -191,13 +191,14 @@ class CheckpointRun:
         self._lock = _lock_run(directory, run_id)
 
     def save(self, epoch, model, optimizer, rng, history, hyperparameters, callbacks=None,
-             stopped=False):
+             stopped=False, dropout_key=0):
         """Write this run's checkpoint taken after ``epoch`` completed epochs
         and delete the run's own checkpoints beyond the newest ``KEEP``.
 
         ``callbacks``: {key: state_dict()} of the stateful callbacks (their
         arrays are stored as arrays, the rest in the JSON metadata);
-        ``stopped``: whether training stopped after this epoch."""
+        ``stopped``: whether training stopped after this epoch;
+        ``dropout_key``: the run's (Trainer.dropout_key)."""
         arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
         arrays["optimizer/state"] = optimizer.state
         arrays["optimizer/step"] = optimizer.step_count
@@ -212,8 +213,9 @@ class CheckpointRun:
         meta = {"format": FORMAT, "version": VERSION, "run": self.run_id, "epoch": epoch,
                 "architecture": model.config(), "dtype": np.dtype(model.dtype).name,
                 "optimizer": type(optimizer).__name__, "hyperparameters": hyperparameters,
-                "lr": optimizer.lr, "rng": rng.bit_generator.state, "history": history,
-                "callbacks": states, "stopped": bool(stopped)}
+                "lr": optimizer.lr, "rng": rng.bit_generator.state,
+                "dropout_key": int(dropout_key), "history": history, "callbacks": states,
+                "stopped": bool(stopped)}
         meta_text = json.dumps(meta)
         arrays["meta"] = np.array(meta_text)
         arrays["checksum"] = np.array(_digest({k: v for k, v in arrays.items() if k != "meta"},
@@ -307,7 +309,8 @@ def restore(meta, arrays, model, optimizer, rng, hyperparameters, callbacks):
     RuntimeWarning and starts afresh.
 
     Returns {'epoch': epochs done, 'history': ..., 'stopped': whether
-    training had stopped}.
+    training had stopped, 'dropout_key': the run's, None in a checkpoint
+    written without one}.
     """
     model.load_state_dict({k[len("model/"):]: v for k, v in arrays.items()
                            if k.startswith("model/")})
@@ -337,4 +340,4 @@ def restore(meta, arrays, model, optimizer, rng, hyperparameters, callbacks):
         if key in states:
             callback.load_state_dict(states[key])
     return {"epoch": meta["epoch"], "history": meta["history"],
-            "stopped": bool(meta.get("stopped", False))}
+            "stopped": bool(meta.get("stopped", False)), "dropout_key": meta.get("dropout_key")}

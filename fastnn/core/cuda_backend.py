@@ -10,6 +10,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from fastnn.kernels.activations import RELU, SIGMOID, TANH
+from fastnn.kernels.network import ACTIVATION, DROPOUT
+
 from . import config
 from .validation import is_device_array
 
@@ -72,17 +75,38 @@ def gpu_multiprocessors():
         return 1
 
 
-def cuda_engine(table, batch, n_models=1, sm_count=None):
+def fused_lacks(table, clipping=False):
+    """What of a fit the fused engine does not run: a description, or None
+    when it runs all of it. It has no Dropout layers, no LeakyReLU, GELU or
+    SiLU activations and no gradient clipping; the layer-by-layer engine
+    has them all."""
+    kinds = set(int(kind) for kind in table.kind)
+    activations = set(int(code) for code in table.activation[table.kind == ACTIVATION])
+    if DROPOUT in kinds:
+        return "Dropout layers"
+    if activations - {RELU, SIGMOID, TANH}:
+        return "LeakyReLU, GELU or SiLU activations"
+    if clipping:
+        return "gradient clipping"
+    return None
+
+
+def cuda_engine(table, batch, n_models=1, sm_count=None, clipping=False):
     """The one place that decides how the GPU trains a network.
 
     Returns ('fused', FusedPlan) when the fused engine (kernels/cuda_fused.py,
     one launch per epoch) takes ``n_models`` models of the network ``table``
-    at batches of up to ``batch`` rows, else ('layers', reason): the
-    layer-by-layer engine (kernels/cuda_network.py; one model). The fused
-    engine's limits are ``cuda_fused.fused_plan``'s. FASTNN_CUDA_ENGINE
-    forces a choice (fastnn.core.config)."""
+    at batches of up to ``batch`` rows (with gradient clipping if
+    ``clipping``), else ('layers', reason): the layer-by-layer engine
+    (kernels/cuda_network.py; one model). The fused engine's limits are
+    ``fused_lacks``' and ``cuda_fused.fused_plan``'s. FASTNN_CUDA_ENGINE
+    forces a choice (fastnn.core.config) among the engines that can run the
+    fit."""
     from fastnn.kernels import cuda_fused
     forced = config.cuda_engine()
+    lacking = fused_lacks(table, clipping)
+    if lacking is not None:
+        return "layers", f"the fused engine has no {lacking}"
     if forced == "layers":
         return "layers", f"{ENGINE_VARIABLE}=layers"
     if sm_count is None:
@@ -237,20 +261,44 @@ class CudaBackend:
         ops.column_sums_finalize[ops.grid_1d(n_out), ops.THREADS](p1, groups, db)
         return self._out(on_device, dx, dw, db)
 
-    def activation_forward(self, code, x):
+    def activation_forward(self, code, negative_slope, x):
         m = _cuda()
         ops = m.ops
         on_device, (x,) = self._in(x)
         y = m.network.empty(x.shape, x.dtype)
-        ops.activation_forward[ops.grid_1d(x.size), ops.THREADS](code, x, x.shape[0], y)
+        ops.activation_forward[ops.grid_1d(x.size), ops.THREADS](
+            code, np.dtype(x.dtype).type(negative_slope), x, x.shape[0], y)
         return self._out(on_device, y)
 
-    def activation_backward(self, code, y, dy):
+    def activation_backward(self, code, negative_slope, x, y, dy):
         m = _cuda()
         ops = m.ops
-        on_device, (y, dy) = self._in(y, dy)
+        on_device, (dy, x, y) = self._in(dy, x, y)
         dx = m.network.empty(dy.shape, dy.dtype)
-        ops.activation_backward[ops.grid_1d(y.size), ops.THREADS](code, y, dy, y.shape[0], dx)
+        ops.activation_backward[ops.grid_1d(dy.size), ops.THREADS](
+            code, np.dtype(dy.dtype).type(negative_slope), x, y, dy, dy.shape[0], dx)
+        return self._out(on_device, dx)
+
+    def dropout_forward(self, x, key, step, layer, first_row, p):
+        """As the cpu's; the rows are those of the global batch from first_row."""
+        from fastnn.kernels.dropout import keep_scale, keep_threshold
+        m = _cuda()
+        ops = m.ops
+        on_device, (x,) = self._in(x)
+        y, mask = m.network.empty(x.shape, x.dtype), m.network.empty(x.shape, x.dtype)
+        # the kernel reads the step count of a training step, already advanced: step + 1
+        ops.dropout_forward[ops.grid_1d(x.size), ops.THREADS](
+            x, m.cuda.to_device(np.array([key], np.uint64)),
+            m.cuda.to_device(np.array([step + 1], np.int64)), layer, first_row,
+            keep_threshold.py_func(p), keep_scale.py_func(p, x), x.shape[0], y, mask)
+        return self._out(on_device, y, mask)
+
+    def dropout_backward(self, dy, mask):
+        m = _cuda()
+        ops = m.ops
+        on_device, (dy, mask) = self._in(dy, mask)
+        dx = m.network.empty(dy.shape, dy.dtype)
+        ops.dropout_backward[ops.grid_1d(dy.size), ops.THREADS](dy, mask, dy.shape[0], dx)
         return self._out(on_device, dx)
 
     def optimizer_update(self, state, w, g):
@@ -270,19 +318,23 @@ class CudaBackend:
         """Nothing compiled ahead: the CUDA kernels compile at their first launch."""
         return 0.0
 
-    def start_fit(self, model, optimizer, X, Y, batch, loss_kind, comm=None, precision="exact"):
+    def start_fit(self, model, optimizer, X, Y, batch, loss_kind, comm=None, dropout_key=0,
+                  clip_norm=0.0, clip_value=0.0, precision="exact"):
         """A training session on the engine ``cuda_engine`` picks; its
         ``engine`` names it. precision='tf32' takes the layer-by-layer engine,
-        whose products can run through cuBLAS on TF32 tensor cores."""
+        whose products can run through cuBLAS on TF32 tensor cores; so does
+        gradient clipping (``clip_norm`` or ``clip_value`` > 0)."""
         if comm is not None:
             raise ValueError("data-parallel training runs on the cpu backend")
+        clipping = clip_norm > 0.0 or clip_value > 0.0
         session = None
-        if precision == "exact":
+        if precision == "exact" and not clipping:
             session = self.start_fit_many([model], [optimizer], X, Y, batch, loss_kind)
         if session is None:
-            session = _cuda().network.CudaTrainingSession(model, optimizer, X, Y, batch,
-                                                          loss_kind, precision)
-            session.engine = engine_summary(*cuda_engine(model.table, batch))
+            session = _cuda().network.CudaTrainingSession(
+                model, optimizer, X, Y, batch, loss_kind, precision, dropout_key=dropout_key,
+                clip_norm=clip_norm, clip_value=clip_value)
+            session.engine = engine_summary(*cuda_engine(model.table, batch, clipping=clipping))
         return session
 
     def start_fit_many(self, models, optimizers, X, Y, batch, loss_kind):

@@ -9,8 +9,10 @@ records only, so it imports nothing of fastnn.
 
 import numpy as np
 
-#: torch.nn activations and their fastnn layer type (a config record's 'type')
-ACTIVATIONS = {"ReLU": "ReLU", "Sigmoid": "Sigmoid", "Tanh": "Tanh"}
+#: torch.nn activations without arguments and their fastnn layer type (a config record's 'type')
+ACTIVATIONS = {"ReLU": "ReLU", "Sigmoid": "Sigmoid", "Tanh": "Tanh", "SiLU": "SiLU"}
+#: torch.nn layers with arguments, and those arguments (the same names in fastnn's config records)
+WITH_ARGUMENTS = {"LeakyReLU": ("negative_slope",), "GELU": ("approximate",), "Dropout": ("p",)}
 
 
 def _torch():
@@ -23,8 +25,9 @@ def _torch():
 
 def from_torch_module(module):
     """The fastnn architecture and state of a ``torch.nn.Sequential`` of
-    Linear, BatchNorm1d (affine, with running statistics), ReLU, Sigmoid and
-    Tanh, layers taken by position whatever the children's names.
+    Linear, BatchNorm1d (affine, with running statistics), ReLU, Sigmoid,
+    Tanh, LeakyReLU, GELU, SiLU and Dropout, layers taken by position
+    whatever the children's names.
 
     Returns
     -------
@@ -57,9 +60,14 @@ def from_torch_module(module):
                            "momentum": m.momentum})
         elif type(m).__name__ in ACTIVATIONS and type(m) is getattr(torch.nn, type(m).__name__):
             config.append({"type": ACTIVATIONS[type(m).__name__]})
+        elif (type(m).__name__ in WITH_ARGUMENTS
+              and type(m) is getattr(torch.nn, type(m).__name__)):
+            config.append({"type": type(m).__name__, **{
+                name: getattr(m, name) for name in WITH_ARGUMENTS[type(m).__name__]}})
         else:
             raise ValueError(f"module[{i}]: fastnn has no equivalent of {type(m).__name__} "
-                             f"(supported: Linear, BatchNorm1d, ReLU, Sigmoid, Tanh)")
+                             f"(supported: Linear, BatchNorm1d, ReLU, Sigmoid, Tanh, LeakyReLU, "
+                             f"GELU, SiLU, Dropout)")
     state = {f"{i}.{key}": value.detach().cpu().numpy()
              for i, m in enumerate(children) for key, value in m.state_dict().items()}
     dtypes = {v.dtype for v in state.values() if v.dtype.kind == "f"}
@@ -80,6 +88,8 @@ def to_torch_module(config, state, dtype):
         elif kind == "BatchNorm":
             modules.append(torch.nn.BatchNorm1d(spec["num_features"], eps=spec["eps"],
                                                 momentum=spec["momentum"]))
+        elif kind in WITH_ARGUMENTS:
+            modules.append(getattr(torch.nn, kind)(*[spec[name] for name in WITH_ARGUMENTS[kind]]))
         else:
             modules.append(getattr(torch.nn, {v: k for k, v in ACTIVATIONS.items()}[kind])())
     tmodel = torch.nn.Sequential(*modules).to(getattr(torch, np.dtype(dtype).name))

@@ -12,7 +12,8 @@ import math
 import numpy as np
 
 from fastnn.kernels import network as nw
-from fastnn.kernels.activations import RELU, SIGMOID, TANH
+from fastnn.kernels.activations import GELU as GELU_CODE
+from fastnn.kernels.activations import GELU_TANH, LEAKY_RELU, RELU, SIGMOID, SILU, TANH
 
 from .interop import from_torch_module, to_torch_module
 from .validation import check_bool, check_choice, check_dtype, check_float, check_int
@@ -184,7 +185,92 @@ class Tanh(_Activation):
     code = TANH
 
 
-LAYER_TYPES = {cls.__name__: cls for cls in (Dense, BatchNorm, ReLU, Sigmoid, Tanh)}
+class LeakyReLU(_Activation):
+    """x for x > 0, negative_slope * x otherwise, element-wise, as
+    torch.nn.LeakyReLU.
+
+    Parameters
+    ----------
+    negative_slope : float, default 0.01
+    """
+    code = LEAKY_RELU
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = check_float(negative_slope, "negative_slope")
+
+    def _config(self):
+        return {"negative_slope": self.negative_slope}
+
+    def __repr__(self):
+        return f"LeakyReLU(negative_slope={self.negative_slope})"
+
+
+class GELU(_Activation):
+    """The Gaussian error linear unit x * Phi(x), element-wise, as torch.nn.GELU.
+
+    Parameters
+    ----------
+    approximate : {'none', 'tanh'}, default 'none'
+        'none': x / 2 * (1 + erf(x / sqrt(2))); 'tanh': x / 2 * (1 + tanh(
+        sqrt(2 / pi) * (x + 0.044715 x^3))).
+    """
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        self.approximate = check_choice(approximate, "approximate", {"none", "tanh"})
+
+    @property
+    def code(self):
+        return GELU_CODE if self.approximate == "none" else GELU_TANH
+
+    def _config(self):
+        return {"approximate": self.approximate}
+
+    def __repr__(self):
+        return f"GELU(approximate={self.approximate!r})"
+
+
+class SiLU(_Activation):
+    """x * sigmoid(x) (also called swish), element-wise, as torch.nn.SiLU."""
+    code = SILU
+
+
+class Dropout(Layer):
+    """Zeroes each element with probability p in training and scales the
+    others by 1 / (1 - p); the identity in inference (``predict``,
+    ``evaluate``, validation scores). As torch.nn.Dropout.
+
+    Which elements are dropped is drawn afresh at every training step from
+    the Trainer's ``dropout_key`` (its seed's), the optimizer's step count,
+    the layer's position and the element's row in the global batch and
+    column (a counter-based hash, fastnn.kernels.dropout): every device draws
+    the same masks, data-parallel training over N processes draws those of
+    one process, and a run resumed from a checkpoint draws what the
+    uninterrupted run would have.
+
+    Parameters
+    ----------
+    p : float in [0, 1], default 0.5
+        The probability of dropping an element (p = 1 drops every one).
+    """
+
+    kind = nw.DROPOUT
+    in_features = out_features = None
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        self.p = check_float(p, "p", 0.0, 1.0)
+
+    def _config(self):
+        return {"p": self.p}
+
+    def __repr__(self):
+        return f"Dropout(p={self.p})"
+
+
+LAYER_TYPES = {cls.__name__: cls for cls in (Dense, BatchNorm, ReLU, Sigmoid, Tanh, LeakyReLU,
+                                             GELU, SiLU, Dropout)}
 
 
 class Sequential:
@@ -233,7 +319,7 @@ class Sequential:
             raise ValueError("layers: the same layer object appears twice")
         if seed is not None:
             check_int(seed, "seed", minimum=0)
-        if isinstance(layers[0], _Activation):
+        if not isinstance(layers[0], (Dense, BatchNorm)):
             raise ValueError("layers[0] must be Dense or BatchNorm, which fix the input width")
         width = layers[0].in_features
         for i, layer in enumerate(layers):
@@ -275,8 +361,11 @@ class Sequential:
                 spec["bias"] = layer.use_bias
             elif isinstance(layer, BatchNorm):
                 spec.update(eps=layer.eps, momentum=layer.momentum, sync=layer.sync)
+            elif isinstance(layer, Dropout):
+                spec["p"] = layer.p
             else:
                 spec["activation"] = layer.code
+                spec["negative_slope"] = getattr(layer, "negative_slope", 0.0)
             specs.append(spec)
             width = n_out
         self.table, self._n_params, self._n_buffers, _ = nw.build_layer_table(specs)

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 
 from fastnn.kernels.activations import numpy_sigmoid
+from fastnn.kernels.dropout import dropout_key
 from fastnn.kernels.loss import LOSS_CODES, numpy_loss
 
 from . import checkpoint
@@ -47,7 +48,8 @@ class Trainer:
         for checking).
     dtype : {'float32', 'float64'}
     seed : int or None
-        Seeds the shuffling (``np.random.default_rng(seed)``).
+        Seeds the shuffling (``np.random.default_rng(seed)``) and the Dropout
+        layers' masks (``dropout_key``).
     distributed : None or 'mpi'
         'mpi': data-parallel training across the processes started by
         ``mpiexec -n N`` (see fastnn.core.distributed): each global batch of
@@ -66,6 +68,16 @@ class Trainer:
         "fastnn[cuda]"``, which brings nvmath-python); elsewhere (cpu,
         numpy, the CUDA simulator, cuda without cuBLAS) the products stay
         float32 and a warning says so.
+    clip_grad_norm : float > 0 or None
+        Before each update, scale the gradients of all parameters together
+        so that their global 2-norm (computed in float64) is at most this:
+        ``torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)``,
+        whose factor is clip_grad_norm / (norm + 1e-6) when below 1. In
+        data-parallel training the norm is that of the all-reduced gradients.
+    clip_grad_value : float > 0 or None
+        Before each update, clamp every gradient element to [-clip_grad_value,
+        clip_grad_value]: ``torch.nn.utils.clip_grad_value_``. At most one
+        of the two clippings.
 
     Attributes
     ----------
@@ -80,10 +92,14 @@ class Trainer:
     stop_training : bool, set during a fit once a callback asked to stop
         (a callback may set it too); after a resume, whether the run had
         stopped
+    dropout_key : int, the uint64 key of the Dropout layers' masks: derived
+        from ``seed``, or drawn from the operating system's entropy when
+        ``seed`` is None. A checkpoint keeps it, so a resumed run draws the
+        masks of the uninterrupted one; rank 0's is every rank's.
     """
 
     def __init__(self, model, optimizer=None, loss="bce", device="auto", dtype="float32", seed=None,
-                 distributed=None, precision="exact"):
+                 distributed=None, precision="exact", clip_grad_norm=None, clip_grad_value=None):
         if not isinstance(model, Sequential):
             raise TypeError(f"model must be a fastnn.Sequential, got {type(model).__name__}")
         if optimizer is None:
@@ -106,6 +122,14 @@ class Trainer:
         self._choose_device(model, 32, 32 * 64, 1)
         if seed is not None:
             v.check_int(seed, "seed", minimum=0)
+        if clip_grad_norm is not None:
+            clip_grad_norm = v.check_float(clip_grad_norm, "clip_grad_norm", low=0.0,
+                                           low_inclusive=False)
+        if clip_grad_value is not None:
+            clip_grad_value = v.check_float(clip_grad_value, "clip_grad_value", low=0.0,
+                                            low_inclusive=False)
+            if clip_grad_norm is not None:
+                raise ValueError("clip_grad_norm and clip_grad_value: give at most one of them")
         self._fit_options = {}  # what start_fit takes beyond the defaults
         if self.precision == "tf32":
             if self.backend.tf32_products():
@@ -128,6 +152,8 @@ class Trainer:
         self.optimizer = optimizer
         self.seed = seed
         self.rng = np.random.default_rng(seed)
+        self.dropout_key = dropout_key(seed)
+        self.clip_grad_norm, self.clip_grad_value = clip_grad_norm, clip_grad_value
         self.nonfinite = None  # (epoch, batch) where the last fit met a non-finite value
         self.compile_seconds = 0.0  # how long the last fit compiled before its first epoch
         self.engine = None  # what ran the last fit (the backend, or its engine on cuda)
@@ -377,6 +403,7 @@ class Trainer:
             resumed = run.resumed if run is not None else None
             if self.mpi is not None:  # every rank starts from rank 0's generator and checkpoint
                 self.rng.bit_generator.state = self.mpi.comm.bcast(self.rng.bit_generator.state)
+                self.dropout_key = self.mpi.comm.bcast(self.dropout_key)
                 resumed = self.mpi.comm.bcast(resumed)
             if resumed is not None:
                 checkpoint.check_resumable(resumed[0], model, self.optimizer)
@@ -416,6 +443,9 @@ class Trainer:
                 announce=announce)
             session = self.backend.start_fit(model, self.optimizer, X, Y, batch_size,
                                              LOSS_CODES[self.loss], comm=self.mpi,
+                                             dropout_key=self.dropout_key,
+                                             clip_norm=self.clip_grad_norm or 0.0,
+                                             clip_value=self.clip_grad_value or 0.0,
                                              **self._fit_options)
             self.engine = getattr(session, "engine", None) or self.backend.describe()
             epoch_start = _StateSnapshot(model, self.optimizer)
@@ -549,8 +579,11 @@ class Trainer:
 
     def __repr__(self):
         precision = "" if self.precision == "exact" else f", precision={self.precision!r}"
+        clip = "".join(f", {name}={value!r}" for name, value in (
+            ("clip_grad_norm", self.clip_grad_norm), ("clip_grad_value", self.clip_grad_value))
+            if value is not None)
         return (f"Trainer(device={self.device!r}, dtype={np.dtype(self.dtype).name!r}, "
-                f"optimizer={self.optimizer!r}, loss={self.loss!r}{precision})")
+                f"optimizer={self.optimizer!r}, loss={self.loss!r}{precision}{clip})")
 
 
 def _check_distributed_batch(model, batch_size, size):
