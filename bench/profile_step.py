@@ -14,9 +14,11 @@ lasts about half a millisecond, shorter than a time slice of the scheduler:
 the minimum over many rounds is the time of a part when nothing else ran on
 its core, the figure least disturbed by other processes on a shared machine
 (an epoch-long measurement on a loaded machine is not). Prints microseconds
-per call; the parts add up to about the whole step, printed last. A Dropout
-layer's backward pass multiplies by the mask its forward pass kept; the row
-"mask drawn again" times what drawing it again instead would cost.
+per call; the parts add up to about the whole step (train_step and the
+update), printed next; then the engine's step: one epoch of train_epoch over
+four batches, per batch, which adds the divergence guard and the loop. A
+Dropout layer's backward pass multiplies by the mask its forward pass kept;
+the row "mask drawn again" times what drawing it again instead would cost.
 
 ``--against DIR`` then times whole steps of this engine without Dropout, of
 the engine in DIR/kernels (another checkout's, imported under another name:
@@ -48,17 +50,25 @@ from fastnn.kernels.dropout import dropout_forward  # noqa: E402
 from fastnn.kernels.loss import BCE, engine_loss, loss_and_gradient  # noqa: E402
 from fastnn.kernels.optim import optimizer_update  # noqa: E402
 
-GATHER, FORWARD, LOSS, BACKWARD, UPDATE, STEP, REDRAW = range(7)
+GATHER, FORWARD, LOSS, BACKWARD, UPDATE, STEP, REDRAW, EPOCH = range(8)
 NAMES = {engine.DENSE: "dense", engine.BATCHNORM: "batchnorm", engine.ACTIVATION: "activation",
          engine.DROPOUT: "dropout"}
 
 
 @njit
-def repeat_part(net, ws, grads, opt, X, Y, index, loss, part, l, n, reps):
+def repeat_part(net, ws, grads, opt, X, Y, index, loss, guard, part, l, n, reps):
     """Run one part of a step ``reps`` times (l: the layer, for FORWARD,
-    BACKWARD and REDRAW)."""
+    BACKWARD and REDRAW). The update writes the guard's half of the
+    parameters, as the engine's does; EPOCH runs ``reps`` engine epochs over
+    all of X."""
     t = net.table
     n_params = net.params.shape[0]
+    if part == EPOCH:
+        losses, sizes = np.zeros(index.shape[0]), np.zeros(index.shape[0], np.int64)
+        for _ in range(reps):
+            engine.train_epoch(net, ws, grads, opt, X, Y, index, n, True, losses, sizes, loss,
+                               guard, None)
+        return
     for _ in range(reps):
         if part == GATHER:
             first_input, _ = engine.layer_blocks(net, ws, 0, n)
@@ -77,7 +87,10 @@ def repeat_part(net, ws, grads, opt, X, Y, index, loss, part, l, n, reps):
                               float(n), engine.gradient(ws, 0, n, Y.shape[1]))
         elif part == BACKWARD or part == REDRAW:
             # the walk's ping-pong buffers as the backward pass sees them at layer l
-            current = (t.shape[0] - 1 - l) % 2
+            current = 0
+            for later in range(l + 1, t.shape[0]):
+                if not t[later].folded:
+                    current = 1 - current
             dy = engine.gradient(ws, current, n, t[l].n_out)
             dx = engine.gradient(ws, 1 - current, n if l > 0 else 0, t[l].n_in)
             if part == REDRAW:  # the mask drawn again from the step's stream, times dy
@@ -94,16 +107,16 @@ def repeat_part(net, ws, grads, opt, X, Y, index, loss, part, l, n, reps):
             else:
                 engine.activation_layer_backward(net, ws, l, n, dy, dx)
         elif part == UPDATE:
-            optimizer_update(opt, net.params, grads[:n_params])
+            optimizer_update(opt, net.params, grads[:n_params], guard.params)
         else:
             engine.train_step(net, ws, grads, X, Y, None, index, 0, n, loss, None)
-            optimizer_update(opt, net.params, grads[:n_params])
+            optimizer_update(opt, net.params, grads[:n_params], guard.params)
 
 
 def microseconds(session, part, l, n, rounds, round_seconds=5e-4):
     s = session
-    args = (s.net, s.ws, s.grads, s.opt, s.X, s.Y, s.index, s.loss, np.int64(part), np.int64(l),
-            np.int64(n))
+    args = (s.net, s.ws, s.grads, s.opt, s.X, s.Y, s.index, s.loss, s.guard, np.int64(part),
+            np.int64(l), np.int64(n))
     repeat_part(*args, np.int64(1))
     start = time.perf_counter()
     repeat_part(*args, np.int64(100))
@@ -150,15 +163,17 @@ def profile(network, optimizer, rounds, dropout, activation="relu"):
                          + (" +relu" if table[l].relu_after else ""), FORWARD, l))
     rows.append(("loss", LOSS, 0))
     for l in range(table.shape[0] - 1, -1, -1):
-        rows.append((f"backward {l} {NAMES[table[l].kind]} {table[l].n_in}->{table[l].n_out}",
-                     BACKWARD, l))
+        if not table[l].folded:
+            rows.append((f"backward {l} {NAMES[table[l].kind]} {table[l].n_in}->{table[l].n_out}"
+                         + (" +relu" if table[l].relu_after else ""), BACKWARD, l))
     rows.append((f"update ({optimizer}, {trainer.model.n_params} parameters)", UPDATE, 0))
     timed = [(name, microseconds(session, part, l, batch, rounds)) for name, part, l in rows]
     redrawn = [(f"(backward {l} dropout, mask drawn again)",
                 microseconds(session, REDRAW, l, batch, rounds))
                for l in range(table.shape[0]) if table[l].kind == engine.DROPOUT]
     step = microseconds(session, STEP, 0, batch, rounds)
-    return timed, redrawn, step
+    epoch = microseconds(session, EPOCH, 0, batch, rounds) * batch / session.X.shape[0]
+    return timed, redrawn, step, epoch
 
 
 # ---- whole steps against another checkout's engine ----
@@ -250,8 +265,8 @@ def main():
                         help="also time whole steps against the engine in DIR/kernels")
     args = parser.parse_args()
     dropout = args.dropout or 0.0
-    timed, redrawn, step = profile(args.network, args.optimizer, args.rounds, dropout,
-                                   args.activation)
+    timed, redrawn, step, epoch = profile(args.network, args.optimizer, args.rounds, dropout,
+                                          args.activation)
     print(f"{args.network}, {args.optimizer}, float32, batch {NETWORKS[args.network][3]}, "
           f"{args.activation}{f', Dropout({dropout})' if dropout else ''}: microseconds per call "
           f"(min of {args.rounds} rounds)")
@@ -259,6 +274,7 @@ def main():
         print(f"  {name:<44} {us:8.3f}")
     print(f"  {'sum of the parts':<44} {sum(us for _, us in timed):8.3f}")
     print(f"  {'whole step (train_step + update)':<44} {step:8.3f}")
+    print(f"  {'engine step (train_epoch, per batch)':<44} {epoch:8.3f}")
     for name, us in redrawn:
         print(f"  {name:<44} {us:8.3f}")
     if args.against:

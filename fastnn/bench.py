@@ -268,6 +268,7 @@ def samples_per_second(epoch, n_samples, epochs):
 
 def gemm_floor(network, steps):
     """Samples/s if a training step did nothing but its matrix products."""
+    from fastnn.core.backends import get_backend
     from fastnn.kernels.dense import gemm_floor_step
     d_in, hidden, blocks, batch = NETWORKS[network]
     dims = [d_in] + [hidden] * blocks + [1]
@@ -279,8 +280,9 @@ def gemm_floor(network, steps):
     outs = [np.empty((batch, b), f32) for b in dims[1:]]
     dws = [np.empty_like(w) for w in ws]
     dxs = [np.empty_like(x) for x in xs]
+    copies = get_backend("cpu").copies_weights()
     run = lambda reps: gemm_floor_step(tuple(xs), tuple(ws), tuple(dys), tuple(outs),  # noqa
-                                       tuple(dws), tuple(dxs), reps)
+                                       tuple(dws), tuple(dxs), reps, copies)
     run(1)
     times = []
     for _ in range(7):

@@ -25,7 +25,7 @@ import numpy as np
 
 from .elementwise import (
     GELU_KAPPA, GELU_PDF, SQRT1_2, SQRT_2_OVER_PI, gelu, gelu_grad, gelu_tanh, gelu_tanh_grad,
-    leaky_relu, leaky_relu_grad, relu, relu_grad_from_output, sigmoid, sigmoid_grad_from_output,
+    leaky_relu, leaky_relu_grad, relu, relu_backward_element, sigmoid, sigmoid_grad_from_output,
     silu, silu_grad, tanh_grad_from_output,
 )
 from .jit import jit
@@ -139,7 +139,7 @@ def activation_backward(kind, negative_slope, x, y, dy, dx):
     if kind == RELU:
         for i in range(rows):
             for j in range(cols):
-                dx[i, j] = dy[i, j] * relu_grad_from_output(y[i, j])
+                dx[i, j] = relu_backward_element(dy[i, j], y[i, j])
     elif kind == SIGMOID:
         for i in range(rows):
             for j in range(cols):

@@ -22,9 +22,9 @@ write the outputs passed last.
 import numpy as np
 
 from .collective import allreduce_sum
-from .jit import jit, inline
-
-# the steps of the two kernels above them, inlined into each (one copy to compile)
+from .elementwise import relu_backward_element
+from .jit import inline, jit
+from .views import vector_at
 
 
 # ---- reference (NumPy, any float dtype; the tests run it in float64) ----
@@ -67,13 +67,25 @@ def batchnorm_update_running_reference(running_mean, running_var, mean, var, n, 
 # kernels.collective Communicator over which the batch sums are all-reduced
 # (synchronized BatchNorm), and ``rows`` the number of rows of the global
 # batch; in one process ``comm`` is None and ``rows`` is x.shape[0].
+#
+# A ReLU right after the BatchNorm is folded into its passes (``relu``): the
+# forward pass writes max(y, 0), and the backward pass takes dy as the
+# gradient of that output and multiplies it by the ReLU's derivative as it
+# reads it (the values a separate ReLU layer would give, bit for bit).
+# Every batch sum adds the rows in order, in float64, one row after another
+# for each feature.
+#
+# The loops are written for LLVM's vectorizer, which checks at run time that
+# the arrays a loop writes do not overlap those it reads, and gives up on a
+# loop with more than a few such pairs (then 3-4x slower): each loop writes
+# one or two arrays, and rows of one matrix count once.
 
 @jit
 def batchnorm_forward(x, gamma, beta, eps, relu, y, mean, var, inv_std, sums, coef, comm, rows):
     """Training-mode forward; writes y and the batch mean, var, inv_std.
     With ``relu``, writes max(y, 0) instead (BatchNorm then ReLU, fused)."""
     f = x.shape[1]
-    total, squares = sums[:f], sums[f:2 * f]
+    total, squares = vector_at(sums, 0, f), vector_at(sums, f, f)
     batch_sums(x, total)
     allreduce_sum(comm, total)
     for j in range(f):
@@ -86,10 +98,17 @@ def batchnorm_forward(x, gamma, beta, eps, relu, y, mean, var, inv_std, sums, co
 
 @inline
 def batch_sums(x, out):
-    """out[j] = sum over the batch of x[i, j] (out float64)."""
+    """out[j] = sum over the batch of x[i, j] (out float64), rows in order
+    (four rows per pass over the features, which keeps the order)."""
     for j in range(out.shape[0]):
         out[j] = 0.0
-    for i in range(x.shape[0]):
+    n = x.shape[0]
+    whole = n - n % 4
+    for i in range(0, whole, 4):
+        r0, r1, r2, r3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+        for j in range(out.shape[0]):
+            out[j] = out[j] + r0[j] + r1[j] + r2[j] + r3[j]
+    for i in range(whole, n):
         row = x[i]
         for j in range(out.shape[0]):
             out[j] += row[j]
@@ -97,10 +116,19 @@ def batch_sums(x, out):
 
 @inline
 def squared_deviation_sums(x, mean, out):
-    """out[j] = sum over the batch of (x[i, j] - mean[j])^2 (out float64)."""
+    """out[j] = sum over the batch of (x[i, j] - mean[j])^2 (out float64),
+    each square in x's dtype, rows in order (four per pass, as batch_sums)."""
     for j in range(out.shape[0]):
         out[j] = 0.0
-    for i in range(x.shape[0]):
+    n = x.shape[0]
+    whole = n - n % 4
+    for i in range(0, whole, 4):
+        r0, r1, r2, r3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+        for j in range(out.shape[0]):
+            m = mean[j]
+            d0, d1, d2, d3 = r0[j] - m, r1[j] - m, r2[j] - m, r3[j] - m
+            out[j] = out[j] + d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3
+    for i in range(whole, n):
         row = x[i]
         for j in range(out.shape[0]):
             d = row[j] - mean[j]
@@ -121,7 +149,7 @@ def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps, relu, y,
     """Inference-mode forward with the running statistics; writes y
     (max(y, 0) with ``relu``)."""
     f = x.shape[1]
-    mean, inv_std = sums[:f], sums[f:2 * f]
+    mean, inv_std = vector_at(sums, 0, f), vector_at(sums, f, f)
     for j in range(f):
         mean[j] = running_mean[j]
         inv_std[j] = 1.0 / np.sqrt(running_var[j] + eps)
@@ -134,7 +162,7 @@ def batchnorm_scale_shift(x, gamma, beta, mean, inv_std, relu, y, coef):
     (PyTorch's CPU kernel folds the affine transform the same way); max(y, 0)
     with ``relu``."""
     f = x.shape[1]
-    scale, shift = coef[:f], coef[f:2 * f]
+    scale, shift = vector_at(coef, 0, f), vector_at(coef, f, f)
     for j in range(f):
         s = gamma[j] * inv_std[j]
         scale[j] = s
@@ -153,44 +181,68 @@ def batchnorm_scale_shift(x, gamma, beta, mean, inv_std, relu, y, coef):
 
 
 @jit
-def batchnorm_backward(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta, sums, coef, comm, rows):
+def batchnorm_backward(dy, x, gamma, mean, inv_std, relu, y, dx, dgamma, dbeta, sums, coef,
+                       comm, rows):
     """Writes dx, dgamma, dbeta given the forward cache (x, mean, inv_std).
 
+    With ``relu``, dy is the gradient of the fused ReLU's output y (the
+    forward's y), else of the BatchNorm's output (y is not read).
     dgamma and dbeta are this process's share (the engine's gradient
     all-reduce adds the others'); dx uses the sums over the global batch.
     dx may have no rows: the first layer of a network needs no input gradient.
     """
     f = x.shape[1]
-    sum_dy, sum_dy_xc = sums[:f], sums[f:2 * f]
-    batchnorm_backward_sums(dy, x, mean, sum_dy, sum_dy_xc)
+    sum_dy, sum_dy_xc = vector_at(sums, 0, f), vector_at(sums, f, f)
+    if relu:
+        batchnorm_backward_sums(dy, x, mean, True, y, sum_dy, sum_dy_xc)
+    else:
+        batchnorm_backward_sums(dy, x, mean, False, dy, sum_dy, sum_dy_xc)
     for j in range(f):
         dgamma[j] = sum_dy_xc[j] * inv_std[j]
         dbeta[j] = sum_dy[j]
     if dx.shape[0]:
-        allreduce_sum(comm, sums[:2 * f])  # both sums in one call
-        batchnorm_backward_dx(dy, x, gamma, mean, inv_std, sum_dy, sum_dy_xc, rows, dx, coef)
+        allreduce_sum(comm, vector_at(sums, 0, 2 * f))  # both sums in one call
+        if relu:
+            batchnorm_backward_dx(dy, x, gamma, mean, inv_std, True, y, sum_dy, sum_dy_xc, rows,
+                                  dx, coef)
+        else:
+            batchnorm_backward_dx(dy, x, gamma, mean, inv_std, False, dy, sum_dy, sum_dy_xc,
+                                  rows, dx, coef)
 
 
 @inline
-def batchnorm_backward_sums(dy, x, mean, sum_dy, sum_dy_xc):
-    """sum_i dy[i, j] and sum_i dy[i, j] (x[i, j] - mean[j]) (float64 outputs)."""
+def relu_gradient(dy, y, relu):
+    """dy, or with ``relu`` dy times the ReLU's derivative at its output y
+    (the value activation_backward writes)."""
+    return relu_backward_element(dy, y) if relu else dy
+
+
+@inline
+def batchnorm_backward_sums(dy, x, mean, relu, y, sum_dy, sum_dy_xc):
+    """sum_i g[i, j] and sum_i g[i, j] (x[i, j] - mean[j]) (float64 outputs),
+    where g is dy, or with ``relu`` dy times the ReLU's derivative at its
+    output y."""
     for j in range(sum_dy.shape[0]):
         sum_dy[j] = 0.0
         sum_dy_xc[j] = 0.0
     for i in range(x.shape[0]):
         xr = x[i]
         dyr = dy[i]
+        yr = y[i]
         for j in range(sum_dy.shape[0]):
-            sum_dy[j] += dyr[j]
-            sum_dy_xc[j] += dyr[j] * (xr[j] - mean[j])
+            g = relu_gradient(dyr[j], yr[j], relu)
+            sum_dy[j] += g
+            sum_dy_xc[j] += g * (xr[j] - mean[j])
 
 
 @inline
-def batchnorm_backward_dx(dy, x, gamma, mean, inv_std, sum_dy, sum_dy_xc, rows, dx, coef):
-    """dx = gamma inv_std (dy - sum_dy / rows - (x - mean) inv_std^2 sum_dy_xc / rows),
-    where the sums run over all ``rows`` rows of the batch."""
+def batchnorm_backward_dx(dy, x, gamma, mean, inv_std, relu, y, sum_dy, sum_dy_xc, rows, dx,
+                          coef):
+    """dx = gamma inv_std (g - sum_dy / rows - (x - mean) inv_std^2 sum_dy_xc / rows),
+    where the sums run over all ``rows`` rows of the batch and g is dy, or
+    with ``relu`` dy times the ReLU's derivative at its output y."""
     f = x.shape[1]
-    a, c, mean_dy = coef[:f], coef[f:2 * f], coef[2 * f:3 * f]
+    a, c, mean_dy = vector_at(coef, 0, f), vector_at(coef, f, f), vector_at(coef, 2 * f, f)
     for j in range(f):
         k = gamma[j] * inv_std[j]
         a[j] = k
@@ -199,9 +251,11 @@ def batchnorm_backward_dx(dy, x, gamma, mean, inv_std, sum_dy, sum_dy_xc, rows, 
     for i in range(x.shape[0]):
         xr = x[i]
         dyr = dy[i]
+        yr = y[i]
         dxr = dx[i]
         for j in range(f):
-            dxr[j] = a[j] * (dyr[j] - mean_dy[j]) - c[j] * (xr[j] - mean[j])
+            dxr[j] = a[j] * (relu_gradient(dyr[j], yr[j], relu) - mean_dy[j]) - c[j] * (
+                xr[j] - mean[j])
 
 
 @jit

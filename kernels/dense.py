@@ -10,16 +10,21 @@ Contract, shared by every version of the op:
     dw : (n_out, n_in)        = dy.T @ x
     db : (n_out,)             = sum of dy over the batch
 Nothing is cached for the backward pass beyond the input x itself.
-CPU kernels write into the output arrays passed last. The matrix products go
-to BLAS through ``np.dot`` with transposed views, never explicit copies,
-except for the smallest products (see LOOP_MAX_WIDTH below), which loops
-compiled here finish in less time than a BLAS call costs to enter.
+CPU kernels write into the output arrays passed last; the forward kernels
+also take ``scratch``, an array in x's dtype: empty, or of at least n_in *
+n_out to have the weight's transposed copy made there (see
+TRANSPOSED_COPY_CORES). The matrix products go to BLAS through ``np.dot`` with
+transposed views, except for the smallest products (see LOOP_MAX_WIDTH
+below), which loops compiled here finish in less time than a BLAS call costs
+to enter, and, on the BLAS cores that serve it faster, for the forward
+product of small layers, which multiplies a transposed copy of the weight.
 """
 
 import numpy as np
 
 from .batchnorm import batch_sums
 from .jit import dot_loops, inline, jit, loops
+from .views import matrix_at, vector_at
 
 # The loop kernels may fuse a multiply and an add (one rounding instead of
 # two), and the forward one may split a dot product over SIMD lanes: each
@@ -45,6 +50,23 @@ from .jit import dot_loops, inline, jit, loops
 LOOP_MAX_WIDTH = 64
 FORWARD_LOOP_MAX_OUTPUTS = 64
 BACKWARD_LOOP_MAX_PRODUCT = 1024
+
+# numba hands ``np.dot(x, w.T)`` to BLAS as sgemm with the operand w.T marked
+# transposed (its F order as a flag, no copy), and OpenBLAS's small-matrix
+# kernels (its AVX-512 cores below, products of up to 100^3 multiply-adds)
+# serve that case 2-2.7x slower than two untransposed operands up to 32 wide,
+# 1.6x at 64 (32 x 32 -> 32: 1.04 us against 0.39 us; issue 23's
+# measurements). There, the forward product of a layer at most this wide, in a
+# product of at most 100^3 multiply-adds, first copies w.T into scratch (0.15-
+# 0.3 us for 32 x 32) and multiplies two untransposed matrices. The backward
+# products reach BLAS untransposed (dx = dy @ w) or with the transpose that
+# those kernels serve well (dw = dy.T @ x). Elsewhere (OpenBLAS's AVX2 cores
+# have no small-matrix kernels) both forms run the same code, give the same
+# bits, and the copy would only cost time: the engine then passes an empty
+# scratch. TRANSPOSED_COPY_CORES names the cores by openblas_get_corename().
+TRANSPOSED_COPY_MAX_WIDTH = 64
+TRANSPOSED_COPY_MAX_PRODUCT = 100 ** 3
+TRANSPOSED_COPY_CORES = ("skylakex", "cooperlake", "sapphirerapids")
 
 
 # ---- reference (NumPy, any float dtype; the tests run it in float64) ----
@@ -76,16 +98,23 @@ def backward_takes_loops(batch, n_in, n_out):
 
 
 @inline
-def dense_forward(x, w, b, y):
+def forward_copies_weight(batch, n_in, n_out):
+    """Whether dense_forward_blas multiplies a transposed copy of the weight."""
+    return (max(n_in, n_out) <= TRANSPOSED_COPY_MAX_WIDTH
+            and batch * n_in * n_out <= TRANSPOSED_COPY_MAX_PRODUCT)
+
+
+@inline
+def dense_forward(x, w, b, y, scratch):
     """y = x @ w.T + b, written into y. b may be empty (no bias).
 
     Inlined into its caller: compiled on its own, the choice of path cost
     about 0.07 us per call (32 x 32 -> 1 in a compiled loop: 0.25 us against
     0.19 us inlined, 0.17 us calling the loops directly)."""
     if forward_takes_loops(x.shape[0], x.shape[1], w.shape[0]):
-        dense_forward_loops(x, w, b, y)
+        dense_forward_loops(x, w, b, y, scratch)
     else:
-        dense_forward_blas(x, w, b, y)
+        dense_forward_blas(x, w, b, y, scratch)
 
 
 @inline
@@ -103,9 +132,16 @@ def dense_backward(dy, x, w, dx, dw, db, sums):
 
 
 @jit
-def dense_forward_blas(x, w, b, y):
-    """dense_forward through BLAS."""
-    np.dot(x, w.T, y)
+def dense_forward_blas(x, w, b, y, scratch):
+    """dense_forward through BLAS (of a transposed copy of w in scratch for a
+    small layer, when scratch has room: see TRANSPOSED_COPY_CORES)."""
+    n_out, n_in = w.shape
+    if scratch.shape[0] >= n_in * n_out and forward_copies_weight(x.shape[0], n_in, n_out):
+        w_t = matrix_at(scratch, 0, n_in, n_out)
+        transpose_into(w, w_t)
+        np.dot(x, w_t, y)
+    else:
+        np.dot(x, w.T, y)
     if b.size:
         for i in range(y.shape[0]):
             row = y[i]
@@ -124,21 +160,43 @@ def dense_backward_blas(dy, x, w, dx, dw, db, sums):
 
 
 @inline
+def transpose_into(w, w_t):
+    """w_t = w.T, eight rows of w at a time (each row of w_t is written in
+    runs of eight)."""
+    n_out, n_in = w.shape
+    whole = n_out - n_out % 8
+    for j in range(0, whole, 8):
+        for k in range(n_in):
+            w_t[k, j] = w[j, k]
+            w_t[k, j + 1] = w[j + 1, k]
+            w_t[k, j + 2] = w[j + 2, k]
+            w_t[k, j + 3] = w[j + 3, k]
+            w_t[k, j + 4] = w[j + 4, k]
+            w_t[k, j + 5] = w[j + 5, k]
+            w_t[k, j + 6] = w[j + 6, k]
+            w_t[k, j + 7] = w[j + 7, k]
+    for j in range(whole, n_out):
+        for k in range(n_in):
+            w_t[k, j] = w[j, k]
+
+
+@inline
 def store_bias_gradient(dy, db, sums):
     """db = dy summed over the batch, accumulated in float64 in sums, then
     stored in db's dtype."""
-    total = sums[:db.shape[0]]
+    total = vector_at(sums, 0, db.shape[0])
     batch_sums(dy, total)
     for j in range(db.shape[0]):
         db[j] = total[j]
 
 
 @dot_loops
-def dense_forward_loops(x, w, b, y):
+def dense_forward_loops(x, w, b, y, scratch):
     """dense_forward in loops, four rows of x at a time (each row of w is
     read once for four outputs). Each output is a dot product over n_in,
     then its bias; the dot product runs in SIMD lanes whose partial sums are
-    added at the end, an order fixed when the kernel compiles."""
+    added at the end, an order fixed when the kernel compiles. scratch is
+    not used."""
     zero = y.dtype.type(0)
     has_bias = b.size > 0
     whole = x.shape[0] - x.shape[0] % 4
@@ -234,14 +292,23 @@ def dense_backward_loops(dy, x, w, dx, dw, db, sums):
 
 
 @jit
-def gemm_floor_step(xs, ws, dys, outs, dws, dxs, reps):
+def gemm_floor_step(xs, ws, dys, outs, dws, dxs, reps, copies_weights):
     """The matrix products of ``reps`` training steps and nothing else, made
-    with the same calls as the kernels above: y = x @ w.T and dw = dy.T @ x
-    for every layer, dx = dy @ w for all but the first (the benchmarks' GEMM
-    floor). Takes tuples of arrays, one entry per dense layer."""
+    with the same calls as the kernels above: y = x @ w.T (of a transposed
+    copy of w where dense_forward_blas makes one with ``copies_weights``, the
+    copy not timed) and dw = dy.T @ x for every layer, dx = dy @ w for all
+    but the first (the benchmarks' GEMM floor). Takes tuples of arrays, one
+    entry per dense layer."""
+    copies = []
+    for l in range(len(ws)):
+        copies.append(np.ascontiguousarray(ws[l].T))
     for _ in range(reps):
         for l in range(len(ws)):
-            np.dot(xs[l], ws[l].T, outs[l])
+            n_out, n_in = ws[l].shape
+            if copies_weights and forward_copies_weight(xs[l].shape[0], n_in, n_out):
+                np.dot(xs[l], copies[l], outs[l])
+            else:
+                np.dot(xs[l], ws[l].T, outs[l])
             np.dot(dys[l].T, xs[l], dws[l])
             if l > 0:
                 np.dot(dys[l], ws[l], dxs[l])

@@ -116,6 +116,14 @@ def relu_grad_from_output(y):
 
 
 @inline
+def relu_backward_element(dy, y):
+    """dy * relu_grad_from_output(y) for a ReLU output y (>= 0, or NaN): dy
+    where y > 0, dy * y = dy * 0 where y = 0, NaN where y is NaN. In dy's
+    type, with no float literal, so that float32 loops vectorize."""
+    return dy if y > 0 else dy * y
+
+
+@inline
 def sigmoid_grad_from_output(y):
     return y * (1.0 - y)
 

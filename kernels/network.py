@@ -19,7 +19,7 @@ The description (built once per model by ``fastnn.core.layers.Sequential``):
                               ``masks``, in rows: its mask starts at
                               mask_at * batch
                   relu_after  1 for a BatchNorm that also applies the ReLU
-                              following it (one fused pass)
+                              following it (fused into its forward and backward passes)
                   folded      1 for that ReLU: the layer before did its work
                   sync        1 for a BatchNorm whose statistics are those of
                               the global batch in data-parallel training
@@ -32,15 +32,15 @@ The description (built once per model by ``fastnn.core.layers.Sequential``):
       counts  : (L,) int64 BatchNorm num_batches_tracked
 
     Workspace(activations, activation_at, gradients, saved, targets, weights,
-              sums, coefficients, masks, dropout, clip), allocated once per fit
-              (``workspace``):
+              sums, coefficients, scratch, masks, dropout, clip), allocated
+              once per fit (``workspace``):
       activations   : flat; the block at activation_at[l] holds the input of
                       layer l for up to ``batch`` rows, the block at
                       activation_at[L] the logits. A BatchNorm with relu_after
                       writes straight into the block of the ReLU's output.
-      gradients     : (2, batch * max_width), the backward pass's ping-pong
-                      pair: d loss / d (output) of the layer being walked, and
-                      the d loss / d (input) it writes
+      gradients     : (2 * batch * max_width,), the backward pass's ping-pong
+                      pair, one in each half: d loss / d (output) of the layer
+                      being walked, and the d loss / d (input) it writes
       saved         : each BatchNorm's batch mean, var, inv_std
       targets       : (batch, k) the batch's targets
       weights       : (batch,) float64, the batch's sample weights (a
@@ -48,6 +48,9 @@ The description (built once per model by ``fastnn.core.layers.Sequential``):
       sums          : (2 * max_width,) float64 scratch for the batch sums (and
                       a row's random words, in a Dropout layer)
       coefficients  : (3 * max_width,) scratch for per-feature coefficients
+      scratch       : the dense forward kernels' scratch (dense.py): empty, or
+                      room for the transposed weight of the largest small
+                      Dense layer, where the BLAS serves that faster
       masks         : each Dropout layer's mask of the step (dropout.py), kept
                       for the backward pass
       dropout       : (3,) uint64, what the step's masks are drawn from: the
@@ -63,10 +66,20 @@ The description (built once per model by ``fastnn.core.layers.Sequential``):
             then the batch loss (one buffer, so that data-parallel training
             sums both with one all-reduce)
     opt   : the optimizer's named state (optim.py)
-    guard : Guard(params, buffers, counts, taken), two snapshots of the model
-            state taken alternately before each batch, so that when a batch's
-            loss is not finite the state before the previous batch (the last
-            one whose loss was finite) can be put back
+    guard : Guard(params, buffers, counts, taken, current), what it takes to
+            put back the state from before the previous batch (the last one
+            whose loss was finite) when a batch's loss is not finite:
+              params   : (P,) the other half of a double buffer of the
+                         parameters: each update reads them from one half and
+                         writes them to the other, so the parameters before
+                         the last update are kept without a copy
+              buffers  : (2, R), counts : (2, L), copies of the running
+                         statistics and BatchNorm counts, taken alternately
+                         before each batch (a few values per feature)
+              taken    : (1,) int64, the batches started in this fit
+              current  : (1,) int64, which half holds the current parameters:
+                         0 net.params, 1 guard.params; 0 whenever an engine
+                         call returns (net.params is the model's own array)
     comm  : None in one process, or a collective.Communicator: then each
             process runs its shard of every global batch, and the engine
             all-reduces the gradients and the loss once per step and, for
@@ -108,24 +121,25 @@ from .batchnorm import (
     batchnorm_update_running, batchnorm_update_running_reference,
 )
 from .collective import allreduce_sum, broadcast, shard
-from .dense import dense_backward, dense_backward_reference, dense_forward
-from .dense import dense_forward_reference
+from .dense import TRANSPOSED_COPY_MAX_WIDTH, dense_backward, dense_backward_reference
+from .dense import dense_forward, dense_forward_reference
 from .dropout import (
     dropout_backward, dropout_backward_reference, dropout_forward, dropout_forward_reference,
 )
-from .jit import inline, internal, jit
+from .jit import inline, internal, released
 from .loss import loss_and_gradient
 from .optim import CLIP_NORM, CLIP_VALUE, clip_gradients, clip_gradients_reference
 from .optim import optimizer_update
-from .views import matrix_at, matrix_at_reference
+from .views import matrix_at, matrix_at_reference, vector_at, vector_at_reference
 
 # Compile time is a user-visible cost (a first run compiles everything), and it
 # grows with each separately compiled function: numba re-optimizes and re-emits
 # the code of every function a function calls. So the engine's entry points
-# (jit) call the kernels, which are compiled once each; the glue between them
-# (the walks, the per-layer functions, one step) is inlined into the entry
-# points (inline), and the small views the glue uses are compiled once, with no
-# Python entry point (internal). The flavours are defined in jit.py.
+# (released: they also let go of the GIL) call the kernels, which are compiled
+# once each (jit); the glue between them (the walks, the per-layer functions,
+# one step) is inlined into the entry points (inline), and the small views the
+# glue uses are compiled once, with no Python entry point (internal). The
+# flavours are defined in jit.py.
 
 # layer kinds
 DENSE, BATCHNORM, ACTIVATION, DROPOUT = 0, 1, 2, 3
@@ -144,9 +158,9 @@ LAYER_FIELDS = np.dtype([(name, np.int64) for name in (
     (name, np.float64) for name in ("eps", "momentum", "negative_slope", "p")])
 Network = namedtuple("Network", ["table", "params", "buffers", "counts"])
 Workspace = namedtuple("Workspace", ["activations", "activation_at", "gradients", "saved",
-                                     "targets", "weights", "sums", "coefficients", "masks",
-                                     "dropout", "clip"])
-Guard = namedtuple("Guard", ["params", "buffers", "counts", "taken"])
+                                     "targets", "weights", "sums", "coefficients", "scratch",
+                                     "masks", "dropout", "clip"])
+Guard = namedtuple("Guard", ["params", "buffers", "counts", "taken", "current"])
 
 
 # ---- building the description (Python) ----
@@ -199,36 +213,52 @@ def build_layer_table(layers):
     return table, p, r, s
 
 
-def workspace(table, batch, n_outputs, dtype, dropout_key=0, clip_norm=0.0, clip_value=0.0):
+def workspace(table, batch, n_outputs, dtype, dropout_key=0, clip_norm=0.0, clip_value=0.0,
+              copies_weights=False):
     """A Workspace for batches of up to ``batch`` rows, in ``dtype``; Dropout
     masks drawn with the key ``dropout_key`` (uint64, as a Python int), the
     gradients clipped to a norm of ``clip_norm`` or to ``clip_value`` (0:
-    not clipped)."""
-    n_layers = table.kind.shape[0]
-    widths = [int(table[0].n_in)] + [int(w) for w in table.n_out]
+    not clipped); with ``copies_weights``, room in its scratch for the dense
+    forward's transposed weight copies (dense.py, TRANSPOSED_COPY_CORES)."""
+    fields = table.view(np.ndarray)  # a recarray's attributes cost microseconds each
+    n_layers = fields.shape[0]
+    widths = [int(fields["n_in"][0])] + fields["n_out"].tolist()
+    kinds = fields["kind"].tolist()
     activation_at = np.zeros(n_layers + 1, np.int64)
-    for l in range(n_layers):
-        activation_at[l + 1] = activation_at[l] + batch * widths[l]
-    saved = int(sum(3 * table[l].n_out for l in range(n_layers) if table[l].kind == BATCHNORM))
-    masks = int(sum(table[l].n_out for l in range(n_layers) if table[l].kind == DROPOUT))
+    activation_at[1:] = np.cumsum(batch * np.array(widths[:-1], np.int64))
+    saved = 3 * sum(w for w, kind in zip(widths[1:], kinds) if kind == BATCHNORM)
+    masks = sum(w for w, kind in zip(widths[1:], kinds) if kind == DROPOUT)
     width = max(widths)
     clip = np.zeros(2)
     clip[CLIP_NORM], clip[CLIP_VALUE] = clip_norm, clip_value
     return Workspace(activations=np.zeros(int(activation_at[-1]) + batch * widths[-1], dtype),
                      activation_at=activation_at,
-                     gradients=np.zeros((2, batch * width), dtype),
+                     gradients=np.zeros(2 * batch * width, dtype),
                      saved=np.zeros(max(saved, 1), dtype),
                      targets=np.zeros((batch, n_outputs), dtype), weights=np.zeros(batch),
                      sums=np.zeros(2 * width), coefficients=np.zeros(3 * width, dtype),
+                     scratch=np.zeros(dense_scratch_size(fields) if copies_weights else 0,
+                                      dtype),
                      masks=np.zeros(max(batch * masks, 1), dtype),
                      dropout=np.array([dropout_key, 0, 0], np.uint64), clip=clip)
 
 
+def dense_scratch_size(fields):
+    """The dense kernels' scratch for the layers of a layer table (its plain
+    structured array): the largest n_in * n_out of a Dense layer at most
+    TRANSPOSED_COPY_MAX_WIDTH wide (0 without one)."""
+    sizes = [n_in * n_out for kind, n_in, n_out in zip(
+        fields["kind"].tolist(), fields["n_in"].tolist(), fields["n_out"].tolist())
+        if kind == DENSE and max(n_in, n_out) <= TRANSPOSED_COPY_MAX_WIDTH]
+    return max(sizes, default=0)
+
+
 def guard_for(net):
     """An empty Guard for the model state of ``net``."""
-    return Guard(np.empty((2, net.params.size), net.params.dtype),
+    return Guard(np.empty(net.params.size, net.params.dtype),
                  np.empty((2, net.buffers.size), net.buffers.dtype),
-                 np.empty((2, net.counts.size), np.int64), np.zeros(1, np.int64))
+                 np.empty((2, net.counts.size), np.int64), np.zeros(1, np.int64),
+                 np.zeros(1, np.int64))
 
 
 # ---- named views (LLVM inlines them: they cost nothing at run time) ----
@@ -245,7 +275,7 @@ def dense_views(table, flat, l):
     grads; the bias is empty for a layer without one."""
     row = table[l]
     weight = block(flat, row.weight_at, row.n_out, row.n_in)
-    bias = flat[row.bias_at:row.bias_at + row.n_out] if row.bias_at >= 0 else flat[0:0]
+    bias = vector_at(flat, row.bias_at, row.n_out) if row.bias_at >= 0 else vector_at(flat, 0, 0)
     return weight, bias
 
 
@@ -253,22 +283,22 @@ def dense_views(table, flat, l):
 def batchnorm_views(table, flat, l):
     """BatchNorm layer l's (gamma, beta) in params or in grads."""
     row = table[l]
-    return (flat[row.weight_at:row.weight_at + row.n_out],
-            flat[row.bias_at:row.bias_at + row.n_out])
+    return vector_at(flat, row.weight_at, row.n_out), vector_at(flat, row.bias_at, row.n_out)
 
 
 @internal
 def running_statistics(table, buffers, l):
     """BatchNorm layer l's (running_mean, running_var)."""
     at, f = table[l].stats_at, table[l].n_out
-    return buffers[at:at + f], buffers[at + f:at + 2 * f]
+    return vector_at(buffers, at, f), vector_at(buffers, at + f, f)
 
 
 @internal
 def saved_statistics(table, ws, l):
     """BatchNorm layer l's batch (mean, var, inv_std) from the forward pass."""
     f, at = table[l].n_out, table[l].saved_at
-    return ws.saved[at:at + f], ws.saved[at + f:at + 2 * f], ws.saved[at + 2 * f:at + 3 * f]
+    return (vector_at(ws.saved, at, f), vector_at(ws.saved, at + f, f),
+            vector_at(ws.saved, at + 2 * f, f))
 
 
 @internal
@@ -297,8 +327,8 @@ def network_output(net, ws, n):
 
 @internal
 def gradient(ws, which, rows, cols):
-    """Gradient buffer ``which`` (0 or 1) viewed as (rows, cols)."""
-    return block(ws.gradients[which], 0, rows, cols)
+    """Gradient buffer ``which`` (0 or 1: the first or second half) viewed as (rows, cols)."""
+    return block(ws.gradients, which * (ws.gradients.shape[0] // 2), rows, cols)
 
 
 # ---- data movement (kernels, each with a NumPy reference below) ----
@@ -343,11 +373,10 @@ def _batch_weights_by_type(W, wb, n):
 
 @internal
 def copy_into(destination, source):
-    """destination[...] = source, for arrays of one shape (any dimension)."""
-    flat_destination = destination.reshape(destination.size)
-    flat_source = source.reshape(source.size)
-    for i in range(flat_source.shape[0]):
-        flat_destination[i] = flat_source[i]
+    """destination[...] = source, for 2-D arrays of one shape."""
+    for i in range(source.shape[0]):
+        for j in range(source.shape[1]):
+            destination[i, j] = source[i, j]
 
 
 # ---- one forward and one backward function per layer kind ----
@@ -356,7 +385,7 @@ def copy_into(destination, source):
 def dense_layer_forward(net, ws, l, n):
     x, y = layer_blocks(net, ws, l, n)
     weight, bias = dense_views(net.table, net.params, l)
-    dense_forward(x, weight, bias, y)
+    dense_forward(x, weight, bias, y, ws.scratch)
 
 
 @inline
@@ -398,15 +427,17 @@ def batchnorm_layer_forward(net, ws, l, n, n_global, training, comm):
 
 @inline
 def batchnorm_layer_backward(net, ws, grads, l, n, n_global, dy, dx, comm):
-    x, _ = layer_blocks(net, ws, l, n)
+    """With the ReLU after it folded in, dy is the gradient of the ReLU's output."""
+    x, y = layer_blocks(net, ws, l, n)
+    relu = net.table[l].relu_after == 1
     mean, _, inv_std = saved_statistics(net.table, ws, l)
     gamma, _ = batchnorm_views(net.table, net.params, l)
     dgamma, dbeta = batchnorm_views(net.table, grads, l)
     if net.table[l].sync:
-        batchnorm_backward(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta, ws.sums,
+        batchnorm_backward(dy, x, gamma, mean, inv_std, relu, y, dx, dgamma, dbeta, ws.sums,
                            ws.coefficients, comm, n_global)
     else:
-        batchnorm_backward(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta, ws.sums,
+        batchnorm_backward(dy, x, gamma, mean, inv_std, relu, y, dx, dgamma, dbeta, ws.sums,
                            ws.coefficients, None, n)
 
 
@@ -465,6 +496,8 @@ def backward(net, ws, grads, n, n_global, comm):
     t = net.table
     current = LOSS_GRADIENT
     for l in range(t.shape[0] - 1, -1, -1):
+        if t[l].folded:  # a ReLU whose derivative the BatchNorm before it applies
+            continue
         dy = gradient(ws, current, n, t[l].n_out)
         rows_dx = n if l > 0 else 0  # the first layer needs no input gradient
         dx = gradient(ws, 1 - current, rows_dx, t[l].n_in)
@@ -512,22 +545,54 @@ def train_step(net, ws, grads, X, Y, W, index, start, n_global, loss, comm):
 
 @inline
 def take_snapshot(net, guard):
-    """Copy the model state into the guard's next snapshot slot."""
+    """Copy the running statistics and counts into the guard's next snapshot
+    slot (the parameters need no copy: see ``parameter_halves``)."""
     slot = guard.taken[0] % 2
-    copy_into(guard.params[slot], net.params)
-    copy_into(guard.buffers[slot], net.buffers)
-    copy_into(guard.counts[slot], net.counts)
+    for i in range(net.buffers.shape[0]):
+        guard.buffers[slot, i] = net.buffers[i]
+    for i in range(net.counts.shape[0]):
+        guard.counts[slot, i] = net.counts[i]
     guard.taken[0] += 1
+
+
+@inline
+def parameter_halves(net, guard):
+    """(current, spare): the half of the parameters' double buffer that holds
+    the current parameters, which the step reads and the update reads, and
+    the other, which the update writes."""
+    if guard.current[0] == 0:
+        return net.params, guard.params
+    return guard.params, net.params
+
+
+@inline
+def settle_parameters(net, guard):
+    """Leave the current parameters in net.params and the ones before the
+    last update in guard.params (swapped, when the last update wrote
+    guard.params)."""
+    if guard.current[0] == 1:
+        for i in range(net.params.shape[0]):
+            latest = guard.params[i]
+            guard.params[i] = net.params[i]
+            net.params[i] = latest
+        guard.current[0] = 0
 
 
 @inline
 def restore_last_good(net, guard):
     """Put back the state from before the previous batch (the last one with a
-    finite loss), or from before this batch if it was the first."""
+    finite loss), or from before this batch if it was the first of the fit:
+    the parameters from the spare half of the double buffer (those before
+    the last update), the running statistics and counts from their snapshot."""
     slot = (guard.taken[0] - 2) % 2 if guard.taken[0] >= 2 else 0
-    copy_into(net.params, guard.params[slot])
-    copy_into(net.buffers, guard.buffers[slot])
-    copy_into(net.counts, guard.counts[slot])
+    if guard.taken[0] >= 2 and guard.current[0] == 0:
+        for i in range(net.params.shape[0]):
+            net.params[i] = guard.params[i]
+    guard.current[0] = 0
+    for i in range(net.buffers.shape[0]):
+        net.buffers[i] = guard.buffers[slot, i]
+    for i in range(net.counts.shape[0]):
+        net.counts[i] = guard.counts[slot, i]
 
 
 @inline
@@ -544,7 +609,7 @@ def share_running_statistics(net, comm):
         broadcast(comm, net.counts)
 
 
-@jit
+@released
 def train_epoch(net, ws, grads, opt, X, Y, W, index, batch_size, skip_single, losses, sizes,
                 loss, guard, comm):
     """One epoch of mini-batch training over rows ``index`` of (X, Y), with
@@ -566,7 +631,9 @@ def train_epoch(net, ws, grads, opt, X, Y, W, index, batch_size, skip_single, lo
             continue
         take_snapshot(net, guard)
         ws.dropout[DROPOUT_STEP] = np.uint64(opt.step[0])
-        value = train_step(net, ws, grads, X, Y, W, index, start, n, loss, comm)
+        current, spare = parameter_halves(net, guard)
+        value = train_step(Network(net.table, current, net.buffers, net.counts), ws, grads, X, Y, W,
+                           index, start, n, loss, comm)
         losses[n_batches] = value
         sizes[n_batches] = n
         n_batches += 1
@@ -575,12 +642,14 @@ def train_epoch(net, ws, grads, opt, X, Y, W, index, batch_size, skip_single, lo
             return n_batches, n_batches
         if ws.clip[CLIP_NORM] > 0.0 or ws.clip[CLIP_VALUE] > 0.0:
             clip_gradients(ws.clip, grads[:n_params])
-        optimizer_update(opt, net.params, grads[:n_params])
+        optimizer_update(opt, current, grads[:n_params], spare)
+        guard.current[0] = 1 - guard.current[0]
         share_running_statistics(net, comm)
+    settle_parameters(net, guard)
     return n_batches, 0
 
 
-@jit
+@released
 def predict_logits(net, ws, X, out):
     """Inference-mode forward pass over all rows of X, in chunks of the
     workspace's batch capacity; writes the logits into out (n, k)."""
@@ -599,7 +668,7 @@ def _store(out, value):
     out[...] = value
 
 
-def _dense_forward(x, w, b, y):
+def _dense_forward(x, w, b, y, scratch):
     _store(y, dense_forward_reference(x, w, b))
 
 
@@ -626,8 +695,10 @@ def _batchnorm_inference(x, gamma, beta, mean, var, eps, relu, y, sums, coef):
     _store(y, np.maximum(value, 0) if relu else value)
 
 
-def _batchnorm_backward(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta, sums, coef, comm,
-                        rows):
+def _batchnorm_backward(dy, x, gamma, mean, inv_std, relu, y, dx, dgamma, dbeta, sums, coef,
+                        comm, rows):
+    if relu:
+        dy = activation_backward_reference(RELU, 0.0, None, y, dy).astype(dy.dtype)
     dx_value, dgamma_value, dbeta_value = batchnorm_backward_reference(dy, x, gamma, mean,
                                                                        inv_std)
     if dx.shape[0]:
@@ -670,7 +741,7 @@ def _batch_total(W, index, start, n):
 #: each kernel the walks call, by name, and its NumPy reference with the same
 #: argument contract (outputs written in place)
 REFERENCE_KERNELS = {
-    "matrix_at": matrix_at_reference,
+    "matrix_at": matrix_at_reference, "vector_at": vector_at_reference,
     "dense_forward": _dense_forward, "dense_backward": _dense_backward,
     "batchnorm_forward": _batchnorm_forward, "batchnorm_inference": _batchnorm_inference,
     "batchnorm_backward": _batchnorm_backward,

@@ -1,8 +1,10 @@
-"""Optimizer updates, in place on flat parameter buffers.
+"""Optimizer updates of flat parameter buffers.
 
 Contract, shared by every version of the op:
     w, g   : (n,) parameters and their gradients (all of a model's parameters
              live in one flat buffer, so one call updates every tensor)
+    out    : (n,) the updated parameters (the cpu update; w itself for an
+             update in place)
     state  : one named tuple per optimizer (``SGDState``, ``RMSpropState``,
              ``AdamState``), holding
                hyper : (HYPER_SIZE,) float64, the hyper-parameters at the
@@ -169,49 +171,61 @@ def optimizer_update_reference(state, w, g):
 
 # ---- cpu ----
 # The three updates are compiled as the implementations of optimizer_update
-# (below), into each engine that uses them, and only there.
+# (below), into each engine that uses them, and only there. Each reads the
+# parameters from w and writes the updated ones to out, which may be w itself:
+# the engine keeps the parameters of the step before in w (see network.py's
+# Guard), the functional API updates in place.
 
-def sgd_update(state, w, g):
+def sgd_update(state, w, g, out):
     state.step[0] += 1
     lr, momentum, one_minus_dampening, nesterov, weight_decay, first_step = sgd_scalars(
         state.hyper, state.step[0], w)
+    if momentum == 0:  # plain SGD: the momentum buffer is neither read nor written
+        unused = w.dtype.type(0)
+        for i in range(w.shape[0]):
+            out[i], _ = sgd_element(w[i], g[i], unused, lr, momentum, one_minus_dampening,
+                                    nesterov, weight_decay, first_step)
+        return
     buf = state.momentum_buffer
     for i in range(w.shape[0]):
-        w[i], buf[i] = sgd_element(w[i], g[i], buf[i], lr, momentum, one_minus_dampening,
-                                   nesterov, weight_decay, first_step)
+        out[i], buf[i] = sgd_element(w[i], g[i], buf[i], lr, momentum, one_minus_dampening,
+                                     nesterov, weight_decay, first_step)
 
 
-def rmsprop_update(state, w, g):
+def rmsprop_update(state, w, g, out):
     state.step[0] += 1
     lr, alpha, one_minus_alpha, eps, momentum, weight_decay, centered = rmsprop_scalars(
         state.hyper, w)
     square_avg, grad_avg, buf = state.square_avg, state.grad_avg, state.momentum_buffer
     for i in range(w.shape[0]):
-        w[i], square_avg[i], grad_avg[i], buf[i] = rmsprop_element(
+        out[i], square_avg[i], grad_avg[i], buf[i] = rmsprop_element(
             w[i], g[i], square_avg[i], grad_avg[i], buf[i], lr, alpha, one_minus_alpha, eps,
             momentum, weight_decay, centered)
 
 
-def adam_update(state, w, g):
+def adam_update(state, w, g, out):
     state.step[0] += 1
     (one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay_factor, decoupled,
      step_size, bias_correction2_sqrt) = adam_scalars(state.hyper, state.step[0], w)
     m, v = state.exp_avg, state.exp_avg_sq
     for i in range(w.shape[0]):
-        w[i], m[i], v[i] = adam_element(w[i], g[i], m[i], v[i], one_minus_beta1, beta2,
-                                        one_minus_beta2, eps, weight_decay, decay_factor,
-                                        decoupled, step_size, bias_correction2_sqrt)
+        out[i], m[i], v[i] = adam_element(w[i], g[i], m[i], v[i], one_minus_beta1, beta2,
+                                          one_minus_beta2, eps, weight_decay, decay_factor,
+                                          decoupled, step_size, bias_correction2_sqrt)
 
 
-def optimizer_update(state, w, g):
-    """One update of every parameter in the flat buffer w from its gradient g;
-    the optimizer is chosen by the type of ``state`` when numba compiles the
-    caller, so an engine compiles only the update it uses."""
-    optimizer_update_reference(state, w, g)
+def optimizer_update(state, w, g, out):
+    """One update of every parameter in the flat buffer w from its gradient g,
+    written to out (w itself for an update in place); the optimizer is chosen
+    by the type of ``state`` when numba compiles the caller, so an engine
+    compiles only the update it uses."""
+    if out is not w:
+        out[...] = w
+    optimizer_update_reference(state, out, g)
 
 
 @overload(optimizer_update)
-def _optimizer_update_by_state_type(state, w, g):
+def _optimizer_update_by_state_type(state, w, g, out):
     if isinstance(state, types.NamedTuple):
         update = {SGDState: sgd_update, RMSpropState: rmsprop_update,
                   AdamState: adam_update}.get(state.instance_class)
@@ -221,8 +235,13 @@ def _optimizer_update_by_state_type(state, w, g):
 
 @jit
 def optimizer_update_compiled(state, w, g):
-    """``optimizer_update`` compiled, for callers in Python (the functional API)."""
-    optimizer_update(state, w, g)
+    """``optimizer_update`` compiled, in place, for callers in Python (the
+    functional API). The update goes to a new array, then back into w: a loop
+    whose output is its input (out is w) runs 4x slower, as LLVM cannot tell
+    the two arrays apart when it compiles the update and keeps it scalar."""
+    out = np.empty_like(w)
+    optimizer_update(state, w, g, out)
+    w[:] = out
 
 
 # ---- gradient clipping: on the flat gradient buffer, before the update ----

@@ -189,6 +189,77 @@ def test_cpu_training_matches_reference_engine(optimizer, dtype):
                                    err_msg=key)
 
 
+def train_epochs(device, model, optimizer, X, Y, epochs, batch_size):
+    """Engine epochs over the row orders ``epochs`` (one index array each) in one fit
+    session, as Trainer.fit runs them; returns each epoch's (batches, nonfinite)."""
+    session = get_backend(device).start_fit(model, optimizer, X, Y, batch_size, engine_loss(BCE))
+    results = []
+    for index in epochs:
+        losses, sizes = np.zeros(len(index)), np.zeros(len(index), np.int64)
+        results.append(session.train_epoch(index, batch_size, True, losses, sizes))
+        if results[-1][1]:
+            break
+    session.finish()
+    return results
+
+
+@pytest.mark.parametrize("device", ["numpy", "cpu"])
+@pytest.mark.parametrize("bad", [0, 1, 2, 3, 4])
+def test_a_non_finite_loss_puts_back_the_state_before_the_previous_batch(device, bad):
+    """Batch ``bad`` (0-based over the fit, 3 batches per epoch) has an infinite
+    input: the epoch stops there with the parameters, running statistics and
+    counts of the state before batch ``bad - 1`` (the last batch whose loss was
+    finite) put back bit for bit, also across the end of an epoch (bad = 3, 4)."""
+    rng = np.random.default_rng(3)
+    batch, per_epoch = 8, 3
+    X = rng.normal(size=(4 * batch, 5)).astype(np.float32)
+    X[3 * batch:, 2] = np.inf  # the last batch of rows is the poisoned one
+    Y = rng.uniform(size=(4 * batch, 2)).astype(np.float32)
+    clean, poisoned = np.arange(3 * batch), np.arange(3 * batch, 4 * batch)
+
+    def epochs(order):  # per_epoch batches each
+        return [order[i:i + per_epoch * batch] for i in range(0, len(order), per_epoch * batch)]
+
+    def fresh():
+        return make_model().astype("float32"), fn.SGD(lr=0.1, momentum=0.9)
+
+    order = np.concatenate([clean, clean])[:bad * batch]
+    expected, optimizer = fresh()
+    if bad >= 2:
+        train_epochs(device, expected, optimizer, X, Y, epochs(order[:(bad - 1) * batch]), batch)
+    model, optimizer = fresh()
+    results = train_epochs(device, model, optimizer, X, Y, epochs(np.concatenate([order, poisoned])),
+                           batch)
+    assert results[-1][1] == bad % per_epoch + 1
+    np.testing.assert_array_equal(model.params, expected.params)
+    np.testing.assert_array_equal(model.buffers, expected.buffers)
+    np.testing.assert_array_equal(model.counts, expected.counts)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_transposed_weight_copy_trains_as_the_transposed_view(dtype, monkeypatch):
+    """The dense forward of small layers multiplies a transposed copy of the
+    weight where the BLAS serves that faster (dense.TRANSPOSED_COPY_CORES),
+    else the transposed view: the same training either way, to rounding (to
+    the bit where the BLAS runs the same code for both)."""
+    backend = get_backend("cpu")
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(96, 5)).astype(dtype)
+    Y = rng.uniform(size=(96, 2)).astype(dtype)
+    states = {}
+    for copies in (False, True):
+        monkeypatch.setattr(type(backend), "copies_weights", lambda self, c=copies: c)
+        model = fn.Sequential(fn.Dense(5, 40), fn.BatchNorm(40), fn.ReLU(), fn.Dense(40, 24),
+                              fn.ReLU(), fn.Dense(24, 2), seed=4).astype(dtype)
+        session = backend.start_fit(model, fn.SGD(lr=0.1, momentum=0.9), X, Y, 32, engine_loss(BCE))
+        assert session.ws.scratch.size == (40 * 24 if copies else 0)
+        for _ in range(3):
+            session.train_epoch(np.arange(96), 32, True, np.zeros(3), np.zeros(3, np.int64))
+        states[copies] = model.params.copy()
+    rtol = 1e-4 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(states[True], states[False], rtol=rtol, atol=rtol)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_matrix_at_is_the_reshaped_slice_and_writes_through(dtype):
     """The engine's views of its flat buffers (kernels/views.py): the same

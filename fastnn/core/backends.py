@@ -50,7 +50,7 @@ class HostSession:
         self.net = model.network()
         self.opt = optimizer.engine_state(model.n_params, model.dtype)
         self.ws = network.workspace(model.table, batch, Y.shape[1], model.dtype, dropout_key,
-                                    clip_norm, clip_value)
+                                    clip_norm, clip_value, backend.copies_weights())
         self.grads = np.zeros(model.n_params + 1, model.dtype)  # the gradients, then the loss
         self.guard = network.guard_for(self.net)
         self.comm = None
@@ -112,7 +112,7 @@ class NumpyBackend:
     def predict_logits(self, model, X):
         """Inference-mode logits (n, k) of host X, in chunks of 4096 rows."""
         ws = network.workspace(model.table, max(1, min(X.shape[0], 4096)), model.out_features,
-                               model.dtype)
+                               model.dtype, copies_weights=self.copies_weights())
         out = np.empty((X.shape[0], model.out_features), model.dtype)
         net = model.network()
         if self.compiled:
@@ -123,6 +123,11 @@ class NumpyBackend:
 
     def describe(self):
         return "numpy (reference kernels)"
+
+    def copies_weights(self):
+        """Whether the dense forward multiplies a transposed copy of a small
+        layer's weight (kernels/dense.py): no, the reference needs none."""
+        return False
 
     def tf32_products(self):
         """Whether Trainer(precision='tf32') gets TF32 products here: no."""
@@ -191,8 +196,9 @@ class CpuBackend(NumpyBackend):
         ws = network.workspace(model.table, 1, k, dtype)
         opt = optim.optimizer_state(optimizer.kind, optimizer.hyper(), np.zeros(1, np.int64),
                                     np.zeros((3, 1), dtype))
-        guard = network.Guard(np.zeros((2, 1), dtype), np.zeros((2, 1), dtype),
-                              np.zeros((2, 1), np.int64), np.zeros(1, np.int64))
+        guard = network.Guard(np.zeros(1, dtype), np.zeros((2, 1), dtype),
+                              np.zeros((2, 1), np.int64), np.zeros(1, np.int64),
+                              np.zeros(1, np.int64))
         communicator = None if comm is None else comm.communicator(8)
         index, losses, sizes = np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
         work = [(network.train_epoch, (net, ws, np.zeros(1, dtype), opt, X, Y, weights, index,
@@ -200,6 +206,12 @@ class CpuBackend(NumpyBackend):
         if X_val is not None:
             work.append((network.predict_logits, (net, ws, X_val, np.zeros((0, k), dtype))))
         return compile_ahead(work, f"the cpu kernels for {np.dtype(dtype).name}", announce)
+
+    def copies_weights(self):
+        """Whether the dense forward multiplies a transposed copy of a small
+        layer's weight (kernels/dense.py): where the BLAS that numba calls
+        runs on a core that serves it faster (dense.TRANSPOSED_COPY_CORES)."""
+        return threads.blas_core() in dense.TRANSPOSED_COPY_CORES
 
     def describe(self):
         import numba
@@ -217,7 +229,7 @@ class CpuBackend(NumpyBackend):
 
     def batchnorm_backward(self, dy, x, gamma, mean, inv_std):
         dx, dgamma, dbeta = np.empty_like(x), np.empty_like(gamma), np.empty_like(gamma)
-        batchnorm.batchnorm_backward(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta,
+        batchnorm.batchnorm_backward(dy, x, gamma, mean, inv_std, False, dy, dx, dgamma, dbeta,
                                      np.empty(2 * x.shape[1]), np.empty(3 * x.shape[1], x.dtype),
                                      None, x.shape[0])
         return dx, dgamma, dbeta
@@ -232,7 +244,8 @@ class CpuBackend(NumpyBackend):
 
     def dense_forward(self, x, w, b):
         y = np.empty((x.shape[0], w.shape[0]), x.dtype)
-        dense.dense_forward(x, w, b if b is not None else w[0, :0], y)
+        scratch = np.empty(w.size if self.copies_weights() else 0, x.dtype)
+        dense.dense_forward(x, w, b if b is not None else w[0, :0], y, scratch)
         return y
 
     def dense_backward(self, dy, x, w):

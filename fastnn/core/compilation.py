@@ -17,6 +17,7 @@ import time
 from contextlib import contextmanager
 
 import numba
+import numpy as np
 from numba.core.compiler_lock import global_compiler_lock
 
 NOTICE_DELAY = 0.5  # seconds of compiling (not loading from the cache) before the notice
@@ -64,14 +65,38 @@ def compile_ahead(work, what, announce=True):
     started = time.perf_counter()
     missing = []
     for dispatcher, args in work:
+        key = (dispatcher, tuple(_type_key(a) for a in args))
+        if key in _ready:
+            continue
+        # numba.typeof costs about 10 us per array, and hashing the signature as much
         signature = tuple(numba.typeof(a) for a in args)
-        if signature not in dispatcher.overloads and not _load_from_cache(dispatcher, signature):
-            missing.append((dispatcher, signature))
+        if signature in dispatcher.overloads or _load_from_cache(dispatcher, signature):
+            _ready.add(key)
+        else:
+            missing.append((dispatcher, signature, key))
     if missing:
         with announce_compilation(what, announce):
-            for dispatcher, signature in missing:
+            for dispatcher, signature, key in missing:
                 dispatcher.compile(signature)
+                _ready.add(key)
     return time.perf_counter() - started
+
+
+_ready = set()  # (dispatcher, the _type_key of each argument) of what is compiled or loaded
+
+
+def _type_key(value):
+    """What numba's type of an argument of an engine depends on, found without
+    asking numba: an array's class, dtype, dimensions, layout and flags; a
+    named tuple's class and its fields' keys; the class of anything else
+    (None, numbers)."""
+    if isinstance(value, np.ndarray):
+        flags = value.flags
+        return (type(value), value.dtype, value.ndim, flags.c_contiguous, flags.f_contiguous,
+                flags.writeable, flags.aligned)
+    if isinstance(value, tuple):
+        return (type(value),) + tuple(_type_key(field) for field in value)
+    return type(value)
 
 
 def _load_from_cache(dispatcher, signature):

@@ -2,11 +2,17 @@
 
 On the GPU the fused engine trains all K in one launch per epoch, one block
 (or group of blocks) per model, so a grid of small models costs about what
-one of them does; elsewhere the models train one after another, each
-exactly as ``Trainer.fit`` trains it.
+one of them does. On the cpu the models train side by side, one per core:
+threads each run ``Trainer.fit`` for one model after another, the compiled
+engine lets go of the GIL while it trains an epoch, and BLAS runs one thread
+per product meanwhile (the cores are taken by the models). Each model is
+trained exactly as ``Trainer.fit`` trains it: to the same bits wherever the
+BLAS gives a product the same bits whatever its thread count (products small
+enough for one BLAS thread always do).
 """
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -14,6 +20,7 @@ from . import validation as v
 from .device import choose_device
 from .layers import Sequential
 from .optim import Adam, Optimizer
+from .threads import blas_threads, usable_cores
 from .trainer import LOSS_CODES, Trainer, check_targets, resolve_loss
 
 
@@ -128,13 +135,8 @@ def fit_many(models, X, y, optimizers=None, seeds=None, loss=None, device="auto"
     histories = None
     if chosen == "cuda" and sample_weight is None and not standardized:
         histories = _fit_on_gpu(trainers, X, Y, epochs, min(batch_size, n), shuffle)
-    if histories is None:  # the cpu, or a fit the fused engine does not take
-        histories = []
-        for trainer in trainers:
-            history = trainer.fit(X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
-                                  on_nonfinite="stop", sample_weight=sample_weight)
-            history["nonfinite"] = trainer.nonfinite
-            histories.append(history)
+    if histories is None:  # the cpu, or a network the fused engine does not take
+        histories = _fit_on_host(trainers, X, y, epochs, batch_size, shuffle, sample_weight)
     stopped = [(m, h["nonfinite"]) for m, h in enumerate(histories) if h["nonfinite"]]
     if stopped and on_nonfinite == "raise":
         raise FloatingPointError(
@@ -143,6 +145,29 @@ def fit_many(models, X, y, optimizers=None, seeds=None, loss=None, device="auto"
             + "; those models stopped there with the weights of their last step with a "
               "finite loss restored")
     return models, histories
+
+
+def _fit_on_host(trainers, X, y, epochs, batch_size, shuffle, sample_weight):
+    """Each trainer's fit, with 'nonfinite' added to its history. On the cpu
+    backend, several cores and models: side by side, one thread per core,
+    without progress bars."""
+    def fit(trainer, progress=None):
+        history = trainer.fit(X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                              on_nonfinite="stop", sample_weight=sample_weight, progress=progress)
+        history["nonfinite"] = trainer.nonfinite
+        return history
+
+    workers = min(len(trainers), usable_cores())
+    if workers == 1 or trainers[0].device != "cpu":
+        return [fit(trainer) for trainer in trainers]
+    trainers[0].precompile(X, y, progress=None, sample_weight=sample_weight)  # compile (or load) the engine once, first
+    with blas_threads(1):
+        pool = ThreadPoolExecutor(workers)
+        try:
+            futures = [pool.submit(fit, trainer, False) for trainer in trainers]
+            return [future.result() for future in futures]
+        finally:  # an error or Ctrl-C: the fits not started yet never start
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _check_trainable(model, optimizer, dtype, m):

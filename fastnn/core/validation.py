@@ -6,6 +6,8 @@ import warnings
 
 import numpy as np
 
+from fastnn.kernels.jit import scans
+
 FLOAT_DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
@@ -108,11 +110,26 @@ def _warn_if_copied(arr, name, dtype):
                       f"read batch by batch", RuntimeWarning, stacklevel=4)
 
 
-def all_finite(a, block=1 << 20):
-    """np.isfinite(a).all() in blocks, so a large (memory-mapped) array
-    needs no temporary of its own size."""
-    flat = a.reshape(-1)
-    return all(np.isfinite(flat[i:i + block]).all() for i in range(0, flat.size, block))
+def all_finite(a):
+    """np.isfinite(a).all() for a float array, in one compiled pass that
+    needs no temporary (a large memory-mapped array is read once)."""
+    return bool(scan_values(a.reshape(-1), np.inf)[0])
+
+
+@scans
+def scan_values(flat, limit):
+    """(whether every value of the 1-D float array is finite, whether some
+    absolute value exceeds ``limit`` rounded to the array's dtype), in one
+    pass."""
+    zero, one = flat.dtype.type(0), flat.dtype.type(1)
+    nonfinite = zero  # v - v is 0 for a finite v, NaN for NaN and +-inf
+    bound = flat.dtype.type(limit)
+    above = zero  # a count in the array's dtype (inexact past 2**24, never back to 0)
+    for i in range(flat.shape[0]):
+        v = flat[i]
+        nonfinite += v - v
+        above += one if abs(v) > bound else zero
+    return nonfinite == zero, above > zero
 
 
 def max_abs(a, block=1 << 20):
@@ -152,7 +169,8 @@ def check_X(X, name, n_features, dtype):
     X = as_float_array(X, name, dtype=dtype, ndim=2)
     if X.shape[1] != n_features:
         raise ValueError(f"{name} must have shape (n_samples, {n_features}), got {X.shape}")
-    if X.dtype == np.float32 and not is_device_array(X):
+    if X.dtype == np.float32 and not is_device_array(X) and scan_values(
+            X.reshape(-1), FLOAT32_INPUT_LIMIT)[1]:
         largest = max_abs(X)
         if largest > FLOAT32_INPUT_LIMIT:
             raise ValueError(f"{name} holds values up to {largest:.3g}: float32 products of "

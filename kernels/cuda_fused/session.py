@@ -108,7 +108,7 @@ class FusedTrainingSession:
             layout, self.arena_bytes = place_model(compiled, sizes, np.dtype(dtype).itemsize)
         self.ws = Workspace(empty((K, host.activations.size), dtype),
                             cuda.to_device(host.activation_at),
-                            empty((K,) + host.gradients.shape, dtype),
+                            empty((K, 2, host.gradients.size // 2), dtype),
                             empty((K, host.saved.size), dtype),
                             empty((K, host.targets.size), dtype),
                             empty((K, self.batches_per_epoch), np.float64),
