@@ -90,7 +90,7 @@ SCRIPT = textwrap.dedent("""
     import numpy as np
     import fastnn as fn
     from fastnn.demo import make_data
-    X, y = make_data(100000, n_features=20, seed=0)
+    X, y = make_data(40000, n_features=20, seed=0)
     model = fn.Sequential(fn.Dense(20, 64), fn.BatchNorm(64), fn.ReLU(), fn.Dropout(0.1),
                           fn.Dense(64, 64), fn.BatchNorm(64), fn.ReLU(), fn.Dropout(0.1),
                           fn.Dense(64, 1), seed=0)
@@ -101,43 +101,57 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+def newest_epoch(directory):
+    """The epoch of the newest checkpoint in ``directory`` (0: none yet)."""
+    paths = list_checkpoints(directory)
+    return int(Path(paths[0]).stem.rsplit("-", 1)[1]) if paths else 0
+
+
+def run_and_kill(command, directory, after_epoch=None, delay=0.0):
+    """Run ``command``; with ``after_epoch``, SIGKILL it ``delay`` seconds after
+    the checkpoint of that epoch appears in ``directory``. Returns True when
+    the run completed (exit status 0) before the kill, False when killed."""
+    proc = subprocess.Popen(command, cwd=directory.parent)
+    if after_epoch is None:
+        assert proc.wait(timeout=600) == 0
+        return True
+    while proc.poll() is None and newest_epoch(directory) < after_epoch:
+        time.sleep(0.005)
+    time.sleep(delay)
+    if proc.poll() is not None:
+        assert proc.returncode == 0
+        return True
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return False
+
+
+def kill_and_resume(command, directory, kill_epochs, seed):
+    """SIGKILL the run after each epoch of ``kill_epochs`` has been
+    checkpointed, at a random moment of the next epoch or checkpoint write,
+    resuming each time; then run it to the end. Returns the number of kills."""
+    rng = random.Random(seed)
+    kills = 0
+    for epoch in kill_epochs:
+        kills += not run_and_kill(command, directory, epoch, rng.uniform(0.0, 0.25))
+    run_and_kill(command, directory)
+    return kills
+
+
 def test_sigkill_at_random_moments_then_resume_gives_identical_weights(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
-    epochs = 30
-    start = time.perf_counter()
+    epochs = 12
 
-    def run(directory, out, kill_after=None):
-        proc = subprocess.Popen([sys.executable, str(script), str(directory), str(epochs),
-                                 str(out)], cwd=tmp_path)
-        if kill_after is None:
-            assert proc.wait(timeout=600) == 0
-            return True
-        time.sleep(kill_after)
-        if proc.poll() is not None:
-            assert proc.returncode == 0
-            return True
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        return False
+    def command(name):
+        return [sys.executable, str(script), str(tmp_path / name), str(epochs),
+                str(tmp_path / f"{name}.npy")]
 
-    run(tmp_path / "clean", tmp_path / "clean.npy")
-    duration = time.perf_counter() - start  # start-up and training
-    expected = np.load(tmp_path / "clean.npy")
-    rng = random.Random(1234)
-    kills, finished, progress = 0, False, []
-    while not finished and kills < 12:
-        finished = run(tmp_path / "killed", tmp_path / "killed.npy",
-                       kill_after=rng.uniform(0.15, 0.45) * duration)
-        kills += not finished
-        progress.append(len(list_checkpoints(tmp_path / "killed")))
-    if not finished:
-        run(tmp_path / "killed", tmp_path / "killed.npy")
-    print(f"{kills} SIGKILLs before the run completed; checkpoints on disk after each: "
-          f"{progress}")
+    run_and_kill(command("clean"), tmp_path / "clean")
+    kills = kill_and_resume(command("killed"), tmp_path / "killed", [1, 4, 8], seed=1234)
+    print(f"{kills} SIGKILLs before the run completed")
     assert kills >= 2, "the kills should land while training"
-    assert max(progress) > 0, "some kills should come after a checkpoint was written"
-    assert np.array_equal(np.load(tmp_path / "killed.npy"), expected)
+    assert np.array_equal(np.load(tmp_path / "killed.npy"), np.load(tmp_path / "clean.npy"))
 
 
 def test_a_forged_header_declaring_a_huge_array_is_refused_before_allocating(tmp_path):
@@ -264,36 +278,16 @@ def test_sigkill_with_early_stopping_plateau_and_cosine_then_resume_is_identical
     script = tmp_path / "train.py"
     script.write_text(STOPPING_SCRIPT)
 
-    def run(name, kill_after=None):
-        proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / name),
-                                 str(tmp_path / f"{name}.npy"), str(tmp_path / f"{name}.json")],
-                                cwd=tmp_path)
-        if kill_after is None:
-            assert proc.wait(timeout=600) == 0
-            return True
-        time.sleep(kill_after)
-        if proc.poll() is not None:
-            assert proc.returncode == 0
-            return True
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        return False
+    def command(name):
+        return [sys.executable, str(script), str(tmp_path / name), str(tmp_path / f"{name}.npy"),
+                str(tmp_path / f"{name}.json")]
 
-    start = time.perf_counter()
-    run("clean")
-    duration = time.perf_counter() - start
+    run_and_kill(command("clean"), tmp_path / "clean")
     expected = json.loads((tmp_path / "clean.json").read_text())
     assert expected["stopped"] is not None and len(expected["history"]["loss"]) < 40
     assert len(set(expected["history"]["lr"])) == len(expected["history"]["lr"])  # cosine
-    rng = random.Random(4321)
-    kills, finished, progress = 0, False, []
-    while not finished and kills < 12:
-        finished = run("killed", kill_after=rng.uniform(0.2, 0.8) * duration)
-        kills += not finished
-        progress.append(len(list_checkpoints(tmp_path / "killed")))
-    if not finished:
-        run("killed")
-    print(f"{kills} SIGKILLs before the run completed; checkpoints after each: {progress}")
-    assert kills >= 2 and max(progress) > 0
+    kills = kill_and_resume(command("killed"), tmp_path / "killed", [1, 3, 5], seed=4321)
+    print(f"{kills} SIGKILLs before the run completed")
+    assert kills >= 2
     assert np.array_equal(np.load(tmp_path / "killed.npy"), np.load(tmp_path / "clean.npy"))
     assert json.loads((tmp_path / "killed.json").read_text()) == expected
