@@ -65,6 +65,13 @@ NETWORKS = {
 }
 # batches per epoch (full / --quick); every implementation sees the same data
 BATCHES = {"tiny": (1024, 128), "small": (512, 64), "medium": (64, 16), "large": (8, 4)}
+IMPLEMENTATIONS = ("fastnn-cpu", "fastnn-cuda", "fastnn-cuda-tf32", "numpy", "torch",
+                   "torch-cuda-graphs", "jax")
+# fastnn-cuda / torch-cuda-graphs wanted on an H100/H200 (issue 11): (network, implementation)
+GPU_TARGETS = {("large", "fastnn-cuda"): 1.0, ("large", "fastnn-cuda-tf32"): 2.5,
+               ("medium", "fastnn-cuda"): 2.0}
+OPTIMIZERS = ("sgd", "adam")
+LR = 1e-3
 # timed epochs after the warm-up epoch, (full, --quick): at least, at most, and the
 # seconds of epochs to time before stopping between the two
 REPEATS = {False: (7, 7, 0.0), True: (3, 25, 0.3)}
@@ -75,13 +82,6 @@ QUICK_OPTIMIZERS = ("adam",)
 QUICK_SKIPS = ("numpy",)
 # a measurement is unsteady when its median epoch is this much slower than its fastest
 UNSTEADY = 0.3
-IMPLEMENTATIONS = ("fastnn-cpu", "fastnn-cuda", "fastnn-cuda-tf32", "numpy", "torch",
-                   "torch-cuda-graphs", "jax")
-# fastnn-cuda / torch-cuda-graphs wanted on an H100/H200 (issue 11): (network, implementation)
-GPU_TARGETS = {("large", "fastnn-cuda"): 1.0, ("large", "fastnn-cuda-tf32"): 2.5,
-               ("medium", "fastnn-cuda"): 2.0}
-OPTIMIZERS = ("sgd", "adam")
-LR = 1e-3
 
 
 # ---- the networks and their data ----
