@@ -19,6 +19,9 @@ several, after one warm-up epoch (JIT compilation is never timed):
                   a GPU)
     jax           JAX, the whole epoch jit-compiled as one lax.scan (when installed)
 
+The peers' harnesses are in fastnn.benchmarks (torch_harness, jax_harness),
+imported only by the worker process that measures them.
+
 The GEMM floor of a network is the time of its necessary matrix products
 alone (forward and weight gradient of every Dense, input gradient of all but
 the first), made through the same BLAS calls the cpu engine makes.
@@ -135,126 +138,22 @@ def _fastnn_cuda_times(precision):
     return times
 
 
-def _torch_cuda_graphs_prepare(network, optimizer, X, y):
-    """One training step captured into a CUDA graph (PyTorch's recipe: warm
-    up on a side stream, capture, then copy each batch into the captured
-    input tensors and replay)."""
-    import torch
-    model = torch_model(build_model(network).astype("float32")).cuda()
-    opt_class = torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam
-    opt = opt_class(model.parameters(), lr=LR,
-                    **({} if optimizer == "sgd" else {"capturable": True}))
-    Xt, yt = torch.from_numpy(X).cuda(), torch.from_numpy(y).cuda()
-    batch = NETWORKS[network][3]
-    static_x, static_y = Xt[:batch].clone(), yt[:batch].clone()
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-
-    def step():
-        loss_fn(model(static_x)[:, 0], static_y).backward()
-        opt.step()
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            opt.zero_grad(set_to_none=True)
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    opt.zero_grad(set_to_none=True)
-    with torch.cuda.graph(graph):
-        step()
-
-    def epoch():
-        for start in range(0, Xt.shape[0], batch):
-            static_x.copy_(Xt[start:start + batch])
-            static_y.copy_(yt[start:start + batch])
-            graph.replay()
-        torch.cuda.synchronize()
-    return epoch
-
-
 def _torch_prepare(network, optimizer, X, y):
-    import torch
-    model = torch_model(build_model(network).astype("float32"))
-    opt = (torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam)(model.parameters(), lr=LR)
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-    batch = NETWORKS[network][3]
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-
-    def epoch():
-        model.train()
-        for start in range(0, Xt.shape[0], batch):
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(Xt[start:start + batch])[:, 0], yt[start:start + batch])
-            loss.backward()
-            opt.step()
-    return epoch
+    from .benchmarks.torch_harness import eager_epoch
+    return eager_epoch(build_model(network).astype("float32"), optimizer, X, y,
+                       NETWORKS[network][3], LR)
 
 
-def torch_model(model):
-    """The equivalent torch.nn.Sequential, with a copy of model's weights."""
-    return model.to_torch()
+def _torch_cuda_graphs_prepare(network, optimizer, X, y):
+    from .benchmarks.torch_harness import cuda_graphs_epoch
+    return cuda_graphs_epoch(build_model(network).astype("float32"), optimizer, X, y,
+                             NETWORKS[network][3], LR)
 
 
 def _jax_prepare(network, optimizer, X, y):
-    """The whole epoch as one jitted lax.scan over the batches."""
-    import jax
-    import jax.numpy as jnp
-    d_in, hidden, blocks, batch = NETWORKS[network]
-    state = build_model(network).astype("float32").state_dict()
-    n_dense = blocks + 1
-    params = [(jnp.asarray(state[f"{3 * i}.weight"]), jnp.asarray(state[f"{3 * i}.bias"]))
-              for i in range(n_dense)]
-    params += [(jnp.asarray(state[f"{3 * i + 1}.weight"]), jnp.asarray(state[f"{3 * i + 1}.bias"]))
-               for i in range(blocks)]
-    running = [(jnp.asarray(state[f"{3 * i + 1}.running_mean"]),
-                jnp.asarray(state[f"{3 * i + 1}.running_var"])) for i in range(blocks)]
-
-    def loss_fn(params, running, xb, yb):
-        h, new_running = xb, []
-        for i in range(blocks):
-            w, b = params[i]
-            gamma, beta = params[n_dense + i]
-            h = h @ w.T + b
-            mean, var = h.mean(0), h.var(0)
-            h = jax.nn.relu((h - mean) * jax.lax.rsqrt(var + 1e-5) * gamma + beta)
-            rm, rv = running[i]
-            new_running.append((0.9 * rm + 0.1 * mean, 0.9 * rv + 0.1 * var * batch / (batch - 1)))
-        w, b = params[blocks]
-        z = (h @ w.T + b)[:, 0]
-        loss = jnp.mean(jnp.maximum(z, 0) - z * yb + jnp.log1p(jnp.exp(-jnp.abs(z))))
-        return loss, new_running
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-    def step(carry, data):
-        params, running, m, v, t = carry
-        (loss, running), grads = grad_fn(params, running, *data)
-        if optimizer == "sgd":
-            params = jax.tree_util.tree_map(lambda p, g: p - LR * g, params, grads)
-        else:
-            t = t + 1
-            m = jax.tree_util.tree_map(lambda m, g: 0.9 * m + 0.1 * g, m, grads)
-            v = jax.tree_util.tree_map(lambda v, g: 0.999 * v + 0.001 * g * g, v, grads)
-            c1, c2 = 1 - 0.9 ** t, 1 - 0.999 ** t
-            params = jax.tree_util.tree_map(
-                lambda p, m, v: p - LR * (m / c1) / (jnp.sqrt(v / c2) + 1e-8), params, m, v)
-        return (params, running, m, v, t), loss
-
-    @jax.jit
-    def run_epoch(carry, xs, ys):
-        return jax.lax.scan(step, carry, (xs, ys))
-
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    carry = [(params, running, zeros, zeros, jnp.float32(0))]
-    xs = jnp.asarray(X.reshape(-1, batch, d_in))
-    ys = jnp.asarray(y.reshape(-1, batch))
-
-    def epoch():
-        carry[0], losses = run_epoch(carry[0], xs, ys)
-        losses.block_until_ready()
-    return epoch
+    from .benchmarks.jax_harness import scan_epoch
+    return scan_epoch(build_model(network).astype("float32"), NETWORKS[network][2], optimizer,
+                      X, y, NETWORKS[network][3], LR)
 
 
 def _available(name):

@@ -2,6 +2,7 @@
 the load it reports, the columns it shows and what --quick measures."""
 
 import json
+import subprocess
 import sys
 
 import pytest
@@ -176,3 +177,15 @@ def test_markdown_marks_what_cannot_be_trusted():
     text = bench.markdown(report(results, False, {"tiny": 4000.0, "medium": 600.0}))
     assert "| medium | adam | 300? | 100? | 600 | 3.00x? | 2.00? |" in text  # a busy machine
     assert "WARNING: the machine was busy (load average 3.10 before the run;" in text
+
+
+def test_the_peers_harnesses_are_imported_only_to_measure_them():
+    code = ("import sys, fastnn.bench, fastnn.__main__; "
+            "print(sorted(m for m in sys.modules if m.startswith(('fastnn.benchmarks', 'torch', "
+            "'jax'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    pytest.importorskip("torch")
+    epoch = bench.PREPARE["torch"]("tiny", "adam", *bench.make_data("tiny", 64))
+    assert "fastnn.benchmarks.torch_harness" in sys.modules
+    epoch()
