@@ -37,12 +37,12 @@ peer but not the NumPy reference engine, and times each measurement's epochs
 until a small time budget is spent (at least 3 of them) instead of 7.
 
 The machine's load is part of the report: the 1-minute load average before
-and after, and on Linux the cores that other processes kept busy during the
-run (the load average after the run counts fastnn bench's own threads). A
-load above the number of cores minus one, or a measurement whose median
-epoch is more than 30% slower than its fastest, marks the figures concerned
-with "?" and prints a warning: such ratios say more about the machine than
-about the implementations.
+and after, and on Linux the cores that other processes kept busy as the run
+started and during it (which decide, the load average lagging by minutes). A
+load above the number of cores minus one prints a warning and marks every
+figure with "?"; a measurement whose median epoch is more than 30% slower
+than its fastest marks its own figures: such ratios say more about the
+machine than about the implementations.
 """
 
 import importlib.util
@@ -85,6 +85,7 @@ QUICK_OPTIMIZERS = ("adam",)
 QUICK_SKIPS = ("numpy",)
 # a measurement is unsteady when its median epoch is this much slower than its fastest
 UNSTEADY = 0.3
+LOAD_SAMPLE = 0.3  # seconds of the other processes' CPU use sampled before measuring
 
 
 # ---- the networks and their data ----
@@ -338,6 +339,8 @@ def worker_plans(networks, implementations, optimizers):
 def run(networks, implementations, optimizers, quick=False, progress=True):
     """Measure each implementation in a fresh process; returns
     {"machine", "load", "results": [...], "gemm_floor": {...}}."""
+    start = load_snapshot()
+    time.sleep(LOAD_SAMPLE)
     before = load_snapshot()
     if "fastnn-cpu" in implementations:
         compile_cpu_engine(optimizers)
@@ -366,7 +369,7 @@ def run(networks, implementations, optimizers, quick=False, progress=True):
         _run_worker(plan, quick, record)
     if bar:
         bar.close()
-    return {"machine": {**machine_info(), **versions}, "load": load_report(before, load_snapshot()),
+    return {"machine": {**machine_info(), **versions}, "load": load_report(start, before, load_snapshot()),
             "results": results, "gemm_floor": floors}
 
 
@@ -427,32 +430,50 @@ def load_snapshot():
             "own": t.user + t.system + t.children_user + t.children_system}
 
 
-def load_report(before, after):
-    """Whether the machine was quiet enough between two load_snapshots for
-    the figures to be trusted: the 1-minute load average before the run, and
-    the cores other processes kept busy during it (on Linux from the
-    machine's busy time less fastnn bench's own; elsewhere from the load
-    average after the run less fastnn bench's own cores), each at most the
-    number of cores minus one."""
+def others_busy(first, second):
+    """The cores that processes other than this one and its children kept
+    busy on average between two load_snapshots (None without /proc/stat)."""
+    if first["busy"] is None or second["busy"] is None:
+        return None
+    wall = max(second["time"] - first["time"], 1e-9)
+    return max((second["busy"] - first["busy"] - (second["own"] - first["own"])) / wall, 0.0)
+
+
+def load_report(start, before, after):
+    """Whether the machine was quiet enough for the figures to be trusted,
+    from three load_snapshots: ``start`` and ``before`` LOAD_SAMPLE seconds
+    apart with fastnn bench idle, then ``after`` at the end of the run.
+
+    On Linux the test is what other processes used, measured: the cores they
+    kept busy from ``start`` to ``before`` and during the run, each at most
+    the number of cores less one. The 1-minute load average is reported but
+    decides only where /proc/stat is missing (the load average before the
+    run, and the one after it less the cores fastnn bench used): it lags by
+    minutes, so that a run just after another, or after a compile, would
+    read as busy on an idle machine.
+    """
     cores = os.cpu_count() or 1
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
     limit = max(cores - 1, 0.5)
     wall = max(after["time"] - before["time"], 1e-9)
-    own = (after["own"] - before["own"]) / wall
-    others = None
-    if before["busy"] is not None and after["busy"] is not None:
-        others = max((after["busy"] - before["busy"]) / wall - own, 0.0)
-    elif after["loadavg"] is not None:
-        others = max(after["loadavg"][0] - own, 0.0)
+    first, during = others_busy(start, before), others_busy(before, after)
     reasons = []
-    if before["loadavg"] is not None and before["loadavg"][0] > limit:
-        reasons.append(f"load average {before['loadavg'][0]:.2f} before the run")
-    if others is not None and others > limit:
-        reasons.append(f"other processes kept {others:.1f} cores busy during it")
+    if first is not None:
+        if first > limit:
+            reasons.append(f"other processes kept {first:.1f} cores busy as the run started")
+        if during > limit:
+            reasons.append(f"other processes kept {during:.1f} cores busy during the run")
+    else:
+        if before["loadavg"] is not None and before["loadavg"][0] > limit:
+            reasons.append(f"load average {before['loadavg'][0]:.2f} before the run")
+        own = (after["own"] - before["own"]) / wall
+        if after["loadavg"] is not None and after["loadavg"][0] - own > limit:
+            reasons.append(f"load average {after['loadavg'][0]:.2f} after the run, of which "
+                           f"fastnn bench {own:.1f}")
     return {"cores": cores, "usable_cores": usable, "limit": limit,
             "loadavg_before": before["loadavg"], "loadavg_after": after["loadavg"],
-            "others_busy_cores": others, "seconds": wall, "busy": reasons,
-            "trusted": not reasons}
+            "others_busy_first": first, "others_busy_during": during, "seconds": wall,
+            "busy": reasons, "trusted": not reasons}
 
 
 # ---- the report ----
@@ -464,8 +485,9 @@ def load_markdown(load):
     line = (f"Load: 1-minute load average {avg(load['loadavg_before'])} before, "
             f"{avg(load['loadavg_after'])} after ({load['seconds']:.0f} s; {load['cores']} cores, "
             f"{load['usable_cores']} usable by this process)")
-    if load["others_busy_cores"] is not None:
-        line += f"; other processes kept {load['others_busy_cores']:.1f} cores busy during the run"
+    if load["others_busy_first"] is not None:
+        line += (f"; other processes kept {load['others_busy_first']:.1f} cores busy as the "
+                 f"run started, {load['others_busy_during']:.1f} during the run")
     lines = [line]
     if not load["trusted"]:
         lines.append(f"WARNING: the machine was busy ({' and '.join(load['busy'])}; the limit is "

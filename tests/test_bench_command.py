@@ -120,30 +120,46 @@ def snapshot(time, loadavg, busy, own):
     return {"time": time, "loadavg": loadavg, "busy": busy, "own": own}
 
 
-@pytest.mark.parametrize("before, after, busy", [
-    # idle: the load average after the run is fastnn bench's own
-    (snapshot(0, [0.1, 0.1, 0.1], 100, 0), snapshot(10, [1.8, 0.5, 0.2], 118, 17.5), []),
+@pytest.mark.parametrize("snapshots, busy", [
+    # idle: the load averages count the minutes before the run and fastnn bench's own threads
+    ((snapshot(0, [3.0, 1, 1], 100, 0), snapshot(1, [3.0, 1, 1], 100.1, 0),
+      snapshot(11, [1.8, 1, 1], 118.1, 17.5)), []),
     # another process kept a core and a half busy during the run
-    (snapshot(0, [0.1, 0.1, 0.1], 100, 0), snapshot(10, [3.0, 1, 1], 125, 10),
-     ["other processes kept 1.5 cores busy during it"]),
-    # busy before
-    (snapshot(0, [4.0, 4.0, 4.0], 100, 0), snapshot(10, [2.0, 3, 3], 110, 10),
-     ["load average 4.00 before the run"]),
-    # no /proc/stat: the load average after, less fastnn bench's own cores
-    (snapshot(0, [0.5, 0.5, 0.5], None, 0), snapshot(10, [4.0, 1, 1], None, 15),
-     ["other processes kept 2.5 cores busy during it"]),
-    (snapshot(0, None, None, 0), snapshot(10, None, None, 15), []),  # nothing known
+    ((snapshot(0, [0.1, 0.1, 0.1], 100, 0), snapshot(1, [0.1, 0.1, 0.1], 100, 0),
+      snapshot(11, [3.0, 1, 1], 125, 10)), ["other processes kept 1.5 cores busy during the run"]),
+    # busy as the run started, then less
+    ((snapshot(0, [2.0, 2, 2], 100, 0), snapshot(1, [2.0, 2, 2], 101.9, 0.1),
+      snapshot(11, [2.0, 2, 2], 120, 10)), ["other processes kept 1.8 cores busy as the run started"]),
+    # no /proc/stat: the load averages before, and after less fastnn bench's own cores
+    ((snapshot(0, [4.0, 4, 4], None, 0), snapshot(1, [4.0, 4, 4], None, 0),
+      snapshot(11, [2.0, 1, 1], None, 15)), ["load average 4.00 before the run"]),
+    ((snapshot(0, [0.5, 0.5, 0.5], None, 0), snapshot(1, [0.5, 0.5, 0.5], None, 0),
+      snapshot(11, [4.0, 1, 1], None, 15)),
+     ["load average 4.00 after the run, of which fastnn bench 1.5"]),
+    ((snapshot(0, None, None, 0), snapshot(1, None, None, 0), snapshot(11, None, None, 15)), []),
 ])
-def test_load_report(monkeypatch, before, after, busy):
+def test_load_report(monkeypatch, snapshots, busy):
     monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
-    load = bench.load_report(before, after)
+    load = bench.load_report(*snapshots)
     assert load["busy"] == busy and load["trusted"] == (not busy) and load["limit"] == 1
+    assert load["seconds"] == 10
+
+
+def test_load_snapshot_counts_this_process():
+    before = bench.load_snapshot()
+    sum(i * i for i in range(2_000_000))
+    after = bench.load_snapshot()
+    assert after["own"] > before["own"] and after["time"] > before["time"]
+    if before["busy"] is not None:  # Linux
+        assert after["busy"] >= before["busy"] and bench.others_busy(before, after) >= 0
 
 
 def report(results, trusted, floors=None):
     load = {"cores": 2, "usable_cores": 2, "limit": 1, "loadavg_before": [0.2, 0.2, 0.2],
-            "loadavg_after": [1.5, 0.5, 0.3], "others_busy_cores": 0.1, "seconds": 20.0,
-            "busy": [] if trusted else ["load average 3.10 before the run"], "trusted": trusted}
+            "loadavg_after": [1.5, 0.5, 0.3], "others_busy_first": 0.2,
+            "others_busy_during": 0.1, "seconds": 20.0,
+            "busy": [] if trusted else ["other processes kept 1.5 cores busy during the run"],
+            "trusted": trusted}
     machine = {"cpu": "x", "cores": 2, "numba_threads": 2, "blas": [], "blas_env": {},
                "python": "3", "fastnn": "0", "numpy": "2", "numba": "0"}
     return {"machine": machine, "load": load, "results": results, "gemm_floor": floors or {}}
@@ -161,7 +177,9 @@ def test_markdown_shows_only_the_columns_measured():
             "| cpu step / floor |") in text
     assert "| tiny | adam | 2,000 | 1,000 | 4,000 | 2.00x | 2.00 |" in text
     assert "jax" not in text and "cuda" not in text and "?" not in text and "WARNING" not in text
-    assert "Load: 1-minute load average 0.20 before, 1.50 after (20 s; 2 cores" in text
+    assert ("Load: 1-minute load average 0.20 before, 1.50 after (20 s; 2 cores, 2 usable by "
+            "this process); other processes kept 0.2 cores busy as the run started, 0.1 during "
+            "the run") in text
     text = bench.markdown(report([result("torch", 1000.0)], True))
     assert "| network | optimizer | torch |\n|---|---|---|\n| tiny | adam | 1,000 |" in text
 
@@ -176,7 +194,8 @@ def test_markdown_marks_what_cannot_be_trusted():
     assert "WARNING" not in text and "\n?: not to be trusted" in text
     text = bench.markdown(report(results, False, {"tiny": 4000.0, "medium": 600.0}))
     assert "| medium | adam | 300? | 100? | 600 | 3.00x? | 2.00? |" in text  # a busy machine
-    assert "WARNING: the machine was busy (load average 3.10 before the run;" in text
+    assert ("WARNING: the machine was busy (other processes kept 1.5 cores busy during the "
+            "run; the limit is 1, the cores less one)") in text
 
 
 def test_the_peers_harnesses_are_imported_only_to_measure_them():
