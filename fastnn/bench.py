@@ -361,7 +361,8 @@ def run(networks, implementations, optimizers, quick=False, progress=True):
             results.append(item)
         if bar:
             what = f"{net} GEMM floor" if impl == "gemm-floor" else f"{net} {impl} {opt}"
-            bar.update(len(results) + len(floors), f" {what}: {item['samples_per_s']:,.0f} samples/s")
+            bar.update(len(results) + len(floors),
+                       f" {what}: {item['samples_per_s']:,.0f} samples/s")
 
     for impl, plan in plans.items():
         if bar:
@@ -369,8 +370,9 @@ def run(networks, implementations, optimizers, quick=False, progress=True):
         _run_worker(plan, quick, record)
     if bar:
         bar.close()
-    return {"machine": {**machine_info(), **versions}, "load": load_report(start, before, load_snapshot()),
-            "results": results, "gemm_floor": floors}
+    load = load_report(start, before, load_snapshot())
+    return {"machine": {**machine_info(), **versions}, "load": load, "results": results,
+            "gemm_floor": floors}
 
 
 # ---- the machine and its load ----
@@ -459,10 +461,9 @@ def load_report(start, before, after):
     first, during = others_busy(start, before), others_busy(before, after)
     reasons = []
     if first is not None:
-        if first > limit:
-            reasons.append(f"other processes kept {first:.1f} cores busy as the run started")
-        if during > limit:
-            reasons.append(f"other processes kept {during:.1f} cores busy during the run")
+        if max(first, during) > limit:
+            reasons.append(f"other processes kept {first:.1f} cores busy as the run started "
+                           f"and {during:.1f} during it")
     else:
         if before["loadavg"] is not None and before["loadavg"][0] > limit:
             reasons.append(f"load average {before['loadavg'][0]:.2f} before the run")

@@ -126,10 +126,12 @@ def snapshot(time, loadavg, busy, own):
       snapshot(11, [1.8, 1, 1], 118.1, 17.5)), []),
     # another process kept a core and a half busy during the run
     ((snapshot(0, [0.1, 0.1, 0.1], 100, 0), snapshot(1, [0.1, 0.1, 0.1], 100, 0),
-      snapshot(11, [3.0, 1, 1], 125, 10)), ["other processes kept 1.5 cores busy during the run"]),
+      snapshot(11, [3.0, 1, 1], 125, 10)),
+     ["other processes kept 0.0 cores busy as the run started and 1.5 during it"]),
     # busy as the run started, then less
     ((snapshot(0, [2.0, 2, 2], 100, 0), snapshot(1, [2.0, 2, 2], 101.9, 0.1),
-      snapshot(11, [2.0, 2, 2], 120, 10)), ["other processes kept 1.8 cores busy as the run started"]),
+      snapshot(11, [2.0, 2, 2], 120, 10)),
+     ["other processes kept 1.8 cores busy as the run started and 0.8 during it"]),
     # no /proc/stat: the load averages before, and after less fastnn bench's own cores
     ((snapshot(0, [4.0, 4, 4], None, 0), snapshot(1, [4.0, 4, 4], None, 0),
       snapshot(11, [2.0, 1, 1], None, 15)), ["load average 4.00 before the run"]),
@@ -158,7 +160,8 @@ def report(results, trusted, floors=None):
     load = {"cores": 2, "usable_cores": 2, "limit": 1, "loadavg_before": [0.2, 0.2, 0.2],
             "loadavg_after": [1.5, 0.5, 0.3], "others_busy_first": 0.2,
             "others_busy_during": 0.1, "seconds": 20.0,
-            "busy": [] if trusted else ["other processes kept 1.5 cores busy during the run"],
+            "busy": [] if trusted else ["other processes kept 0.2 cores busy as the run started "
+                                          "and 1.5 during it"],
             "trusted": trusted}
     machine = {"cpu": "x", "cores": 2, "numba_threads": 2, "blas": [], "blas_env": {},
                "python": "3", "fastnn": "0", "numpy": "2", "numba": "0"}
@@ -194,8 +197,8 @@ def test_markdown_marks_what_cannot_be_trusted():
     assert "WARNING" not in text and "\n?: not to be trusted" in text
     text = bench.markdown(report(results, False, {"tiny": 4000.0, "medium": 600.0}))
     assert "| medium | adam | 300? | 100? | 600 | 3.00x? | 2.00? |" in text  # a busy machine
-    assert ("WARNING: the machine was busy (other processes kept 1.5 cores busy during the "
-            "run; the limit is 1, the cores less one)") in text
+    assert ("WARNING: the machine was busy (other processes kept 0.2 cores busy as the run "
+            "started and 1.5 during it; the limit is 1, the cores less one)") in text
 
 
 def test_the_peers_harnesses_are_imported_only_to_measure_them():
