@@ -37,11 +37,19 @@ def readme():
 
 
 def section(title):
-    """The README text from ``title`` to the next heading of any level."""
-    text = readme()
-    start = text.index(title)
-    following = re.search(r"\n#{1,3} ", text[start + 1:])
-    return text[start:start + 1 + following.start()] if following else text[start:]
+    """The README text from the heading ``title`` to the next heading of any
+    level (a line starting with ``#`` outside a fenced code block)."""
+    lines = readme().splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.rstrip("\n") == title)
+    fenced = False
+    for end in range(start + 1, len(lines)):
+        if lines[end].startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(r"#{1,6} ", lines[end]):
+            break
+    else:
+        end = len(lines)
+    return "".join(lines[start:end])
 
 
 def code_blocks(text, language):
