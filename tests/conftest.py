@@ -12,6 +12,13 @@ one thread, as fastnn's ThreadContentionWarning advises, it neither slows the
 fits nor makes the first of them warn (whichever test that happens to be;
 tests/test_threads.py checks the warning in processes of its own).
 
+`pytest` runs the whole suite but for a few tests marked ``slow`` (a fresh
+virtual environment, the full GPU check in the simulator) and, under the
+CUDA simulator, a covering subset of each parametrized GPU test: every
+value of every parameter at least once, not every combination (the
+simulator runs each GPU thread as a Python thread). ``FASTNN_FULL_TESTS=1
+pytest`` runs everything: the slow tests and every combination.
+
 The fixtures shared by test files are here; the helpers they build on are in
 helpers.py."""
 
@@ -27,15 +34,55 @@ from fastnn.core.cuda_backend import cuda_available
 from helpers import make_model, make_xy
 
 os.environ.setdefault("FASTNN_CALIBRATE", "0")
+FULL = os.environ.get("FASTNN_FULL_TESTS") == "1"
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
 collect_ignore = [] if cuda_available() else ["cuda"]
 
 
+def covering_subset(items):
+    """The items of each parametrized test function, thinned to a few that
+    between them take every value of every parameter: greedily, the item
+    that adds the most values not yet taken, until none adds one."""
+    groups = {}
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None:
+            pairs = {(name, repr(value)) for name, value in callspec.params.items()}
+            groups.setdefault((item.module.__name__, item.originalname), []).append((item, pairs))
+    chosen = set()
+    for group in groups.values():
+        covered = set()
+        while True:
+            item, pairs = max(group, key=lambda entry: len(entry[1] - covered))
+            if pairs <= covered:
+                break
+            covered |= pairs
+            chosen.add(item)
+    return [item for item in items if getattr(item, "callspec", None) is None or item in chosen]
+
+
 def pytest_collection_modifyitems(session, config, items):
-    """The simulator test (tests/test_cuda_simulator.py) goes last: it waits for
-    its process, which runs beside the other tests."""
+    """Without FASTNN_FULL_TESTS=1, the slow tests are deselected and the
+    simulator runs a covering subset of the GPU tests. The simulator test
+    (tests/test_cuda_simulator.py) goes last: it waits for its process, which
+    runs beside the other tests."""
+    if not FULL:
+        kept = [item for item in items if item.get_closest_marker("slow") is None]
+        if SIMULATOR:
+            kept = covering_subset(kept)
+        dropped = [item for item in items if item not in set(kept)]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = kept
     items.sort(key=lambda item: getattr(getattr(item, "module", None), "__name__", "")
                == "test_cuda_simulator")
+
+
+def pytest_report_header(config):
+    if not FULL:
+        return ("the slow tests are deselected and the CUDA simulator runs a covering subset "
+                "of the GPU tests; FASTNN_FULL_TESTS=1 pytest runs everything")
 
 
 def pytest_collection_finish(session):

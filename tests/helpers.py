@@ -7,6 +7,7 @@ fastnn.benchmarks.cases; the fixtures built on these helpers are in conftest.py.
 """
 
 import copy
+import io
 import os
 import re
 import subprocess
@@ -27,13 +28,37 @@ SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
 # ---- the command line (tests/test_cli.py, test_cli_errors.py) ----
 
-def run_fastnn(cwd, *args, timeout=300):
-    """``python -m fastnn *args`` in ``cwd``, with FASTNN_DEVICE unset;
-    returns the CompletedProcess (stdout and stderr as text)."""
+def run_fastnn(cwd, *args, timeout=300, process=False):
+    """``fastnn *args`` in ``cwd`` with FASTNN_DEVICE unset; returns a
+    CompletedProcess (stdout and stderr as text). In this process, through
+    the console script's ``main(argv)``, unless ``process`` (then ``python -m
+    fastnn`` in a child process, end to end: start-up, exit status, streams)."""
     env = dict(os.environ)
     env.pop("FASTNN_DEVICE", None)
-    return subprocess.run([sys.executable, "-m", "fastnn", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    argv = list(map(str, args))
+    if process:
+        return subprocess.run([sys.executable, "-m", "fastnn", *argv], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    from fastnn.__main__ import main
+
+    streams = [io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
+               for _ in range(2)]
+    saved = sys.stdout, sys.stderr, os.getcwd(), os.environ.pop("FASTNN_DEVICE", None)
+    sys.stdout, sys.stderr = streams
+    try:
+        os.chdir(cwd)
+        try:
+            status = main(argv)
+        except SystemExit as exc:  # argparse: --help, --version, a usage error
+            status = exc.code if isinstance(exc.code, int) else (exc.code is not None) * 2
+    finally:
+        sys.stdout.flush(), sys.stderr.flush()
+        sys.stdout, sys.stderr = saved[0], saved[1]
+        os.chdir(saved[2])
+        if saved[3] is not None:
+            os.environ["FASTNN_DEVICE"] = saved[3]
+    out, err = (stream.buffer.getvalue().decode("utf-8", "replace") for stream in streams)
+    return subprocess.CompletedProcess(["fastnn", *argv], status or 0, out, err)
 
 
 # ---- kernels against their float64 NumPy reference (tests/test_kernels.py, tests/cuda) ----

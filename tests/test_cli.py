@@ -1,6 +1,6 @@
-"""``fastnn train`` / ``predict`` / ``info`` end to end, through a subprocess
-run from a temporary directory (so the package under test is the installed
-one, not the repository's sources), and the CSV readers of fastnn.data.
+"""``fastnn train`` / ``predict`` / ``info`` through the console script's
+``main(argv)``, run in this process from a temporary directory (a few end to
+end, in a child process), and the CSV readers of fastnn.data.
 
 Every error is checked to be one line on stderr, ``fastnn CMD: error: ...``,
 exit status 2, no traceback.
@@ -8,7 +8,6 @@ exit status 2, no traceback.
 
 import csv
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -22,8 +21,8 @@ ENGINES = [name for name in data.available_engines() if name != "numpy"]
 
 
 # ---- helpers ----
-def ok(cwd, *args):
-    proc = run_fastnn(cwd, *args)
+def ok(cwd, *args, process=False):
+    proc = run_fastnn(cwd, *args, process=process)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     assert "Traceback" not in proc.stderr
     return proc
@@ -75,13 +74,15 @@ def work(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def yes_no(work):
-    """A CSV with string labels in the middle of the columns, and a model trained on it."""
+    """A CSV with string labels in the middle of the columns, and a model
+    trained on it by ``python -m fastnn train`` in a child process (end to end)."""
     X, labels = make_problem(600)
     rows = [[f"{a:.6f}", f"{b:.6f}", lab, f"{c:.6f}", f"{d:.6f}"]
             for (a, b, c, d), lab in zip(X, labels)]
     path = write_csv(work / "train.csv", ["a", "b", "answer", "c", "d"], rows)
     proc = ok(work, "train", path.name, "--target", "answer", "--epochs", 4, "--hidden", "16,16",
-              "--batch-size", 32, "--lr", 0.01, "--device", "cpu", "--out", "yes_no.npz")
+              "--batch-size", 32, "--lr", 0.01, "--device", "cpu", "--out", "yes_no.npz",
+              process=True)
     return {"csv": path, "X": X, "labels": labels, "model": work / "yes_no.npz",
             "stdout": proc.stdout}
 
@@ -138,7 +139,8 @@ def test_train_prints_epochs_and_summary_and_saves_everything(yes_no):
 
 
 def test_predict_writes_original_labels_to_stdout(work, yes_no):
-    proc = ok(work, "predict", yes_no["model"].name, yes_no["csv"].name)
+    """End to end, in a child process: the labels on its stdout."""
+    proc = ok(work, "predict", yes_no["model"].name, yes_no["csv"].name, process=True)
     header, rows = read_csv(proc.stdout, from_text=True)
     assert header == ["prediction"]
     predicted = np.array([r[0] for r in rows])
@@ -404,10 +406,8 @@ ERRORS = [
 
 @pytest.fixture(scope="module")
 def error_runs(bad_files):
-    """Every ERRORS command, two processes at a time (they are independent)."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        procs = list(pool.map(lambda case: run_fastnn(bad_files, case[0], *case[1]), ERRORS))
-    return {i: proc for i, proc in enumerate(procs)}
+    """Every ERRORS command's result."""
+    return {i: run_fastnn(bad_files, command, *args) for i, (command, args, _) in enumerate(ERRORS)}
 
 
 @pytest.mark.parametrize("case", range(len(ERRORS)),

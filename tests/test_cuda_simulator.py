@@ -39,7 +39,7 @@ def start():
     # pipes: a pipe nobody reads until the end would fill and stop the child
     process = subprocess.Popen(
         [sys.executable, "-m", "pytest", os.path.join(HERE, "cuda"), "-q", "-p",
-         "no:cacheprovider", "-o", "addopts=", "-rs"],
+         "no:cacheprovider", "-o", "addopts=", "-rs", "--durations=25"],
         cwd=HERE, env=env, stdout=out, stderr=err, text=True)  # not the root: `python -m`
     # puts the working directory on sys.path, and the root holds the uninstalled
     # source tree, which would shadow the installed package
@@ -61,6 +61,6 @@ def test_cuda_kernels_and_training_pass_in_the_simulator():
         err.seek(0)
         stdout, stderr = out.read(), err.read()
     summary = stdout.strip().splitlines()[-1] if stdout.strip() else ""
-    print(stdout[-3000:])
+    print(stdout[-6000:])
     assert process.returncode == 0, stdout[-6000:] + stderr[-3000:]
     assert "passed" in summary and "skipped" not in summary and "failed" not in summary, summary

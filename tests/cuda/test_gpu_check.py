@@ -5,11 +5,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from helpers import SIMULATOR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+@pytest.mark.slow
 def test_gpu_check_script_passes():
     quick = ["--quick"] if SIMULATOR else []
     result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_check.py"), *quick],
@@ -20,6 +23,7 @@ def test_gpu_check_script_passes():
         assert row in result.stdout, row
 
 
+@pytest.mark.slow
 def test_every_section_of_the_full_run_passes_on_shrunk_shapes(monkeypatch, tmp_path, capsys):
     """bench/gpu_check.py's default path (no --quick, no --steps: every op,
     the fits of both engines and fit_many, the throughput table, device='auto'
