@@ -499,7 +499,8 @@ def load_markdown(load):
 
 def doubt(report, *results):
     """"?" for a figure made from these results when it is not to be trusted
-    (a busy machine, or an unsteady measurement), else ""."""
+    (a busy machine, or an unsteady measurement), else "" (a GEMM floor, the
+    fastest of its runs, depends on the machine only)."""
     trusted = report["load"]["trusted"] and all(r["steady"] for r in results)
     return "" if trusted else "?"
 
@@ -534,7 +535,7 @@ def markdown(report):
         cells = [f"{row[i]['samples_per_s']:,.0f}{doubt(report, row[i])}" if i in row else "-"
                  for i in impls]
         if floors:
-            cells.append(f"{floors[net]:,.0f}" if net in floors else "-")
+            cells.append(f"{floors[net]:,.0f}{doubt(report)}" if net in floors else "-")
         for p in peers:
             cells.append(f"{row['fastnn-cpu']['samples_per_s'] / row[p]['samples_per_s']:.2f}x"
                          f"{doubt(report, row['fastnn-cpu'], row[p])}"
