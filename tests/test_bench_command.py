@@ -211,3 +211,9 @@ def test_the_peers_harnesses_are_imported_only_to_measure_them():
     epoch = bench.PREPARE["torch"]("tiny", "adam", *bench.make_data("tiny", 64))
     assert "fastnn.benchmarks.torch_harness" in sys.modules
     epoch()
+
+
+def test_a_failing_worker_says_what_it_measured_and_why():
+    with pytest.raises(RuntimeError, match=r"measuring tiny fastnn-tpu adam failed:\n(.|\n)*"
+                                           r"KeyError: 'fastnn-tpu'"):
+        bench._run_worker([("tiny", "fastnn-tpu", "adam")], True, lambda item: None)
