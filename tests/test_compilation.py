@@ -124,6 +124,7 @@ def test_the_engine_takes_every_loss_optimizer_and_weighting_as_one_type():
     assert len(losses) == len(states) == len(weights) == 1
 
 
+@pytest.mark.filterwarnings("ignore:Stochastic Optimizer")
 def test_an_estimator_announces_a_compile_without_verbose(monkeypatch):
     from fastnn.sklearn import FastNNClassifier
     announced = []
