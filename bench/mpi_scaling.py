@@ -1,5 +1,5 @@
 """Steps/s of data-parallel training for 1 and 2 MPI ranks, and the numbers
-behind the README's multi-machine cost model.
+behind the multi-machine cost model of docs/guides/mpi.md.
 
     python bench/mpi_scaling.py            # runs mpiexec itself
 

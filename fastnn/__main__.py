@@ -33,13 +33,15 @@ def _main(argv):
     demo.add_argument("--batch-size", type=_int_at_least(2), default=64,
                       help="batch size (default 64)")
     demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "numpy"],
-                      help="default auto: cuda when numba sees a GPU, else cpu")
+                      help="default auto: the device this run is predicted to train faster "
+                           "on (cpu without a usable GPU)")
     demo.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     demo.add_argument("--seed", type=_int_at_least(0), default=0)
     sub.add_parser("bench", help="training throughput of fastnn vs NumPy, PyTorch and JAX on the "
                                  "standard networks (fastnn bench --help)", add_help=False)
-    for name, text in (("train", "train a classifier on a CSV or .npz file and save it"),
-                       ("predict", "predict labels with a saved model"),
+    for name, text in (("train", "train a classifier or a regressor on a CSV or .npz file "
+                                "and save it"),
+                       ("predict", "predict with a saved model"),
                        ("info", "describe a saved model")):
         sub.add_parser(name, help=f"{text} (fastnn {name} --help)", add_help=False)
     argv = sys.argv[1:] if argv is None else list(argv)

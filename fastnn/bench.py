@@ -53,7 +53,7 @@ NETWORKS = {
 BATCHES = {"tiny": (1024, 256), "small": (512, 128), "medium": (64, 16), "large": (8, 4)}
 IMPLEMENTATIONS = ("fastnn-cpu", "fastnn-cuda", "fastnn-cuda-tf32", "numpy", "torch",
                    "torch-cuda-graphs", "jax")
-# fastnn-cuda / torch-cuda-graphs wanted on an H100/H200 (issue 11): (network, implementation)
+# targets beside fastnn's GPU rows, its samples/s over torch-cuda-graphs' on an H100/H200
 GPU_TARGETS = {("large", "fastnn-cuda"): 1.0, ("large", "fastnn-cuda-tf32"): 2.5,
                ("medium", "fastnn-cuda"): 2.0}
 OPTIMIZERS = ("sgd", "adam")

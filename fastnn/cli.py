@@ -186,9 +186,9 @@ def build_parser():
                             "rows' mean and divide by their standard deviation; the statistics "
                             "are saved with the model and applied by fastnn predict)")
     train.add_argument("--device", choices=DEVICES, default="auto",
-                       help="auto (cuda when numba sees a GPU, else cpu; FASTNN_DEVICE "
-                            "overrides), cpu, cuda, or numpy (the reference kernels: slow, for "
-                            "checking); default auto")
+                       help="auto (the device this fit is predicted to train faster on: cpu "
+                            "without a usable GPU; FASTNN_DEVICE overrides), cpu, cuda, or numpy "
+                            "(the reference kernels: slow, for checking); default auto")
     train.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                        help="floating-point type of the model and training (default float32)")
     train.add_argument("--seed", type=_int_at_least(0), default=0, metavar="S",

@@ -1,8 +1,11 @@
 """The functional API: one op at a time, on NumPy arrays, on any backend.
 
 Every function validates its inputs (shapes, dtypes, finiteness), then hands
-them to ``backend`` ('cpu' by default, 'numpy' for the reference kernels).
-Float32 and float64 inputs keep their dtype; integer input becomes float64.
+them to ``backend`` ('cpu' by default, 'numpy' for the reference kernels,
+'cuda' on an NVIDIA GPU). Float32 and float64 inputs keep their dtype;
+integer input becomes float64. On 'cuda' the functions take NumPy arrays,
+copied to the GPU and back, or device arrays, which stay on the device and
+are checked for dtype, shape and layout but not read for NaN.
 """
 
 import numpy as np

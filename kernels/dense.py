@@ -34,8 +34,10 @@ from .views import matrix_at, vector_at
 # Below these sizes the loop kernels beat BLAS, whose calls cost 0.2-0.4 us
 # to enter from compiled code; above them BLAS's register-blocked SIMD kernels
 # win, which numba's loops (sums in a fixed order, no explicit SIMD) do not
-# come near. Measured on the 2-core AVX-512 machine of issue 15, best of 200
-# rounds of a compiled loop, batch x n_in -> n_out, microseconds, float32:
+# come near. Measured 2026-11-28 on a 2-core AVX-512 machine: best of 200
+# rounds of each kernel called in a compiled loop (bench/bench_kernels.py's
+# dense_*_loops and dense_*_blas cases time the same kernels from Python),
+# batch x n_in -> n_out, microseconds, float32:
 #   forward          BLAS   loops        backward          BLAS   loops
 #   32 x 32 -> 1     0.37   0.16         32 x 32 -> 1      0.63   0.51
 #   64 x 64 -> 1     0.62   0.37         64 x 64 -> 1      0.82   0.96
@@ -55,10 +57,11 @@ BACKWARD_LOOP_MAX_PRODUCT = 1024
 # transposed (its F order as a flag, no copy), and OpenBLAS's small-matrix
 # kernels (its AVX-512 cores below, products of up to 100^3 multiply-adds)
 # serve that case 2-2.7x slower than two untransposed operands up to 32 wide,
-# 1.6x at 64 (32 x 32 -> 32: 1.04 us against 0.39 us; issue 23's
-# measurements). There, the forward product of a layer at most this wide, in a
-# product of at most 100^3 multiply-adds, first copies w.T into scratch (0.15-
-# 0.3 us for 32 x 32) and multiplies two untransposed matrices. The backward
+# 1.6x at 64 (32 x 32 -> 32: 1.04 us against 0.39 us, float32; measured
+# 2026-12-06 on a quiet 2-core AVX-512 machine). There, the forward product
+# of a layer at most this wide, in a product of at most 100^3 multiply-adds,
+# first copies w.T into scratch (0.15-0.3 us for 32 x 32) and multiplies two
+# untransposed matrices. The backward
 # products reach BLAS untransposed (dx = dy @ w) or with the transpose that
 # those kernels serve well (dw = dy.T @ x). Elsewhere (OpenBLAS's AVX2 cores
 # have no small-matrix kernels) both forms run the same code, give the same

@@ -32,8 +32,8 @@ what the uninterrupted run would have. Two elements per 64-bit word halve
 the hashing.
 
 Kept or drawn again for the backward pass: kept, in the workspace (one
-activation block of memory per Dropout layer). Measured 2026-12-06 on the
-2-core AMD EPYC (Zen 2) development machine, shared with other work (minima
+activation block of memory per Dropout layer). Measured 2026-12-06 on a
+2-core AMD EPYC (Zen 2) machine with AVX2, shared with other work (minima
 over 800 rounds), ``python bench/profile_step.py --dropout 0.1``: on the
 tiny network's 32 x 32 blocks in float32 a Dropout layer's forward pass,
 which draws the mask, takes 0.78 us; its backward pass multiplies by the kept

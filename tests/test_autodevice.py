@@ -159,7 +159,7 @@ def test_the_default_figures_pick_the_gpu_where_it_is_expected_to_win(
 
 
 def test_the_default_figures_reproduce_what_they_were_fitted_to():
-    # measured (cpu: the README's rows; layers: an H200) or predicted (the
+    # measured (cpu: docs/benchmarks.md's rows; layers: an H200) or predicted (the
     # fused engine: see DEFAULT_COSTS), seconds per step; grid mode's
     # multiply-adds and elements shared by the plan's 132 blocks of medium
     measured = {"cpu": {"tiny": 32 / 2529124, "small": 64 / 1655002, "medium": 256 / 128992,

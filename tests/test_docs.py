@@ -15,6 +15,11 @@ without MkDocs:
 
 Links, anchors and the references inside the pages are checked by the
 strict build itself (.ci/run).
+
+The product speaks of the product: the README, the site, the package, the
+kernels and the benchmarks say what fastnn does today, never how it was
+built (issue numbers, what machine was or was not available to its
+development).
 """
 
 import ast
@@ -158,3 +163,22 @@ def test_examples_run_without_warnings(page, tmp_path):
         bin_dir = fastnn_command(str(tmp_path))
         for script in code_blocks(text, "bash"):
             run(["bash", "-e", "-c", script], work, user_env(bin_dir), f"{page}: {script}")
+
+
+HISTORY = re.compile(r"issue [0-9]|issue #[0-9]|no gpu was (lent|available)|development machine|"
+                     r"not measured yet|\(tested\)", re.I)
+
+
+def test_no_development_history_in_the_product():
+    paths = [os.path.join(ROOT, "README.md")]
+    for folder in ("docs", "fastnn", "kernels", "bench"):
+        for path in glob.glob(os.path.join(ROOT, folder, "**", "*"), recursive=True):
+            if path.endswith((".md", ".py")):
+                paths.append(path)
+    found = []
+    for path in paths:
+        with open(path, encoding="utf-8") as fh:
+            for number, line in enumerate(fh, 1):
+                if HISTORY.search(line):
+                    found.append(f"{os.path.relpath(path, ROOT)}:{number}: {line.strip()}")
+    assert not found, "development history in the product:\n" + "\n".join(found)

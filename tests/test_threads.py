@@ -80,3 +80,23 @@ def test_a_fit_leaves_torch_thread_count_alone():
                             timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-1] == "1", result.stdout
+
+
+@pytest.mark.parametrize("call", ["trainer.fit(X, y, epochs=1, batch_size=16)",
+                                  "fn.fit_many([model], X, y, epochs=1, batch_size=16, "
+                                  "device='cpu', dtype='float64')"])
+def test_the_warning_points_at_the_users_call(call, tmp_path):
+    """The warning names the user's line that started the fit (as Python prints
+    it: file and line), not a line inside fastnn."""
+    pytest.importorskip("torch")
+    script = tmp_path / "user.py"
+    script.write_text("import torch; torch.set_num_threads(2)\n"
+                      "import numpy as np, fastnn as fn\n"
+                      "X, y = np.random.default_rng(0).normal(size=(64, 3)), np.arange(64) % 2\n"
+                      "model = fn.mlp(3, [4], 1, seed=0)\n"
+                      "trainer = fn.Trainer(model, device='cpu', dtype='float64')\n"
+                      f"{call}\n")
+    result = subprocess.run([sys.executable, "-W", "always::fastnn.ThreadContentionWarning",
+                             str(script)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert f"{script}:6: ThreadContentionWarning" in result.stderr, result.stderr

@@ -75,7 +75,7 @@ Costs = namedtuple("Costs", ["per_phase", "per_element", "per_mac", "per_epoch",
                              "upload"])
 
 #: Used until a calibration has run (see the module docstring); float32.
-#: cpu: the non-negative least-squares fit of the README's fastnn-cpu SGD
+#: cpu: the non-negative least-squares fit of docs/benchmarks.md's fastnn-cpu SGD
 #: rows (tiny 12.7 us, small 38.7 us, medium 1.98 ms, large 100 ms per step;
 #: within 3%). cuda-layers: the same fit of an H200's fastnn cuda rows
 #: before the fused engine (3.96, 4.24, 5.94, 6.55 ms per step: launch-bound;

@@ -62,8 +62,20 @@ def warn_once_if_contended():
         f"and slow this fit down. Limit it to one thread while fastnn trains: "
         f"torch.set_num_threads(1) for PyTorch, or, for any OpenMP pool, "
         f"`with threadpoolctl.threadpool_limits(limits=1, user_api='openmp'): trainer.fit(...)`.",
-        ThreadContentionWarning, stacklevel=5)  # the line that called Trainer.fit
+        ThreadContentionWarning, stacklevel=_outside_fastnn())
     return True
+
+
+def _outside_fastnn():
+    """The ``stacklevel`` for a warning issued by the caller of this function
+    that names the first line outside the fastnn package: the user's call
+    (``trainer.fit(...)``, ``clf.fit(...)``, ``fn.fit_many(...)``) however many
+    of fastnn's functions lie between it and the warning."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    frame, level = sys._getframe(1), 1  # the function that warns: stacklevel 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def contending_pools():

@@ -95,7 +95,8 @@ class Trainer:
         ``torch.backends.cuda.matmul.allow_tf32 = True``: several times the
         speed on wide layers, results that differ from float32 at about
         1e-3 relative. It needs the cuda backend with cuBLAS (``pip install
-        "fastnn[cuda]"``, which brings nvmath-python); elsewhere (cpu,
+        "fastnn[cuda,cublas]"``: the ``cublas`` extra brings nvmath-python
+        and CUDA's cuBLAS); elsewhere (cpu,
         numpy, the CUDA simulator, cuda without cuBLAS) the products stay
         float32 and a warning says so.
     clip_grad_norm : float > 0 or None
