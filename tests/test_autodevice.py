@@ -223,15 +223,22 @@ def test_the_trainer_chooses_at_construction_and_again_at_each_fit(monkeypatch):
     assert explicit.device == "cpu" and len(decisions) == 3
 
 
-@pytest.mark.parametrize("loss, weighted", [(0, True), (2, False), (3, False), (4, True)],
-                         ids=["bce-weighted", "mse", "l1", "huber-weighted"])
+@pytest.mark.parametrize("loss, weighted", [(0, True), (2, True), (4, True)],
+                         ids=["bce-weighted", "mse-weighted", "huber-weighted"])
 def test_a_fit_the_fused_engine_cannot_train_is_predicted_on_the_layer_by_layer_engine(
         loss, weighted):
-    """Regression losses and sample weights train layer by layer on the GPU
+    """Sample weights train layer by layer on the GPU
     (cuda_backend.cuda_engine), so auto predicts that engine's time for them."""
     table = fn.mlp(16, [32, 32], 1).table
     assert autodevice.gpu_engine(table, 32, 1)[0] == "cuda-block"
     assert autodevice.gpu_engine(table, 32, 1, loss, weighted) == ("cuda-layers", 1, 1)
+
+
+@pytest.mark.parametrize("loss", [2, 3, 4], ids=["mse", "l1", "huber"])
+def test_a_regression_fit_is_predicted_on_the_fused_engine(loss):
+    """The fused engine trains the regression losses without weights."""
+    table = fn.mlp(16, [32, 32], 1).table
+    assert autodevice.gpu_engine(table, 32, 1, loss)[0] == "cuda-block"
 
 
 # ---- the calibration: measured once, cached on disk ----

@@ -77,11 +77,10 @@ def gpu_multiprocessors():
 
 def fused_lacks(table, clipping=False, loss=0, weighted=False):
     """What of a fit the fused engine does not run: a description, or None
-    when it runs all of it. It has no Dropout layers, no LeakyReLU, GELU or
-    SiLU activations, no gradient clipping, no regression loss (it trains
-    the loss codes BCE and CROSS_ENTROPY of kernels/loss.py) and no sample
-    weights (``weighted``); the layer-by-layer engine has them all."""
-    from fastnn.kernels.loss import BCE, CROSS_ENTROPY, LOSS_CODES
+    when it runs all of it. It trains every loss of kernels/loss.py (``loss``,
+    a loss code: unused here) but has no Dropout layers, no LeakyReLU, GELU or
+    SiLU activations, no gradient clipping and no sample weights
+    (``weighted``); the layer-by-layer engine has them all."""
     kinds = set(int(kind) for kind in table.kind)
     activations = set(int(code) for code in table.activation[table.kind == ACTIVATION])
     if DROPOUT in kinds:
@@ -90,9 +89,6 @@ def fused_lacks(table, clipping=False, loss=0, weighted=False):
         return "LeakyReLU, GELU or SiLU activations"
     if clipping:
         return "gradient clipping"
-    if loss not in (BCE, CROSS_ENTROPY):
-        names = {code: name for name, code in LOSS_CODES.items()}
-        return f"regression loss (loss={names[loss]!r})"
     if weighted:
         return "sample weights"
     return None
@@ -307,16 +303,14 @@ class CudaBackend:
         return self._out(on_device, dx)
 
     def optimizer_update(self, state, w, g):
-        """In place on w and the named state's buffers, host or device arrays
+        """In place on w and the state's buffer rows, host or device arrays
         (the state's hyper and step stay on the host)."""
         m = _cuda()
-        buffers = [getattr(state, name) for name in state._fields[2:]]
-        on_device, (d_w, d_g, *d_buffers) = self._in(w, g, *buffers)
-        m.network.optimizer_update(type(state)(state.hyper, state.step, *d_buffers), d_w, d_g)
+        on_device, (d_w, d_g, d_rows) = self._in(w, g, state.rows)
+        m.network.optimizer_update(state._replace(rows=d_rows), d_w, d_g)
         if not on_device:
             d_w.copy_to_host(w)
-            for host, device in zip(buffers, d_buffers):
-                device.copy_to_host(host)
+            d_rows.copy_to_host(state.rows)
 
     # ---- training ----
     def prepare(self, model, optimizer, X, Y, loss, comm=None, X_val=None, announce=True,
@@ -328,9 +322,9 @@ class CudaBackend:
                   dropout_key=0, clip_norm=0.0, clip_value=0.0, precision="exact"):
         """A training session on the engine ``cuda_engine`` picks; its
         ``engine`` names it. precision='tf32' takes the layer-by-layer engine,
-        whose products can run through cuBLAS on TF32 tensor cores; so does
-        gradient clipping (``clip_norm`` or ``clip_value`` > 0), a regression
-        loss and sample weights."""
+        whose products can run through cuBLAS on TF32 tensor cores; so do
+        gradient clipping (``clip_norm`` or ``clip_value`` > 0) and sample
+        weights."""
         from fastnn.kernels.loss import loss_code
         if comm is not None:
             raise ValueError("data-parallel training runs on the cpu backend")
@@ -369,8 +363,7 @@ class CudaBackend:
                 if group == 0:
                     return None
                 plan = plan._replace(group=group)
-            return cuda_fused.FusedTrainingSession(models, optimizers, X, Y, batch,
-                                                   loss_code(loss), plan)
+            return cuda_fused.FusedTrainingSession(models, optimizers, X, Y, batch, loss, plan)
 
     def tf32_products(self):
         """True when precision='tf32' runs products on TF32 tensor cores here

@@ -36,6 +36,9 @@ stacked along a leading axis (K = 1 for ``Trainer.fit``):
                       all -1). The launch gives the arena's bytes.
     X (N, d), Y (N, k)  the training set, shared by the K models
     index (K, N) int64  model m's order of the rows for this epoch
+    loss_kind, delta    the loss's code (loss.LOSS_CODES: BCE, CROSS_ENTROPY,
+                        MSE, L1, HUBER) and Huber's threshold (float64,
+                        loss.loss_delta), shared by the K models
 
 Every per-step scalar lives on the device or is derived there: the batch's
 offset and size from the step counter, the learning rate and the other

@@ -184,12 +184,12 @@ def forward_pass(mode, alive, table, models, opt, ws, m, snapshot, n, rank, grou
 
 
 @device
-def loss_and_count(loss_kind, table, models, opt, guard, ws, m, slot, batch, n, s):
+def loss_and_count(loss_kind, delta, table, models, opt, guard, ws, m, slot, batch, n, s):
     """The loss phase (one block of the model's group): the batch's loss
     into ws.losses, d loss / d logits into gradient buffer 0; a finite loss
     counts the batch."""
     v = model_views(models, opt, ws, m)
-    loss = loss_phase(loss_kind, table, ws.activation_at, v, v.gradient0, n, s.sums)
+    loss = loss_phase(loss_kind, delta, table, ws.activation_at, v, v.gradient0, n, s.sums)
     if cuda.threadIdx.x == 0:
         ws.losses[m, batch] = loss
         if math.isfinite(loss):
@@ -222,7 +222,7 @@ def update(models, opt, guard, ws, m, slot, first, stride):
 
 @device
 def run_epoch(mode, table, models, opt, guard, ws, X, Y, index, batch_size, skip_single,
-              loss_kind, taken, group):
+              loss_kind, delta, taken, group):
     """One epoch of model m = blockIdx.x // group, this block being rank
     blockIdx.x % group of its group (see the package docstring for the
     arguments). Per step: forward pass, loss, backward pass, update and the
@@ -253,7 +253,8 @@ def run_epoch(mode, table, models, opt, guard, ws, X, Y, index, batch_size, skip
         forward_pass(mode, alive, table, models, opt, ws, m, guard.buffers[m, slot], n, rank,
                      group, first, stride, s)
         if alive and rank == 0:
-            loss_and_count(loss_kind, table, models, opt, guard, ws, m, slot, batches, n, s)
+            loss_and_count(loss_kind, delta, table, models, opt, guard, ws, m, slot, batches, n,
+                           s)
         barrier(mode, ws.barriers, m, group)
         if alive:
             batches += 1
@@ -279,29 +280,31 @@ def run_epoch(mode, table, models, opt, guard, ws, X, Y, index, batch_size, skip
 @cache_by_sources
 @cuda.jit(cache=True)
 def train_epoch_block(table, models, opt, guard, ws, X, Y, index, batch_size, skip_single,
-                      loss_kind, taken, group):
+                      loss_kind, delta, taken, group):
     """One epoch of every model of the launch, one block per model (group
     1), the model in the block's shared memory where it fits (ws.arena; the
     launch gives the arena's bytes as dynamic shared memory).
 
-    batch_size, skip_single (0/1), loss_kind: as network.train_epoch;
+    batch_size, skip_single (0/1): as network.train_epoch; loss_kind: the
+    loss's code (loss.LOSS_CODES), delta: Huber's threshold (float64,
+    unused by the other losses: loss.loss_delta);
     taken: the batches trained by the fit before this epoch (the guard's
     slot of a batch is its number over the fit, modulo 2); group: the
     blocks per model."""
     run_epoch(BLOCK, table, models, opt, guard, ws, X, Y, index, batch_size, skip_single,
-              loss_kind, taken, group)
+              loss_kind, delta, taken, group)
 
 
 @cache_by_sources
 @cuda.jit(cache=True)
 def train_epoch_grid(table, models, opt, guard, ws, X, Y, index, batch_size, skip_single,
-                     loss_kind, taken, group):
+                     loss_kind, delta, taken, group):
     """As train_epoch_block, with a group of blocks per model sharing its
     work and its arrays in global memory (ws.arena: all -1), grid barriers
     between the phases, launched cooperatively (all blocks resident)."""
     cooperative_blocks()
     run_epoch(GRID, table, models, opt, guard, ws, X, Y, index, batch_size, skip_single,
-              loss_kind, taken, group)
+              loss_kind, delta, taken, group)
 
 
 KERNELS = {"block": train_epoch_block, "grid": train_epoch_grid}
@@ -328,7 +331,7 @@ def argument_types(dtype):
             types.NamedTuple([i1, f2, i1, d2], Optimizer),
             types.NamedTuple([d3, d3, i3], Guard),
             types.NamedTuple([d2, i1, d3, d2, d2, f2, i2, int32[:, ::1], i1], Workspace),
-            d2, d2, i2, int64, int64, int64, int64, int64)
+            d2, d2, i2, int64, int64, int64, float64, int64, int64)
 
 
 def signatures():

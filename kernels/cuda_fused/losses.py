@@ -9,32 +9,54 @@ gathered with them (layers.gather_rows) into an array of epoch.Views.
 
 import math
 
-from numba import cuda
+from numba import cuda, float64
 
-from ..elementwise import bce_with_logits_term, sigmoid
-from ..loss import BCE
+from ..elementwise import (
+    absolute_error_grad, absolute_error_term, bce_with_logits_term, huber_grad, huber_term,
+    sigmoid, squared_error_grad, squared_error_term,
+)
+from ..loss import BCE, CROSS_ENTROPY, L1, MSE
 from .plan import THREADS
 from .primitives import block_total, device
 
 
 @device
-def loss_phase(loss_kind, table, activation_at, v, dz, n, sums):
+def element_loss(loss_kind, delta, z, y):
+    """(term, gradient) of one element of the element-wise loss
+    ``loss_kind`` (BCE, MSE, L1 or HUBER of loss.py; Huber's threshold
+    ``delta``), as the cpu kernels of loss.py compute them: the term in
+    float64, the gradient from the values in their dtype (Huber's from
+    float64)."""
+    if loss_kind == BCE:
+        return bce_with_logits_term(z, y), sigmoid(z) - y
+    if loss_kind == MSE:
+        return squared_error_term(float64(z), float64(y)), squared_error_grad(z, y)
+    if loss_kind == L1:
+        return absolute_error_term(float64(z), float64(y)), absolute_error_grad(z, y)
+    a, b = float64(z), float64(y)
+    return huber_term(a, b, delta), huber_grad(a, b, delta)
+
+
+@device
+def loss_phase(loss_kind, delta, table, activation_at, v, dz, n, sums):
     """The batch's mean loss (every thread of the block gets it) and
-    d loss / d logits into dz, as loss.bce_with_logits or loss.cross_entropy,
-    from the logits in v.acts and the targets in v.targets (n x k, flat);
-    the sums in float64. One block per model runs it."""
+    d loss / d logits into dz, as loss.py's cpu kernel of ``loss_kind``
+    (bce_with_logits, cross_entropy, squared_error, absolute_error or huber
+    with threshold ``delta``), from the logits in v.acts and the targets in
+    v.targets (n x k, flat); the sums in float64. One block per model runs
+    it."""
     last = table.shape[0] - 1
     k = table[last].n_out
     z_at = activation_at[last + 1]
     acts, targets = v.acts, v.targets
     tid = cuda.threadIdx.x
     part = 0.0
-    if loss_kind == BCE:
+    if loss_kind != CROSS_ENTROPY:  # an element-wise loss, the mean over n x k
         scale = 1.0 / (n * k)
         for e in range(tid, n * k, THREADS):
-            z, y = acts[z_at + e], targets[e]
-            part += bce_with_logits_term(z, y)
-            dz[e] = (sigmoid(z) - y) * scale
+            term, gradient = element_loss(loss_kind, delta, acts[z_at + e], targets[e])
+            part += term
+            dz[e] = gradient * scale
         return block_total(sums, part) * scale
     for r in range(tid, n, THREADS):
         row = z_at + r * k

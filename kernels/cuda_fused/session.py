@@ -4,6 +4,7 @@ the GPU for a fit, one launch of the epoch kernel per epoch."""
 import numpy as np
 from numba import cuda
 
+from ..loss import loss_code, loss_delta
 from ..optim import STATE_ROWS
 from .epoch import Guard, Models, Optimizer, Workspace, argument_types, epoch_kernel
 from .plan import (
@@ -66,14 +67,16 @@ class FusedTrainingSession:
     Per epoch the host copies the K permutations in, launches the epoch
     kernel once, and copies the losses and the status back (the one
     synchronization). The models' and optimizers' own host arrays are
-    written back by ``finish``.
+    written back by ``finish``. ``loss``: the fit's ``loss.engine_loss``
+    value.
     """
 
-    def __init__(self, models, optimizers, X, Y, batch, loss_kind, plan):
+    def __init__(self, models, optimizers, X, Y, batch, loss, plan):
         from ..cuda_network import empty
         from ..network import workspace
 
-        self.models, self.optimizers, self.loss_kind = models, optimizers, loss_kind
+        self.models, self.optimizers = models, optimizers
+        self.loss_kind, self.delta = loss_code(loss), float(loss_delta(loss))
         first = models[0]
         K, dtype, size = len(models), first.dtype, first.n_params
         self.table = cuda.to_device(np.ascontiguousarray(first.table).view(np.ndarray))
@@ -172,7 +175,8 @@ class FusedTrainingSession:
         group = self.plan.group
         self.kernel[self.n_models * group, THREADS, 0, self.arena_bytes](
             self.table, self.state, self.opt, self.guard, self.ws, self.X, self.Y, self.index,
-            batch_size, int(skip_single), self.loss_kind, self.taken, group)
+            batch_size, int(skip_single), self.loss_kind, self.delta, self.taken,
+            group)
         losses = self.ws.losses.copy_to_host()
         self.status = self.ws.status.copy_to_host()
         batches = self.status[:, 0].copy()

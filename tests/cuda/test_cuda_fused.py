@@ -1,5 +1,6 @@
 """The fused whole-epoch engine (kernels/cuda_fused.py) against the cpu
-engine: every optimizer, both losses, both dtypes, batch sizes that do not
+engine: every optimizer, every loss (the regression losses with one and two
+outputs, Huber's delta where both of its branches are taken), both dtypes, batch sizes that do not
 divide the data, a last batch of one row skipped with BatchNorm, divergence,
 grid mode; the host kernel launches per epoch; the engine's limits."""
 
@@ -46,24 +47,47 @@ CASES = [
     ("rmsprop-centered-momentum", "cross_entropy", "float64", folded_relu_model, 9, 4),
     ("adam", "bce", "float64", plain_batchnorm_model, 7, 3),
     ("adamw", "cross_entropy", "float32", folded_relu_model, 10, 3),
+    ("adam", "mse", "float32", folded_relu_model, 9, 4),
+    ("sgd-nesterov", "l1", "float64", plain_batchnorm_model, 10, 4),
+    ("rmsprop", "huber", "float64", folded_relu_model, 11, 4),
+    ("adamw", "mse", "float64", plain_batchnorm_model, 7, 3),
+    ("sgd", "l1", "float32", folded_relu_model, 10, 3),
+    ("adam", "huber", "float32", plain_batchnorm_model, 9, 4),
 ]
 TOLERANCE = {"float64": (1e-10, 1e-12), "float32": (1e-4, 1e-5)}
+REGRESSION = ("mse", "l1", "huber")
+#: Huber's threshold in these fits: errors both below and above it
+HUBER_DELTA = 0.5
 
 
-def targets(loss, n, rng):
-    return rng.integers(0, 3, n) if loss == "cross_entropy" else rng.uniform(size=(n, 2))
+def outputs(loss, dtype):
+    """The network's outputs: 3 classes; 2 for BCE; for a regression loss
+    one output in float32 and two in float64."""
+    if loss == "cross_entropy":
+        return 3
+    return 1 if loss in REGRESSION and dtype == "float32" else 2
+
+
+def targets(loss, n, k, rng):
+    if loss == "cross_entropy":
+        return rng.integers(0, 3, n)
+    if loss in REGRESSION:
+        y = rng.normal(size=(n, k))
+        return y[:, 0] if k == 1 else y
+    return rng.uniform(size=(n, k))
 
 
 def fit_both(make_model, optimizer, loss, dtype, n, batch, epochs=2, **fit):
     """(history, model, trainer) on the cpu and on cuda, from one start."""
     rng = np.random.default_rng(n)
-    X, y = rng.normal(size=(n, 5)), targets(loss, n, rng)
-    k = 3 if loss == "cross_entropy" else 2
+    k = outputs(loss, dtype)
+    X, y = rng.normal(size=(n, 5)), targets(loss, n, k, rng)
+    delta = dict(huber_delta=HUBER_DELTA) if loss == "huber" else {}
     out = {}
     for device in ("cpu", "cuda"):
         model = make_model(k)
         trainer = fn.Trainer(model, optimizer=OPTIMIZERS[optimizer](), loss=loss,
-                             device=device, dtype=dtype, seed=0)
+                             device=device, dtype=dtype, seed=0, **delta)
         history = trainer.fit(X, y, epochs=epochs, batch_size=batch, **fit)
         out[device] = history, model, trainer
     return out
@@ -93,13 +117,14 @@ def test_fused_engine_matches_cpu(optimizer, loss, dtype, make_model, n, batch):
     assert_same_training(out, dtype)
 
 
-def test_grid_mode_matches_cpu(monkeypatch):
+@pytest.mark.parametrize("loss", ["bce", "huber"])
+def test_grid_mode_matches_cpu(monkeypatch, loss):
     # the simulator's cooperative grid has one block per model: this runs the
     # grid kernel (grid barriers, the block's share of every phase) on it
     monkeypatch.setenv(ENGINE_VARIABLE, "grid")
     rng = np.random.default_rng(3)
     X, y = rng.normal(size=(10, 5)), rng.uniform(size=(10, 2))
-    out = fit_both(folded_relu_model, "adam", "bce", "float64", 10, 4,
+    out = fit_both(folded_relu_model, "adam", loss, "float64", 10, 4,
                    validation_data=(X[:3], y[:3]))
     assert out["cuda"][2].engine.startswith("fused engine, grid mode")
     assert_same_training(out, "float64")

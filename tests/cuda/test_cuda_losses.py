@@ -1,7 +1,8 @@
-"""The regression losses and sample weights on the GPU's layer-by-layer
-engine: training replayed against PyTorch (the oracle) and the cpu engine,
-and the engine choice, which sends what the fused engine does not train
-(a regression loss, sample weights) to the layer-by-layer engine."""
+"""The regression losses and sample weights on the GPU: training replayed
+against PyTorch (the oracle) and the cpu engine, on the fused engine (the
+regression losses without weights) and the layer-by-layer engine (with
+weights, or forced), and the engine choice, which sends what the fused
+engine does not train (sample weights) to the layer-by-layer engine."""
 
 import numpy as np
 import pytest
@@ -71,12 +72,17 @@ def close(actual, expected, dtype, what):
                                rtol=rtol, atol=atol, err_msg=what)
 
 
-# every loss with and without weights in float64, and weighted in float32
-@pytest.mark.parametrize("weighted, dtype", [(False, "float64"), (True, "float64"),
-                                             (True, "float32")],
-                         ids=["unweighted-float64", "weighted-float64", "weighted-float32"])
+# every loss without weights on the fused engine in both dtypes and forced to
+# the layer-by-layer engine in float64; with weights (layer by layer) in both
+@pytest.mark.parametrize("weighted, dtype, forced", [
+    (False, "float64", ""), (False, "float32", ""), (False, "float64", "layers"),
+    (True, "float64", ""), (True, "float32", "")],
+    ids=["unweighted-float64", "unweighted-float32", "unweighted-float64-layers",
+         "weighted-float64", "weighted-float32"])
 @pytest.mark.parametrize("loss_name", list(LOSSES))
-def test_regression_training_matches_torch_and_the_cpu(loss_name, weighted, dtype):
+def test_regression_training_matches_torch_and_the_cpu(monkeypatch, loss_name, weighted, dtype,
+                                                       forced):
+    monkeypatch.setenv(ENGINE_VARIABLE, forced)
     kwargs, make_loss = LOSSES[loss_name]
     X, Y, W = data(dtype)
     W = W if weighted else None
@@ -88,7 +94,8 @@ def test_regression_training_matches_torch_and_the_cpu(loss_name, weighted, dtyp
         history = trainer.fit(X, Y, epochs=EPOCHS, batch_size=BATCH, shuffle=False,
                               sample_weight=W)
         results[device] = history["loss"], m.state_dict(), trainer.predict(X)
-    assert trainer.engine.startswith("layer-by-layer engine")
+    fused = not weighted and forced != "layers"
+    assert trainer.engine.startswith("fused engine" if fused else "layer-by-layer engine")
     t_losses, t_state = torch_replay(initial, dtype, make_loss, X, Y, W)
     losses, state, predictions = results["cuda"]
     close(losses, t_losses, dtype, "history loss against torch")
@@ -123,20 +130,17 @@ def test_weighted_classification_trains_layer_by_layer_as_the_cpu(loss):
 @pytest.mark.parametrize("forced", ["", "fused", "block", "grid"])
 def test_the_engine_choice_sends_what_the_fused_engine_cannot_train_layer_by_layer(monkeypatch,
                                                                                   forced):
-    """Whatever FASTNN_CUDA_ENGINE forces: the fused engine trains the
-    classification losses without weights, never a wrong fit."""
+    """Whatever FASTNN_CUDA_ENGINE forces: the fused engine trains every loss
+    without weights, never a weighted fit."""
     monkeypatch.setenv(ENGINE_VARIABLE, forced)
     table = model().table
-    for loss in (BCE, CROSS_ENTROPY):
+    for loss in (BCE, CROSS_ENTROPY, MSE, L1, HUBER):
         assert cuda_engine(table, BATCH, loss=loss, sm_count=132)[0] == "fused"
         engine, reason = cuda_engine(table, BATCH, loss=loss, weighted=True)
         assert engine == "layers" and "sample weights" in reason
-    for loss, name in ((MSE, "mse"), (L1, "l1"), (HUBER, "huber")):
-        engine, reason = cuda_engine(table, BATCH, loss=loss)
-        assert engine == "layers" and f"regression loss (loss='{name}')" in reason
     X, Y, W = data("float32")
     trainer = fn.Trainer(model(), loss="mse", device="cuda")
-    trainer.fit(X, Y, batch_size=BATCH)
+    trainer.fit(X, Y, batch_size=BATCH, sample_weight=W)
     assert trainer.engine.startswith("layer-by-layer engine")
 
 
