@@ -12,7 +12,7 @@ kernels/dense.py switches from its loops to BLAS.
 import numpy as np
 import pytest
 
-from cases import BACKENDS, BENCH_CASES, DENSE_PATHS, make_inputs, run
+from fastnn.benchmarks.cases import BACKENDS, BENCH_CASES, DENSE_PATHS, make_inputs, run
 from fastnn.core.cuda_backend import cuda_available
 
 ALL_BACKENDS = BACKENDS + (("cuda",) if cuda_available() else ())

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 
 os.environ.setdefault("FASTNN_CUDA_POISON", "1")
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "tests")]
+sys.path.insert(0, HERE)  # gpu_wide.py, beside this script
 
 import numpy as np  # noqa: E402
 
@@ -39,7 +39,8 @@ from numba import cuda  # noqa: E402
 import fastnn as fn  # noqa: E402
 from fastnn.core.backends import get_backend  # noqa: E402
 from fastnn.core.cuda_backend import ENGINE_VARIABLE  # noqa: E402
-from cases import DENSE_PATHS, DTYPES, TEST_CASES, make_inputs, run, tolerance  # noqa: E402
+from fastnn.benchmarks.cases import (DENSE_PATHS, DTYPES, TEST_CASES, make_inputs,  # noqa: E402
+                                     run, tolerance)
 from fastnn.bench import BATCHES, NETWORKS  # noqa: E402
 import gpu_wide  # noqa: E402
 from gpu_wide import build  # noqa: E402  (the standard networks' fastnn models)

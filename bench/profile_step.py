@@ -63,16 +63,18 @@ def repeat_part(net, ws, grads, opt, X, Y, index, loss, guard, part, l, n, reps)
     all of X."""
     t = net.table
     n_params = net.params.shape[0]
+    unweighted = np.zeros(0)  # the engine's sample weights of an unweighted fit
     if part == EPOCH:
         losses, sizes = np.zeros(index.shape[0]), np.zeros(index.shape[0], np.int64)
         for _ in range(reps):
-            engine.train_epoch(net, ws, grads, opt, X, Y, index, n, True, losses, sizes, loss,
-                               guard, None)
+            engine.train_epoch(net, ws, grads, opt, X, Y, unweighted, index, n, True, losses,
+                               sizes, loss, guard, None)
         return
     for _ in range(reps):
         if part == GATHER:
             first_input, _ = engine.layer_blocks(net, ws, 0, n)
-            engine.gather_batch(X, Y, None, index, 0, n, first_input, ws.targets, ws.weights)
+            engine.gather_batch(X, Y, unweighted, index, 0, n, first_input, ws.targets,
+                                ws.weights)
         elif part == FORWARD:
             if t[l].kind == engine.DENSE:
                 engine.dense_layer_forward(net, ws, l, n)
@@ -83,8 +85,8 @@ def repeat_part(net, ws, grads, opt, X, Y, index, loss, guard, part, l, n, reps)
             else:
                 engine.activation_layer_forward(net, ws, l, n)
         elif part == LOSS:
-            loss_and_gradient(loss, engine.network_output(net, ws, n), ws.targets[:n], None,
-                              float(n), engine.gradient(ws, 0, n, Y.shape[1]))
+            loss_and_gradient(loss, engine.network_output(net, ws, n), ws.targets[:n],
+                              unweighted, float(n), engine.gradient(ws, 0, n, Y.shape[1]))
         elif part == BACKWARD or part == REDRAW:
             # the walk's ping-pong buffers as the backward pass sees them at layer l
             current = 0
@@ -109,7 +111,7 @@ def repeat_part(net, ws, grads, opt, X, Y, index, loss, guard, part, l, n, reps)
         elif part == UPDATE:
             optimizer_update(opt, net.params, grads[:n_params], guard.params)
         else:
-            engine.train_step(net, ws, grads, X, Y, None, index, 0, n, loss, None)
+            engine.train_step(net, ws, grads, X, Y, unweighted, index, 0, n, loss, None)
             optimizer_update(opt, net.params, grads[:n_params], guard.params)
 
 
@@ -224,7 +226,7 @@ def this_epoch(session, batches):
     batch = s.ws.targets.shape[0]
     index = s.index[:batches * batch]
     losses, sizes = np.zeros(batches), np.zeros(batches, np.int64)
-    return lambda: engine.train_epoch(s.net, s.ws, s.grads, s.opt, s.X, s.Y, None, index, batch,
+    return lambda: engine.train_epoch(s.net, s.ws, s.grads, s.opt, s.X, s.Y, s.W, index, batch,
                                       True, losses, sizes, s.loss, s.guard, None)
 
 

@@ -19,13 +19,30 @@ several, after one warm-up epoch (JIT compilation is never timed):
                   a GPU)
     jax           JAX, the whole epoch jit-compiled as one lax.scan (when installed)
 
+The peers' harnesses are in fastnn.benchmarks (torch_harness, jax_harness),
+imported only by the worker process that measures them.
+
 The GEMM floor of a network is the time of its necessary matrix products
 alone (forward and weight gradient of every Dense, input gradient of all but
 the first), made through the same BLAS calls the cpu engine makes.
 
-Each measurement runs in a fresh process: on a machine with few cores the
-thread pools that one library leaves spinning (PyTorch's OpenMP, XLA's)
-would otherwise slow down whatever is measured after it.
+Each implementation is measured in a process of its own: on a machine with
+few cores the thread pools that one library leaves spinning (PyTorch's
+OpenMP, XLA's, numba's) would otherwise slow down whatever is measured after
+it. fastnn's cpu engine is compiled (or loaded from numba's cache) before
+anything is measured, with the usual one-line notice when it compiles.
+
+``--quick`` measures Adam on tiny, small and medium, with every installed
+peer but not the NumPy reference engine, and times each measurement's epochs
+until a small time budget is spent (at least 3 of them) instead of 7.
+
+The machine's load is part of the report: the 1-minute load average before
+and after, and on Linux the cores that other processes kept busy as the run
+started and during it (which decide, the load average lagging by minutes). A
+load above the number of cores minus one prints a warning and marks every
+figure with "?"; a measurement whose median epoch is more than 30% slower
+than its fastest marks its own figures: such ratios say more about the
+machine than about the implementations.
 """
 
 import importlib.util
@@ -50,7 +67,7 @@ NETWORKS = {
     "large": (1024, 1024, 3, 1024),
 }
 # batches per epoch (full / --quick); every implementation sees the same data
-BATCHES = {"tiny": (1024, 256), "small": (512, 128), "medium": (64, 16), "large": (8, 4)}
+BATCHES = {"tiny": (1024, 128), "small": (512, 64), "medium": (64, 16), "large": (8, 4)}
 IMPLEMENTATIONS = ("fastnn-cpu", "fastnn-cuda", "fastnn-cuda-tf32", "numpy", "torch",
                    "torch-cuda-graphs", "jax")
 # targets beside fastnn's GPU rows, its samples/s over torch-cuda-graphs' on an H100/H200
@@ -58,6 +75,17 @@ GPU_TARGETS = {("large", "fastnn-cuda"): 1.0, ("large", "fastnn-cuda-tf32"): 2.5
                ("medium", "fastnn-cuda"): 2.0}
 OPTIMIZERS = ("sgd", "adam")
 LR = 1e-3
+# timed epochs after the warm-up epoch, (full, --quick): at least, at most, and the
+# seconds of epochs to time before stopping between the two
+REPEATS = {False: (7, 7, 0.0), True: (3, 25, 0.3)}
+NUMPY_REPEATS = 2  # the reference engine is slow: 2 timed epochs in both modes
+# what --quick measures unless --networks, --optimizers or --backends say otherwise
+QUICK_NETWORKS = ("tiny", "small", "medium")
+QUICK_OPTIMIZERS = ("adam",)
+QUICK_SKIPS = ("numpy",)
+# a measurement is unsteady when its median epoch is this much slower than its fastest
+UNSTEADY = 0.3
+LOAD_SAMPLE = 0.3  # seconds of the other processes' CPU use sampled before measuring
 
 
 # ---- the networks and their data ----
@@ -78,11 +106,16 @@ def make_data(network, n_samples, seed=0):
 
 # ---- implementations: each returns a function that trains one epoch ----
 
+def _optimizer(name):
+    import fastnn as fn
+    return fn.SGD(lr=LR) if name == "sgd" else fn.Adam(lr=LR)
+
+
 def _fastnn_epoch(device):
     def prepare(network, optimizer, X, y):
         import fastnn as fn
-        opt = fn.SGD(lr=LR) if optimizer == "sgd" else fn.Adam(lr=LR)
-        trainer = fn.Trainer(build_model(network), optimizer=opt, device=device, dtype="float32")
+        trainer = fn.Trainer(build_model(network), optimizer=_optimizer(optimizer), device=device,
+                             dtype="float32")
         batch = NETWORKS[network][3]
 
         def epoch():
@@ -91,142 +124,37 @@ def _fastnn_epoch(device):
     return prepare
 
 
-def _fastnn_cuda_rate(precision):
-    """fastnn on the GPU: samples/s from one fit's per-epoch times, the
-    median after the first epoch (which runs the first steps eagerly and
-    captures the CUDA graphs); a fit per epoch would time the copy of the
-    data to the GPU and the captures each time."""
-    def rate(network, optimizer, X, y, epochs):
+def _fastnn_cuda_times(precision):
+    """fastnn on the GPU: the per-epoch times of one fit, after the first
+    epoch (which runs the first steps eagerly and captures the CUDA graphs);
+    a fit per epoch would time the copy of the data to the GPU and the
+    captures each time."""
+    def times(network, optimizer, X, y, epochs):
         import fastnn as fn
-        opt = fn.SGD(lr=LR) if optimizer == "sgd" else fn.Adam(lr=LR)
-        trainer = fn.Trainer(build_model(network), optimizer=opt, device="cuda",
+        trainer = fn.Trainer(build_model(network), optimizer=_optimizer(optimizer), device="cuda",
                              dtype="float32", precision=precision)
         history = trainer.fit(X, y, epochs=epochs + 1, batch_size=NETWORKS[network][3],
                               shuffle=False)
-        return X.shape[0] / statistics.median(history["time"][1:])
-    return rate
-
-
-def _torch_cuda_graphs_prepare(network, optimizer, X, y):
-    """One training step captured into a CUDA graph (PyTorch's recipe: warm
-    up on a side stream, capture, then copy each batch into the captured
-    input tensors and replay)."""
-    import torch
-    model = torch_model(build_model(network).astype("float32")).cuda()
-    opt_class = torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam
-    opt = opt_class(model.parameters(), lr=LR,
-                    **({} if optimizer == "sgd" else {"capturable": True}))
-    Xt, yt = torch.from_numpy(X).cuda(), torch.from_numpy(y).cuda()
-    batch = NETWORKS[network][3]
-    static_x, static_y = Xt[:batch].clone(), yt[:batch].clone()
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-
-    def step():
-        loss_fn(model(static_x)[:, 0], static_y).backward()
-        opt.step()
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            opt.zero_grad(set_to_none=True)
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    opt.zero_grad(set_to_none=True)
-    with torch.cuda.graph(graph):
-        step()
-
-    def epoch():
-        for start in range(0, Xt.shape[0], batch):
-            static_x.copy_(Xt[start:start + batch])
-            static_y.copy_(yt[start:start + batch])
-            graph.replay()
-        torch.cuda.synchronize()
-    return epoch
+        return history["time"][1:]
+    return times
 
 
 def _torch_prepare(network, optimizer, X, y):
-    import torch
-    model = torch_model(build_model(network).astype("float32"))
-    opt = (torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam)(model.parameters(), lr=LR)
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-    batch = NETWORKS[network][3]
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-
-    def epoch():
-        model.train()
-        for start in range(0, Xt.shape[0], batch):
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(Xt[start:start + batch])[:, 0], yt[start:start + batch])
-            loss.backward()
-            opt.step()
-    return epoch
+    from .benchmarks.torch_harness import eager_epoch
+    return eager_epoch(build_model(network).astype("float32"), optimizer, X, y,
+                       NETWORKS[network][3], LR)
 
 
-def torch_model(model):
-    """The equivalent torch.nn.Sequential, with a copy of model's weights."""
-    return model.to_torch()
+def _torch_cuda_graphs_prepare(network, optimizer, X, y):
+    from .benchmarks.torch_harness import cuda_graphs_epoch
+    return cuda_graphs_epoch(build_model(network).astype("float32"), optimizer, X, y,
+                             NETWORKS[network][3], LR)
 
 
 def _jax_prepare(network, optimizer, X, y):
-    """The whole epoch as one jitted lax.scan over the batches."""
-    import jax
-    import jax.numpy as jnp
-    d_in, hidden, blocks, batch = NETWORKS[network]
-    state = build_model(network).astype("float32").state_dict()
-    n_dense = blocks + 1
-    params = [(jnp.asarray(state[f"{3 * i}.weight"]), jnp.asarray(state[f"{3 * i}.bias"]))
-              for i in range(n_dense)]
-    params += [(jnp.asarray(state[f"{3 * i + 1}.weight"]), jnp.asarray(state[f"{3 * i + 1}.bias"]))
-               for i in range(blocks)]
-    running = [(jnp.asarray(state[f"{3 * i + 1}.running_mean"]),
-                jnp.asarray(state[f"{3 * i + 1}.running_var"])) for i in range(blocks)]
-
-    def loss_fn(params, running, xb, yb):
-        h, new_running = xb, []
-        for i in range(blocks):
-            w, b = params[i]
-            gamma, beta = params[n_dense + i]
-            h = h @ w.T + b
-            mean, var = h.mean(0), h.var(0)
-            h = jax.nn.relu((h - mean) * jax.lax.rsqrt(var + 1e-5) * gamma + beta)
-            rm, rv = running[i]
-            new_running.append((0.9 * rm + 0.1 * mean, 0.9 * rv + 0.1 * var * batch / (batch - 1)))
-        w, b = params[blocks]
-        z = (h @ w.T + b)[:, 0]
-        loss = jnp.mean(jnp.maximum(z, 0) - z * yb + jnp.log1p(jnp.exp(-jnp.abs(z))))
-        return loss, new_running
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-    def step(carry, data):
-        params, running, m, v, t = carry
-        (loss, running), grads = grad_fn(params, running, *data)
-        if optimizer == "sgd":
-            params = jax.tree_util.tree_map(lambda p, g: p - LR * g, params, grads)
-        else:
-            t = t + 1
-            m = jax.tree_util.tree_map(lambda m, g: 0.9 * m + 0.1 * g, m, grads)
-            v = jax.tree_util.tree_map(lambda v, g: 0.999 * v + 0.001 * g * g, v, grads)
-            c1, c2 = 1 - 0.9 ** t, 1 - 0.999 ** t
-            params = jax.tree_util.tree_map(
-                lambda p, m, v: p - LR * (m / c1) / (jnp.sqrt(v / c2) + 1e-8), params, m, v)
-        return (params, running, m, v, t), loss
-
-    @jax.jit
-    def run_epoch(carry, xs, ys):
-        return jax.lax.scan(step, carry, (xs, ys))
-
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    carry = [(params, running, zeros, zeros, jnp.float32(0))]
-    xs = jnp.asarray(X.reshape(-1, batch, d_in))
-    ys = jnp.asarray(y.reshape(-1, batch))
-
-    def epoch():
-        carry[0], losses = run_epoch(carry[0], xs, ys)
-        losses.block_until_ready()
-    return epoch
+    from .benchmarks.jax_harness import scan_epoch
+    return scan_epoch(build_model(network).astype("float32"), NETWORKS[network][2], optimizer,
+                      X, y, NETWORKS[network][3], LR)
 
 
 def _available(name):
@@ -250,24 +178,46 @@ def _available(name):
 PREPARE = {"fastnn-cpu": _fastnn_epoch("cpu"), "numpy": _fastnn_epoch("numpy"),
            "torch": _torch_prepare, "torch-cuda-graphs": _torch_cuda_graphs_prepare,
            "jax": _jax_prepare}
-# implementations measured by their own rate(network, optimizer, X, y, epochs)
-RATES = {"fastnn-cuda": _fastnn_cuda_rate("exact"), "fastnn-cuda-tf32": _fastnn_cuda_rate("tf32")}
+# implementations that time their epochs themselves: times(network, optimizer, X, y, epochs)
+EPOCH_TIMES = {"fastnn-cuda": _fastnn_cuda_times("exact"),
+               "fastnn-cuda-tf32": _fastnn_cuda_times("tf32")}
 
 
 # ---- measurements ----
 
-def samples_per_second(epoch, n_samples, epochs):
-    epoch()  # warm-up: compilation, caches, thread pools
+RESULT = "fastnn-bench-result "  # the worker's lines for run(), on its stdout
+NUMPY_NETWORKS = ("tiny", "small")  # the reference engine is too slow for the others
+
+
+def epoch_times(epoch, at_least, at_most=None, budget=0.0):
+    """Call ``epoch()`` once to warm up (compilation, caches, thread pools),
+    then time ``at_least`` calls, and more while the timed calls took less
+    than ``budget`` seconds in all, up to ``at_most``. Returns the seconds of
+    each timed call."""
+    at_most = at_least if at_most is None else at_most
+    epoch()
     times = []
-    for _ in range(epochs):
+    while len(times) < at_least or (len(times) < at_most and sum(times) < budget):
         start = time.perf_counter()
         epoch()
         times.append(time.perf_counter() - start)
-    return n_samples / statistics.median(times)
+    return times
 
 
-def gemm_floor(network, steps):
-    """Samples/s if a training step did nothing but its matrix products."""
+def samples_per_second(epoch, n_samples, epochs):
+    """n_samples over the median time of ``epochs`` calls of ``epoch()``,
+    after a warm-up call."""
+    return n_samples / statistics.median(epoch_times(epoch, epochs))
+
+
+def spread(times):
+    """How much slower the median repeat was than the fastest (0.1 = 10%)."""
+    return statistics.median(times) / min(times) - 1
+
+
+def gemm_floor_times(network, steps, repeats=7):
+    """The seconds per training step of ``repeats`` runs of ``steps`` steps
+    that do nothing but the network's matrix products."""
     from fastnn.core.backends import get_backend
     from fastnn.kernels.dense import gemm_floor_step
     d_in, hidden, blocks, batch = NETWORKS[network]
@@ -283,14 +233,149 @@ def gemm_floor(network, steps):
     copies = get_backend("cpu").copies_weights()
     run = lambda reps: gemm_floor_step(tuple(xs), tuple(ws), tuple(dys), tuple(outs),  # noqa
                                        tuple(dws), tuple(dxs), reps, copies)
-    run(1)
-    times = []
-    for _ in range(7):
-        start = time.perf_counter()
-        run(steps)
-        times.append((time.perf_counter() - start) / steps)
-    return batch / min(times)
+    return [t / steps for t in epoch_times(lambda: run(steps), repeats)]
 
+
+def gemm_floor(network, steps):
+    """Samples/s if a training step did nothing but its matrix products (the
+    fastest of 7 runs of ``steps`` steps)."""
+    return NETWORKS[network][3] / min(gemm_floor_times(network, steps))
+
+
+def measure(network, impl, optimizer, quick):
+    """One (network, implementation, optimizer), in this process: a dict of
+    samples_per_s (the median epoch's; for impl "gemm-floor", the network's
+    GEMM floor from the fastest run), epochs (how many were timed) and spread."""
+    batches = BATCHES[network][1 if quick else 0]
+    if impl == "gemm-floor":
+        times = gemm_floor_times(network, steps=batches)
+        return {"samples_per_s": NETWORKS[network][3] / min(times), "epochs": len(times),
+                "spread": spread(times)}
+    n = NETWORKS[network][3] * batches
+    X, y = make_data(network, n)
+    at_least, at_most, budget = REPEATS[quick]
+    if impl == "numpy":
+        at_least = at_most = NUMPY_REPEATS
+    if impl in EPOCH_TIMES:
+        times = EPOCH_TIMES[impl](network, optimizer, X, y, at_least)
+    else:
+        times = epoch_times(PREPARE[impl](network, optimizer, X, y), at_least, at_most, budget)
+    return {"samples_per_s": n / statistics.median(times), "epochs": len(times),
+            "spread": spread(times)}
+
+
+def _worker(plan, quick):
+    """The worker process of run(): measures each (network, implementation,
+    optimizer) of ``plan`` and prints each result as a line of JSON after
+    RESULT as soon as it has it, then the versions of the peers it loaded."""
+    for network, impl, optimizer in plan:
+        result = measure(network, impl, optimizer, quick)
+        print(RESULT + json.dumps({"network": network, "implementation": impl,
+                                   "optimizer": optimizer, **result}), flush=True)
+    versions = {}
+    if "torch" in sys.modules:
+        versions.update(torch=sys.modules["torch"].__version__,
+                        torch_threads=sys.modules["torch"].get_num_threads())
+    if "jax" in sys.modules:
+        versions["jax"] = sys.modules["jax"].__version__
+    print(RESULT + json.dumps({"versions": versions}), flush=True)
+
+
+def _run_worker(plan, quick, record):
+    """Run _worker(plan, quick) in a fresh Python and pass each of its
+    results to ``record`` as it comes."""
+    command = [sys.executable, "-m", "fastnn.bench", "--worker", json.dumps(plan)]
+    # from a neutral directory: `python -m` puts the working directory first on
+    # sys.path, and a source checkout there would shadow the installed package
+    with tempfile.TemporaryFile("w+") as errors:
+        child = subprocess.Popen(command + (["--quick"] if quick else []), stdout=subprocess.PIPE,
+                                 stderr=errors, text=True, cwd=tempfile.gettempdir())
+        try:
+            for line in child.stdout:
+                if line.startswith(RESULT):
+                    record(json.loads(line[len(RESULT):]))
+            child.wait()
+        finally:
+            if child.poll() is None:  # interrupted: the child goes too
+                child.kill()
+                child.wait()
+            child.stdout.close()
+        if child.returncode != 0:
+            errors.seek(0)
+            raise RuntimeError(f"fastnn bench: measuring {', '.join(' '.join(p) for p in plan)} "
+                               f"failed:\n{errors.read()[-2000:]}")
+
+
+def compile_cpu_engine(optimizers):
+    """Compile fastnn's cpu engine in float32 for each optimizer, or load it
+    from numba's cache, here and now (the engine's types do not depend on
+    the network's sizes): the workers then load it from the cache, and a
+    compile is announced on stderr before the progress bar starts."""
+    import fastnn as fn
+    X, y = make_data("tiny", NETWORKS["tiny"][3])
+    for optimizer in optimizers:
+        trainer = fn.Trainer(build_model("tiny"), optimizer=_optimizer(optimizer), device="cpu",
+                             dtype="float32")
+        trainer.precompile(X, y, batch_size=NETWORKS["tiny"][3])
+
+
+def worker_plans(networks, implementations, optimizers):
+    """What each worker process measures: one per implementation, the GEMM
+    floors in fastnn-cpu's (each network's floor after its measurements)."""
+    plans = {}
+    for impl in implementations:
+        plan = []
+        for net in networks:
+            if impl == "numpy" and net not in NUMPY_NETWORKS:
+                continue
+            plan += [(net, impl, opt) for opt in optimizers]
+            if impl == "fastnn-cpu":
+                plan.append((net, "gemm-floor", "-"))
+        if plan:
+            plans[impl] = plan
+    return plans
+
+
+def run(networks, implementations, optimizers, quick=False, progress=True):
+    """Measure each implementation in a fresh process; returns
+    {"machine", "load", "results": [...], "gemm_floor": {...}}."""
+    start = load_snapshot()
+    time.sleep(LOAD_SAMPLE)
+    before = load_snapshot()
+    if "fastnn-cpu" in implementations:
+        compile_cpu_engine(optimizers)
+    plans = worker_plans(networks, implementations, optimizers)
+    bar = ProgressBar(sum(map(len, plans.values()))) if progress else None
+    results, floors, versions = [], {}, {}
+
+    def record(item):
+        if "versions" in item:
+            versions.update(item["versions"])
+            return
+        net, impl, opt = item["network"], item["implementation"], item["optimizer"]
+        if impl == "gemm-floor":
+            floors[net] = item["samples_per_s"]
+        else:
+            item["samples"] = NETWORKS[net][3] * BATCHES[net][1 if quick else 0]
+            item["steady"] = item["spread"] <= UNSTEADY
+            results.append(item)
+        if bar:
+            what = f"{net} GEMM floor" if impl == "gemm-floor" else f"{net} {impl} {opt}"
+            bar.update(len(results) + len(floors),
+                       f" {what}: {item['samples_per_s']:,.0f} samples/s")
+
+    for impl, plan in plans.items():
+        if bar:
+            bar.update(len(results) + len(floors), f" starting {impl}")
+        _run_worker(plan, quick, record)
+    if bar:
+        bar.close()
+    load = load_report(start, before, load_snapshot())
+    return {"machine": {**machine_info(), **versions}, "load": load, "results": results,
+            "gemm_floor": floors}
+
+
+# ---- the machine and its load ----
 
 def machine_info():
     import numba
@@ -320,102 +405,153 @@ def machine_info():
                         for p in threadpool_info() if p.get("user_api") == "blas"]
     except ImportError:
         info["blas"] = ["(install threadpoolctl to list the BLAS libraries)"]
-    for name in ("torch", "jax"):
-        if _available(name):
-            module = __import__(name)
-            info[name] = module.__version__
-            if name == "torch":
-                info["torch_threads"] = module.get_num_threads()
     if _available("fastnn-cuda"):
         from fastnn.core.backends import get_backend
         info["gpu"] = get_backend("cuda").describe()
     return info
 
 
-def measure(network, impl, optimizer, quick):
-    """samples/s of one (network, implementation, optimizer), in this process;
-    impl "gemm-floor" measures the network's GEMM floor."""
-    batches = BATCHES[network][1 if quick else 0]
-    if impl == "gemm-floor":
-        return gemm_floor(network, steps=batches)
-    n = NETWORKS[network][3] * batches
-    X, y = make_data(network, n)
-    epochs = 2 if impl == "numpy" else 3 if quick else 7
-    if impl in RATES:
-        return RATES[impl](network, optimizer, X, y, epochs)
-    return samples_per_second(PREPARE[impl](network, optimizer, X, y), n, epochs)
+def load_snapshot():
+    """The machine's state at one moment: the time, the load averages (None
+    where the system has none), the CPU seconds the whole machine has been
+    busy (None outside Linux) and those of this process and its finished
+    children."""
+    try:
+        loadavg = list(os.getloadavg())
+    except (AttributeError, OSError):
+        loadavg = None
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal ...: all but idle and iowait
+        busy = (sum(fields[:3]) + sum(fields[5:8])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        busy = None
+    t = os.times()
+    return {"time": time.monotonic(), "loadavg": loadavg, "busy": busy,
+            "own": t.user + t.system + t.children_user + t.children_system}
 
 
-def _measure_in_subprocess(network, impl, optimizer, quick):
-    command = [sys.executable, "-m", "fastnn.bench", "--measure", network, impl, optimizer]
-    # from a neutral directory: `python -m` puts the working directory first on
-    # sys.path, and a source checkout there would shadow the installed package
-    out = subprocess.run(command + (["--quick"] if quick else []), capture_output=True,
-                         text=True, check=False, cwd=tempfile.gettempdir())
-    if out.returncode != 0:
-        raise RuntimeError(f"fastnn bench: measuring {network} {impl} {optimizer} failed:\n"
-                           f"{out.stderr[-2000:]}")
-    return float(out.stdout.strip().splitlines()[-1])
+def others_busy(first, second):
+    """The cores that processes other than this one and its children kept
+    busy on average between two load_snapshots (None without /proc/stat)."""
+    if first["busy"] is None or second["busy"] is None:
+        return None
+    wall = max(second["time"] - first["time"], 1e-9)
+    return max((second["busy"] - first["busy"] - (second["own"] - first["own"])) / wall, 0.0)
 
 
-def run(networks, implementations, optimizers, quick=False, progress=True):
-    """Measure, each item in a fresh process; returns
-    {"machine", "results": [...], "gemm_floor": {...}}."""
-    plan = [(net, impl, opt) for net in networks for opt in optimizers
-            for impl in implementations
-            if not (impl == "numpy" and net not in ("tiny", "small"))]
-    plan += [(net, "gemm-floor", "-") for net in networks]
-    bar = ProgressBar(len(plan)) if progress else None
-    results, floors = [], {}
-    for net, impl, opt in sorted(plan, key=lambda p: networks.index(p[0])):
-        rate = _measure_in_subprocess(net, impl, opt, quick)
-        if impl == "gemm-floor":
-            floors[net] = rate
-        else:
-            results.append({"network": net, "implementation": impl, "optimizer": opt,
-                            "samples_per_s": rate,
-                            "samples": NETWORKS[net][3] * BATCHES[net][1 if quick else 0]})
-        if bar:
-            bar.update(len(results) + len(floors), f" {net} {impl} {opt}: {rate:,.0f} samples/s")
-    if bar:
-        bar.close()
-    return {"machine": machine_info(), "results": results, "gemm_floor": floors}
+def load_report(start, before, after):
+    """Whether the machine was quiet enough for the figures to be trusted,
+    from three load_snapshots: ``start`` and ``before`` LOAD_SAMPLE seconds
+    apart with fastnn bench idle, then ``after`` at the end of the run.
+
+    On Linux the test is what other processes used, measured: the cores they
+    kept busy from ``start`` to ``before`` and during the run, each at most
+    the number of cores less one. The 1-minute load average is reported but
+    decides only where /proc/stat is missing (the load average before the
+    run, and the one after it less the cores fastnn bench used): it lags by
+    minutes, so that a run just after another, or after a compile, would
+    read as busy on an idle machine.
+    """
+    cores = os.cpu_count() or 1
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    limit = max(cores - 1, 0.5)
+    wall = max(after["time"] - before["time"], 1e-9)
+    first, during = others_busy(start, before), others_busy(before, after)
+    reasons = []
+    if first is not None:
+        if max(first, during) > limit:
+            reasons.append(f"other processes kept {first:.1f} cores busy as the run started "
+                           f"and {during:.1f} during it")
+    else:
+        if before["loadavg"] is not None and before["loadavg"][0] > limit:
+            reasons.append(f"load average {before['loadavg'][0]:.2f} before the run")
+        own = (after["own"] - before["own"]) / wall
+        if after["loadavg"] is not None and after["loadavg"][0] - own > limit:
+            reasons.append(f"load average {after['loadavg'][0]:.2f} after the run, of which "
+                           f"fastnn bench {own:.1f}")
+    return {"cores": cores, "usable_cores": usable, "limit": limit,
+            "loadavg_before": before["loadavg"], "loadavg_after": after["loadavg"],
+            "others_busy_first": first, "others_busy_during": during, "seconds": wall,
+            "busy": reasons, "trusted": not reasons}
+
+
+# ---- the report ----
+
+def load_markdown(load):
+    """The load line, and the warning when the machine was busy."""
+    def avg(values):
+        return "unknown" if values is None else f"{values[0]:.2f}"
+    line = (f"Load: 1-minute load average {avg(load['loadavg_before'])} before, "
+            f"{avg(load['loadavg_after'])} after ({load['seconds']:.0f} s; {load['cores']} cores, "
+            f"{load['usable_cores']} usable by this process)")
+    if load["others_busy_first"] is not None:
+        line += (f"; other processes kept {load['others_busy_first']:.1f} cores busy as the "
+                 f"run started, {load['others_busy_during']:.1f} during the run")
+    lines = [line]
+    if not load["trusted"]:
+        lines.append(f"WARNING: the machine was busy ({' and '.join(load['busy'])}; the limit is "
+                     f"{load['limit']:g}, the cores less one): these figures cannot be trusted, "
+                     f"ratios least of all. Run fastnn bench again on an idle machine.")
+    return lines
+
+
+def doubt(report, *results):
+    """"?" for a figure made from these results when it is not to be trusted
+    (a busy machine, or an unsteady measurement), else "" (a GEMM floor, the
+    fastest of its runs, depends on the machine only)."""
+    trusted = report["load"]["trusted"] and all(r["steady"] for r in results)
+    return "" if trusted else "?"
 
 
 def markdown(report):
-    """The report as Markdown: machine, then network x implementation."""
-    m = report["machine"]
+    """The report as Markdown: machine and load, then network x
+    implementation, with only the columns that were measured; "?" marks a
+    figure not to be trusted (a busy machine, or an unsteady measurement)."""
+    m, load = report["machine"], report["load"]
     lines = [f"CPU: {m['cpu']}, {m['cores']} cores; numba threads {m['numba_threads']}; "
              f"BLAS: {'; '.join(m.get('blas', []))}; BLAS environment: {m['blas_env'] or 'none'}",
              f"GPU: {m.get('gpu', 'none')}; python {m['python']}, fastnn {m['fastnn']}, "
              f"numpy {m['numpy']}, numba {m['numba']}"
              + "".join(f", {k} {m[k]}" for k in ("torch", "jax") if k in m)
-             + (f" (torch threads {m['torch_threads']})" if "torch_threads" in m else ""), ""]
+             + (f" (torch threads {m['torch_threads']})" if "torch_threads" in m else "")]
+    lines += load_markdown(load) + [""]
     impls = [i for i in IMPLEMENTATIONS if any(r["implementation"] == i for r in report["results"])]
-    lines.append("| network | optimizer | " + " | ".join(impls) +
-                 " | GEMM floor | fastnn-cpu vs torch | fastnn-cpu vs jax | cpu step / floor |")
-    lines.append("|" + "---|" * (len(impls) + 6))
+    cpu = "fastnn-cpu" in impls
+    peers = [p for p in ("torch", "jax") if cpu and p in impls]
+    floors = report["gemm_floor"]
+    header = (impls + (["GEMM floor"] if floors else []) + [f"fastnn-cpu vs {p}" for p in peers]
+              + (["cpu step / floor"] if floors and cpu else []))
+    lines.append("| network | optimizer | " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * (len(header) + 2))
     keys = []
     for r in report["results"]:
         if (r["network"], r["optimizer"]) not in keys:
             keys.append((r["network"], r["optimizer"]))
     for net, opt in keys:
-        rate = {r["implementation"]: r["samples_per_s"] for r in report["results"]
-                if r["network"] == net and r["optimizer"] == opt}
-        floor = report["gemm_floor"].get(net)
-        cells = [f"{rate[i]:,.0f}" if i in rate else "-" for i in impls]
-
-        def ratio(other):
-            if "fastnn-cpu" in rate and other in rate:
-                return f"{rate['fastnn-cpu'] / rate[other]:.2f}x"
-            return "-"
-        step_vs_floor = (f"{floor / rate['fastnn-cpu']:.2f}" if floor and "fastnn-cpu" in rate
-                         else "-")
-        lines.append(f"| {net} | {opt} | " + " | ".join(cells) +
-                     f" | {floor:,.0f} | {ratio('torch')} | {ratio('jax')} | {step_vs_floor} |")
+        row = {r["implementation"]: r for r in report["results"]
+               if r["network"] == net and r["optimizer"] == opt}
+        cells = [f"{row[i]['samples_per_s']:,.0f}{doubt(report, row[i])}" if i in row else "-"
+                 for i in impls]
+        if floors:
+            cells.append(f"{floors[net]:,.0f}{doubt(report)}" if net in floors else "-")
+        for p in peers:
+            cells.append(f"{row['fastnn-cpu']['samples_per_s'] / row[p]['samples_per_s']:.2f}x"
+                         f"{doubt(report, row['fastnn-cpu'], row[p])}"
+                         if "fastnn-cpu" in row and p in row else "-")
+        if floors and cpu:
+            cells.append(f"{floors[net] / row['fastnn-cpu']['samples_per_s']:.2f}"
+                         f"{doubt(report, row['fastnn-cpu'])}"
+                         if net in floors and "fastnn-cpu" in row else "-")
+        lines.append(f"| {net} | {opt} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("samples/s, median of whole epochs after a warm-up epoch; float32; same data and "
                  "initial weights for every implementation.")
+    if not load["trusted"] or not all(r["steady"] for r in report["results"]):
+        lines.append(f"?: not to be trusted: measured on a busy machine (see the load above), or "
+                     f"the measurement's median epoch was more than {UNSTEADY:.0%} slower than its "
+                     f"fastest.")
     lines += gpu_markdown(report, keys)
     return "\n".join(lines)
 
@@ -423,17 +559,17 @@ def markdown(report):
 def gpu_markdown(report, keys):
     """fastnn on the GPU against PyTorch with CUDA graphs, beside the targets
     (GPU_TARGETS); no lines without both."""
-    rates = {(r["network"], r["optimizer"], r["implementation"]): r["samples_per_s"]
-             for r in report["results"]}
+    found = {(r["network"], r["optimizer"], r["implementation"]): r for r in report["results"]}
     rows = []
     for net, opt in keys:
-        reference = rates.get((net, opt, "torch-cuda-graphs"))
+        reference = found.get((net, opt, "torch-cuda-graphs"))
         for impl in ("fastnn-cuda", "fastnn-cuda-tf32"):
-            if reference and (net, opt, impl) in rates:
+            if reference and (net, opt, impl) in found:
                 target = GPU_TARGETS.get((net, impl))
-                ratio = rates[(net, opt, impl)] / reference
+                ratio = found[(net, opt, impl)]["samples_per_s"] / reference["samples_per_s"]
                 verdict = "-" if target is None else ("met" if ratio >= target else "not met")
-                rows.append(f"| {net} | {opt} | {impl} | {ratio:.2f}x | "
+                rows.append(f"| {net} | {opt} | {impl} | "
+                            f"{ratio:.2f}x{doubt(report, found[(net, opt, impl)], reference)} | "
                             f"{'-' if target is None else f'>= {target}x'} | {verdict} |")
     if not rows:
         return []
@@ -483,20 +619,34 @@ def main(argv=None):
     from .cli import _Parser, check_output_path
 
     parser = _Parser(prog="fastnn bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--networks", default=",".join(NETWORKS),
-                        help=f"comma-separated, from {', '.join(NETWORKS)} (default: all)")
-    parser.add_argument("--backends", default=",".join(IMPLEMENTATIONS),
+    parser.add_argument("--networks",
+                        help=f"comma-separated, from {', '.join(NETWORKS)} (default: all; with "
+                             f"--quick: {', '.join(QUICK_NETWORKS)})")
+    parser.add_argument("--backends",
                         help=f"comma-separated, from {', '.join(IMPLEMENTATIONS)} (default: all "
-                             "that are installed; numpy runs on tiny and small only)")
-    parser.add_argument("--optimizers", default=",".join(OPTIMIZERS), help="sgd, adam or both")
-    parser.add_argument("--quick", action="store_true", help="fewer, shorter epochs (under a minute)")
+                             f"that are installed, with --quick all but "
+                             f"{', '.join(QUICK_SKIPS)}; numpy runs on "
+                             f"{' and '.join(NUMPY_NETWORKS)} only)")
+    parser.add_argument("--optimizers",
+                        help=f"sgd, adam or both (default: both; with --quick: "
+                             f"{', '.join(QUICK_OPTIMIZERS)})")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer networks, shorter epochs, each measurement within a time "
+                             "budget (under a minute on an idle 2-core machine)")
     parser.add_argument("--json", metavar="PATH", help="write the raw numbers as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write a bar chart as PNG (needs matplotlib)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = parser.parse_args(argv)
-    networks = _choices(parser, args.networks, list(NETWORKS), "networks")
-    wanted = _choices(parser, args.backends, list(IMPLEMENTATIONS), "backends")
-    optimizers = _choices(parser, args.optimizers, list(OPTIMIZERS), "optimizers")
+
+    def chosen(option, valid, default, quick_default):
+        text = getattr(args, option)
+        if text is None:
+            return list(quick_default if args.quick else default)
+        return _choices(parser, text, list(valid), option)
+    networks = chosen("networks", NETWORKS, NETWORKS, QUICK_NETWORKS)
+    wanted = chosen("backends", IMPLEMENTATIONS, IMPLEMENTATIONS,
+                    [i for i in IMPLEMENTATIONS if i not in QUICK_SKIPS])
+    optimizers = chosen("optimizers", OPTIMIZERS, OPTIMIZERS, QUICK_OPTIMIZERS)
     for option, path in (("--json", args.json), ("--plot", args.plot)):
         if path is not None:
             check_output_path(path, option)
@@ -509,6 +659,8 @@ def main(argv=None):
               file=sys.stderr)
     report = run(networks, implementations, optimizers, quick=args.quick,
                  progress=not args.no_progress)
+    if not report["load"]["trusted"]:
+        print(load_markdown(report["load"])[-1], file=sys.stderr)
     print(markdown(report))
     if args.json:
         from .core.io import write_atomically
@@ -519,10 +671,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    # worker mode of run(): one measurement, its samples/s on the last line
-    if sys.argv[1:2] == ["--measure"]:
-        net, impl, opt = sys.argv[2:5]
-        print(measure(net, impl, opt, quick="--quick" in sys.argv))
+    # worker mode of run(): the measurements of a JSON list of (network, implementation,
+    # optimizer), a line of JSON each on stdout
+    if sys.argv[1:2] == ["--worker"]:
+        _worker([tuple(item) for item in json.loads(sys.argv[2])], quick="--quick" in sys.argv)
     else:
         from .cli import run_command
         sys.exit(run_command("bench", main))

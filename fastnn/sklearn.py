@@ -121,6 +121,9 @@ class _FastNNEstimator(BaseEstimator):
                 self.best_loss_, self._no_improvement_count = np.inf, 0
             stop = _MLPStopping("loss", self.tol, self.n_iter_no_change, self.best_loss_,
                                 self._no_improvement_count)
+        # a cold compile says so on stderr (once per machine and dtype), verbose or not
+        trainer.precompile(X, Y, validation_data=validation_data, batch_size=batch_size,
+                           epochs=self.max_iter, sample_weight=W)
         history = trainer.fit(X, Y, epochs=self.max_iter, batch_size=batch_size,
                               shuffle=self.shuffle, validation_data=validation_data,
                               progress=bool(self.verbose), early_stopping=stop, sample_weight=W)
@@ -149,6 +152,7 @@ class _FastNNEstimator(BaseEstimator):
         self._check_batchnorm_samples(X.shape[0])
         batch_size = self._batch_size(X.shape[0])
         trainer = self._trainer(params, batch_size, 1.0 if W is None else float(W.mean()))
+        trainer.precompile(X, Y, batch_size=batch_size, sample_weight=W)  # announced when cold
         history = trainer.fit(X, Y, epochs=1, batch_size=batch_size, shuffle=self.shuffle,
                               progress=False, sample_weight=W)
         self.device_ = trainer.device

@@ -236,16 +236,18 @@ def optimizer_update_launch(state, w, g, stream=0):
     (hyper and step included: the kernel decodes them with optim.py's
     functions; the step must already count this update)."""
     grid = k.update_grid(w.shape[0])
-    if isinstance(state, optim.SGDState):
-        return k.sgd_update[grid, k.THREADS, stream], (w, g, state.momentum_buffer,
+    kind, rows = int(state.kind), state.rows
+    if kind == optim.SGD:
+        return k.sgd_update[grid, k.THREADS, stream], (w, g, rows[optim.SGD_MOMENTUM],
                                                        state.hyper, state.step)
-    if isinstance(state, optim.RMSpropState):
-        return k.rmsprop_update[grid, k.THREADS, stream], (w, g, state.square_avg,
-                                                           state.grad_avg,
-                                                           state.momentum_buffer, state.hyper,
-                                                           state.step)
-    return k.adam_update[grid, k.THREADS, stream], (w, g, state.exp_avg, state.exp_avg_sq,
-                                                    state.hyper, state.step)
+    if kind == optim.RMSPROP:
+        return k.rmsprop_update[grid, k.THREADS, stream], (w, g, rows[optim.RMSPROP_SQUARE_AVG],
+                                                           rows[optim.RMSPROP_GRAD_AVG],
+                                                           rows[optim.RMSPROP_MOMENTUM],
+                                                           state.hyper, state.step)
+    return k.adam_update[grid, k.THREADS, stream], (w, g, rows[optim.ADAM_EXP_AVG],
+                                                    rows[optim.ADAM_EXP_AVG_SQ], state.hyper,
+                                                    state.step)
 
 
 def optimizer_update(state, w, g, stream=0):
@@ -253,7 +255,8 @@ def optimizer_update(state, w, g, stream=0):
     step on the host; the step is incremented there and both are copied over
     for the one launch."""
     state.step[0] += 1
-    on_device = type(state)(cuda.to_device(state.hyper), cuda.to_device(state.step), *state[2:])
+    on_device = state._replace(hyper=cuda.to_device(state.hyper),
+                               step=cuda.to_device(state.step))
     launch, args = optimizer_update_launch(on_device, w, g, stream)
     launch(*args)
 

@@ -22,15 +22,113 @@ uses (``from .jit import jit, inline``) and never calls ``njit`` itself.
                passes over data whose answer does not depend on the order
                (whether every value is finite, how many exceed a limit)
 
-Every flavour caches its machine code on disk (``cache=True``) and uses
-NumPy's error model (``error_model="numpy"``: a division by zero gives inf or
+Every flavour caches its machine code on disk (``cache=True``, in the one
+folder that ``KernelCacheLocator`` below chooses) and uses NumPy's error model (``error_model="numpy"``: a division by zero gives inf or
 NaN instead of raising, which lets the loops vectorize). The order of
 operations of every output is fixed when a kernel compiles, the same in every
 run and with any number of threads: fastmath flags change the rounding of a
 kernel against its reference, never its determinism.
 """
 
+import functools
+import hashlib
+import os
+
+import numba
+from numba import config as numba_config
 from numba import njit
+from numba.core import caching
+
+from fastnn.core import config
+
+
+# ---- where the compiled kernels are kept ----
+# numba keeps a function's machine code beside its source (__pycache__) by
+# default, so a source checkout and an installed copy of the same code would
+# each compile it. fastnn's compiled functions (those of the kernels and of
+# fastnn.core) are kept in one folder per user instead, keyed by the content
+# of every kernel source: any copy of the same code, wherever it is imported
+# from, loads what another compiled, and an edit to any kernel file (whose
+# functions may be inlined into those of another file) compiles afresh
+# instead of loading stale code.
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_DIGEST = []
+
+
+def sources_digest():
+    """SHA-256 (hex) of every kernel source file (this package, with its
+    subpackages), read once per process."""
+    if not _DIGEST:
+        digest = hashlib.sha256()
+        for folder, subfolders, files in sorted(os.walk(_HERE)):
+            subfolders[:] = sorted(d for d in subfolders if d != "__pycache__")
+            for name in sorted(f for f in files if f.endswith(".py")):
+                path = os.path.join(folder, name)
+                with open(path, "rb") as f:
+                    digest.update(os.path.relpath(path, _HERE).encode() + b"\0" + f.read())
+        _DIGEST.append(digest.hexdigest())
+    return _DIGEST[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _file_digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def kernel_cache_dir():
+    """The folder of this code's compiled cpu functions: under NUMBA_CACHE_DIR
+    when it is set, else in ``numba/`` of fastnn's cache folder
+    (FASTNN_CACHE_DIR, default ~/.cache/fastnn); one subfolder per numba
+    version and kernel sources."""
+    root = numba_config.CACHE_DIR or os.path.join(config.cache_dir(), "numba")
+    return os.path.join(root, f"fastnn-{numba.__version__}-{sources_digest()[:16]}")
+
+
+class KernelCacheLocator(caching._CacheLocator):
+    """numba's cache locator for fastnn's compiled functions: in
+    ``kernel_cache_dir()``, a subfolder per package (named as imported, so
+    that a checkout and an installation agree); the source stamp is the
+    function's file's content with ``sources_digest()``. Functions of other
+    packages, or a folder that cannot be written, are left to numba's own
+    locators."""
+
+    def __init__(self, py_func, py_file):
+        self._py_file = py_file
+        self._lineno = py_func.__code__.co_firstlineno
+        package = py_func.__module__.rpartition(".")[0]
+        self._cache_path = os.path.join(kernel_cache_dir(), package)
+
+    def get_cache_path(self):
+        return self._cache_path
+
+    def get_source_stamp(self):
+        return sources_digest(), _file_digest(self._py_file)
+
+    def get_disambiguator(self):
+        return str(self._lineno)
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        if not getattr(py_func, "__module__", "").startswith("fastnn.") \
+                or not os.path.isfile(py_file):
+            return None
+        locator = cls(py_func, py_file)
+        try:
+            locator.ensure_cache_path()
+        except OSError:
+            return None
+        return locator
+
+
+# numba's cache implementation class is CacheImpl (numba >= 0.61) or _CacheImpl
+_CACHE_IMPL = getattr(caching, "CacheImpl", None) or caching._CacheImpl
+if KernelCacheLocator not in _CACHE_IMPL._locator_classes:
+    _CACHE_IMPL._locator_classes.insert(0, KernelCacheLocator)
+
+
+# ---- the flavours ----
 
 _OPTIONS = dict(cache=True, error_model="numpy")
 

@@ -5,7 +5,8 @@ weights.
 
 Contract, shared by every version of the op (the losses on logits):
     z, y     : (n, k) network outputs (logits) and targets
-    w        : None, or (n,) float64 non-negative weights of the rows
+    w        : (n,) float64 non-negative weights of the rows, or empty (the
+               NumPy reference and the functional ops also take None): unweighted
     total    : float, what the weighted sum is divided by: the batch's sum of
                weights (its row count without weights). In data-parallel
                training a process holds a shard of the batch and ``total`` is
@@ -33,9 +34,10 @@ BCE on probabilities (``bce``): mean of -[y log z + (1 - y) log(1 - z)] over
 all elements, each log clamped at -100 as torch.nn.functional.binary_cross_entropy.
 The sums are accumulated in float64; the gradient is written in z's dtype.
 
-Inside the compiled engine a loss is a value whose type names it (the
-namedtuples below, built by ``engine_loss``), so that numba compiles only the
-loss a model trains with; Huber's delta rides in that value.
+Inside the compiled engine a loss is an ``EngineLoss`` (its code and Huber's
+delta, built by ``engine_loss``), one numba type for every loss: the engine is
+compiled once with every loss in it and picks one per batch at run time, so
+a model with another loss loads the same compiled engine.
 """
 
 from collections import namedtuple
@@ -56,34 +58,28 @@ LOSS_CODES = {"bce": BCE, "cross_entropy": CROSS_ENTROPY, "mse": MSE, "l1": L1, 
 #: the losses of a linear output (regression); the others are classification's
 REGRESSION_LOSSES = (MSE, L1, HUBER)
 
-# The compiled engine takes the loss as a value whose *type* names it, so that
-# numba compiles only the loss a model trains with (see loss_and_gradient).
-BinaryCrossEntropy = namedtuple("BinaryCrossEntropy", [])
-CrossEntropy = namedtuple("CrossEntropy", [])
-SquaredError = namedtuple("SquaredError", [])
-AbsoluteError = namedtuple("AbsoluteError", [])
-Huber = namedtuple("Huber", ["delta"])
-_ENGINE_TYPES = {BCE: BinaryCrossEntropy, CROSS_ENTROPY: CrossEntropy, MSE: SquaredError,
-                 L1: AbsoluteError, HUBER: Huber}
-_CODES = {cls: code for code, cls in _ENGINE_TYPES.items()}
+# The compiled engine takes the loss as a value of one type for every loss
+# (its code and Huber's delta), so that one compiled engine serves them all:
+# loss_and_gradient branches on the code once per batch.
+EngineLoss = namedtuple("EngineLoss", ["code", "delta"])
 
 
 def engine_loss(code, delta=1.0):
     """The engine's value for the loss ``code`` (LOSS_CODES); ``delta`` is
     Huber's threshold (a float64), unused by the other losses."""
-    if code == HUBER:
-        return Huber(float(delta))
-    return _ENGINE_TYPES[code]()
+    if code not in LOSS_CODES.values():
+        raise ValueError(f"unknown loss code {code!r}")
+    return EngineLoss(np.int64(code), np.float64(delta))
 
 
 def loss_code(loss):
     """The code (LOSS_CODES) of an ``engine_loss`` value."""
-    return _CODES[type(loss)]
+    return int(loss.code)
 
 
 def loss_delta(loss):
     """Huber's delta of an ``engine_loss`` value (1.0 for the other losses)."""
-    return loss.delta if isinstance(loss, Huber) else 1.0
+    return float(loss.delta) if loss_code(loss) == HUBER else 1.0
 
 
 # ---- reference (NumPy) ----
@@ -106,9 +102,12 @@ def loss_reference(code, z, y, w=None, total=None, delta=1.0):
     """The loss (float) and d loss / d z (float64) of the loss ``code`` on
     NumPy outputs z (n, k) and targets y, with optional row weights w (n,)
     and divisor ``total`` (None: w.sum(), or n without weights); see the
-    module docstring. The losses' reference, and the loss Trainer.evaluate
-    reports for the float64 outputs."""
+    module docstring; an empty w is no weights, as in the cpu kernels. The
+    losses' reference, and the loss Trainer.evaluate reports for the float64
+    outputs."""
     z, y = np.asarray(z, np.float64), np.asarray(y, np.float64)
+    if w is not None and np.size(w) == 0:
+        w = None
     n, k = z.shape
     if total is None:
         total = n if w is None else float(np.sum(w))
@@ -135,7 +134,7 @@ def loss_reference(code, z, y, w=None, total=None, delta=1.0):
     return float(np.sum(terms * scales)), gradient * scales
 
 
-# ---- cpu (2-D inputs; w None or (n,) float64; outputs passed last) ----
+# ---- cpu (2-D inputs; w (n,) float64, or empty: unweighted; outputs passed last) ----
 
 @jit
 def bce(z, y):
@@ -150,16 +149,17 @@ def bce(z, y):
 def bce_with_logits(z, y, w, total, dz):
     """Returns the weighted mean BCE on logits and writes d loss / d z into dz."""
     n, k = z.shape
+    weighted = w.shape[0] > 0
     scale = 1.0 / (total * k)
     value = 0.0
     for i in range(n):
         zr, yr, dzr = z[i], y[i], dz[i]
         row = 0.0
-        factor = scale if w is None else w[i] * scale
+        factor = w[i] * scale if weighted else scale
         for j in range(k):
             row += bce_with_logits_term(zr[j], yr[j])
             dzr[j] = (sigmoid(zr[j]) - yr[j]) * factor
-        value += row if w is None else w[i] * row
+        value += w[i] * row if weighted else row
     return value * scale
 
 
@@ -168,10 +168,11 @@ def cross_entropy(z, y, w, total, dz):
     """Returns the weighted mean softmax cross-entropy and writes d loss / d z
     into dz."""
     n, k = z.shape
+    weighted = w.shape[0] > 0
     value = 0.0
     for i in range(n):
         zr, yr, dzr = z[i], y[i], dz[i]
-        factor = 1.0 / total if w is None else w[i] / total
+        factor = w[i] / total if weighted else 1.0 / total
         top = zr[0]
         for j in range(1, k):
             top = max(top, zr[j])
@@ -186,7 +187,7 @@ def cross_entropy(z, y, w, total, dz):
             y_sum += yr[j]
         for j in range(k):
             dzr[j] = (np.exp(zr[j] - log_sum) * y_sum - yr[j]) * factor
-        value += row if w is None else w[i] * row
+        value += w[i] * row if weighted else row
     return value / total
 
 
@@ -194,16 +195,17 @@ def cross_entropy(z, y, w, total, dz):
 def squared_error(z, y, w, total, dz):
     """Returns the weighted mean squared error and writes d loss / d z into dz."""
     n, k = z.shape
+    weighted = w.shape[0] > 0
     scale = 1.0 / (total * k)
     value = 0.0
     for i in range(n):
         zr, yr, dzr = z[i], y[i], dz[i]
         row = 0.0
-        factor = scale if w is None else w[i] * scale
+        factor = w[i] * scale if weighted else scale
         for j in range(k):
             row += squared_error_term(np.float64(zr[j]), np.float64(yr[j]))
             dzr[j] = squared_error_grad(zr[j], yr[j]) * factor
-        value += row if w is None else w[i] * row
+        value += w[i] * row if weighted else row
     return value * scale
 
 
@@ -211,16 +213,17 @@ def squared_error(z, y, w, total, dz):
 def absolute_error(z, y, w, total, dz):
     """Returns the weighted mean absolute error and writes d loss / d z into dz."""
     n, k = z.shape
+    weighted = w.shape[0] > 0
     scale = 1.0 / (total * k)
     value = 0.0
     for i in range(n):
         zr, yr, dzr = z[i], y[i], dz[i]
         row = 0.0
-        factor = scale if w is None else w[i] * scale
+        factor = w[i] * scale if weighted else scale
         for j in range(k):
             row += absolute_error_term(np.float64(zr[j]), np.float64(yr[j]))
             dzr[j] = absolute_error_grad(zr[j], yr[j]) * factor
-        value += row if w is None else w[i] * row
+        value += w[i] * row if weighted else row
     return value * scale
 
 
@@ -228,48 +231,48 @@ def absolute_error(z, y, w, total, dz):
 def huber(z, y, w, total, delta, dz):
     """Returns the weighted mean Huber loss and writes d loss / d z into dz."""
     n, k = z.shape
+    weighted = w.shape[0] > 0
     scale = 1.0 / (total * k)
     value = 0.0
     for i in range(n):
         zr, yr, dzr = z[i], y[i], dz[i]
         row = 0.0
-        factor = scale if w is None else w[i] * scale
+        factor = w[i] * scale if weighted else scale
         for j in range(k):
             row += huber_term(np.float64(zr[j]), np.float64(yr[j]), delta)
             dzr[j] = huber_grad(np.float64(zr[j]), np.float64(yr[j]), delta) * factor
-        value += row if w is None else w[i] * row
+        value += w[i] * row if weighted else row
     return value * scale
 
 
 def loss_and_gradient(loss, z, y, w, total, dz):
     """The engine's loss: returns sum_i w_i l_i / total and writes d loss / d z
-    into dz, for ``loss`` an ``engine_loss`` value and w None or the rows'
-    weights. Compiled code gets the cpu kernel of that loss only (chosen by
-    the type of ``loss`` when numba compiles the caller); called from Python,
-    it runs the NumPy reference."""
+    into dz, for ``loss`` an ``engine_loss`` value and w the rows' weights
+    (empty: unweighted). In compiled code, the cpu kernel of ``loss.code`` (every loss is
+    compiled in, chosen at run time); called from Python, the NumPy
+    reference."""
     value, gradient = loss_reference(loss_code(loss), z, y, w, total, loss_delta(loss))
     dz[...] = gradient
     return value
 
 
 @overload(loss_and_gradient)
-def _loss_and_gradient_by_type(loss, z, y, w, total, dz):
-    kind = getattr(loss, "instance_class", None)
-    if kind is Huber:
-        return lambda loss, z, y, w, total, dz: huber(z, y, w, total, loss.delta, dz)
-    kernel = {BinaryCrossEntropy: bce_with_logits, CrossEntropy: cross_entropy,
-              SquaredError: squared_error, AbsoluteError: absolute_error}.get(kind)
-    if kernel is not None:
-        return lambda loss, z, y, w, total, dz: kernel(z, y, w, total, dz)
-    return None
+def _loss_and_gradient_compiled(loss, z, y, w, total, dz):
+    if getattr(loss, "instance_class", None) is not EngineLoss:
+        return None
+    return lambda loss, z, y, w, total, dz: cpu_loss(loss, z, y, w, total, dz)
 
 
+@jit
 def cpu_loss(loss, z, y, w, total, dz):
-    """``loss_and_gradient`` on the cpu kernels, called from Python (the
-    functional ops)."""
-    code = loss_code(loss)
-    if code == HUBER:
-        return huber(z, y, w, total, loss.delta, dz)
-    kernel = {BCE: bce_with_logits, CROSS_ENTROPY: cross_entropy, MSE: squared_error,
-              L1: absolute_error}[code]
-    return kernel(z, y, w, total, dz)
+    """``loss_and_gradient`` on the cpu kernel of ``loss.code``."""
+    code = loss.code
+    if code == BCE:
+        return bce_with_logits(z, y, w, total, dz)
+    if code == CROSS_ENTROPY:
+        return cross_entropy(z, y, w, total, dz)
+    if code == MSE:
+        return squared_error(z, y, w, total, dz)
+    if code == L1:
+        return absolute_error(z, y, w, total, dz)
+    return huber(z, y, w, total, loss.delta, dz)

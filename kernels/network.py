@@ -88,8 +88,8 @@ The description (built once per model by ``fastnn.core.layers.Sequential``):
 The loss (``loss``, an ``engine_loss`` value of loss.py) is one of
 loss.py's: binary cross-entropy on the output logits, softmax cross-entropy
 (Y then holds one-hot rows), or a regression loss on the linear outputs.
-Sample weights (``W``: None, or (N,) float64 >= 0, one per row of X) make it
-the weighted mean over each mini-batch, sum_i w_i l_i / sum_i w_i (the
+Sample weights (``W``: (N,) float64 >= 0, one per row of X; empty, or None,
+for none: see ``sample_weights``) make it the weighted mean over each mini-batch, sum_i w_i l_i / sum_i w_i (the
 divisor is the whole global batch's sum in data-parallel training, which
 every process computes from its own copy of W and the index). BatchNorm's
 batch statistics are not weighted. The caller leaves out the batches whose
@@ -333,25 +333,41 @@ def gradient(ws, which, rows, cols):
 
 # ---- data movement (kernels, each with a NumPy reference below) ----
 
+def sample_weights(W):
+    """The engine's sample weights: W, or for None an empty (0,) float64
+    array, which the engine reads as "unweighted". The engine is called with
+    an array either way (HostSession), so that a weighted and an unweighted
+    fit run one compiled engine."""
+    return np.zeros(0) if W is None else W
+
+
+@overload(sample_weights)
+def _sample_weights_compiled(W):
+    if W is None or isinstance(W, nbtypes.NoneType):
+        return lambda W: np.zeros(0)
+    return lambda W: W
+
+
 @internal
 def gather_batch(X, Y, W, index, start, n, xb, yb, wb):
     """xb[i] = X[index[start + i]], yb[i] = Y[index[start + i]] and, when W is
-    not None, wb[i] = W[index[start + i]], for i < n."""
+    not empty, wb[i] = W[index[start + i]], for i < n."""
+    weighted = W.shape[0] > 0
     for i in range(n):
         row = index[start + i]
         for j in range(X.shape[1]):
             xb[i, j] = X[row, j]
         for j in range(Y.shape[1]):
             yb[i, j] = Y[row, j]
-        if W is not None:
+        if weighted:
             wb[i] = W[row]
 
 
 @internal
 def batch_total(W, index, start, n):
     """What the loss of rows index[start:start + n] divides by: their weights'
-    sum (float64, in row order), or n without weights."""
-    if W is None:
+    sum (float64, in row order), or n without weights (W empty)."""
+    if W.shape[0] == 0:
         return float(n)
     total = 0.0
     for i in range(n):
@@ -359,16 +375,10 @@ def batch_total(W, index, start, n):
     return total
 
 
+@inline
 def batch_weights(W, wb, n):
-    """The weights the loss takes: None without weights, else wb[:n]."""
-    return None if W is None else wb[:n]
-
-
-@overload(batch_weights)
-def _batch_weights_by_type(W, wb, n):
-    if W is None or isinstance(W, nbtypes.NoneType):
-        return lambda W, wb, n: None
-    return lambda W, wb, n: wb[:n]
+    """The weights the loss takes: wb[:n], or empty without weights."""
+    return wb[:n] if W.shape[0] > 0 else wb[:0]
 
 
 @internal
@@ -522,21 +532,22 @@ def train_step(net, ws, grads, X, Y, W, index, start, n_global, loss, comm):
     Leaves the gradient of every parameter in grads[:P] and returns the
     batch's (weighted) mean loss; the optimizer update is a separate call.
     """
+    weights = sample_weights(W)
     offset, n = shard(comm, start, n_global)
     ws.dropout[DROPOUT_ROW] = np.uint64(offset - start)  # the shard's rows in the global batch
     n_params = net.params.shape[0]
     # the global batch's divisor: every process computes it over all the batch's rows
-    total = batch_total(W, index, start, n_global)
+    total = batch_total(weights, index, start, n_global)
     # a shard may have no rows (a last batch smaller than the process count): it then
     # computes zero gradients and still takes part in every all-reduce
     xb, _ = layer_blocks(net, ws, FIRST_LAYER, n)
-    gather_batch(X, Y, W, index, offset, n, xb, ws.targets, ws.weights)
+    gather_batch(X, Y, weights, index, offset, n, xb, ws.targets, ws.weights)
     forward(net, ws, n, n_global, TRAINING, comm)
     dlogits = gradient(ws, LOSS_GRADIENT, n, Y.shape[1])
     value = 0.0
     if n > 0:  # this shard's part of the global batch's loss and gradient
         value = loss_and_gradient(loss, network_output(net, ws, n), ws.targets[:n],
-                                  batch_weights(W, ws.weights, n), total, dlogits)
+                                  batch_weights(weights, ws.weights, n), total, dlogits)
     backward(net, ws, grads, n, n_global, comm)
     grads[n_params] = value
     allreduce_sum(comm, grads)  # every gradient and the loss, in one call
@@ -613,7 +624,7 @@ def share_running_statistics(net, comm):
 def train_epoch(net, ws, grads, opt, X, Y, W, index, batch_size, skip_single, losses, sizes,
                 loss, guard, comm):
     """One epoch of mini-batch training over rows ``index`` of (X, Y), with
-    sample weights W (None: unweighted).
+    sample weights W (empty or None: unweighted).
 
     Batch b covers index[b * batch_size:(b + 1) * batch_size]; a last batch
     of one row is skipped when ``skip_single`` (BatchNorm needs two rows).
@@ -730,12 +741,12 @@ def _gather_batch(X, Y, W, index, start, n, xb, yb, wb):
     rows = index[start:start + n]
     _store(xb[:n], X[rows])
     _store(yb[:n], Y[rows])
-    if W is not None:
+    if W.shape[0] > 0:
         _store(wb[:n], W[rows])
 
 
 def _batch_total(W, index, start, n):
-    return float(n) if W is None else float(np.sum(W[index[start:start + n]]))
+    return float(n) if W.shape[0] == 0 else float(np.sum(W[index[start:start + n]]))
 
 
 #: each kernel the walks call, by name, and its NumPy reference with the same

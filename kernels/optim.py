@@ -5,20 +5,25 @@ Contract, shared by every version of the op:
              live in one flat buffer, so one call updates every tensor)
     out    : (n,) the updated parameters (the cpu update; w itself for an
              update in place)
-    state  : one named tuple per optimizer (``SGDState``, ``RMSpropState``,
-             ``AdamState``), holding
+    state  : an ``OptimizerState``, one type for every optimizer, holding
+               kind  : int64, SGD, RMSPROP or ADAM
                hyper : (HYPER_SIZE,) float64, the hyper-parameters at the
                        named slots below (LR, WEIGHT_DECAY, ...), the same
                        layout for every optimizer; the lr may change between
                        epochs (``hyper[LR] = ...``)
                step  : (1,) int64, the number of updates taken so far; an
                        update first increments it
-               and the optimizer's named (n,) buffers in w's dtype:
-               SGD      momentum_buffer
-               RMSprop  square_avg, momentum_buffer, grad_avg
-               Adam     exp_avg, exp_avg_sq
-             The buffers are rows of one (3, n) array owned by the Python
-             optimizer (``STATE_ROWS``), which checkpoints save as it is.
+               rows  : (3, n) in w's dtype, the optimizer's buffers, one per
+                       row (``STATE_ROWS`` names them; ``state_buffer``
+                       reads one by name):
+                       SGD      momentum_buffer
+                       RMSprop  square_avg, momentum_buffer, grad_avg
+                       Adam     exp_avg, exp_avg_sq
+                       the Python optimizer's own array, which checkpoints
+                       save as it is.
+             As every optimizer has the same type, a compiled engine holds
+             the three updates and picks one per step at run time: a model
+             with another optimizer loads the same compiled engine.
 The formulas are PyTorch's single-tensor ones (torch.optim.SGD, RMSprop,
 Adam). The hyper-parameter vector is decoded in one place per optimizer
 (``sgd_scalars``, ``rmsprop_scalars``, ``adam_scalars``): the derived scalars
@@ -61,20 +66,30 @@ def pack_hyper(**values):
 
 
 # ---- the state each optimizer carries ----
-SGDState = namedtuple("SGDState", ["hyper", "step", "momentum_buffer"])
-RMSpropState = namedtuple("RMSpropState", ["hyper", "step", "square_avg", "momentum_buffer",
-                                           "grad_avg"])
-AdamState = namedtuple("AdamState", ["hyper", "step", "exp_avg", "exp_avg_sq"])
-STATE_TYPES = {SGD: SGDState, RMSPROP: RMSpropState, ADAM: AdamState}
+OptimizerState = namedtuple("OptimizerState", ["kind", "hyper", "step", "rows"])
 #: which row of the optimizer's (3, n) state array each named buffer is
 STATE_ROWS = {SGD: ("momentum_buffer",), RMSPROP: ("square_avg", "momentum_buffer", "grad_avg"),
               ADAM: ("exp_avg", "exp_avg_sq")}
+SGD_MOMENTUM = STATE_ROWS[SGD].index("momentum_buffer")
+RMSPROP_SQUARE_AVG = STATE_ROWS[RMSPROP].index("square_avg")
+RMSPROP_MOMENTUM = STATE_ROWS[RMSPROP].index("momentum_buffer")
+RMSPROP_GRAD_AVG = STATE_ROWS[RMSPROP].index("grad_avg")
+ADAM_EXP_AVG = STATE_ROWS[ADAM].index("exp_avg")
+ADAM_EXP_AVG_SQ = STATE_ROWS[ADAM].index("exp_avg_sq")
 
 
 def optimizer_state(kind, hyper, step, rows):
-    """The named state for optimizer ``kind`` over the (3, n) array ``rows``
-    (views, so updates land in ``rows``)."""
-    return STATE_TYPES[kind](hyper, step, *(rows[i] for i in range(len(STATE_ROWS[kind]))))
+    """The state of optimizer ``kind`` (SGD, RMSPROP or ADAM) over its
+    hyper-parameters, step count and (3, n) buffer array ``rows`` (updates
+    land in ``rows``)."""
+    if kind not in STATE_ROWS:
+        raise ValueError(f"unknown optimizer kind {kind!r}")
+    return OptimizerState(np.int64(kind), hyper, step, rows)
+
+
+def state_buffer(state, name):
+    """The (n,) buffer ``name`` (STATE_ROWS) of ``state``: a view of its row."""
+    return state.rows[STATE_ROWS[int(state.kind)].index(name)]
 
 
 # ---- the hyper-parameters, decoded once per optimizer ----
@@ -157,25 +172,27 @@ def adam_reference(w, g, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
 def optimizer_update_reference(state, w, g):
     """One update of every element of w, as ``optimizer_update`` (NumPy)."""
     state.step[0] += 1
-    step, h = int(state.step[0]), state.hyper
-    if isinstance(state, SGDState):
-        sgd_reference(w, g, state.momentum_buffer, step, h[LR], h[MOMENTUM], h[DAMPENING],
+    step, h, rows, kind = int(state.step[0]), state.hyper, state.rows, int(state.kind)
+    if kind == SGD:
+        sgd_reference(w, g, rows[SGD_MOMENTUM], step, h[LR], h[MOMENTUM], h[DAMPENING],
                       bool(h[NESTEROV]), h[WEIGHT_DECAY])
-    elif isinstance(state, RMSpropState):
-        rmsprop_reference(w, g, state.square_avg, state.grad_avg, state.momentum_buffer, h[LR],
-                          h[ALPHA], h[EPS], h[MOMENTUM], h[WEIGHT_DECAY], bool(h[CENTERED]))
+    elif kind == RMSPROP:
+        rmsprop_reference(w, g, rows[RMSPROP_SQUARE_AVG], rows[RMSPROP_GRAD_AVG],
+                          rows[RMSPROP_MOMENTUM], h[LR], h[ALPHA], h[EPS], h[MOMENTUM],
+                          h[WEIGHT_DECAY], bool(h[CENTERED]))
     else:
-        adam_reference(w, g, state.exp_avg, state.exp_avg_sq, step, h[LR], h[BETA1], h[BETA2],
-                       h[EPS], h[WEIGHT_DECAY], bool(h[DECOUPLED]))
+        adam_reference(w, g, rows[ADAM_EXP_AVG], rows[ADAM_EXP_AVG_SQ], step, h[LR], h[BETA1],
+                       h[BETA2], h[EPS], h[WEIGHT_DECAY], bool(h[DECOUPLED]))
 
 
 # ---- cpu ----
-# The three updates are compiled as the implementations of optimizer_update
-# (below), into each engine that uses them, and only there. Each reads the
+# The three updates are compiled into optimizer_update (below), and so into
+# each engine, which picks one per step by the state's kind. Each reads the
 # parameters from w and writes the updated ones to out, which may be w itself:
 # the engine keeps the parameters of the step before in w (see network.py's
 # Guard), the functional API updates in place.
 
+@jit
 def sgd_update(state, w, g, out):
     state.step[0] += 1
     lr, momentum, one_minus_dampening, nesterov, weight_decay, first_step = sgd_scalars(
@@ -186,28 +203,31 @@ def sgd_update(state, w, g, out):
             out[i], _ = sgd_element(w[i], g[i], unused, lr, momentum, one_minus_dampening,
                                     nesterov, weight_decay, first_step)
         return
-    buf = state.momentum_buffer
+    buf = state.rows[SGD_MOMENTUM]
     for i in range(w.shape[0]):
         out[i], buf[i] = sgd_element(w[i], g[i], buf[i], lr, momentum, one_minus_dampening,
                                      nesterov, weight_decay, first_step)
 
 
+@jit
 def rmsprop_update(state, w, g, out):
     state.step[0] += 1
     lr, alpha, one_minus_alpha, eps, momentum, weight_decay, centered = rmsprop_scalars(
         state.hyper, w)
-    square_avg, grad_avg, buf = state.square_avg, state.grad_avg, state.momentum_buffer
+    square_avg = state.rows[RMSPROP_SQUARE_AVG]
+    grad_avg, buf = state.rows[RMSPROP_GRAD_AVG], state.rows[RMSPROP_MOMENTUM]
     for i in range(w.shape[0]):
         out[i], square_avg[i], grad_avg[i], buf[i] = rmsprop_element(
             w[i], g[i], square_avg[i], grad_avg[i], buf[i], lr, alpha, one_minus_alpha, eps,
             momentum, weight_decay, centered)
 
 
+@jit
 def adam_update(state, w, g, out):
     state.step[0] += 1
     (one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay_factor, decoupled,
      step_size, bias_correction2_sqrt) = adam_scalars(state.hyper, state.step[0], w)
-    m, v = state.exp_avg, state.exp_avg_sq
+    m, v = state.rows[ADAM_EXP_AVG], state.rows[ADAM_EXP_AVG_SQ]
     for i in range(w.shape[0]):
         out[i], m[i], v[i] = adam_element(w[i], g[i], m[i], v[i], one_minus_beta1, beta2,
                                           one_minus_beta2, eps, weight_decay, decay_factor,
@@ -216,21 +236,27 @@ def adam_update(state, w, g, out):
 
 def optimizer_update(state, w, g, out):
     """One update of every parameter in the flat buffer w from its gradient g,
-    written to out (w itself for an update in place); the optimizer is chosen
-    by the type of ``state`` when numba compiles the caller, so an engine
-    compiles only the update it uses."""
+    written to out (w itself for an update in place), by the optimizer
+    ``state.kind``: compiled code holds the three updates and branches once
+    per call; called from Python, the NumPy reference runs."""
     if out is not w:
         out[...] = w
     optimizer_update_reference(state, out, g)
 
 
 @overload(optimizer_update)
-def _optimizer_update_by_state_type(state, w, g, out):
-    if isinstance(state, types.NamedTuple):
-        update = {SGDState: sgd_update, RMSpropState: rmsprop_update,
-                  AdamState: adam_update}.get(state.instance_class)
-        return update
-    return None
+def _optimizer_update_compiled(state, w, g, out):
+    if not (isinstance(state, types.NamedTuple) and state.instance_class is OptimizerState):
+        return None
+
+    def update(state, w, g, out):
+        if state.kind == SGD:
+            sgd_update(state, w, g, out)
+        elif state.kind == RMSPROP:
+            rmsprop_update(state, w, g, out)
+        else:
+            adam_update(state, w, g, out)
+    return update
 
 
 @jit

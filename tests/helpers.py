@@ -2,8 +2,8 @@
 
 tests/ is on sys.path (pyproject.toml's pythonpath), also for the tests/cuda
 run under the CUDA simulator, so every test file imports these as
-``from helpers import ...``. The case table shared with bench/ is cases.py;
-the fixtures built on these helpers are in conftest.py.
+``from helpers import ...``. The case table shared with bench/ is
+fastnn.benchmarks.cases; the fixtures built on these helpers are in conftest.py.
 """
 
 import copy
@@ -20,7 +20,7 @@ import pytest
 import fastnn as fn
 from fastnn.core.cuda_backend import cuda_available
 
-from cases import as_float64, make_inputs, run, tolerance
+from fastnn.benchmarks.cases import as_float64, make_inputs, run, tolerance
 
 # tests/cuda runs under the CUDA simulator (see tests/test_cuda_simulator.py)
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"

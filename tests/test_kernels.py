@@ -8,7 +8,8 @@ rtol a small multiple of the dtype's eps (see cases.tolerance).
 import numpy as np
 import pytest
 
-from cases import BACKENDS, DENSE_PATH_SHAPES, DTYPES, TEST_CASES, Case, make_inputs, run
+from fastnn.benchmarks.cases import (BACKENDS, DENSE_PATH_SHAPES, DTYPES, TEST_CASES, Case,
+                                     make_inputs, run)
 from fastnn.kernels import dense
 from helpers import check_against_reference
 

@@ -36,6 +36,12 @@ from .compilation import compile_ahead
 from .cuda_backend import CudaBackend
 
 
+def engine_description(dtype):
+    """What a compile of the cpu engine for ``dtype`` compiles, as its notice says."""
+    return (f"the {np.dtype(dtype).name} cpu engine (every layer, loss and optimizer, with "
+            f"or without sample weights)")
+
+
 class HostSession:
     """One ``fit`` on a host backend: the workspace, gradients and guard are
     allocated once, then each epoch is one engine call that trains the
@@ -45,7 +51,8 @@ class HostSession:
 
     def __init__(self, backend, model, optimizer, X, Y, batch, engine_loss, comm=None,
                  weights=None, dropout_key=0, clip_norm=0.0, clip_value=0.0):
-        self.backend, self.model, self.X, self.Y, self.W = backend, model, X, Y, weights
+        self.backend, self.model, self.X, self.Y = backend, model, X, Y
+        self.W = network.sample_weights(weights)  # an array either way: one compiled engine
         self.loss = engine_loss
         self.net = model.network()
         self.opt = optimizer.engine_state(model.n_params, model.dtype)
@@ -117,7 +124,7 @@ class NumpyBackend:
         net = model.network()
         if self.compiled:
             compile_ahead([(self.engine_predict_logits, (net, ws, X, out))],
-                          f"the cpu kernels for {np.dtype(model.dtype).name}")
+                          engine_description(model.dtype))
         self.engine_predict_logits(net, ws, X, out)
         return out
 
@@ -201,11 +208,12 @@ class CpuBackend(NumpyBackend):
                               np.zeros(1, np.int64))
         communicator = None if comm is None else comm.communicator(8)
         index, losses, sizes = np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
-        work = [(network.train_epoch, (net, ws, np.zeros(1, dtype), opt, X, Y, weights, index,
+        work = [(network.train_epoch, (net, ws, np.zeros(1, dtype), opt, X, Y,
+                                       network.sample_weights(weights), index,
                                        1, True, losses, sizes, loss, guard, communicator))]
         if X_val is not None:
             work.append((network.predict_logits, (net, ws, X_val, np.zeros((0, k), dtype))))
-        return compile_ahead(work, f"the cpu kernels for {np.dtype(dtype).name}", announce)
+        return compile_ahead(work, engine_description(dtype), announce)
 
     def copies_weights(self):
         """Whether the dense forward multiplies a transposed copy of a small
@@ -240,7 +248,8 @@ class CpuBackend(NumpyBackend):
     def loss(self, engine_loss, z, y, w):
         dz = np.empty_like(z)
         total = z.shape[0] if w is None else float(np.sum(w))
-        return float(kloss.cpu_loss(engine_loss, z, y, w, total, dz)), dz
+        weights = np.zeros(0) if w is None else w
+        return float(kloss.cpu_loss(engine_loss, z, y, weights, total, dz)), dz
 
     def dense_forward(self, x, w, b):
         y = np.empty((x.shape[0], w.shape[0]), x.dtype)

@@ -1,9 +1,12 @@
 """Compiling the engine before it is timed, and saying so when it takes long.
 
 numba compiles a kernel the first time it meets a signature, then keeps the
-machine code in its on-disk cache (``cache=True`` everywhere): the first fit
-of an installation compiles for several seconds, later processes load the
-cache in a fraction of a second. Sessions compile (or load) their engine
+machine code in its on-disk cache (``cache=True`` everywhere, in the one
+folder per user of ``fastnn.kernels.jit.kernel_cache_dir``): the first fit
+on a machine compiles the engine of its dtype for several seconds, with every
+loss, optimizer and option in it; every later fit in that dtype, in any
+process, from any entry point (the Trainer, the estimators, the command line,
+a source checkout or an installed copy), loads it in a fraction of a second. Sessions compile (or load) their engine
 before the first epoch through ``compile_ahead``, so compile time is never
 counted as training time, and the first time in a process that this takes
 longer than half a second, one line on stderr says what is happening. The
@@ -20,15 +23,18 @@ import numba
 import numpy as np
 from numba.core.compiler_lock import global_compiler_lock
 
+from fastnn.kernels.jit import kernel_cache_dir
+
 NOTICE_DELAY = 0.5  # seconds of compiling (not loading from the cache) before the notice
 _announced = threading.Event()  # once per process
 
 
 @contextmanager
-def announce_compilation(what, enabled=True, stream=None):
+def announce_compilation(what, enabled=True, stream=None, where="numba's cache"):
     """Around a block that may compile: if it runs longer than NOTICE_DELAY
     seconds and no notice was printed yet in this process, print
-    ``fastnn: compiling <what> (first run only) ... done in T s`` on one line."""
+    ``fastnn: compiling <what>, once: later runs load it from <where> ...
+    done in T s`` on one line."""
     stream = sys.stderr if stream is None else stream
     if not enabled or _announced.is_set():
         yield
@@ -40,8 +46,7 @@ def announce_compilation(what, enabled=True, stream=None):
         if not _announced.is_set():
             _announced.set()
             printed.set()
-            stream.write(f"fastnn: compiling {what} (first run only; later runs load them "
-                         f"from numba's cache) ...")
+            stream.write(f"fastnn: compiling {what}, once: later runs load it from {where} ...")
             stream.flush()
 
     timer = threading.Timer(NOTICE_DELAY, notice)
@@ -75,7 +80,7 @@ def compile_ahead(work, what, announce=True):
         else:
             missing.append((dispatcher, signature, key))
     if missing:
-        with announce_compilation(what, announce):
+        with announce_compilation(what, announce, where=kernel_cache_dir()):
             for dispatcher, signature, key in missing:
                 dispatcher.compile(signature)
                 _ready.add(key)

@@ -301,16 +301,14 @@ class CudaBackend:
         return self._out(on_device, dx)
 
     def optimizer_update(self, state, w, g):
-        """In place on w and the named state's buffers, host or device arrays
+        """In place on w and the state's buffer rows, host or device arrays
         (the state's hyper and step stay on the host)."""
         m = _cuda()
-        buffers = [getattr(state, name) for name in state._fields[2:]]
-        on_device, (d_w, d_g, *d_buffers) = self._in(w, g, *buffers)
-        m.network.optimizer_update(type(state)(state.hyper, state.step, *d_buffers), d_w, d_g)
+        on_device, (d_w, d_g, d_rows) = self._in(w, g, state.rows)
+        m.network.optimizer_update(state._replace(rows=d_rows), d_w, d_g)
         if not on_device:
             d_w.copy_to_host(w)
-            for host, device in zip(buffers, d_buffers):
-                device.copy_to_host(host)
+            d_rows.copy_to_host(state.rows)
 
     # ---- training ----
     def prepare(self, model, optimizer, X, Y, loss, comm=None, X_val=None, announce=True,

@@ -73,9 +73,8 @@ class Optimizer:
         raise NotImplementedError
 
     def engine_state(self, n_params, dtype):
-        """The kernels' named state (kernels/optim.py: SGDState, RMSpropState
-        or AdamState) over this optimizer's arrays, so that the kernels update
-        them in place; (re)allocates them when the parameter count or dtype
+        """The kernels' state (kernels/optim.py's OptimizerState) over this
+        optimizer's arrays, so that the kernels update them in place; (re)allocates them when the parameter count or dtype
         changed, converts them when only the dtype did."""
         if self.state is None or self.state.shape[1] != n_params:
             self.state = np.zeros((3, n_params), dtype)

@@ -11,7 +11,10 @@ barrier between the blocks' partial sums and the update).
 
 from ..elementwise import adam_element, rmsprop_element, sgd_element
 from ..network import BATCHNORM
-from ..optim import ADAM, RMSPROP, SGD, STATE_ROWS, adam_scalars, rmsprop_scalars, sgd_scalars
+from ..optim import (
+    ADAM, ADAM_EXP_AVG, ADAM_EXP_AVG_SQ, RMSPROP, RMSPROP_GRAD_AVG, RMSPROP_MOMENTUM,
+    RMSPROP_SQUARE_AVG, SGD, SGD_MOMENTUM, adam_scalars, rmsprop_scalars, sgd_scalars,
+)
 from .primitives import SIMULATOR, device
 
 if SIMULATOR:
@@ -32,15 +35,6 @@ def count_batch(table, models, opt, guard, m, slot):
         if table[l].kind == BATCHNORM:
             guard.counts[m, slot, l] = models.counts[m, l]
             models.counts[m, l] += 1
-
-
-# which row of the optimizer's state holds each named buffer (optim.STATE_ROWS)
-SGD_MOMENTUM = STATE_ROWS[SGD].index("momentum_buffer")
-RMSPROP_SQUARE_AVG = STATE_ROWS[RMSPROP].index("square_avg")
-RMSPROP_MOMENTUM = STATE_ROWS[RMSPROP].index("momentum_buffer")
-RMSPROP_GRAD_AVG = STATE_ROWS[RMSPROP].index("grad_avg")
-ADAM_EXP_AVG = STATE_ROWS[ADAM].index("exp_avg")
-ADAM_EXP_AVG_SQ = STATE_ROWS[ADAM].index("exp_avg_sq")
 
 
 @device

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numba import cuda
 
-from cases import DENSE_PATHS, DTYPES, TEST_CASES
+from fastnn.benchmarks.cases import DENSE_PATHS, DTYPES, TEST_CASES
 from helpers import SIMULATOR, check_against_reference
 
 import fastnn as fn

@@ -2,7 +2,8 @@
 
 Every (op, shape) here is checked against the float64 NumPy reference in
 tests/test_kernels.py on every backend, and timed by bench/bench_kernels.py:
-whatever is benchmarked is also tested.
+whatever is benchmarked is also tested. Both import it as
+``fastnn.benchmarks.cases``, from an installed fastnn or a checkout.
 """
 
 from dataclasses import dataclass
