@@ -61,8 +61,7 @@ def sources_digest():
     subpackages), read once per process."""
     if not _DIGEST:
         digest = hashlib.sha256()
-        for folder, subfolders, files in sorted(os.walk(_HERE)):
-            subfolders[:] = sorted(d for d in subfolders if d != "__pycache__")
+        for folder, _, files in sorted(os.walk(_HERE)):
             for name in sorted(f for f in files if f.endswith(".py")):
                 path = os.path.join(folder, name)
                 with open(path, "rb") as f:
@@ -122,7 +121,7 @@ class KernelCacheLocator(caching._CacheLocator):
         return locator
 
 
-# numba's cache implementation class is CacheImpl (numba >= 0.61) or _CacheImpl
+# numba's cache implementation class: CacheImpl in recent releases, _CacheImpl in older ones
 _CACHE_IMPL = getattr(caching, "CacheImpl", None) or caching._CacheImpl
 if KernelCacheLocator not in _CACHE_IMPL._locator_classes:
     _CACHE_IMPL._locator_classes.insert(0, KernelCacheLocator)

@@ -13,7 +13,7 @@ import pytest
 
 import fastnn as fn
 from fastnn.bench import NETWORKS, build_model
-from fastnn.core import autodevice, device
+from fastnn.core import autodevice, cuda_backend, device
 from fastnn.core import trainer as trainer_module
 from fastnn.core.autodevice import Costs
 
@@ -223,22 +223,25 @@ def test_the_trainer_chooses_at_construction_and_again_at_each_fit(monkeypatch):
     assert explicit.device == "cpu" and len(decisions) == 3
 
 
-@pytest.mark.parametrize("loss, weighted", [(0, True), (2, True), (4, True)],
-                         ids=["bce-weighted", "mse-weighted", "huber-weighted"])
-def test_a_fit_the_fused_engine_cannot_train_is_predicted_on_the_layer_by_layer_engine(
-        loss, weighted):
-    """Sample weights train layer by layer on the GPU
-    (cuda_backend.cuda_engine), so auto predicts that engine's time for them."""
+@pytest.mark.parametrize("loss, weighted", [(0, False), (1, True), (2, False), (3, True),
+                                            (4, False)],
+                         ids=["bce", "cross_entropy-weighted", "mse", "l1-weighted", "huber"])
+def test_every_loss_with_or_without_weights_is_predicted_on_the_fused_engine(monkeypatch, loss,
+                                                                            weighted):
+    """The fused engine trains every loss, with or without sample weights
+    (cuda_backend.cuda_engine); weighted models train one after another."""
+    monkeypatch.setattr(cuda_backend, "gpu_multiprocessors", lambda: 132)
     table = fn.mlp(16, [32, 32], 1).table
-    assert autodevice.gpu_engine(table, 32, 1)[0] == "cuda-block"
-    assert autodevice.gpu_engine(table, 32, 1, loss, weighted) == ("cuda-layers", 1, 1)
+    engine, side_by_side, group = autodevice.gpu_engine(table, 32, 4, loss, weighted)
+    assert engine == "cuda-block" and group == 1
+    assert (side_by_side == 1) == weighted
 
 
-@pytest.mark.parametrize("loss", [2, 3, 4], ids=["mse", "l1", "huber"])
-def test_a_regression_fit_is_predicted_on_the_fused_engine(loss):
-    """The fused engine trains the regression losses without weights."""
-    table = fn.mlp(16, [32, 32], 1).table
-    assert autodevice.gpu_engine(table, 32, 1, loss)[0] == "cuda-block"
+def test_a_fit_the_fused_engine_cannot_train_is_predicted_on_the_layer_by_layer_engine():
+    """A network with Dropout trains layer by layer on the GPU, so auto
+    predicts that engine's time for it."""
+    table = fn.Sequential(fn.Dense(16, 32), fn.ReLU(), fn.Dropout(0.2), fn.Dense(32, 1)).table
+    assert autodevice.gpu_engine(table, 32, 1) == ("cuda-layers", 1, 1)
 
 
 # ---- the calibration: measured once, cached on disk ----

@@ -133,11 +133,13 @@ def gpu_engine(table, batch, n_models, loss=0, weighted=False):
     """(engine, models side by side, blocks per model) of what the GPU would
     run (cuda_backend.cuda_engine): 'cuda-block' or 'cuda-grid' (the fused
     engine, as many models at once as the GPU has multiprocessors for their
-    groups) or 'cuda-layers' (one model at a time)."""
+    groups; one at a time with sample weights, which fit_many trains one
+    after another) or 'cuda-layers' (one model at a time)."""
     from .cuda_backend import cuda_engine, gpu_multiprocessors
     engine, plan = cuda_engine(table, batch, n_models, loss=loss, weighted=weighted)
     if engine == "fused":
-        return f"cuda-{plan.mode}", max(1, gpu_multiprocessors() // plan.group), plan.group
+        side_by_side = 1 if weighted else max(1, gpu_multiprocessors() // plan.group)
+        return f"cuda-{plan.mode}", side_by_side, plan.group
     return "cuda-layers", 1, 1
 
 

@@ -34,6 +34,7 @@ from fastnn.kernels import loss as kloss
 from . import threads
 from .compilation import compile_ahead
 from .cuda_backend import CudaBackend
+from .validation import scan_values
 
 
 def engine_description(dtype):
@@ -213,6 +214,9 @@ class CpuBackend(NumpyBackend):
                                        1, True, losses, sizes, loss, guard, communicator))]
         if X_val is not None:
             work.append((network.predict_logits, (net, ws, X_val, np.zeros((0, k), dtype))))
+        # the input checks' scan, in both float dtypes: inputs are checked in the dtype they
+        # come in (float64 targets and weights of a float32 fit, say)
+        work += [(scan_values, (np.zeros(1, scanned), 0.0)) for scanned in (np.float32, np.float64)]
         return compile_ahead(work, engine_description(dtype), announce)
 
     def copies_weights(self):

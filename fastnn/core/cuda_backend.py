@@ -77,10 +77,10 @@ def gpu_multiprocessors():
 
 def fused_lacks(table, clipping=False, loss=0, weighted=False):
     """What of a fit the fused engine does not run: a description, or None
-    when it runs all of it. It trains every loss of kernels/loss.py (``loss``,
-    a loss code: unused here) but has no Dropout layers, no LeakyReLU, GELU or
-    SiLU activations, no gradient clipping and no sample weights
-    (``weighted``); the layer-by-layer engine has them all."""
+    when it runs all of it. It trains every loss of kernels/loss.py
+    (``loss``, a loss code), with or without sample weights (``weighted``),
+    but has no Dropout layers, no LeakyReLU, GELU or SiLU activations and no
+    gradient clipping; the layer-by-layer engine has them all."""
     kinds = set(int(kind) for kind in table.kind)
     activations = set(int(code) for code in table.activation[table.kind == ACTIVATION])
     if DROPOUT in kinds:
@@ -89,8 +89,6 @@ def fused_lacks(table, clipping=False, loss=0, weighted=False):
         return "LeakyReLU, GELU or SiLU activations"
     if clipping:
         return "gradient clipping"
-    if weighted:
-        return "sample weights"
     return None
 
 
@@ -322,9 +320,8 @@ class CudaBackend:
                   dropout_key=0, clip_norm=0.0, clip_value=0.0, precision="exact"):
         """A training session on the engine ``cuda_engine`` picks; its
         ``engine`` names it. precision='tf32' takes the layer-by-layer engine,
-        whose products can run through cuBLAS on TF32 tensor cores; so do
-        gradient clipping (``clip_norm`` or ``clip_value`` > 0) and sample
-        weights."""
+        whose products can run through cuBLAS on TF32 tensor cores; so does
+        gradient clipping (``clip_norm`` or ``clip_value`` > 0)."""
         from fastnn.kernels.loss import loss_code
         if comm is not None:
             raise ValueError("data-parallel training runs on the cpu backend")
@@ -333,7 +330,8 @@ class CudaBackend:
                              weighted=weights is not None)
         session = None
         if precision == "exact" and engine[0] == "fused":
-            session = self.start_fit_many([model], [optimizer], X, Y, batch, loss)
+            session = self.start_fit_many([model], [optimizer], X, Y, batch, loss,
+                                          weights=weights)
         if session is None:
             session = _cuda().network.CudaTrainingSession(
                 model, optimizer, X, Y, batch, loss, precision, weights=weights,
@@ -341,12 +339,12 @@ class CudaBackend:
             session.engine = engine_summary(*engine)
         return session
 
-    def start_fit_many(self, models, optimizers, X, Y, batch, loss):
+    def start_fit_many(self, models, optimizers, X, Y, batch, loss, weights=None):
         """A fused session training the K models in one launch per epoch, or
         None when the fused engine does not take them (``cuda_engine``; in
         grid mode, also when a cooperative launch cannot hold a block per
-        model). ``loss``: an ``engine_loss`` value; without sample weights
-        (a weighted fit trains layer by layer)."""
+        model). ``loss``: an ``engine_loss`` value; ``weights``: the rows'
+        sample weights ((N,) float64) or None."""
         from fastnn.kernels import cuda_fused
         from fastnn.kernels.loss import loss_code
 
@@ -363,7 +361,8 @@ class CudaBackend:
                 if group == 0:
                     return None
                 plan = plan._replace(group=group)
-            return cuda_fused.FusedTrainingSession(models, optimizers, X, Y, batch, loss, plan)
+            return cuda_fused.FusedTrainingSession(models, optimizers, X, Y, batch, loss, plan,
+                                                   weights)
 
     def tf32_products(self):
         """True when precision='tf32' runs products on TF32 tensor cores here

@@ -58,8 +58,8 @@ def fit_many(models, X, y, optimizers=None, seeds=None, loss=None, device="auto"
         ('raise').
     sample_weight : array (n_samples,) or None
         The samples' weights, the same for every model (as ``Trainer.fit``'s).
-        A weighted fit trains the models one after another: the fused GPU
-        engine trains without weights.
+        A weighted fit trains the models one after another (on the GPU,
+        each on the fused engine where it takes the network).
 
     Returns
     -------

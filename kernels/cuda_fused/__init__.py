@@ -19,12 +19,14 @@ stacked along a leading axis (K = 1 for ``Trainer.fit``):
                                             optimizers uses)
     Guard(params, buffers, counts)          (K, 2, P), (K, 2, R), (K, 2, L): the two
                                             alternating snapshots of network.Guard
-    Workspace(activations, activation_at, gradients, saved, targets, losses, status,
-              barriers, arena)
+    Workspace(activations, activation_at, gradients, saved, targets, weights, losses,
+              status, barriers, arena)
         activations   (K, A), laid out by network.workspace's activation_at (L + 1,)
         gradients     (K, 2, batch * max_width), the backward ping-pong pair
         saved         (K, S), each BatchNorm's batch mean, var, inv_std
         targets       (K, batch * k), row-major
+        weights       (K, batch) float64, the batch's sample weights; (K, 0)
+                      for a fit without them
         losses        (K, batches) float64, each trained batch's mean loss
         status        (K, 2) int64: batches trained, and the 1-based batch whose
                       loss was not finite (0: none). A model whose status[m, 1]
@@ -35,7 +37,10 @@ stacked along a leading axis (K = 1 for ``Trainer.fit``):
                       (plan.arena_layout), -1 for global memory (grid mode:
                       all -1). The launch gives the arena's bytes.
     X (N, d), Y (N, k)  the training set, shared by the K models
-    index (K, N) int64  model m's order of the rows for this epoch
+    W (N,) float64      the rows' sample weights, or (0,) for none
+    index (K, N') int64 model m's order of the rows for this epoch (N' < N
+                        where a weighted fit leaves out the batches whose
+                        weights sum to 0)
     loss_kind, delta    the loss's code (loss.LOSS_CODES: BCE, CROSS_ENTROPY,
                         MSE, L1, HUBER) and Huber's threshold (float64,
                         loss.loss_delta), shared by the K models
@@ -104,9 +109,10 @@ Modules
     cache.py       the kernels' disk cache, keyed by every source they compile in
     session.py     the host side: one session per fit (or fit_many)
 
-Where new work goes: a loss is a branch of losses.loss_phase (per-row sample
-weights: an array of epoch.Views gathered beside the targets by
-layers.gather_rows, and a factor in the loss's sums); an activation is a
+Where new work goes: a loss is a branch of losses.loss_phase (an
+element-wise one: of losses.element_loss; per-row data beside the targets,
+as the sample weights are, is an array of epoch.Views gathered with them
+by layers.gather_rows); an activation is a
 branch of layers.activation_forward_phase and activation_backward_phase
 (and of the BatchNorm phases' folded ReLU if it is folded too); a layer kind
 (Dropout) is a forward and a backward phase in layers.py, dispatched by

@@ -34,7 +34,8 @@ Models = namedtuple("Models", ["params", "grads", "buffers", "counts"])
 Optimizer = namedtuple("Optimizer", ["kind", "hyper", "step", "rows"])
 Guard = namedtuple("Guard", ["params", "buffers", "counts"])
 Workspace = namedtuple("Workspace", ["activations", "activation_at", "gradients", "saved",
-                                     "targets", "losses", "status", "barriers", "arena"])
+                                     "targets", "weights", "losses", "status", "barriers",
+                                     "arena"])
 
 # ---- what the phases see (built by the kernel) ----
 #: Model m's arrays for this launch, each in the block's shared memory (the
@@ -42,9 +43,10 @@ Workspace = namedtuple("Workspace", ["activations", "activation_at", "gradients"
 #: global arrays: params, grads (P,), rows (the optimizer's state rows, one
 #: after another), buffers (R,) and counts (L,) (always global), acts,
 #: gradient0 and gradient1 (the backward pass's ping-pong pair), saved,
-#: targets (batch * k,).
+#: targets (batch * k,); weights (batch,) float64, the batch's sample
+#: weights, or (0,) for a fit without them (always global).
 Views = namedtuple("Views", ["params", "grads", "rows", "buffers", "counts", "acts",
-                             "gradient0", "gradient1", "saved", "targets"])
+                             "gradient0", "gradient1", "saved", "targets", "weights"])
 #: The block's own shared memory: the product's staging tiles, the float64
 #: scratch of the reductions; and the features of a reduction's work item:
 #: COLUMNS in block mode, GRID_COLUMNS in grid mode, whose BatchNorm phases
@@ -81,7 +83,8 @@ def model_views(models, opt, ws, m):
                  place(arena, gradients_at + gradient if gradients_at >= 0 else -1, gradient,
                        ws.gradients[m, 1]),
                  place(arena, layout[ARENA_SAVED], ws.saved.shape[1], ws.saved[m]),
-                 place(arena, layout[ARENA_TARGETS], ws.targets.shape[1], ws.targets[m]))
+                 place(arena, layout[ARENA_TARGETS], ws.targets.shape[1], ws.targets[m]),
+                 ws.weights[m])
 
 
 @device
@@ -135,10 +138,10 @@ def end_epoch(models, opt, ws, m, took_part, alive, first, stride):
 # ---- one step's phases ----
 
 @device
-def gather(X, Y, index, models, opt, ws, m, start, n, first, stride):
+def gather(X, Y, W, index, models, opt, ws, m, start, n, first, stride):
     """The batch of n rows at ``start`` of model m's order into its input
-    block and targets."""
-    gather_rows(X, Y, index, m, start, n, model_views(models, opt, ws, m), first, stride)
+    block, targets and (a weighted fit) sample weights."""
+    gather_rows(X, Y, W, index, m, start, n, model_views(models, opt, ws, m), first, stride)
 
 
 @device
@@ -221,7 +224,7 @@ def update(models, opt, guard, ws, m, slot, first, stride):
 # ---- the epoch ----
 
 @device
-def run_epoch(mode, table, models, opt, guard, ws, X, Y, index, batch_size, skip_single,
+def run_epoch(mode, table, models, opt, guard, ws, X, Y, W, index, batch_size, skip_single,
               loss_kind, delta, taken, group):
     """One epoch of model m = blockIdx.x // group, this block being rank
     blockIdx.x % group of its group (see the package docstring for the
@@ -241,7 +244,7 @@ def run_epoch(mode, table, models, opt, guard, ws, X, Y, index, batch_size, skip
     alive = took_part
     if alive:
         begin_epoch(models, opt, ws, m, first, stride)
-        gather(X, Y, index, models, opt, ws, m, 0, min(batch_size, n_total), first, stride)
+        gather(X, Y, W, index, models, opt, ws, m, 0, min(batch_size, n_total), first, stride)
     barrier(mode, ws.barriers, m, group)
     batches = 0
     nonfinite = 0
@@ -268,7 +271,7 @@ def run_epoch(mode, table, models, opt, guard, ws, X, Y, index, batch_size, skip
             following = start + batch_size
             rows = min(batch_size, n_total - following)
             if rows > 1 or (rows == 1 and skip_single == 0):
-                gather(X, Y, index, models, opt, ws, m, following, rows, first, stride)
+                gather(X, Y, W, index, models, opt, ws, m, following, rows, first, stride)
         barrier(mode, ws.barriers, m, group)
     end_epoch(models, opt, ws, m, took_part, alive, first, stride)
     if rank == 0 and cuda.threadIdx.x == 0:
@@ -279,7 +282,7 @@ def run_epoch(mode, table, models, opt, guard, ws, X, Y, index, batch_size, skip
 
 @cache_by_sources
 @cuda.jit(cache=True)
-def train_epoch_block(table, models, opt, guard, ws, X, Y, index, batch_size, skip_single,
+def train_epoch_block(table, models, opt, guard, ws, X, Y, W, index, batch_size, skip_single,
                       loss_kind, delta, taken, group):
     """One epoch of every model of the launch, one block per model (group
     1), the model in the block's shared memory where it fits (ws.arena; the
@@ -291,19 +294,19 @@ def train_epoch_block(table, models, opt, guard, ws, X, Y, index, batch_size, sk
     taken: the batches trained by the fit before this epoch (the guard's
     slot of a batch is its number over the fit, modulo 2); group: the
     blocks per model."""
-    run_epoch(BLOCK, table, models, opt, guard, ws, X, Y, index, batch_size, skip_single,
+    run_epoch(BLOCK, table, models, opt, guard, ws, X, Y, W, index, batch_size, skip_single,
               loss_kind, delta, taken, group)
 
 
 @cache_by_sources
 @cuda.jit(cache=True)
-def train_epoch_grid(table, models, opt, guard, ws, X, Y, index, batch_size, skip_single,
+def train_epoch_grid(table, models, opt, guard, ws, X, Y, W, index, batch_size, skip_single,
                      loss_kind, delta, taken, group):
     """As train_epoch_block, with a group of blocks per model sharing its
     work and its arrays in global memory (ws.arena: all -1), grid barriers
     between the phases, launched cooperatively (all blocks resident)."""
     cooperative_blocks()
-    run_epoch(GRID, table, models, opt, guard, ws, X, Y, index, batch_size, skip_single,
+    run_epoch(GRID, table, models, opt, guard, ws, X, Y, W, index, batch_size, skip_single,
               loss_kind, delta, taken, group)
 
 
@@ -330,8 +333,8 @@ def argument_types(dtype):
             types.NamedTuple([d2, d2, d2, i2], Models),
             types.NamedTuple([i1, f2, i1, d2], Optimizer),
             types.NamedTuple([d3, d3, i3], Guard),
-            types.NamedTuple([d2, i1, d3, d2, d2, f2, i2, int32[:, ::1], i1], Workspace),
-            d2, d2, i2, int64, int64, int64, float64, int64, int64)
+            types.NamedTuple([d2, i1, d3, d2, d2, f2, f2, i2, int32[:, ::1], i1], Workspace),
+            d2, d2, float64[::1], i2, int64, int64, int64, float64, int64, int64)
 
 
 def signatures():

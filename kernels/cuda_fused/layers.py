@@ -45,14 +45,19 @@ def output_at(table, activation_at, l):
 
 
 @device
-def gather_rows(X, Y, index, m, start, n, v, first, stride):
-    """Rows index[m, start:start + n] of X into the input block and of Y into
-    the targets, elements first, first + stride, ... (network.gather_batch)."""
+def gather_rows(X, Y, W, index, m, start, n, v, first, stride):
+    """Rows index[m, start:start + n] of X into the input block, of Y into
+    the targets and of the sample weights W (N,) into v.weights (a weighted
+    fit; W is (0,) without weights), elements first, first + stride, ...
+    (network.gather_batch)."""
     d, k = X.shape[1], Y.shape[1]
     for e in range(first, n * d, stride):
         v.acts[e] = X[index[m, start + e // d], e % d]
     for e in range(first, n * k, stride):
         v.targets[e] = Y[index[m, start + e // k], e % k]
+    if W.shape[0] > 0:
+        for r in range(first, n, stride):
+            v.weights[r] = W[index[m, start + r]]
 
 
 @device

@@ -1,10 +1,11 @@
 """The loss phase of the fused engine: the batch's mean loss and
 d loss / d logits, in one block per model.
 
-A new loss is a branch of ``loss_phase`` under its loss.py code (the
-element math in elementwise.py, the sums in float64 as the cpu kernels
-do); per-row data it needs beside the targets (sample weights) is
-gathered with them (layers.gather_rows) into an array of epoch.Views.
+A new loss is a branch of ``loss_phase`` (an element-wise one: of
+``element_loss``) under its loss.py code (the element math in
+elementwise.py, the sums in float64 as the cpu kernels do); the per-row
+data beside the targets (the sample weights) is gathered with them
+(layers.gather_rows) into epoch.Views.
 """
 
 import math
@@ -43,34 +44,52 @@ def loss_phase(loss_kind, delta, table, activation_at, v, dz, n, sums):
     d loss / d logits into dz, as loss.py's cpu kernel of ``loss_kind``
     (bce_with_logits, cross_entropy, squared_error, absolute_error or huber
     with threshold ``delta``), from the logits in v.acts and the targets in
-    v.targets (n x k, flat); the sums in float64. One block per model runs
-    it."""
+    v.targets (n x k, flat); the sums in float64. With sample weights
+    (v.weights holds the batch's), row r's terms and gradients are weighted
+    by w_r and the mean divides by the batch's weight total, summed in row
+    order as network.batch_total sums it; without, by n. One block per
+    model runs it."""
     last = table.shape[0] - 1
     k = table[last].n_out
     z_at = activation_at[last + 1]
-    acts, targets = v.acts, v.targets
+    acts, targets, weights = v.acts, v.targets, v.weights
+    weighted = weights.shape[0] > 0
+    total = float64(n)
+    if weighted:
+        total = 0.0
+        for r in range(n):
+            total += weights[r]
     tid = cuda.threadIdx.x
     part = 0.0
-    if loss_kind != CROSS_ENTROPY:  # an element-wise loss, the mean over n x k
-        scale = 1.0 / (n * k)
+    if loss_kind != CROSS_ENTROPY:  # an element-wise loss, the mean over the rows' k elements
+        scale = 1.0 / (total * k)
         for e in range(tid, n * k, THREADS):
             term, gradient = element_loss(loss_kind, delta, acts[z_at + e], targets[e])
-            part += term
-            dz[e] = gradient * scale
+            if weighted:
+                w = weights[e // k]
+                part += w * term
+                dz[e] = gradient * (w * scale)
+            else:
+                part += term
+                dz[e] = gradient * scale
         return block_total(sums, part) * scale
     for r in range(tid, n, THREADS):
+        factor = weights[r] / total if weighted else 1.0 / total
         row = z_at + r * k
         top = acts[row]
         for j in range(1, k):
             top = max(top, acts[row + j])
-        total = 0.0
+        exps = 0.0
         for j in range(k):
-            total += math.exp(acts[row + j] - top)
-        log_sum = math.log(total) + top
+            exps += math.exp(acts[row + j] - top)
+        log_sum = math.log(exps) + top
+        loss = 0.0
         y_sum = 0.0
         for j in range(k):
-            part += targets[r * k + j] * (log_sum - acts[row + j])
+            loss += targets[r * k + j] * (log_sum - acts[row + j])
             y_sum += targets[r * k + j]
+        part += weights[r] * loss if weighted else loss
         for j in range(k):
-            dz[r * k + j] = (math.exp(acts[row + j] - log_sum) * y_sum - targets[r * k + j]) / n
-    return block_total(sums, part) / n
+            dz[r * k + j] = (math.exp(acts[row + j] - log_sum) * y_sum
+                             - targets[r * k + j]) * factor
+    return block_total(sums, part) / total

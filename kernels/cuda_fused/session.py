@@ -68,10 +68,11 @@ class FusedTrainingSession:
     kernel once, and copies the losses and the status back (the one
     synchronization). The models' and optimizers' own host arrays are
     written back by ``finish``. ``loss``: the fit's ``loss.engine_loss``
-    value.
+    value; ``weights``: the rows' sample weights ((N,) float64, uploaded
+    beside Y and gathered with the targets), or None.
     """
 
-    def __init__(self, models, optimizers, X, Y, batch, loss, plan):
+    def __init__(self, models, optimizers, X, Y, batch, loss, plan, weights=None):
         from ..cuda_network import empty
         from ..network import workspace
 
@@ -114,12 +115,15 @@ class FusedTrainingSession:
                             empty((K, 2, host.gradients.size // 2), dtype),
                             empty((K, host.saved.size), dtype),
                             empty((K, host.targets.size), dtype),
+                            empty((K, batch if weights is not None else 0), np.float64),
                             empty((K, self.batches_per_epoch), np.float64),
                             cuda.to_device(np.zeros((K, 2), np.int64)),
                             cuda.to_device(np.zeros((K, 2), np.int32)),
                             cuda.to_device(layout))
         self.resident = [name for name, at in zip(RESIDENT, layout) if at >= 0]
         self.X, self.Y = cuda.to_device(X), cuda.to_device(Y)
+        self.W = cuda.to_device(np.zeros(0) if weights is None
+                                else np.ascontiguousarray(weights, np.float64))
         self.index = cuda.device_array((K, X.shape[0]), np.int64)
         self.status = np.zeros((K, 2), np.int64)  # a model's [1] stays set once it diverged
         self.plan, self.n_models, self.taken = plan, K, 0
@@ -164,17 +168,22 @@ class FusedTrainingSession:
 
     def train_epochs(self, indices, batch_size, skip_single):
         """One epoch of every model still training, model m over rows
-        indices[m] (K, N). Returns (losses (K, batches) float64, batches
+        indices[m] (K, N'); N' < N where a weighted fit's order leaves out
+        the batches whose weights sum to 0. Returns (losses (K, batches) float64, batches
         trained (K,), 1-based batch whose loss was not finite (K,), 0 for
         none); a model with a non-finite loss stops for the rest of the fit
         with its last good state restored."""
-        self.index.copy_to_device(np.ascontiguousarray(indices, dtype=np.int64))
+        indices = np.ascontiguousarray(indices, dtype=np.int64)
+        if indices.shape != self.index.shape:  # an order without the weightless batches
+            self.index = cuda.device_array(indices.shape, np.int64)
+        self.index.copy_to_device(indices)
         self.status[:, 0] = 0
         self.ws.status.copy_to_device(self.status)
         stopped = self.status[:, 1] != 0
         group = self.plan.group
         self.kernel[self.n_models * group, THREADS, 0, self.arena_bytes](
-            self.table, self.state, self.opt, self.guard, self.ws, self.X, self.Y, self.index,
+            self.table, self.state, self.opt, self.guard, self.ws, self.X, self.Y, self.W,
+            self.index,
             batch_size, int(skip_single), self.loss_kind, self.delta, self.taken,
             group)
         losses = self.ws.losses.copy_to_host()

@@ -1,8 +1,10 @@
 """The fused whole-epoch engine (kernels/cuda_fused.py) against the cpu
 engine: every optimizer, every loss (the regression losses with one and two
-outputs, Huber's delta where both of its branches are taken), both dtypes, batch sizes that do not
-divide the data, a last batch of one row skipped with BatchNorm, divergence,
-grid mode; the host kernel launches per epoch; the engine's limits."""
+outputs, Huber's delta where both of its branches are taken), sample
+weights (a batch whose weights are all 0 left out of the order), both
+dtypes, batch sizes that do not divide the data, a last batch of one row
+skipped with BatchNorm, divergence, grid mode; the host kernel launches per
+epoch; the engine's limits."""
 
 import numpy as np
 import pytest
@@ -113,6 +115,20 @@ def assert_same_training(out, dtype):
                               for c in CASES])
 def test_fused_engine_matches_cpu(optimizer, loss, dtype, make_model, n, batch):
     out = fit_both(make_model, optimizer, loss, dtype, n, batch)
+    assert out["cuda"][2].engine.startswith("fused engine, block mode")
+    assert_same_training(out, dtype)
+
+
+@pytest.mark.parametrize("loss, dtype, shuffle", [("huber", "float64", False),
+                                                 ("cross_entropy", "float32", True),
+                                                 ("bce", "float64", True)])
+def test_sample_weights_train_as_on_the_cpu(loss, dtype, shuffle):
+    # zero weights; in order, the second batch's weights are all 0: the
+    # Trainer leaves it out of the epoch's order, which is then shorter
+    w = np.random.default_rng(8).uniform(0.0, 3.0, 10)
+    w[[1, 4, 5, 6, 7]] = 0.0
+    out = fit_both(folded_relu_model, "adam", loss, dtype, 10, 4, shuffle=shuffle,
+                   sample_weight=w)
     assert out["cuda"][2].engine.startswith("fused engine, block mode")
     assert_same_training(out, dtype)
 

@@ -1,8 +1,7 @@
 """The regression losses and sample weights on the GPU: training replayed
-against PyTorch (the oracle) and the cpu engine, on the fused engine (the
-regression losses without weights) and the layer-by-layer engine (with
-weights, or forced), and the engine choice, which sends what the fused
-engine does not train (sample weights) to the layer-by-layer engine."""
+against PyTorch (the oracle) and the cpu engine, on the fused engine and
+forced to the layer-by-layer engine, and the engine choice, which sends
+every loss, with or without weights, to the fused engine."""
 
 import numpy as np
 import pytest
@@ -72,13 +71,13 @@ def close(actual, expected, dtype, what):
                                rtol=rtol, atol=atol, err_msg=what)
 
 
-# every loss without weights on the fused engine in both dtypes and forced to
-# the layer-by-layer engine in float64; with weights (layer by layer) in both
+# every loss with and without weights on the fused engine in both dtypes, and
+# forced to the layer-by-layer engine (FASTNN_CUDA_ENGINE=layers)
 @pytest.mark.parametrize("weighted, dtype, forced", [
-    (False, "float64", ""), (False, "float32", ""), (False, "float64", "layers"),
-    (True, "float64", ""), (True, "float32", "")],
-    ids=["unweighted-float64", "unweighted-float32", "unweighted-float64-layers",
-         "weighted-float64", "weighted-float32"])
+    (False, "float64", ""), (False, "float32", ""), (True, "float64", ""),
+    (True, "float32", ""), (False, "float64", "layers"), (True, "float32", "layers")],
+    ids=["unweighted-float64", "unweighted-float32", "weighted-float64", "weighted-float32",
+         "unweighted-float64-layers", "weighted-float32-layers"])
 @pytest.mark.parametrize("loss_name", list(LOSSES))
 def test_regression_training_matches_torch_and_the_cpu(monkeypatch, loss_name, weighted, dtype,
                                                        forced):
@@ -94,8 +93,7 @@ def test_regression_training_matches_torch_and_the_cpu(monkeypatch, loss_name, w
         history = trainer.fit(X, Y, epochs=EPOCHS, batch_size=BATCH, shuffle=False,
                               sample_weight=W)
         results[device] = history["loss"], m.state_dict(), trainer.predict(X)
-    fused = not weighted and forced != "layers"
-    assert trainer.engine.startswith("fused engine" if fused else "layer-by-layer engine")
+    assert trainer.engine.startswith("layer-by-layer engine" if forced else "fused engine")
     t_losses, t_state = torch_replay(initial, dtype, make_loss, X, Y, W)
     losses, state, predictions = results["cuda"]
     close(losses, t_losses, dtype, "history loss against torch")
@@ -106,8 +104,10 @@ def test_regression_training_matches_torch_and_the_cpu(monkeypatch, loss_name, w
     close(predictions, results["cpu"][2], dtype, "predictions against the cpu")
 
 
+@pytest.mark.parametrize("forced", ["", "layers"], ids=["fused", "layers"])
 @pytest.mark.parametrize("loss", ["bce", "cross_entropy"])
-def test_weighted_classification_trains_layer_by_layer_as_the_cpu(loss):
+def test_weighted_classification_trains_as_the_cpu(monkeypatch, loss, forced):
+    monkeypatch.setenv(ENGINE_VARIABLE, forced)
     rng = np.random.default_rng(3)
     X = rng.normal(size=(N, 4))
     y = (X[:, 0] > 0).astype(float) if loss == "bce" else rng.integers(0, 2, N)
@@ -120,7 +120,7 @@ def test_weighted_classification_trains_layer_by_layer_as_the_cpu(loss):
                              device=device, dtype="float64", seed=0)
         history = trainer.fit(X, y, epochs=EPOCHS, batch_size=BATCH, sample_weight=W)
         results[device] = history, m.state_dict()
-    assert "layer-by-layer" in trainer.engine
+    assert trainer.engine.startswith("layer-by-layer engine" if forced else "fused engine")
     (h_cpu, s_cpu), (h_gpu, s_gpu) = results["cpu"], results["cuda"]
     np.testing.assert_allclose(h_gpu["loss"], h_cpu["loss"], rtol=1e-10)
     for key, value in s_cpu.items():
@@ -128,20 +128,20 @@ def test_weighted_classification_trains_layer_by_layer_as_the_cpu(loss):
 
 
 @pytest.mark.parametrize("forced", ["", "fused", "block", "grid"])
-def test_the_engine_choice_sends_what_the_fused_engine_cannot_train_layer_by_layer(monkeypatch,
-                                                                                  forced):
-    """Whatever FASTNN_CUDA_ENGINE forces: the fused engine trains every loss
-    without weights, never a weighted fit."""
+def test_the_engine_choice_sends_every_loss_with_or_without_weights_to_the_fused_engine(
+        monkeypatch, forced):
+    """Whatever FASTNN_CUDA_ENGINE forces (other than 'layers'): the fused
+    engine trains every loss, with and without sample weights."""
     monkeypatch.setenv(ENGINE_VARIABLE, forced)
     table = model().table
     for loss in (BCE, CROSS_ENTROPY, MSE, L1, HUBER):
-        assert cuda_engine(table, BATCH, loss=loss, sm_count=132)[0] == "fused"
-        engine, reason = cuda_engine(table, BATCH, loss=loss, weighted=True)
-        assert engine == "layers" and "sample weights" in reason
+        for weighted in (False, True):
+            assert cuda_engine(table, BATCH, loss=loss, weighted=weighted,
+                               sm_count=132)[0] == "fused"
     X, Y, W = data("float32")
     trainer = fn.Trainer(model(), loss="mse", device="cuda")
     trainer.fit(X, Y, batch_size=BATCH, sample_weight=W)
-    assert trainer.engine.startswith("layer-by-layer engine")
+    assert trainer.engine.startswith("fused engine")
 
 
 def test_fit_many_with_weights_trains_each_model_as_its_own_fit():
