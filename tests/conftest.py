@@ -4,13 +4,13 @@ is not collected.
 
 device='auto' uses the default cost figures in tests (no calibration run
 on a machine with a GPU), so that the choices the tests see do not depend on
-the machine; tests/test_autodevice.py tests the calibration itself.
+the machine; tests/core/test_autodevice.py tests the calibration itself.
 
 The PyTorch oracle tests import torch when they are collected, so every cpu
 fit of the session shares the process with PyTorch's thread pool: limited to
 one thread, as fastnn's ThreadContentionWarning advises, it neither slows the
 fits nor makes the first of them warn (whichever test that happens to be;
-tests/test_threads.py checks the warning in processes of its own).
+tests/core/test_threads.py checks the warning in processes of its own).
 
 `pytest` runs the whole suite but for a few tests marked ``slow`` (a fresh
 virtual environment, the full GPU check in the simulator) and, under the
@@ -89,6 +89,8 @@ def pytest_collection_finish(session):
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
     simulator = sys.modules.get("test_cuda_simulator")
+    if session.config.option.collectonly:
+        return
     if simulator is not None and any(getattr(item, "module", None) is simulator
                                      for item in session.items):
         simulator.start()  # the CUDA simulator's process, beside this one

@@ -61,7 +61,7 @@ def run_fastnn(cwd, *args, timeout=300, process=False):
     return subprocess.CompletedProcess(["fastnn", *argv], status or 0, out, err)
 
 
-# ---- kernels against their float64 NumPy reference (tests/test_kernels.py, tests/cuda) ----
+# ---- kernels against their float64 NumPy reference (tests/kernels/test_kernels.py, tests/cuda) ----
 
 def assert_close(out, ref, rtol, atol, what):
     out, ref = np.asarray(out), np.asarray(ref)
@@ -91,7 +91,7 @@ def check_against_reference(case, dtype, backend):
 # The project rule: wrong shapes, NaN/inf, labels outside [0, 1], an empty set,
 # a bad batch size, an unknown device... each raises a ValueError (or a
 # TypeError) whose message names the argument and what was expected, and it is
-# raised before any state changes. The tests of that rule (tests/test_trainer.py,
+# raised before any state changes. The tests of that rule (tests/core/test_trainer.py,
 # test_ops.py, test_layers.py, test_io.py) feed one bad argument to a public
 # entry point and check
 #

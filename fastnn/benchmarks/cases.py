@@ -1,7 +1,7 @@
 """One table of kernel cases, shared by the tests and the benchmarks.
 
 Every (op, shape) here is checked against the float64 NumPy reference in
-tests/test_kernels.py on every backend, and timed by bench/bench_kernels.py:
+tests/kernels/test_kernels.py on every backend, and timed by bench/bench_kernels.py:
 whatever is benchmarked is also tested. Both import it as
 ``fastnn.benchmarks.cases``, from an installed fastnn or a checkout.
 """

@@ -1,4 +1,4 @@
-"""The cuda backend keeps the promises of tests/test_nonfinite.py: NaN
+"""The cuda backend keeps the promises of tests/core/test_nonfinite.py: NaN
 propagates as on the host, a fit never ends with a non-finite state, and
 predict_proba is finite when the logits overflow."""
 

@@ -1,6 +1,6 @@
 """The torch oracle of the new layers and of gradient clipping, on the cuda
 layer-by-layer engine (in the CUDA simulator: few, small steps): torch given
-the masks fastnn draws, as in tests/test_torch_oracle.py."""
+the masks fastnn draws, as in tests/oracle/test_torch_oracle.py."""
 
 import pytest
 

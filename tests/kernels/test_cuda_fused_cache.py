@@ -22,7 +22,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
                 allow_module_level=True)
 pytest.importorskip("numba.cuda")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # numba-cuda's compile path with stand-ins for a GPU of compute capability
 # 9.0: the device asked for its capability, the context asked for it by the

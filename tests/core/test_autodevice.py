@@ -26,7 +26,7 @@ def test_the_cost_model_imports_without_numba_cuda():
             "print(fastnn.core.autodevice.step_features(build_model('tiny').table, 32)); "
             "assert 'numba.cuda' not in sys.modules, 'numba.cuda imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert result.returncode == 0, result.stderr
 
 

@@ -14,7 +14,7 @@ import pytest
 import fastnn as fn
 from fastnn.cli import main
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "format1")
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "format1")
 
 
 def read_rows(path):

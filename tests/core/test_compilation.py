@@ -19,7 +19,7 @@ import pytest
 from fastnn.core import backends, compilation
 from fastnn.kernels import jit
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FIT = """
 import json, sys, time
