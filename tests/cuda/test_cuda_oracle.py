@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from test_torch_oracle import check_training_against_torch  # noqa: E402
+from oracle.test_torch_oracle import check_training_against_torch  # noqa: E402
 
 
 @pytest.mark.parametrize("dtype, clip", [("float64", None), ("float32", ("norm", 0.2)),
