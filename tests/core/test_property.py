@@ -54,14 +54,14 @@ def finite_input(*values):
         return False
 
 
-def outcome(call):
-    """Run call; return its result, or None after an allowed error."""
+def outcome(call, allowed=ALLOWED):
+    """Run call; return its result, or None after an ``allowed`` error."""
     TRIED["count"] += 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             return call()
-        except ALLOWED:
+        except allowed:
             return None
 
 
@@ -86,10 +86,14 @@ def test_fit_and_predict_accept_or_refuse_cleanly(data, batch_size, dtype):
     X, y = data
     model = fn.Sequential(fn.Dense(3, 4), fn.BatchNorm(4), fn.Tanh(), fn.Dense(4, 1), seed=0)
     trainer = fn.Trainer(model, optimizer=fn.SGD(lr=0.01), device="cpu", dtype=dtype, seed=0)
-    history = outcome(lambda: trainer.fit(X, y, epochs=1, batch_size=batch_size))
+    # fit accepts, refuses (ValueError, TypeError), or raises FloatingPointError when
+    # finite but extreme inputs overflow the state (a BatchNorm variance past float64's
+    # range), with the state of the epoch's start put back: the weights stay finite
+    history = outcome(lambda: trainer.fit(X, y, epochs=1, batch_size=batch_size),
+                      ALLOWED + (FloatingPointError,))
     if history is not None:
         assert np.isfinite(history["loss"]).all()
-        assert np.isfinite(model.params).all()
+    assert np.isfinite(model.params).all() and np.isfinite(model.buffers).all()
     p = outcome(lambda: trainer.predict_proba(X))
     if p is not None:
         assert np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
