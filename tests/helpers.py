@@ -52,7 +52,8 @@ def run_fastnn(cwd, *args, timeout=300, process=False):
         except SystemExit as exc:  # argparse: --help, --version, a usage error
             status = exc.code if isinstance(exc.code, int) else (exc.code is not None) * 2
     finally:
-        sys.stdout.flush(), sys.stderr.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
         sys.stdout, sys.stderr = saved[0], saved[1]
         os.chdir(saved[2])
         if saved[3] is not None:

@@ -181,13 +181,7 @@ def check_X(X, name, n_features, dtype):
 
 def check_targets(y, name, n_samples, n_outputs, dtype):
     """y of shape (n,) or (n, k), values in [0, 1] -> (n, k) array."""
-    y = as_float_array(y, name, dtype=dtype, ndim=(1, 2))
-    if y.ndim == 1:
-        y = y.reshape(-1, 1)
-    if y.shape != (n_samples, n_outputs):
-        want = f"({n_samples},)" if n_outputs == 1 else f"({n_samples}, {n_outputs})"
-        raise ValueError(f"{name} must have shape {want} to match X and the model's "
-                         f"{n_outputs} output(s), got {y.shape}")
+    y = check_regression_targets(y, name, n_samples, n_outputs, dtype)
     if y.min() < 0 or y.max() > 1:
         raise ValueError(f"{name} must hold labels in [0, 1], got values in "
                          f"[{y.min()}, {y.max()}]")
