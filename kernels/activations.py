@@ -25,10 +25,10 @@ import numpy as np
 
 from .elementwise import (
     GELU_KAPPA, GELU_PDF, SQRT1_2, SQRT_2_OVER_PI, gelu, gelu_grad, gelu_tanh, gelu_tanh_grad,
-    leaky_relu, leaky_relu_grad, relu, relu_backward_element, sigmoid, sigmoid_grad_from_output,
-    silu, silu_grad, tanh_grad_from_output,
+    leaky_relu, leaky_relu_grad, relu, relu_backward_element, relu_grad_from_output, sigmoid,
+    sigmoid_grad_from_output, silu, silu_grad, tanh_grad_from_output,
 )
-from .jit import jit
+from .jit import inline, jit
 
 
 RELU, SIGMOID, TANH, LEAKY_RELU, GELU, GELU_TANH, SILU = range(7)
@@ -92,6 +92,55 @@ def activation_backward_reference(kind, negative_slope, x, y, dy):
     with np.errstate(over="ignore"):
         s = 1 / (1 + np.exp(-x))
     return dy * s * (1 + x * (1 - s))
+
+
+# ---- one element (the CUDA kernels, element by element) ----
+
+@inline
+def activation_element(kind, negative_slope, x):
+    """f(x) of one element for the activation code ``kind``; negative_slope
+    in x's dtype. (The cpu kernels below keep one loop per kind, which
+    vectorizes.)"""
+    if kind == RELU:
+        return relu(x)
+    if kind == SIGMOID:
+        return sigmoid(x)
+    if kind == TANH:
+        return math.tanh(x)
+    if kind == LEAKY_RELU:
+        return leaky_relu(x, negative_slope)
+    if kind == GELU:
+        return gelu(x)
+    if kind == GELU_TANH:
+        return gelu_tanh(x)
+    return silu(x)
+
+
+@inline
+def reads_input(kind):
+    """Whether the derivative of ``kind`` is computed from the input x (one
+    of FROM_INPUT): a kernel reads x only then."""
+    return kind == LEAKY_RELU or kind == GELU or kind == GELU_TANH or kind == SILU
+
+
+@inline
+def activation_grad_element(kind, negative_slope, value):
+    """f'(x) of one element from ``value``: its input x where
+    ``reads_input(kind)``, else its output y (see the contract);
+    negative_slope in x's dtype."""
+    if kind == RELU:
+        return relu_grad_from_output(value)
+    if kind == SIGMOID:
+        return sigmoid_grad_from_output(value)
+    if kind == TANH:
+        return tanh_grad_from_output(value)
+    if kind == LEAKY_RELU:
+        return leaky_relu_grad(value, negative_slope)
+    if kind == GELU:
+        return gelu_grad(value)
+    if kind == GELU_TANH:
+        return gelu_tanh_grad(value)
+    return silu_grad(value)
 
 
 # ---- cpu ----
