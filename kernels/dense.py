@@ -246,7 +246,7 @@ def dense_forward_loops(x, w, b, y, scratch):
         dense_forward_loops_float32(x, w, b, y, scratch)
 
 
-@overload(dense_forward_loops, inline="always")
+@overload(dense_forward_loops)
 def _dense_forward_loops_compiled(x, w, b, y, scratch):
     if x.dtype == types.float64:
         return lambda x, w, b, y, scratch: dense_forward_loops_float64(x, w, b, y, scratch)
@@ -313,7 +313,7 @@ def dense_backward_loops(dy, x, w, dx, dw, db, sums):
         dense_backward_loops_float32(dy, x, w, dx, dw, db, sums)
 
 
-@overload(dense_backward_loops, inline="always")
+@overload(dense_backward_loops)
 def _dense_backward_loops_compiled(dy, x, w, dx, dw, db, sums):
     if x.dtype == types.float64:
         return lambda dy, x, w, dx, dw, db, sums: dense_backward_loops_float64(
