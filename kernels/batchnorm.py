@@ -64,9 +64,10 @@ def batchnorm_backward_reference(dy, x, gamma, mean, inv_std):
     n = x.shape[0]
     sum_dy = sum_in_order(dy, dtype=np.float64)
     sum_dy_xc = sum_in_order(dy * (x - mean), dtype=np.float64)
-    a = gamma * inv_std
-    c = a * inv_std * inv_std * (sum_dy_xc / n)
-    dx = a * (dy - sum_dy / n) - c * (x - mean)
+    a = gamma * inv_std  # the kernel's per-feature coefficients, in x's dtype
+    c = (a * inv_std * inv_std * (sum_dy_xc / n)).astype(x.dtype)
+    mean_dy = (sum_dy / n).astype(x.dtype)
+    dx = a * (dy - mean_dy) - c * (x - mean)
     return dx, (sum_dy_xc * inv_std).astype(x.dtype), sum_dy.astype(x.dtype)
 
 
