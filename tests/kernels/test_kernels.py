@@ -27,11 +27,13 @@ def test_dense_kernels_take_the_path_their_size_calls_for(shape):
     dispatching kernels give exactly what the chosen path gives."""
     batch, n_in, n_out = shape
     small = max(shape) <= 64
-    assert dense.forward_takes_loops(*shape) == (small and batch * n_out <= 64)
     assert dense.backward_takes_loops(*shape) == (small and batch * n_in * n_out <= 1024)
-    forward_path = "loops" if dense.forward_takes_loops(*shape) else "blas"
     backward_path = "loops" if dense.backward_takes_loops(*shape) else "blas"
     for dtype in DTYPES:
+        float64 = dtype == np.float64  # whose forward loops sum in order: up to 1024 products
+        assert dense.forward_takes_loops(*shape, float64) == (
+            small and batch * n_out <= 64 and (not float64 or batch * n_in * n_out <= 1024))
+        forward_path = "loops" if dense.forward_takes_loops(*shape, float64) else "blas"
         inputs = make_inputs(Case("dense_forward", shape), dtype)
         np.testing.assert_array_equal(run(Case("dense_forward", shape), "cpu", inputs)[0],
                                       run(Case(f"dense_forward_{forward_path}", shape), "cpu",
