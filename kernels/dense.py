@@ -261,6 +261,8 @@ def dense_forward_loops(x, w, b, y, scratch):
         dense_forward_loops_float32(x, w, b, y, scratch)
 
 
+# A plain overload: with inline="always", numba 0.68.1 inlined it into
+# train_epoch and lost BatchNorm's num_batches_tracked increments there.
 @overload(dense_forward_loops)
 def _dense_forward_loops_compiled(x, w, b, y, scratch):
     if x.dtype == types.float64:
