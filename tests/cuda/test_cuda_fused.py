@@ -274,7 +274,7 @@ def launches_per_epoch(monkeypatch, model, n_samples, batch):
 
 
 @pytest.mark.skipif(not SIMULATOR, reason="counts the simulator's kernel launches")
-@pytest.mark.parametrize("steps", [2, 6])
+@pytest.mark.parametrize("steps", [1, 4])
 def test_an_epoch_is_at_most_four_launches_whatever_its_steps(monkeypatch, steps):
     model = fn.Sequential(fn.Dense(4, 8), fn.BatchNorm(8), fn.ReLU(), fn.Dense(8, 1))
     per_epoch, engine = launches_per_epoch(monkeypatch, model, 4 * steps, 4)
