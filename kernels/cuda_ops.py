@@ -275,9 +275,10 @@ def copy_rows(x, n, y):
 # ---- loss ----
 
 @cuda.jit(device=True, inline="always")
-def _block_sum_into(value, total, slot):
-    """Sum ``value`` over the block in shared memory; one atomic add per block
-    into total[slot[0]] (a device scalar: the batch a captured step trains)."""
+def _block_total(value):
+    """The sum of every thread's ``value`` (float64) over the block, in a
+    fixed tree order through shared memory; every thread gets it. Each thread
+    of the block must call it (it holds barriers), once per kernel."""
     lane = cuda.shared.array(THREADS, float64)
     t = cuda.threadIdx.x
     lane[t] = value
@@ -288,8 +289,16 @@ def _block_sum_into(value, total, slot):
             lane[t] += lane[t + step]
         cuda.syncthreads()
         step //= 2
-    if t == 0:
-        cuda.atomic.add(total, slot[0], lane[0])
+    return lane[0]
+
+
+@cuda.jit(device=True, inline="always")
+def _block_sum_into(value, total, slot):
+    """Sum ``value`` over the block; one atomic add per block into
+    total[slot[0]] (a device scalar: the batch a captured step trains)."""
+    block_total = _block_total(value)
+    if cuda.threadIdx.x == 0:
+        cuda.atomic.add(total, slot[0], block_total)
 
 
 @cuda.jit(device=True, inline="always")
@@ -427,22 +436,13 @@ def adam_update(w, g, m, v, hyper, step):
 @cuda.jit
 def gradient_square_sums(g, partial):
     """partial[block] = the block's share of sum(g^2), grid-stride."""
-    lane = cuda.shared.array(THREADS, float64)
-    t = cuda.threadIdx.x
     s = 0.0
     for i in range(cuda.grid(1), g.shape[0], cuda.gridsize(1)):
         v = float64(g[i])
         s += v * v
-    lane[t] = s
-    cuda.syncthreads()
-    step = THREADS // 2
-    while step > 0:
-        if t < step:
-            lane[t] += lane[t + step]
-        cuda.syncthreads()
-        step //= 2
-    if t == 0:
-        partial[cuda.blockIdx.x] = lane[0]
+    block_total = _block_total(s)
+    if cuda.threadIdx.x == 0:
+        partial[cuda.blockIdx.x] = block_total
 
 
 @cuda.jit
@@ -496,7 +496,6 @@ def gather_rows(X, Y, index, cursor, batch_size, n, xb, yb):
 def gather_weights(W, index, cursor, batch_size, n, wb, weight_total):
     """One block: wb[i] = W[index[start + i]] for i < n, start = cursor[0] *
     batch_size (as gather_rows), and weight_total[0] = their sum, in float64."""
-    lane = cuda.shared.array(THREADS, float64)
     t = cuda.threadIdx.x
     start = cursor[0] * batch_size
     s = 0.0
@@ -504,16 +503,9 @@ def gather_weights(W, index, cursor, batch_size, n, wb, weight_total):
         value = W[index[start + i]]
         wb[i] = value
         s += value
-    lane[t] = s
-    cuda.syncthreads()
-    step = THREADS // 2
-    while step > 0:
-        if t < step:
-            lane[t] += lane[t + step]
-        cuda.syncthreads()
-        step //= 2
+    block_total = _block_total(s)
     if t == 0:
-        weight_total[0] = lane[0]
+        weight_total[0] = block_total
 
 
 @cuda.jit

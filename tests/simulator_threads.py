@@ -10,9 +10,11 @@ meets a barrier many times per step in blocks of 256 threads, so most of the
 simulated time went to starting threads and to that loop.
 
 Here a block runs on a pool of threads that is kept from launch to launch,
-and ``syncthreads`` is a barrier that wakes its threads when the last one
-arrives, counting only the threads still running (a thread that has returned
-no longer takes part, as in the simulator's own scheduler). What a kernel
+and ``syncthreads`` is a barrier that opens when the last thread arrives,
+counting only the threads still running (a thread that has returned no
+longer takes part, as in the simulator's own scheduler). The threads start,
+and leave a barrier, one after another: one runs, one waits for the
+interpreter lock, the others sleep. What a kernel
 computes, the thread and block indices it sees, and how an exception in one
 thread ends the launch are unchanged: the first exception raised in a thread
 is raised by the launch, and the threads waiting at a barrier are released
@@ -24,6 +26,7 @@ pyproject.toml pins (``numba-cuda>=0.30.4,<0.31``); ``install`` checks that
 the method it replaces is the one it was written against.
 """
 
+import collections
 import threading
 
 import numpy as np
@@ -32,24 +35,45 @@ from numba.cuda.simulator import kernel as simulator
 
 
 class _Block:
-    """One block's run: its barrier, the threads still running and the first
-    error."""
+    """One block's run: the threads still running, those waiting at the
+    barrier, the order in which the released ones wake, the first error."""
 
-    def __init__(self, n_threads):
-        self.condition = threading.Condition()
-        self.running = n_threads
-        self.waiting = 0
-        self.generation = 0  # barriers passed so far
+    def __init__(self, threads):
+        self.lock = threading.Lock()
+        self.running = len(threads)
+        self.waiting = []                   # the waiting threads' wake-up semaphores
+        self.to_wake = collections.deque()  # released, still asleep
         self.error = None    # (exception, traceback) of the first thread that raised
         self.finished = threading.Event()
+        self.to_start = collections.deque(thread.wake for thread in threads)
 
     def release_if_all_wait(self):
         """Open the barrier once every running thread waits at it (call with
-        the condition held)."""
-        if self.running and self.waiting == self.running:
-            self.waiting = 0
-            self.generation += 1
-            self.condition.notify_all()
+        the lock held). The threads wake one after another, each waking the
+        next (``wake_next``): woken all at once, they would all compete for
+        the interpreter lock, and the operating system would give the
+        process's hundreds of threads the CPU time of the other processes
+        on the machine, for nothing."""
+        if self.running and len(self.waiting) == self.running:
+            self.to_wake.extend(self.waiting)
+            self.waiting.clear()
+            self.to_wake.popleft().release()
+
+    def wake_next(self, queue):
+        """Wake the first thread of ``queue`` (to_start or to_wake), if any."""
+        with self.lock:
+            if queue:
+                queue.popleft().release()
+
+    def fail(self, error):
+        """Record the first error and wake every thread: those waiting at the
+        barrier raise in turn (call with the lock held)."""
+        if self.error is None:
+            self.error = error
+        for wake in list(self.waiting) + list(self.to_wake):
+            wake.release()
+        self.waiting.clear()
+        self.to_wake.clear()
 
 
 class _PoolThread(threading.Thread):
@@ -63,7 +87,7 @@ class _PoolThread(threading.Thread):
 
     def __init__(self):
         super().__init__(daemon=True, name="simulated GPU thread")
-        self.ready = threading.Semaphore(0)
+        self.wake = threading.Semaphore(0)
         self.block = self.work = None
         self.start()
 
@@ -78,34 +102,33 @@ class _PoolThread(threading.Thread):
 
     def run(self):
         while True:
-            self.ready.acquire()
+            self.wake.acquire()
             block = self.block
+            block.wake_next(block.to_start)  # the threads start one after another too
             try:
                 self.work()
             except BaseException as error:  # noqa: BLE001: handed to the launching thread
-                with block.condition:
-                    if block.error is None:
-                        where = f"tid={list(self.threadIdx)} ctaid={list(self.blockIdx)}"
-                        block.error = (type(error)(f"{where}: {error}"), error.__traceback__)
-                    block.condition.notify_all()  # the waiting threads raise in turn
-            with block.condition:
+                with block.lock:
+                    where = f"tid={list(self.threadIdx)} ctaid={list(self.blockIdx)}"
+                    block.fail((type(error)(f"{where}: {error}"), error.__traceback__))
+            with block.lock:
                 block.running -= 1
-                block.release_if_all_wait()
+                if block.error is None:
+                    block.release_if_all_wait()
                 if block.running == 0:
                     block.finished.set()
 
     def syncthreads(self):
         block = self.block
-        with block.condition:
+        with block.lock:
             if block.error is not None:
                 raise RuntimeError("another thread of the block raised")
-            generation = block.generation
-            block.waiting += 1
+            block.waiting.append(self.wake)
             block.release_if_all_wait()
-            while generation == block.generation and block.error is None:
-                block.condition.wait()
-            if block.error is not None:
-                raise RuntimeError("another thread of the block raised")
+        self.wake.acquire()
+        block.wake_next(block.to_wake)
+        if block.error is not None:
+            raise RuntimeError("another thread of the block raised")
 
 
 _pool = []
@@ -117,16 +140,15 @@ def _run_block(manager, block_index, *args):
     thread_indices = list(np.ndindex(*manager._block_dim))
     while len(_pool) < len(thread_indices):
         _pool.append(_PoolThread())
-    block = _Block(len(thread_indices))
     threads = _pool[:len(thread_indices)]
+    block = _Block(threads)
 
     def work():
         manager._f(*args)
 
     for thread, thread_index in zip(threads, thread_indices):
         thread.assign(manager, block, work, block_index, thread_index)
-    for thread in threads:
-        thread.ready.release()
+    block.wake_next(block.to_start)
     block.finished.wait()
     if block.error is not None:
         error, traceback = block.error
