@@ -2,11 +2,12 @@
 what a change costs a whole step.
 
     python bench/profile_step.py [--network tiny] [--optimizer sgd] [--rounds 200]
-                                 [--activation relu] [--dropout P] [--against DIR]
+                                 [--activation relu] [--dropout P] [--dtype float32]
+                                 [--against DIR]
 
-Builds a ``fastnn bench`` network in float32 (with ``--activation``, another
-hidden activation than ReLU, which BatchNorm applies itself; with
-``--dropout P``, a Dropout(P) after each one), starts a fit session on it and
+Builds a ``fastnn bench`` network in float32 (or ``--dtype``; with
+``--activation``, another hidden activation than ReLU, which BatchNorm
+applies itself; with ``--dropout P``, a Dropout(P) after each one), starts a fit session on it and
 times each part of one step (the batch gather, every layer's forward and
 backward, the loss, the optimizer update) by calling the engine's own layer
 functions in a compiled loop, so that no Python call is timed. Each round
@@ -138,14 +139,15 @@ def build_model(network, dropout=0.0, activation="relu", seed=0):
     return fn.mlp(d_in, [hidden] * blocks, 1, seed=seed, dropout=dropout, activation=activation)
 
 
-def session_for(network, optimizer, dropout, n_batches, activation="relu"):
-    """A compiled cpu fit session on the network (float32), its index over
+def session_for(network, optimizer, dropout, n_batches, activation="relu", dtype="float32"):
+    """A compiled cpu fit session on the network (in dtype), its index over
     n_batches batches in order."""
     batch = NETWORKS[network][3]
     X, y = make_data(network, n_batches * batch)
+    X, y = X.astype(dtype), y.astype(dtype)
     opt = fn.SGD(lr=1e-3) if optimizer == "sgd" else fn.Adam(lr=1e-3)
     trainer = fn.Trainer(build_model(network, dropout, activation), optimizer=opt, device="cpu",
-                         dtype="float32", seed=0)
+                         dtype=dtype, seed=0)
     trainer.fit(X, y, epochs=1, batch_size=batch, shuffle=False)  # compile
     session = trainer.backend.start_fit(trainer.model, opt, X, y[:, None].copy(), batch,
                                         engine_loss(BCE), dropout_key=trainer.dropout_key)
@@ -153,10 +155,10 @@ def session_for(network, optimizer, dropout, n_batches, activation="relu"):
     return trainer, session
 
 
-def profile(network, optimizer, rounds, dropout, activation="relu"):
+def profile(network, optimizer, rounds, dropout, activation="relu", dtype="float32"):
     """[(part, microseconds)] for one step of ``network``."""
     batch = NETWORKS[network][3]
-    trainer, session = session_for(network, optimizer, dropout, 4, activation)
+    trainer, session = session_for(network, optimizer, dropout, 4, activation, dtype)
     table = trainer.model.table
     rows = [("gather", GATHER, 0)]
     for l in range(table.shape[0]):
@@ -230,11 +232,11 @@ def this_epoch(session, batches):
                                       True, losses, sizes, s.loss, s.guard, None)
 
 
-def compare(network, optimizer, rounds, dropout, directory, short=8, long=40):
+def compare(network, optimizer, rounds, dropout, directory, short=8, long=40, dtype="float32"):
     """{variant: microseconds per step}, interleaved, from the minima over
     the rounds of calls over ``long`` and ``short`` batches."""
-    plain_trainer, plain = session_for(network, optimizer, 0.0, long)
-    _, with_dropout = session_for(network, optimizer, dropout, long)
+    plain_trainer, plain = session_for(network, optimizer, 0.0, long, dtype=dtype)
+    _, with_dropout = session_for(network, optimizer, dropout, long, dtype=dtype)
     variants = {
         f"{directory} engine, no dropout": [baseline_epoch(directory, plain_trainer, plain, n)
                                             for n in (short, long)],
@@ -263,13 +265,14 @@ def main():
                         help="the hidden activation (fastnn.mlp's names; default relu)")
     parser.add_argument("--dropout", type=float, default=None, metavar="P",
                         help="a Dropout(P) after each hidden activation (--against: default 0.1)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--against", metavar="DIR",
                         help="also time whole steps against the engine in DIR/kernels")
     args = parser.parse_args()
     dropout = args.dropout or 0.0
     timed, redrawn, step, epoch = profile(args.network, args.optimizer, args.rounds, dropout,
-                                          args.activation)
-    print(f"{args.network}, {args.optimizer}, float32, batch {NETWORKS[args.network][3]}, "
+                                          args.activation, args.dtype)
+    print(f"{args.network}, {args.optimizer}, {args.dtype}, batch {NETWORKS[args.network][3]}, "
           f"{args.activation}{f', Dropout({dropout})' if dropout else ''}: microseconds per call "
           f"(min of {args.rounds} rounds)")
     for name, us in timed:
@@ -281,7 +284,8 @@ def main():
         print(f"  {name:<44} {us:8.3f}")
     if args.against:
         p = args.dropout if args.dropout is not None else 0.1
-        steps = compare(args.network, args.optimizer, args.rounds, p, args.against)
+        steps = compare(args.network, args.optimizer, args.rounds, p, args.against,
+                        dtype=args.dtype)
         base = next(iter(steps.values()))
         print(f"whole steps (train_epoch over 40 batches less over 8, / 32), interleaved, "
               f"min of {args.rounds} rounds: microseconds per step (ratio to the first)")

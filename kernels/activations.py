@@ -25,10 +25,11 @@ import numpy as np
 
 from .elementwise import (
     GELU_KAPPA, GELU_PDF, SQRT1_2, SQRT_2_OVER_PI, gelu, gelu_grad, gelu_tanh, gelu_tanh_grad,
-    leaky_relu, leaky_relu_grad, relu, relu_backward_element, sigmoid, sigmoid_grad_from_output,
-    silu, silu_grad, tanh_grad_from_output,
+    leaky_relu, leaky_relu_grad, relu, relu_backward_element, relu_grad_from_output, sigmoid,
+    sigmoid_grad_from_output, silu, silu_grad, tanh_grad_from_output,
 )
-from .jit import jit
+from .jit import inline, jit
+from .reference import libm
 
 
 RELU, SIGMOID, TANH, LEAKY_RELU, GELU, GELU_TANH, SILU = range(7)
@@ -39,22 +40,22 @@ FROM_INPUT = (LEAKY_RELU, GELU, GELU_TANH, SILU)
 
 
 # ---- reference (NumPy) ----
+# Written as the cpu kernels compute each element (elementwise.py: the same
+# operations in the same order, the C library's exp, tanh and erf), so that
+# the two agree bit for bit in float64.
 
 def numpy_sigmoid(x):
     """1 / (1 + exp(-x)) of a NumPy array without overflow, in x's dtype (the
-    NumPy twin of elementwise.sigmoid): the sigmoid's reference, and the
-    sigmoid Trainer.predict_proba applies to the float64 logits."""
+    NumPy twin of elementwise.sigmoid, on NumPy's exp): the sigmoid
+    Trainer.predict_proba applies to the float64 logits."""
     e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
 
 
-sigmoid_reference = numpy_sigmoid
-
-
-def erf(x):
-    """math.erf of every element, in x's dtype (NumPy has no erf; SciPy's would
-    cost every ``import fastnn`` the import of scipy.special)."""
-    return np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype)
+def sigmoid_reference(x):
+    """numpy_sigmoid on the C library's exp, as elementwise.sigmoid."""
+    e = libm(math.exp, -np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
 
 
 def activation_forward_reference(kind, negative_slope, x):
@@ -63,35 +64,83 @@ def activation_forward_reference(kind, negative_slope, x):
     if kind == SIGMOID:
         return sigmoid_reference(x)
     if kind == TANH:
-        return np.tanh(x)
+        return libm(math.tanh, x)
     if kind == LEAKY_RELU:
         return np.where(x > 0, x, x * negative_slope)
     if kind == GELU:
-        return x * 0.5 * (1 + erf(x * SQRT1_2))
+        return x * 0.5 * (1 + libm(math.erf, x * SQRT1_2))
     if kind == GELU_TANH:
-        return 0.5 * x * (1 + np.tanh(SQRT_2_OVER_PI * (x + GELU_KAPPA * x ** 3)))
-    with np.errstate(over="ignore"):  # exp(-x) = inf: x / inf = -0, as in PyTorch
-        return x / (1 + np.exp(-x))
+        return 0.5 * x * (1 + libm(math.tanh, SQRT_2_OVER_PI * (x + GELU_KAPPA * x * x * x)))
+    return x / (1 + libm(math.exp, -x))  # exp(-x) = inf: x / inf = -0, as in PyTorch
 
 
 def activation_backward_reference(kind, negative_slope, x, y, dy):
     if kind == RELU:  # 1 where y > 0, 0 where y <= 0, NaN (y itself) where y is NaN
         return dy * np.where(y > 0, 1, np.where(y <= 0, 0, y))
     if kind == SIGMOID:
-        return dy * y * (1 - y)
+        return dy * (y * (1 - y))
     if kind == TANH:
         return dy * (1 - y * y)
     if kind == LEAKY_RELU:
         return dy * np.where(x > 0, 1, np.where(x <= 0, negative_slope, x))
     if kind == GELU:
-        return dy * (0.5 * (1 + erf(x * SQRT1_2)) + x * GELU_PDF * np.exp(-0.5 * x * x))
+        cdf = 0.5 * (1 + libm(math.erf, x * SQRT1_2))
+        return dy * (cdf + x * (GELU_PDF * libm(math.exp, -0.5 * x * x)))
     if kind == GELU_TANH:
-        t = np.tanh(SQRT_2_OVER_PI * (x + GELU_KAPPA * x ** 3))
+        t = libm(math.tanh, SQRT_2_OVER_PI * (x + GELU_KAPPA * x * x * x))
         return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * SQRT_2_OVER_PI
                      * (1 + 3 * GELU_KAPPA * x * x))
-    with np.errstate(over="ignore"):
-        s = 1 / (1 + np.exp(-x))
-    return dy * s * (1 + x * (1 - s))
+    s = 1 / (1 + libm(math.exp, -x))
+    return dy * (s * (1 + x * (1 - s)))
+
+
+# ---- one element (the CUDA kernels, element by element) ----
+
+@inline
+def activation_element(kind, negative_slope, x):
+    """f(x) of one element for the activation code ``kind``; negative_slope
+    in x's dtype. (The cpu kernels below keep one loop per kind, which
+    vectorizes.)"""
+    if kind == RELU:
+        return relu(x)
+    if kind == SIGMOID:
+        return sigmoid(x)
+    if kind == TANH:
+        return math.tanh(x)
+    if kind == LEAKY_RELU:
+        return leaky_relu(x, negative_slope)
+    if kind == GELU:
+        return gelu(x)
+    if kind == GELU_TANH:
+        return gelu_tanh(x)
+    return silu(x)
+
+
+@inline
+def reads_input(kind):
+    """Whether the derivative of ``kind`` is computed from the input x (one
+    of FROM_INPUT): a kernel reads x only then."""
+    return kind == LEAKY_RELU or kind == GELU or kind == GELU_TANH or kind == SILU
+
+
+@inline
+def activation_grad_element(kind, negative_slope, value):
+    """f'(x) of one element from ``value``: its input x where
+    ``reads_input(kind)``, else its output y (see the contract);
+    negative_slope in x's dtype."""
+    if kind == RELU:
+        return relu_grad_from_output(value)
+    if kind == SIGMOID:
+        return sigmoid_grad_from_output(value)
+    if kind == TANH:
+        return tanh_grad_from_output(value)
+    if kind == LEAKY_RELU:
+        return leaky_relu_grad(value, negative_slope)
+    if kind == GELU:
+        return gelu_grad(value)
+    if kind == GELU_TANH:
+        return gelu_tanh_grad(value)
+    return silu_grad(value)
 
 
 # ---- cpu ----

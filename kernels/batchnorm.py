@@ -24,30 +24,51 @@ import numpy as np
 from .collective import allreduce_sum
 from .elementwise import relu_backward_element
 from .jit import inline, jit
+from .reference import sum_in_order
 from .views import vector_at
 
 
 # ---- reference (NumPy, any float dtype; the tests run it in float64) ----
+# Written in the cpu kernels' order (batch sums in float64, rows in order; the
+# affine transform folded into a scale and a shift), so that the two agree
+# bit for bit in float64.
+
+def batch_statistics_reference(x, eps):
+    """The batch (mean, var, inv_std) of x, as batchnorm_forward computes them."""
+    n = x.shape[0]
+    mean = (sum_in_order(x, dtype=np.float64) / n).astype(x.dtype)
+    var = sum_in_order((x - mean) ** 2, dtype=np.float64) / n
+    inv_std = 1.0 / np.sqrt(var + eps)
+    return mean, var.astype(x.dtype), inv_std.astype(x.dtype)
+
 
 def batchnorm_forward_reference(x, gamma, beta, eps):
-    mean = x.mean(axis=0)
-    var = ((x - mean) ** 2).mean(axis=0)
-    inv_std = 1.0 / np.sqrt(var + eps)
-    y = gamma * (x - mean) * inv_std + beta
-    return y, mean, inv_std
+    """(y, mean, inv_std)."""
+    mean, _, inv_std = batch_statistics_reference(x, eps)
+    return scale_shift_reference(x, gamma, beta, mean, inv_std), mean, inv_std
 
 
 def batchnorm_inference_reference(x, gamma, beta, running_mean, running_var, eps):
-    return gamma * (x - running_mean) / np.sqrt(running_var + eps) + beta
+    return scale_shift_reference(x, gamma, beta, running_mean, 1.0 / np.sqrt(running_var + eps))
+
+
+def scale_shift_reference(x, gamma, beta, mean, inv_std):
+    """gamma (x - mean) inv_std + beta as batchnorm_scale_shift folds it:
+    x scale + shift, scale = gamma inv_std, shift = beta - mean scale."""
+    scale = gamma * inv_std
+    return x * scale + (beta - mean * scale)
 
 
 def batchnorm_backward_reference(dy, x, gamma, mean, inv_std):
+    """(dx, dgamma, dbeta), as batchnorm_backward computes them."""
     n = x.shape[0]
-    x_hat = (x - mean) * inv_std
-    dbeta = dy.sum(axis=0)
-    dgamma = (dy * x_hat).sum(axis=0)
-    dx = gamma * inv_std / n * (n * dy - dbeta - x_hat * dgamma)
-    return dx, dgamma, dbeta
+    sum_dy = sum_in_order(dy, dtype=np.float64)
+    sum_dy_xc = sum_in_order(dy * (x - mean), dtype=np.float64)
+    a = gamma * inv_std  # the kernel's per-feature coefficients, in x's dtype
+    c = (a * inv_std * inv_std * (sum_dy_xc / n)).astype(x.dtype)
+    mean_dy = (sum_dy / n).astype(x.dtype)
+    dx = a * (dy - mean_dy) - c * (x - mean)
+    return dx, (sum_dy_xc * inv_std).astype(x.dtype), sum_dy.astype(x.dtype)
 
 
 def batchnorm_update_running_reference(running_mean, running_var, mean, var, n, momentum):

@@ -29,13 +29,13 @@ import math
 import numpy as np
 from numba import config, cuda, float64
 
+from .activations import activation_element, activation_grad_element, reads_input
 from .elementwise import (
-    absolute_error_grad, absolute_error_term, adam_element, bce_term, bce_with_logits_term, gelu,
-    gelu_grad, gelu_tanh, gelu_tanh_grad, huber_grad, huber_term, leaky_relu, leaky_relu_grad,
-    relu, relu_grad_from_output, rmsprop_element, sgd_element, sigmoid, sigmoid_grad_from_output,
-    silu, silu_grad, splitmix64, squared_error_grad, squared_error_term, tanh_grad_from_output,
+    absolute_error_grad, absolute_error_term, adam_element, bce_term, bce_with_logits_term,
+    huber_grad, huber_term, rmsprop_element, sgd_element, sigmoid, squared_error_grad,
+    squared_error_term,
 )
-from .activations import GELU, GELU_TANH, LEAKY_RELU, RELU, SIGMOID, TANH
+from .dropout import element_bits, layer_seed
 from .loss import L1, MSE
 from .optim import NORM_EPS, adam_scalars, rmsprop_scalars, sgd_scalars
 
@@ -216,21 +216,7 @@ def activation_forward(kind, negative_slope, x, n, y):
     f = x.shape[1]
     if i < n * f:
         r, c = i // f, i % f
-        v = x[r, c]
-        if kind == RELU:
-            y[r, c] = relu(v)
-        elif kind == SIGMOID:
-            y[r, c] = sigmoid(v)
-        elif kind == TANH:
-            y[r, c] = math.tanh(v)
-        elif kind == LEAKY_RELU:
-            y[r, c] = leaky_relu(v, negative_slope)
-        elif kind == GELU:
-            y[r, c] = gelu(v)
-        elif kind == GELU_TANH:
-            y[r, c] = gelu_tanh(v)
-        else:
-            y[r, c] = silu(v)
+        y[r, c] = activation_element(kind, negative_slope, x[r, c])
 
 
 @cuda.jit
@@ -240,26 +226,13 @@ def activation_backward(kind, negative_slope, x, y, dy, n, dx):
     f = dy.shape[1]
     if i < n * f:
         r, c = i // f, i % f
-        if kind == RELU:
-            d = relu_grad_from_output(y[r, c])
-        elif kind == SIGMOID:
-            d = sigmoid_grad_from_output(y[r, c])
-        elif kind == TANH:
-            d = tanh_grad_from_output(y[r, c])
-        elif kind == LEAKY_RELU:
-            d = leaky_relu_grad(x[r, c], negative_slope)
-        elif kind == GELU:
-            d = gelu_grad(x[r, c])
-        elif kind == GELU_TANH:
-            d = gelu_tanh_grad(x[r, c])
-        else:
-            d = silu_grad(x[r, c])
-        dx[r, c] = dy[r, c] * d
+        value = y[r, c]
+        if reads_input(kind):
+            value = x[r, c]
+        dx[r, c] = dy[r, c] * activation_grad_element(kind, negative_slope, value)
 
 
 # ---- dropout (dropout.py's masks, drawn by one thread per element) ----
-
-LOW32 = np.uint64(0xFFFFFFFF)
 
 
 @cuda.jit
@@ -273,14 +246,10 @@ def dropout_forward(x, key, step, layer, first_row, threshold, kept, n, y, mask)
     f = x.shape[1]
     if i < n * f:
         r, c = i // f, i % f
-        # np.uint64 around each hash: in the CUDA simulator the compiled hash returns
-        # a Python int, which numba would type as int64
-        seed = np.uint64(splitmix64(np.uint64(key[0]), np.uint64(step[0] - 1)))
-        seed = np.uint64(splitmix64(seed, np.uint64(layer)))
-        seed = np.uint64(splitmix64(seed, np.uint64(first_row + r)))
-        word = np.uint64(splitmix64(seed, np.uint64(c // 2)))
-        bits = (word >> np.uint64(32 * (c % 2))) & LOW32
-        m = kept if bits >= threshold else 0.0
+        # np.uint64 around the seed: in the CUDA simulator the compiled hash
+        # returns a Python int, which numba would type as int64
+        seed = np.uint64(layer_seed(np.uint64(key[0]), np.uint64(step[0] - 1), np.uint64(layer)))
+        m = kept if element_bits(seed, first_row + r, c) >= threshold else 0.0
         mask[r, c] = m
         y[r, c] = x[r, c] * m
 

@@ -21,15 +21,25 @@ product of small layers, which multiplies a transposed copy of the weight.
 """
 
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 from .batchnorm import batch_sums
 from .jit import dot_loops, inline, jit, loops
+from .reference import blas_dot, sum_in_order
 from .views import matrix_at, vector_at
 
-# The loop kernels may fuse a multiply and an add (one rounding instead of
-# two), and the forward one may split a dot product over SIMD lanes: each
-# output's order of operations is fixed when the kernel compiles, the same
-# in every run and with any number of threads (the loops run on one).
+# The loop kernels are compiled once per dtype. In float32 they may fuse a
+# multiply and an add (one rounding instead of two), and the forward one may
+# split a dot product over SIMD lanes: each output's order of operations is
+# fixed when the kernel compiles, the same in every run and with any number
+# of threads (the loops run on one), but the lanes are the processor's and
+# NumPy has no fused multiply-add. In float64 they compute each output in
+# the order the source writes, as the NumPy reference does, so that the two
+# agree bit for bit. That costs the float64 forward kernel its SIMD sums
+# (32 x 32 -> 1: 0.37 us against 0.23 us, best of 300 rounds of 100 calls,
+# 2026-12-07, AMD EPYC with AVX2, load average 7-17); the backward kernel,
+# vectorized along rows whichever the flags, ran within noise (0.52-0.57 us).
 
 # Below these sizes the loop kernels beat BLAS, whose calls cost 0.2-0.4 us
 # to enter from compiled code; above them BLAS's register-blocked SIMD kernels
@@ -48,9 +58,22 @@ from .views import matrix_at, vector_at
 #   32 x 32 -> 32    1.94   3.62         32 x 32 -> 32     1.84   7.66
 # (float64 alike). So the forward pass takes the loops up to 64 outputs
 # (batch * n_out), the backward pass only up to 1024 multiply-adds per
-# product (batch * n_in * n_out), and every dimension is at most 64.
+# product (batch * n_in * n_out), and every dimension is at most 64. The
+# float64 forward kernel sums each dot product in order, without SIMD lanes
+# (see below), and beats BLAS only up to 1024 multiply-adds too (float64,
+# forward, best of 300 rounds of 100 calls, 2026-12-07, AMD EPYC with AVX2,
+# load average 7-20; microseconds):
+#                    BLAS   loops in order
+#   32 x 32 -> 1     0.42   0.37
+#   16 x 12 -> 4     0.46   0.30
+#    4 x 16 -> 16    0.48   0.36
+#    8 x 32 -> 8     0.57   0.59
+#   64 x 64 -> 1     0.82   1.11
+#    2 x 32 -> 32    0.97   1.33
+#    1 x 64 -> 64    0.75   2.54
 LOOP_MAX_WIDTH = 64
 FORWARD_LOOP_MAX_OUTPUTS = 64
+FLOAT64_FORWARD_LOOP_MAX_PRODUCT = 1024
 BACKWARD_LOOP_MAX_PRODUCT = 1024
 
 # numba hands ``np.dot(x, w.T)`` to BLAS as sgemm with the operand w.T marked
@@ -73,24 +96,60 @@ TRANSPOSED_COPY_CORES = ("skylakex", "cooperlake", "sapphirerapids")
 
 
 # ---- reference (NumPy, any float dtype; the tests run it in float64) ----
+# Each product is computed as the cpu kernel that dense_forward or
+# dense_backward picks for the shape computes it, so that the two agree bit for
+# bit in float64 (kernels/reference.py): the loop kernels' orders, written
+# with whole rows, or the BLAS call numba makes.
 
-def dense_forward_reference(x, w, b):
-    y = x @ w.T
+def dense_forward_reference(x, w, b, copies_weight=False):
+    """y = x @ w.T + b; ``copies_weight``: whether the cpu kernel may multiply
+    a transposed copy of the weight (an engine whose ``scratch`` has room)."""
+    batch, n_in, n_out = x.shape[0], x.shape[1], w.shape[0]
+    if forward_takes_loops.py_func(batch, n_in, n_out, x.itemsize == 8):
+        # dense_forward_loops in float64: each output's dot product in input order
+        y = sum_in_order(x[:, None, :] * w[None, :, :], axis=2)
+    elif copies_weight and forward_copies_weight.py_func(batch, n_in, n_out):
+        y = blas_dot(x, np.ascontiguousarray(w.T))
+    else:
+        y = blas_dot(x, w, transpose_b=True)
     if b is not None and b.size:
         y = y + b
     return y
 
 
 def dense_backward_reference(dy, x, w):
-    return dy @ w, dy.T @ x, dy.sum(axis=0)
+    """(dx, dw, db)."""
+    batch, n_in, n_out = x.shape[0], x.shape[1], w.shape[0]
+    db = sum_in_order(dy, dtype=np.float64).astype(dy.dtype)  # store_bias_gradient's order
+    if not backward_takes_loops.py_func(batch, n_in, n_out):
+        return blas_dot(dy, w), blas_dot(dy, x, transpose_a=True), db
+    # dense_backward_loops in float64: dw adds four samples' terms at a time,
+    # dx the first output's row of w scaled, then four scaled rows at a time
+    dw = np.zeros_like(w)
+    whole = batch - batch % 4
+    for i in range(0, whole, 4):
+        dw += (dy[i, :, None] * x[i] + dy[i + 1, :, None] * x[i + 1]
+               + dy[i + 2, :, None] * x[i + 2] + dy[i + 3, :, None] * x[i + 3])
+    for i in range(whole, batch):
+        dw += dy[i, :, None] * x[i]
+    dx = dy[:, :1] * w[0]
+    after_first = 1 + (n_out - 1) - (n_out - 1) % 4
+    for j in range(1, after_first, 4):
+        dx += (dy[:, j, None] * w[j] + dy[:, j + 1, None] * w[j + 1]
+               + dy[:, j + 2, None] * w[j + 2] + dy[:, j + 3, None] * w[j + 3])
+    for j in range(after_first, n_out):
+        dx += dy[:, j, None] * w[j]
+    return dx, dw, db
 
 
 # ---- cpu ----
 
 @inline
-def forward_takes_loops(batch, n_in, n_out):
-    """Whether dense_forward runs on the loop kernel (True) or BLAS (False)."""
-    return max(batch, n_in, n_out) <= LOOP_MAX_WIDTH and batch * n_out <= FORWARD_LOOP_MAX_OUTPUTS
+def forward_takes_loops(batch, n_in, n_out, float64):
+    """Whether dense_forward runs on the loop kernel (True) or BLAS (False),
+    in float64 (True) or float32."""
+    return (max(batch, n_in, n_out) <= LOOP_MAX_WIDTH and batch * n_out <= FORWARD_LOOP_MAX_OUTPUTS
+            and (not float64 or batch * n_in * n_out <= FLOAT64_FORWARD_LOOP_MAX_PRODUCT))
 
 
 @inline
@@ -114,7 +173,7 @@ def dense_forward(x, w, b, y, scratch):
     Inlined into its caller: compiled on its own, the choice of path cost
     about 0.07 us per call (32 x 32 -> 1 in a compiled loop: 0.25 us against
     0.19 us inlined, 0.17 us calling the loops directly)."""
-    if forward_takes_loops(x.shape[0], x.shape[1], w.shape[0]):
+    if forward_takes_loops(x.shape[0], x.shape[1], w.shape[0], x.itemsize == 8):
         dense_forward_loops(x, w, b, y, scratch)
     else:
         dense_forward_blas(x, w, b, y, scratch)
@@ -193,13 +252,43 @@ def store_bias_gradient(dy, db, sums):
         db[j] = total[j]
 
 
-@dot_loops
 def dense_forward_loops(x, w, b, y, scratch):
+    """dense_forward in loops, by the kernel of x's dtype (called from Python
+    or from compiled code)."""
+    if x.dtype == np.float64:
+        dense_forward_loops_float64(x, w, b, y, scratch)
+    else:
+        dense_forward_loops_float32(x, w, b, y, scratch)
+
+
+# A plain overload: with inline="always", numba 0.68.1 inlined it into
+# train_epoch and lost BatchNorm's num_batches_tracked increments there.
+@overload(dense_forward_loops)
+def _dense_forward_loops_compiled(x, w, b, y, scratch):
+    if x.dtype == types.float64:
+        return lambda x, w, b, y, scratch: dense_forward_loops_float64(x, w, b, y, scratch)
+    return lambda x, w, b, y, scratch: dense_forward_loops_float32(x, w, b, y, scratch)
+
+
+@dot_loops
+def dense_forward_loops_float32(x, w, b, y, scratch):
+    """forward_loops with fused multiply-adds and SIMD-split dot products."""
+    forward_loops(x, w, b, y, scratch)
+
+
+@jit
+def dense_forward_loops_float64(x, w, b, y, scratch):
+    """forward_loops in the order it is written."""
+    forward_loops(x, w, b, y, scratch)
+
+
+@inline
+def forward_loops(x, w, b, y, scratch):
     """dense_forward in loops, four rows of x at a time (each row of w is
     read once for four outputs). Each output is a dot product over n_in,
-    then its bias; the dot product runs in SIMD lanes whose partial sums are
-    added at the end, an order fixed when the kernel compiles. scratch is
-    not used."""
+    then its bias; compiled with dot_loops, the dot product runs in SIMD
+    lanes whose partial sums are added at the end, an order fixed when the
+    kernel compiles. scratch is not used."""
     zero = y.dtype.type(0)
     has_bias = b.size > 0
     whole = x.shape[0] - x.shape[0] % 4
@@ -232,8 +321,38 @@ def dense_forward_loops(x, w, b, y, scratch):
             y[i, j] = total + (b[j] if has_bias else zero)
 
 
-@loops
 def dense_backward_loops(dy, x, w, dx, dw, db, sums):
+    """dense_backward in loops, by the kernel of x's dtype (called from
+    Python or from compiled code)."""
+    if x.dtype == np.float64:
+        dense_backward_loops_float64(dy, x, w, dx, dw, db, sums)
+    else:
+        dense_backward_loops_float32(dy, x, w, dx, dw, db, sums)
+
+
+@overload(dense_backward_loops)
+def _dense_backward_loops_compiled(dy, x, w, dx, dw, db, sums):
+    if x.dtype == types.float64:
+        return lambda dy, x, w, dx, dw, db, sums: dense_backward_loops_float64(
+            dy, x, w, dx, dw, db, sums)
+    return lambda dy, x, w, dx, dw, db, sums: dense_backward_loops_float32(
+        dy, x, w, dx, dw, db, sums)
+
+
+@loops
+def dense_backward_loops_float32(dy, x, w, dx, dw, db, sums):
+    """backward_loops with fused multiply-adds."""
+    backward_loops(dy, x, w, dx, dw, db, sums)
+
+
+@jit
+def dense_backward_loops_float64(dy, x, w, dx, dw, db, sums):
+    """backward_loops in the order it is written."""
+    backward_loops(dy, x, w, dx, dw, db, sums)
+
+
+@inline
+def backward_loops(dy, x, w, dx, dw, db, sums):
     """dense_backward in loops. dw: one pass over the batch adds four
     samples' terms to a row of dw at a time, dw[j] += (dy[i, j] x[i] + ... +
     dy[i+3, j] x[i+3]), vectorized along the row. dx: each row is the first

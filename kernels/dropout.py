@@ -78,6 +78,24 @@ def keep_scale(p, like):
     return like.dtype.type(1.0 / (1.0 - p))
 
 
+# ---- one element's bits (the CUDA kernels draw element by element) ----
+
+@inline
+def layer_seed(key, step, layer):
+    """splitmix64(splitmix64(key, step), layer): the seed of the mask of the
+    Dropout layer ``layer`` at ``step`` (uint64 arguments)."""
+    return splitmix64(splitmix64(key, step), layer)
+
+
+@inline
+def element_bits(seed, row, col):
+    """The 32 random bits of element (row, col) of the global batch, as a
+    uint64, from its layer's ``seed`` (layer_seed): the low half of the row's
+    word col // 2 for an even col, its high half for an odd one."""
+    word = splitmix64(splitmix64(seed, np.uint64(row)), np.uint64(col // 2))
+    return (word >> (_SHIFT32 * np.uint64(col % 2))) & _LOW32
+
+
 # ---- reference (NumPy) ----
 
 def dropout_mask_reference(key, step, layer, first_row, p, rows, cols, dtype):

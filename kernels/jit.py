@@ -16,9 +16,11 @@ uses (``from .jit import jit, inline``) and never calls ``njit`` itself.
     internal   compiled once, called only from compiled code (no Python entry
                point, which would cost compile time): the engine's small views
     loops      jit, and LLVM may fuse a multiply and an add into one FMA (one
-               rounding instead of two): the dense layer's own loop kernels
+               rounding instead of two): the dense layer's own loop kernels in
+               float32 (in float64 they are jit, as the NumPy reference has no
+               FMA: see dense.py)
     dot_loops  loops, and LLVM may also reassociate a dot product's sum to split
-               it over SIMD lanes: the forward loop kernel
+               it over SIMD lanes: the forward loop kernel in float32
     scans      jit, and LLVM may reorder a sum to split it over SIMD lanes: the
                passes over data whose answer does not depend on the order
                (whether every value is finite, how many exceed a limit)
@@ -28,7 +30,10 @@ folder that ``KernelCacheLocator`` below chooses) and uses NumPy's error model (
 NaN instead of raising, which lets the loops vectorize). The order of
 operations of every output is fixed when a kernel compiles, the same in every
 run and with any number of threads: fastmath flags change the rounding of a
-kernel against its reference, never its determinism.
+kernel against its reference, never its determinism. No float64 kernel
+whose results depend on the order (all but the scans) has them, so the NumPy
+references compute each float64 result as the cpu kernel does, bit for bit
+(kernels/reference.py).
 """
 
 import functools

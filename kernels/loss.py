@@ -40,6 +40,7 @@ compiled once with every loss in it and picks one per batch at run time, so
 a model with another loss loads the same compiled engine.
 """
 
+import math
 from collections import namedtuple
 
 import numpy as np
@@ -51,6 +52,7 @@ from .elementwise import (
     huber_term, sigmoid, squared_error_grad, squared_error_term,
 )
 from .jit import inline, jit
+from .reference import libm, sum_in_order
 
 
 BCE, CROSS_ENTROPY, MSE, L1, HUBER = 0, 1, 2, 3, 4
@@ -91,47 +93,47 @@ def bce_reference(z, y):
     return float(np.mean(-(y * log_z + (1 - y) * log_1mz)))
 
 
-def _row_scales(w, total, n, per_row):
-    """(n, 1) factors w_i / (total * per_row) that turn the elements' terms
-    into the weighted mean's (per_row: the elements averaged in a row's loss)."""
-    weights = np.ones(n) if w is None else np.asarray(w, np.float64)
-    return (weights / (float(total) * per_row))[:, None]
-
-
 def loss_reference(code, z, y, w=None, total=None, delta=1.0):
     """The loss (float) and d loss / d z (float64) of the loss ``code`` on
     NumPy outputs z (n, k) and targets y, with optional row weights w (n,)
-    and divisor ``total`` (None: w.sum(), or n without weights); see the
+    and divisor ``total`` (None: w's sum, or n without weights); see the
     module docstring; an empty w is no weights, as in the cpu kernels. The
     losses' reference, and the loss Trainer.evaluate reports for the float64
-    outputs."""
+    outputs. Computed as the cpu kernels compute it (each row's terms summed
+    in order, then the rows' weighted losses in order; the same scale
+    factors; the C library's exp, log and log1p), so that the two agree bit
+    for bit in float64."""
     z, y = np.asarray(z, np.float64), np.asarray(y, np.float64)
-    if w is not None and np.size(w) == 0:
-        w = None
+    w = None if w is None or np.size(w) == 0 else np.asarray(w, np.float64)
     n, k = z.shape
     if total is None:
-        total = n if w is None else float(np.sum(w))
+        total = n if w is None else float(sum_in_order(w))
     if code == CROSS_ENTROPY:
-        shifted = z - z.max(axis=1, keepdims=True)
-        log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        scales = _row_scales(w, total, n, 1)
-        terms = -(y * log_softmax)
-        gradient = np.exp(log_softmax) * y.sum(axis=1, keepdims=True) - y
+        top = z.max(axis=1, keepdims=True)
+        log_sum = libm(math.log, sum_in_order(libm(math.exp, z - top), axis=1))[:, None] + top
+        rows = sum_in_order(y * (log_sum - z), axis=1)
+        y_sum = sum_in_order(y, axis=1)[:, None]
+        factor = 1.0 / total if w is None else w / total
+        gradient = libm(math.exp, z - log_sum) * y_sum - y
+        value = sum_in_order(rows if w is None else w * rows) / total
     else:
-        scales = _row_scales(w, total, n, k)
         d = z - y
         if code == BCE:
-            terms = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+            terms = np.maximum(z, 0.0) - z * y + libm(math.log1p, libm(math.exp, -np.abs(z)))
             gradient = sigmoid_reference(z) - y
         elif code == MSE:
-            terms, gradient = d * d, 2 * d
+            terms, gradient = d * d, d + d
         elif code == L1:
             terms, gradient = np.abs(d), np.sign(d)
         else:
             small = np.abs(d) < delta
-            terms = np.where(small, 0.5 * d * d, delta * (np.abs(d) - 0.5 * delta))
+            terms = np.where(small, 0.5 * np.abs(d) * np.abs(d), delta * (np.abs(d) - 0.5 * delta))
             gradient = np.clip(d, -delta, delta)
-    return float(np.sum(terms * scales)), gradient * scales
+        scale = 1.0 / (total * k)
+        factor = scale if w is None else w * scale
+        rows = sum_in_order(terms, axis=1)
+        value = sum_in_order(rows if w is None else w * rows) * scale
+    return float(value), gradient * (factor if np.ndim(factor) == 0 else factor[:, None])
 
 
 # ---- cpu (2-D inputs; w (n,) float64, or empty: unweighted; outputs passed last) ----

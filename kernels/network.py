@@ -116,9 +116,9 @@ from .activations import (
     activation_forward_reference,
 )
 from .batchnorm import (
-    batchnorm_backward, batchnorm_backward_reference, batchnorm_forward,
-    batchnorm_forward_reference, batchnorm_inference, batchnorm_inference_reference,
-    batchnorm_update_running, batchnorm_update_running_reference,
+    batch_statistics_reference, batchnorm_backward, batchnorm_backward_reference,
+    batchnorm_forward, batchnorm_inference, batchnorm_inference_reference,
+    batchnorm_update_running, batchnorm_update_running_reference, scale_shift_reference,
 )
 from .collective import allreduce_sum, broadcast, shard
 from .dense import TRANSPOSED_COPY_MAX_WIDTH, dense_backward, dense_backward_reference
@@ -130,6 +130,7 @@ from .jit import inline, internal, released
 from .loss import loss_and_gradient
 from .optim import CLIP_NORM, CLIP_VALUE, clip_gradients, clip_gradients_reference
 from .optim import optimizer_update
+from .reference import sum_in_order
 from .views import matrix_at, matrix_at_reference, vector_at, vector_at_reference
 
 # Compile time is a user-visible cost (a first run compiles everything), and it
@@ -680,7 +681,7 @@ def _store(out, value):
 
 
 def _dense_forward(x, w, b, y, scratch):
-    _store(y, dense_forward_reference(x, w, b))
+    _store(y, dense_forward_reference(x, w, b, copies_weight=scratch.shape[0] >= w.size))
 
 
 def _dense_backward(dy, x, w, dx, dw, db, sums):
@@ -694,10 +695,11 @@ def _dense_backward(dy, x, w, dx, dw, db, sums):
 
 def _batchnorm_forward(x, gamma, beta, eps, relu, y, mean, var, inv_std, sums, coef, comm,
                        rows):
-    value, batch_mean, batch_inv_std = batchnorm_forward_reference(x, gamma, beta, eps)
+    batch_mean, batch_var, batch_inv_std = batch_statistics_reference(x, eps)
+    value = scale_shift_reference(x, gamma, beta, batch_mean, batch_inv_std)
     _store(y, np.maximum(value, 0) if relu else value)
     _store(mean, batch_mean)
-    _store(var, ((x - batch_mean) ** 2).mean(axis=0))
+    _store(var, batch_var)
     _store(inv_std, batch_inv_std)
 
 
@@ -746,7 +748,7 @@ def _gather_batch(X, Y, W, index, start, n, xb, yb, wb):
 
 
 def _batch_total(W, index, start, n):
-    return float(n) if W.shape[0] == 0 else float(np.sum(W[index[start:start + n]]))
+    return float(n) if W.shape[0] == 0 else float(sum_in_order(W[index[start:start + n]]))
 
 
 #: each kernel the walks call, by name, and its NumPy reference with the same

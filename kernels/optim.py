@@ -42,6 +42,7 @@ from numba.extending import overload
 
 from .elementwise import adam_element, rmsprop_element, sgd_element
 from .jit import jit, inline
+from .reference import sum_in_order
 
 
 SGD, RMSPROP, ADAM = 0, 1, 2
@@ -157,16 +158,21 @@ def rmsprop_reference(w, g, square_avg, grad_avg, buf, lr, alpha=0.99, eps=1e-8,
 
 def adam_reference(w, g, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
                    weight_decay=0.0, decoupled_weight_decay=False):
+    """As adam_element computes it, on the scalars adam_scalars derives
+    (compiled: numba's beta ** step multiplies by repeated squaring, where
+    Python calls pow), so that the two agree bit for bit in float64."""
+    (one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay_factor, _, step_size,
+     bias_correction2_sqrt) = adam_scalars(
+        pack_hyper(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay),
+        np.int64(step), w)
     if decoupled_weight_decay:
-        w *= 1 - lr * weight_decay
+        w *= decay_factor
         d = g
     else:
         d = g + weight_decay * w
-    m[:] = beta1 * m + (1 - beta1) * d
-    v[:] = beta2 * v + (1 - beta2) * d * d
-    m_hat = m / (1 - beta1 ** step)
-    v_hat = v / (1 - beta2 ** step)
-    w -= lr * m_hat / (np.sqrt(v_hat) + eps)
+    m += one_minus_beta1 * (d - m)
+    v[:] = beta2 * v + one_minus_beta2 * d * d
+    w -= step_size * m / (np.sqrt(v) / bias_correction2_sqrt + eps)
 
 
 def optimizer_update_reference(state, w, g):
@@ -286,8 +292,8 @@ def clip_gradients_reference(clip, g):
     float64) or clip_grad_value_, in place on the flat gradients g (NumPy)."""
     max_norm, max_value = clip[CLIP_NORM], clip[CLIP_VALUE]
     if max_norm > 0.0:
-        with np.errstate(over="ignore"):
-            norm = np.sqrt(np.sum(g.astype(np.float64) ** 2))
+        with np.errstate(over="ignore"):  # the squares summed in order, as clip_gradients
+            norm = np.sqrt(sum_in_order(g.astype(np.float64) ** 2))
         coef = max_norm / (norm + NORM_EPS)
         if not coef >= 1.0:  # PyTorch multiplies by min(coef, 1) (NaN included); by 1 is nothing
             g *= g.dtype.type(coef)

@@ -39,6 +39,10 @@ SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
 collect_ignore = [] if cuda_available() else ["cuda"]
 
+if SIMULATOR:
+    import simulator_threads
+    simulator_threads.install()  # reused threads and barriers that wake, not poll
+
 
 def covering_subset(items):
     """The items of each parametrized test function, thinned to a few that

@@ -552,6 +552,28 @@ def test_regressor_losses_train_the_fastnn_loss(loss):
     assert reg.score(Xt, yt) > 0.2
 
 
+@pytest.mark.parametrize("activation", ["leaky_relu", "gelu", "gelu_tanh", "silu"])
+def test_regressor_with_dropout_and_the_new_activations(activation):
+    """A smooth non-linear target: the regressor with Dropout after each
+    hidden activation fits it, and predict never drops (the same row gives
+    the same prediction everywhere in a batch and from call to call)."""
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-2.0, 2.0, (600, 4))
+    y = np.sin(X[:, 0]) + X[:, 1] * X[:, 2] + 0.5 * X[:, 3] + rng.normal(0.0, 0.05, 600)
+    X, Xt, y, yt = train_test_split(X, y, random_state=0)
+    reg = FastNNRegressor(hidden_layer_sizes=(32, 32), activation=activation, dropout=0.1,
+                          learning_rate_init=0.01, max_iter=60, batch_size=32, random_state=0,
+                          device="cpu").fit(X, y)
+    kinds = [spec["type"] for spec in reg.model_.config()]
+    assert kinds.count("Dropout") == 2 and "Dense" in kinds
+    p = reg.predict(Xt)
+    assert p.shape == (len(Xt),) and np.all(np.isfinite(p))
+    assert reg.score(Xt, yt) > 0.8
+    np.testing.assert_array_equal(reg.predict(Xt), p)
+    repeated = reg.predict(np.repeat(Xt[:1], 256, axis=0))
+    np.testing.assert_array_equal(repeated, np.full(256, p[0]))
+
+
 def test_regressor_without_target_standardization_trains_on_y_as_it_is():
     X, Xt, y, yt = diabetes()
     reg = FastNNRegressor(hidden_layer_sizes=(8,), standardize_target=False, max_iter=3,

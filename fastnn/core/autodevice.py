@@ -129,29 +129,29 @@ def fit_seconds(costs, table, batch, n_samples, epochs, data_bytes, group=1):
     return costs.per_fit + data_bytes / costs.upload + epochs * (costs.per_epoch + steps * step)
 
 
-def gpu_engine(table, batch, n_models, loss=0, weighted=False):
+def gpu_engine(table, batch, n_models, weighted=False):
     """(engine, models side by side, blocks per model) of what the GPU would
     run (cuda_backend.cuda_engine): 'cuda-block' or 'cuda-grid' (the fused
     engine, as many models at once as the GPU has multiprocessors for their
     groups; one at a time with sample weights, which fit_many trains one
     after another) or 'cuda-layers' (one model at a time)."""
     from .cuda_backend import cuda_engine, gpu_multiprocessors
-    engine, plan = cuda_engine(table, batch, n_models, loss=loss, weighted=weighted)
+    engine, plan = cuda_engine(table, batch, n_models)
     if engine == "fused":
         side_by_side = 1 if weighted else max(1, gpu_multiprocessors() // plan.group)
         return f"cuda-{plan.mode}", side_by_side, plan.group
     return "cuda-layers", 1, 1
 
 
-def predict(table, batch, n_samples, epochs, data_bytes, dtype, n_models=1, costs=None, loss=0,
+def predict(table, batch, n_samples, epochs, data_bytes, dtype, n_models=1, costs=None,
             weighted=False):
     """{'cpu': seconds, 'cuda': seconds, 'cuda_engine': name} for ``n_models``
     fits of the network (one after another on the cpu; side by side on the
-    fused engine, as many at once as the GPU holds), with the loss code
-    ``loss`` and sample weights or not (the GPU engine depends on both)."""
+    fused engine, as many at once as the GPU holds), with sample weights or
+    not (fit_many trains weighted models one after another)."""
     costs = costs if costs is not None else engine_costs(dtype)
     cpu = n_models * fit_seconds(costs["cpu"], table, batch, n_samples, epochs, 0)
-    engine, side_by_side, group = gpu_engine(table, batch, n_models, loss, weighted)
+    engine, side_by_side, group = gpu_engine(table, batch, n_models, weighted)
     rounds = -(-n_models // side_by_side)
     gpu = rounds * fit_seconds(costs[engine], table, batch, n_samples, epochs, data_bytes, group)
     return {"cpu": cpu, "cuda": gpu, "cuda_engine": engine}

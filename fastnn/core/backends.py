@@ -30,6 +30,7 @@ import numpy as np
 
 from fastnn.kernels import activations, batchnorm, dense, dropout, network, optim
 from fastnn.kernels import loss as kloss
+from fastnn.kernels.reference import sum_in_order
 
 from . import threads
 from .compilation import compile_ahead
@@ -134,8 +135,10 @@ class NumpyBackend:
 
     def copies_weights(self):
         """Whether the dense forward multiplies a transposed copy of a small
-        layer's weight (kernels/dense.py): no, the reference needs none."""
-        return False
+        layer's weight (kernels/dense.py): where the BLAS that numba calls
+        runs on a core that serves it faster (dense.TRANSPOSED_COPY_CORES).
+        The reference then makes the same BLAS call as the cpu kernel."""
+        return threads.blas_core() in dense.TRANSPOSED_COPY_CORES
 
     def tf32_products(self):
         """Whether Trainer(precision='tf32') gets TF32 products here: no."""
@@ -158,7 +161,7 @@ class NumpyBackend:
         return value, dz.astype(z.dtype, copy=False)
 
     def dense_forward(self, x, w, b):
-        return dense.dense_forward_reference(x, w, b)
+        return dense.dense_forward_reference(x, w, b, self.copies_weights())
 
     def dense_backward(self, dy, x, w):
         return dense.dense_backward_reference(dy, x, w)
@@ -219,12 +222,6 @@ class CpuBackend(NumpyBackend):
         work += [(scan_values, (np.zeros(1, scanned), 0.0)) for scanned in (np.float32, np.float64)]
         return compile_ahead(work, engine_description(dtype), announce)
 
-    def copies_weights(self):
-        """Whether the dense forward multiplies a transposed copy of a small
-        layer's weight (kernels/dense.py): where the BLAS that numba calls
-        runs on a core that serves it faster (dense.TRANSPOSED_COPY_CORES)."""
-        return threads.blas_core() in dense.TRANSPOSED_COPY_CORES
-
     def describe(self):
         import numba
         # numba's configured thread count: numba.get_num_threads() would start numba's
@@ -251,7 +248,7 @@ class CpuBackend(NumpyBackend):
 
     def loss(self, engine_loss, z, y, w):
         dz = np.empty_like(z)
-        total = z.shape[0] if w is None else float(np.sum(w))
+        total = z.shape[0] if w is None else float(sum_in_order(w))  # the engine's order
         weights = np.zeros(0) if w is None else w
         return float(kloss.cpu_loss(engine_loss, z, y, weights, total, dz)), dz
 

@@ -10,9 +10,6 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from fastnn.kernels.activations import RELU, SIGMOID, TANH
-from fastnn.kernels.network import ACTIVATION, DROPOUT
-
 from . import config
 from .validation import is_device_array
 
@@ -75,40 +72,18 @@ def gpu_multiprocessors():
         return 1
 
 
-def fused_lacks(table, clipping=False, loss=0, weighted=False):
-    """What of a fit the fused engine does not run: a description, or None
-    when it runs all of it. It trains every loss of kernels/loss.py
-    (``loss``, a loss code), with or without sample weights (``weighted``),
-    but has no Dropout layers, no LeakyReLU, GELU or SiLU activations and no
-    gradient clipping; the layer-by-layer engine has them all."""
-    kinds = set(int(kind) for kind in table.kind)
-    activations = set(int(code) for code in table.activation[table.kind == ACTIVATION])
-    if DROPOUT in kinds:
-        return "Dropout layers"
-    if activations - {RELU, SIGMOID, TANH}:
-        return "LeakyReLU, GELU or SiLU activations"
-    if clipping:
-        return "gradient clipping"
-    return None
-
-
-def cuda_engine(table, batch, n_models=1, sm_count=None, clipping=False, loss=0, weighted=False):
+def cuda_engine(table, batch, n_models=1, sm_count=None):
     """The one place that decides how the GPU trains a network.
 
     Returns ('fused', FusedPlan) when the fused engine (kernels/cuda_fused/,
     one launch per epoch) takes ``n_models`` models of the network ``table``
-    at batches of up to ``batch`` rows (with gradient clipping if
-    ``clipping``, the loss code ``loss`` of kernels/loss.py, and sample
-    weights if ``weighted``), else ('layers', reason): the layer-by-layer
-    engine (kernels/cuda_network.py; one model). The fused engine's limits
-    are ``fused_lacks``' and ``cuda_fused.fused_plan``'s. FASTNN_CUDA_ENGINE
-    forces a choice (fastnn.core.config) among the engines that can run the
-    fit."""
+    at batches of up to ``batch`` rows, else ('layers', reason): the
+    layer-by-layer engine (kernels/cuda_network.py; one model). Both train
+    every layer, loss, optimizer and clipping, with or without sample
+    weights; the fused engine's limits are sizes (``cuda_fused.fused_plan``).
+    FASTNN_CUDA_ENGINE forces a choice (fastnn.core.config)."""
     from fastnn.kernels import cuda_fused
     forced = config.cuda_engine()
-    lacking = fused_lacks(table, clipping, loss, weighted)
-    if lacking is not None:
-        return "layers", f"the fused engine has no {lacking}"
     if forced == "layers":
         return "layers", f"{ENGINE_VARIABLE}=layers"
     if sm_count is None:
@@ -146,10 +121,9 @@ def _cuda():
 class CudaBackend:
     name = "cuda"
 
-    def describe(self, model=None, batch_size=None, loss=0, weighted=False):
-        """'cuda (GPU name)'; given a model and a batch size (and the loss
-        code and whether the fit has sample weights), also the engine that
-        would train it (``cuda_engine``)."""
+    def describe(self, model=None, batch_size=None):
+        """'cuda (GPU name)'; given a model and a batch size, also the engine
+        that would train it (``cuda_engine``)."""
         cuda = _cuda().cuda
         try:
             device = cuda.get_current_device()
@@ -158,7 +132,7 @@ class CudaBackend:
             name = "CUDA device"
         if model is None:
             return f"cuda ({name})"
-        engine = cuda_engine(model.table, batch_size, loss=loss, weighted=weighted)
+        engine = cuda_engine(model.table, batch_size)
         return f"cuda ({name}), {engine_summary(*engine)}"
 
     # ---- moving data ----
@@ -320,18 +294,15 @@ class CudaBackend:
                   dropout_key=0, clip_norm=0.0, clip_value=0.0, precision="exact"):
         """A training session on the engine ``cuda_engine`` picks; its
         ``engine`` names it. precision='tf32' takes the layer-by-layer engine,
-        whose products can run through cuBLAS on TF32 tensor cores; so does
-        gradient clipping (``clip_norm`` or ``clip_value`` > 0)."""
-        from fastnn.kernels.loss import loss_code
+        whose products can run through cuBLAS on TF32 tensor cores."""
         if comm is not None:
             raise ValueError("data-parallel training runs on the cpu backend")
-        clipping = clip_norm > 0.0 or clip_value > 0.0
-        engine = cuda_engine(model.table, batch, clipping=clipping, loss=loss_code(loss),
-                             weighted=weights is not None)
+        engine = cuda_engine(model.table, batch)
         session = None
         if precision == "exact" and engine[0] == "fused":
             session = self.start_fit_many([model], [optimizer], X, Y, batch, loss,
-                                          weights=weights)
+                                          weights=weights, dropout_keys=[dropout_key],
+                                          clip_norm=clip_norm, clip_value=clip_value)
         if session is None:
             session = _cuda().network.CudaTrainingSession(
                 model, optimizer, X, Y, batch, loss, precision, weights=weights,
@@ -339,17 +310,19 @@ class CudaBackend:
             session.engine = engine_summary(*engine)
         return session
 
-    def start_fit_many(self, models, optimizers, X, Y, batch, loss, weights=None):
+    def start_fit_many(self, models, optimizers, X, Y, batch, loss, weights=None,
+                       dropout_keys=None, clip_norm=0.0, clip_value=0.0):
         """A fused session training the K models in one launch per epoch, or
         None when the fused engine does not take them (``cuda_engine``; in
         grid mode, also when a cooperative launch cannot hold a block per
         model). ``loss``: an ``engine_loss`` value; ``weights``: the rows'
-        sample weights ((N,) float64) or None."""
+        sample weights ((N,) float64) or None; ``dropout_keys``: the models'
+        dropout keys (their Trainers' ``dropout_key``); ``clip_norm``,
+        ``clip_value``: the gradients' clipping, as ``start_fit``'s."""
         from fastnn.kernels import cuda_fused
-        from fastnn.kernels.loss import loss_code
 
         from .compilation import announce_compilation
-        engine, plan = cuda_engine(models[0].table, batch, len(models), loss=loss_code(loss))
+        engine, plan = cuda_engine(models[0].table, batch, len(models))
         if engine != "fused":
             return None
         dtype = models[0].dtype
@@ -362,7 +335,7 @@ class CudaBackend:
                     return None
                 plan = plan._replace(group=group)
             return cuda_fused.FusedTrainingSession(models, optimizers, X, Y, batch, loss, plan,
-                                                   weights)
+                                                   weights, dropout_keys, clip_norm, clip_value)
 
     def tf32_products(self):
         """True when precision='tf32' runs products on TF32 tensor cores here

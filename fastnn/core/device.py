@@ -18,7 +18,7 @@ _warned = []  # the once-per-process warning of a broken numba-cuda was shown
 
 
 def choose_device(device, model=None, batch_size=32, n_samples=None, epochs=1,
-                  dtype="float32", n_models=1, data_bytes=None, name="device", loss=0,
+                  dtype="float32", n_models=1, data_bytes=None, name="device",
                   weighted=False):
     """The device that runs a fit (or a prediction): 'cpu', 'cuda' or 'numpy'.
 
@@ -42,9 +42,9 @@ def choose_device(device, model=None, batch_size=32, n_samples=None, epochs=1,
         bytes copied to the GPU (default: the rows of X and Y in ``dtype``).
     name : str
         The argument's name in error messages ('device', '--device', 'backend').
-    loss, weighted : the fit's loss code (kernels/loss.py; 0: BCE) and whether
-        it has sample weights, which decide the GPU's engine
-        (``cuda_backend.cuda_engine``) and so its predicted time.
+    weighted : whether the fit has sample weights (``fit_many`` then trains
+        its models one after another on the GPU, which its predicted time
+        counts).
 
     Returns
     -------
@@ -61,7 +61,7 @@ def choose_device(device, model=None, batch_size=32, n_samples=None, epochs=1,
             if model is None:
                 return "cuda"
             return _faster(model, batch_size, n_samples, epochs, dtype, n_models, data_bytes,
-                           loss, weighted)
+                           weighted)
     if device == "cuda" and not cuda_available():
         problem = cuda_problem()
         if problem is not None and problem[0] == "missing":
@@ -73,14 +73,14 @@ def choose_device(device, model=None, batch_size=32, n_samples=None, epochs=1,
     return device
 
 
-def _faster(model, batch_size, n_samples, epochs, dtype, n_models, data_bytes, loss, weighted):
+def _faster(model, batch_size, n_samples, epochs, dtype, n_models, data_bytes, weighted):
     """'cuda' when the fit is predicted faster there than on the cpu."""
     n_samples = 64 * batch_size if n_samples is None else n_samples
     batch = min(batch_size, n_samples)
     if data_bytes is None:
         data_bytes = n_samples * (model.in_features + model.out_features) * np.dtype(dtype).itemsize
     times = autodevice.predict(model.table, batch, n_samples, epochs, data_bytes, dtype, n_models,
-                               loss=loss, weighted=weighted)
+                               weighted=weighted)
     return "cuda" if times["cuda"] < times["cpu"] else "cpu"
 
 

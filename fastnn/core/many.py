@@ -21,7 +21,7 @@ from .device import choose_device
 from .layers import Sequential
 from .optim import Adam, Optimizer
 from .threads import blas_threads, usable_cores
-from .trainer import LOSS_CODES, Trainer, check_targets, resolve_loss
+from .trainer import Trainer, check_targets, resolve_loss
 
 
 def fit_many(models, X, y, optimizers=None, seeds=None, loss=None, device="auto",
@@ -126,7 +126,7 @@ def fit_many(models, X, y, optimizers=None, seeds=None, loss=None, device="auto"
     for m, (model, optimizer) in enumerate(zip(models, optimizers)):
         _check_trainable(model, optimizer, dtype, m)
     chosen = choose_device(device, models[0], batch_size, n, epochs, dtype, n_models=K,
-                           loss=LOSS_CODES[loss], weighted=sample_weight is not None)
+                           weighted=sample_weight is not None)
     # every check is done: only now are the models converted and trained
     trainers = [Trainer(model, optimizer=opt, loss=loss, device=chosen, dtype=dtype, seed=seed,
                         huber_delta=huber_delta)
@@ -196,7 +196,8 @@ def _fit_on_gpu(trainers, X, Y, epochs, batch_size, shuffle):
     n = X.shape[0]
     session = first.backend.start_fit_many([t.model for t in trainers],
                                            [t.optimizer for t in trainers], X, Y, batch_size,
-                                           first.engine_loss)
+                                           first.engine_loss,
+                                           dropout_keys=[t.dropout_key for t in trainers])
     if session is None:
         return None
     for trainer in trainers:  # the models are now ones trained with this loss

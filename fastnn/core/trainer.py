@@ -199,7 +199,7 @@ class Trainer:
         for this fit; under MPI, 'auto' is decided without a fit in view)."""
         self.device = choose_device(self._device_argument, model if self.auto_device else None,
                                     batch_size, n_samples, epochs, self.dtype,
-                                    loss=LOSS_CODES[self.loss], weighted=weighted)
+                                    weighted=weighted)
         self.backend = get_backend(self.device)
 
     def _checked_model(self):

@@ -20,7 +20,7 @@ stacked along a leading axis (K = 1 for ``Trainer.fit``):
     Guard(params, buffers, counts)          (K, 2, P), (K, 2, R), (K, 2, L): the two
                                             alternating snapshots of network.Guard
     Workspace(activations, activation_at, gradients, saved, targets, weights, losses,
-              status, barriers, arena)
+              status, barriers, arena, keys, norms)
         activations   (K, A), laid out by network.workspace's activation_at (L + 1,)
         gradients     (K, 2, batch * max_width), the backward ping-pong pair
         saved         (K, S), each BatchNorm's batch mean, var, inv_std
@@ -36,6 +36,9 @@ stacked along a leading axis (K = 1 for ``Trainer.fit``):
                       of a model's arrays in the block's dynamic shared memory
                       (plan.arena_layout), -1 for global memory (grid mode:
                       all -1). The launch gives the arena's bytes.
+        keys          (K,) uint64: each model's dropout key (its fit's: dropout.py)
+        norms         (K, group) float64: clipping by the norm's partial sums,
+                      one per block of a model's group
     X (N, d), Y (N, k)  the training set, shared by the K models
     W (N,) float64      the rows' sample weights, or (0,) for none
     index (K, N') int64 model m's order of the rows for this epoch (N' < N
@@ -44,6 +47,9 @@ stacked along a leading axis (K = 1 for ``Trainer.fit``):
     loss_kind, delta    the loss's code (loss.LOSS_CODES: BCE, CROSS_ENTROPY,
                         MSE, L1, HUBER) and Huber's threshold (float64,
                         loss.loss_delta), shared by the K models
+    clip_norm, clip_value  the gradients' clipping before each update
+                        (float64, 0: none; optim.clip_gradients), shared by
+                        the K models
 
 Every per-step scalar lives on the device or is derived there: the batch's
 offset and size from the step counter, the learning rate and the other
@@ -61,8 +67,18 @@ phases, separated by barriers:
     backward   one phase per layer (a Dense layer's weight, bias and input
                gradients in one phase; the folded ReLU's mask inside the
                BatchNorm's)
-    update     the optimizer update of every parameter, and the gather of the
-               next batch's rows by the permutation (no dependency between them)
+    squares    with clipping by the norm only: each block's share of the sum
+               of the squared gradients
+    update     the gradients clipped (each block adds the squares' partial
+               sums itself, in rank order), the optimizer update of every
+               parameter, and the gather of the next batch's rows by the
+               permutation (no dependency between them)
+
+Dropout draws dropout.py's masks element by element from the model's key,
+its step count and the layer (what the other engines draw, so a resumed fit
+draws what the uninterrupted one would), in its forward phase and again in
+its backward phase: no mask is kept (block mode would have to find room
+for it in shared memory).
 
 A phase splits its work into items (a TILE x TILE tile of a matrix product,
 a chunk of COLUMNS features of a batch reduction, GRID_COLUMNS in grid mode,
@@ -113,17 +129,16 @@ Where new work goes: a loss is a branch of losses.loss_phase (an
 element-wise one: of losses.element_loss; per-row data beside the targets,
 as the sample weights are, is an array of epoch.Views gathered with them
 by layers.gather_rows); an activation is a
-branch of layers.activation_forward_phase and activation_backward_phase
+branch of activations.activation_element and activation_grad_element,
+which layers.activation_forward_phase and activation_backward_phase run
 (and of the BatchNorm phases' folded ReLU if it is folded too); a layer kind
-(Dropout) is a forward and a backward phase in layers.py, dispatched by
+(as Dropout) is a forward and a backward phase in layers.py, dispatched by
 epoch.forward_layer and epoch.backward_layer and counted by
-plan.step_phases (a mask from a counter-based hash of the fit's seed, the
-step and the element needs no state: the backward phase recomputes it); an
-optimizer is a branch of updates.update_phase; gradient clipping is a phase
-between the backward pass and the update in epoch.run_epoch (a norm needs
-a block reduction, and in grid mode a barrier after the blocks' partial
-sums). A new module imported from kernels/ is added to
-cache.COMPILED_FROM (a test checks).
+plan.step_phases; an optimizer is a branch of updates.update_phase; a
+transformation of the gradients is part of the update phase on its
+elements (updates.clip_phase), with a phase of its own before it where it
+needs all of them (updates.squares_phase). A new module imported from
+kernels/ is added to cache.COMPILED_FROM (a test checks).
 """
 
 from .plan import (  # noqa: F401  (pure Python: importable without numba-cuda)

@@ -15,7 +15,7 @@ from numba import config
 #: the kernels/ modules outside this package whose device functions or
 #: constants the epoch kernels compile in (tests check the list against the
 #: package's imports)
-COMPILED_FROM = ("activations", "elementwise", "loss", "network", "optim")
+COMPILED_FROM = ("activations", "dropout", "elementwise", "loss", "network", "optim")
 
 _DIGEST = []
 

@@ -11,13 +11,14 @@ that uses it.
 import math
 from collections import namedtuple
 
-from numba import cuda, float32, float64, from_dtype, int32, int64, types
+from numba import cuda, float32, float64, from_dtype, int32, int64, types, uint64
 
-from ..network import BATCHNORM, DENSE, LAYER_FIELDS
+from ..network import BATCHNORM, DENSE, DROPOUT, LAYER_FIELDS
 from .cache import cache_by_sources
 from .layers import (
     activation_backward_phase, activation_forward_phase, batchnorm_backward_phase,
-    batchnorm_forward_phase, dense_backward_phase, dense_forward_phase, gather_rows,
+    batchnorm_forward_phase, dense_backward_phase, dense_forward_phase, dropout_backward_phase,
+    dropout_forward_phase, gather_rows,
 )
 from .losses import loss_phase
 from .plan import (
@@ -27,7 +28,7 @@ from .plan import (
 from .primitives import (
     SHARED_ALIGNMENT, TILE_WORDS, barrier, cooperative_blocks, device, inline,
 )
-from .updates import count_batch, restore_last_good, update_phase
+from .updates import clip_phase, count_batch, restore_last_good, squares_phase, update_phase
 
 # ---- the kernel's arguments (see the package docstring) ----
 Models = namedtuple("Models", ["params", "grads", "buffers", "counts"])
@@ -35,7 +36,7 @@ Optimizer = namedtuple("Optimizer", ["kind", "hyper", "step", "rows"])
 Guard = namedtuple("Guard", ["params", "buffers", "counts"])
 Workspace = namedtuple("Workspace", ["activations", "activation_at", "gradients", "saved",
                                      "targets", "weights", "losses", "status", "barriers",
-                                     "arena"])
+                                     "arena", "keys", "norms"])
 
 # ---- what the phases see (built by the kernel) ----
 #: Model m's arrays for this launch, each in the block's shared memory (the
@@ -145,23 +146,28 @@ def gather(X, Y, W, index, models, opt, ws, m, start, n, first, stride):
 
 
 @device
-def forward_layer(table, l, models, opt, ws, m, snapshot, n, rank, ranks, first, stride, s):
-    """Layer l's forward phase (its block's share)."""
+def forward_layer(table, l, models, opt, ws, m, snapshot, step, n, rank, ranks, first, stride,
+                  s):
+    """Layer l's forward phase (its block's share); ``step``: the model's
+    updates before this one (Dropout's masks)."""
     v = model_views(models, opt, ws, m)
     kind = table[l].kind
     if kind == DENSE:
         dense_forward_phase(table, ws.activation_at, l, v, n, rank, ranks, s)
     elif kind == BATCHNORM:
         batchnorm_forward_phase(table, ws.activation_at, l, v, snapshot, n, rank, ranks, s)
+    elif kind == DROPOUT:
+        dropout_forward_phase(table, ws.activation_at, l, v, ws.keys[m], step, n, first, stride)
     else:
         activation_forward_phase(table, ws.activation_at, l, v, n, first, stride)
 
 
 @device
-def backward_layer(table, l, models, opt, ws, m, current, n, rank, ranks, first, stride, s):
+def backward_layer(table, l, models, opt, ws, m, current, step, n, rank, ranks, first, stride,
+                   s):
     """Layer l's backward phase (its block's share): d loss / d (output) in
     gradient buffer ``current``, d loss / d (input) into the other, its
-    parameters' gradients into v.grads."""
+    parameters' gradients into v.grads; ``step`` as forward_layer's."""
     v = model_views(models, opt, ws, m)
     dy, dx = (v.gradient0, v.gradient1) if current == 0 else (v.gradient1, v.gradient0)
     kind = table[l].kind
@@ -169,20 +175,22 @@ def backward_layer(table, l, models, opt, ws, m, current, n, rank, ranks, first,
         dense_backward_phase(table, ws.activation_at, l, v, dy, dx, n, rank, ranks, s)
     elif kind == BATCHNORM:
         batchnorm_backward_phase(table, ws.activation_at, l, v, dy, dx, n, rank, ranks, s)
+    elif kind == DROPOUT:
+        dropout_backward_phase(table, l, v, ws.keys[m], step, dy, dx, n, first, stride)
     else:
         activation_backward_phase(table, ws.activation_at, l, v, dy, dx, n, first, stride)
 
 
 @device
-def forward_pass(mode, alive, table, models, opt, ws, m, snapshot, n, rank, group, first,
+def forward_pass(mode, alive, table, models, opt, ws, m, snapshot, step, n, rank, group, first,
                  stride, s):
     """One phase per layer (a folded ReLU is done by the BatchNorm before
     it), a barrier after each."""
     for l in range(table.shape[0]):
         if table[l].folded == 0:
             if alive:
-                forward_layer(table, l, models, opt, ws, m, snapshot, n, rank, group, first,
-                              stride, s)
+                forward_layer(table, l, models, opt, ws, m, snapshot, step, n, rank, group,
+                              first, stride, s)
             barrier(mode, ws.barriers, m, group)
 
 
@@ -200,7 +208,8 @@ def loss_and_count(loss_kind, delta, table, models, opt, guard, ws, m, slot, bat
 
 
 @device
-def backward_pass(mode, alive, table, models, opt, ws, m, n, rank, group, first, stride, s):
+def backward_pass(mode, alive, table, models, opt, ws, m, step, n, rank, group, first, stride,
+                  s):
     """One phase per layer, last to first, a barrier after each; the
     gradients with respect to a layer's output and input alternate between
     the two gradient buffers (the loss wrote buffer 0)."""
@@ -208,29 +217,41 @@ def backward_pass(mode, alive, table, models, opt, ws, m, n, rank, group, first,
     for l in range(table.shape[0] - 1, -1, -1):
         if table[l].folded == 0:
             if alive:
-                backward_layer(table, l, models, opt, ws, m, current, n, rank, group, first,
-                               stride, s)
+                backward_layer(table, l, models, opt, ws, m, current, step, n, rank, group,
+                               first, stride, s)
             current = 1 - current
             barrier(mode, ws.barriers, m, group)
 
 
 @device
-def update(models, opt, guard, ws, m, slot, first, stride):
-    """The update phase: every parameter's optimizer update (the old values
-    into the guard's snapshot ``slot``)."""
-    update_phase(opt, m, model_views(models, opt, ws, m), guard.params[m, slot], first, stride)
+def squares(models, opt, ws, m, rank, first, stride, s):
+    """Clipping by the norm's first phase: this block's share of the sum of
+    the squared gradients into ws.norms[m, rank]."""
+    squares_phase(model_views(models, opt, ws, m), ws.norms, m, rank, first, stride, s.sums)
+
+
+@device
+def update(clip_norm, clip_value, models, opt, guard, ws, m, slot, group, first, stride):
+    """The update phase: the gradients clipped (when clip_norm or clip_value
+    is > 0), then every parameter's optimizer update (the old values into
+    the guard's snapshot ``slot``)."""
+    v = model_views(models, opt, ws, m)
+    if clip_norm > 0.0 or clip_value > 0.0:
+        clip_phase(clip_norm, clip_value, v, ws.norms, m, group, first, stride)
+    update_phase(opt, m, v, guard.params[m, slot], first, stride)
 
 
 # ---- the epoch ----
 
 @device
 def run_epoch(mode, table, models, opt, guard, ws, X, Y, W, index, batch_size, skip_single,
-              loss_kind, delta, taken, group):
+              loss_kind, delta, clip_norm, clip_value, taken, group):
     """One epoch of model m = blockIdx.x // group, this block being rank
     blockIdx.x % group of its group (see the package docstring for the
-    arguments). Per step: forward pass, loss, backward pass, update and the
-    gather of the next batch; a batch whose loss is not finite stops the
-    model with its last good state put back."""
+    arguments). Per step: forward pass, loss, backward pass, (clipping by
+    the norm: the squared gradients' sums), update and the gather of the
+    next batch; a batch whose loss is not finite stops the model with its
+    last good state put back."""
     a_tile = cuda.shared.array(TILE_WORDS, X.dtype, alignment=SHARED_ALIGNMENT)
     b_tile = cuda.shared.array(TILE_WORDS, X.dtype, alignment=SHARED_ALIGNMENT)
     red1 = cuda.shared.array(THREADS, float64)
@@ -253,8 +274,9 @@ def run_epoch(mode, table, models, opt, guard, ws, X, Y, W, index, batch_size, s
         if n == 1 and skip_single:  # BatchNorm needs two rows
             break
         slot = (taken + batches) % 2  # the guard's snapshot this batch writes
-        forward_pass(mode, alive, table, models, opt, ws, m, guard.buffers[m, slot], n, rank,
-                     group, first, stride, s)
+        step = opt.step[m]  # the updates before this one (the loss phase counts this one)
+        forward_pass(mode, alive, table, models, opt, ws, m, guard.buffers[m, slot], step, n,
+                     rank, group, first, stride, s)
         if alive and rank == 0:
             loss_and_count(loss_kind, delta, table, models, opt, guard, ws, m, slot, batches, n,
                            s)
@@ -265,9 +287,14 @@ def run_epoch(mode, table, models, opt, guard, ws, X, Y, W, index, batch_size, s
                 alive = False
                 nonfinite = batches
                 restore_last_good(models, guard, m, taken + batches - 1, first, stride)
-        backward_pass(mode, alive, table, models, opt, ws, m, n, rank, group, first, stride, s)
+        backward_pass(mode, alive, table, models, opt, ws, m, step, n, rank, group, first,
+                      stride, s)
+        if clip_norm > 0.0:
+            if alive:
+                squares(models, opt, ws, m, rank, first, stride, s)
+            barrier(mode, ws.barriers, m, group)
         if alive:
-            update(models, opt, guard, ws, m, slot, first, stride)
+            update(clip_norm, clip_value, models, opt, guard, ws, m, slot, group, first, stride)
             following = start + batch_size
             rows = min(batch_size, n_total - following)
             if rows > 1 or (rows == 1 and skip_single == 0):
@@ -283,31 +310,33 @@ def run_epoch(mode, table, models, opt, guard, ws, X, Y, W, index, batch_size, s
 @cache_by_sources
 @cuda.jit(cache=True)
 def train_epoch_block(table, models, opt, guard, ws, X, Y, W, index, batch_size, skip_single,
-                      loss_kind, delta, taken, group):
+                      loss_kind, delta, clip_norm, clip_value, taken, group):
     """One epoch of every model of the launch, one block per model (group
     1), the model in the block's shared memory where it fits (ws.arena; the
     launch gives the arena's bytes as dynamic shared memory).
 
     batch_size, skip_single (0/1): as network.train_epoch; loss_kind: the
     loss's code (loss.LOSS_CODES), delta: Huber's threshold (float64,
-    unused by the other losses: loss.loss_delta);
+    unused by the other losses: loss.loss_delta); clip_norm, clip_value
+    (float64): the gradients' clipping to a norm or to a value before each
+    update (0: none; at most one of them is > 0);
     taken: the batches trained by the fit before this epoch (the guard's
     slot of a batch is its number over the fit, modulo 2); group: the
     blocks per model."""
     run_epoch(BLOCK, table, models, opt, guard, ws, X, Y, W, index, batch_size, skip_single,
-              loss_kind, delta, taken, group)
+              loss_kind, delta, clip_norm, clip_value, taken, group)
 
 
 @cache_by_sources
 @cuda.jit(cache=True)
 def train_epoch_grid(table, models, opt, guard, ws, X, Y, W, index, batch_size, skip_single,
-                     loss_kind, delta, taken, group):
+                     loss_kind, delta, clip_norm, clip_value, taken, group):
     """As train_epoch_block, with a group of blocks per model sharing its
     work and its arrays in global memory (ws.arena: all -1), grid barriers
     between the phases, launched cooperatively (all blocks resident)."""
     cooperative_blocks()
     run_epoch(GRID, table, models, opt, guard, ws, X, Y, W, index, batch_size, skip_single,
-              loss_kind, delta, taken, group)
+              loss_kind, delta, clip_norm, clip_value, taken, group)
 
 
 KERNELS = {"block": train_epoch_block, "grid": train_epoch_grid}
@@ -333,8 +362,9 @@ def argument_types(dtype):
             types.NamedTuple([d2, d2, d2, i2], Models),
             types.NamedTuple([i1, f2, i1, d2], Optimizer),
             types.NamedTuple([d3, d3, i3], Guard),
-            types.NamedTuple([d2, i1, d3, d2, d2, f2, f2, i2, int32[:, ::1], i1], Workspace),
-            d2, d2, float64[::1], i2, int64, int64, int64, float64, int64, int64)
+            types.NamedTuple([d2, i1, d3, d2, d2, f2, f2, i2, int32[:, ::1], i1, uint64[::1], f2],
+                             Workspace),
+            d2, d2, float64[::1], i2, int64, int64, int64, float64, float64, float64, int64, int64)
 
 
 def signatures():

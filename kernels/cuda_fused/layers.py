@@ -13,20 +13,26 @@ stride, ...
 
 A new layer kind is a forward and a backward phase here, dispatched by
 epoch.forward_layer / epoch.backward_layer, its work items counted in
-plan.step_phases; a new activation is a branch of activation_forward_phase
-and activation_backward_phase (the element math in elementwise.py).
+plan.step_phases; a new activation is a branch of
+activations.activation_element and activation_grad_element (the element
+math in elementwise.py), which the layer-by-layer engine's kernels run too.
 """
 
 import math
 
+import numpy as np
 from numba import uint32 as U
 
-from ..activations import RELU, SIGMOID
-from ..elementwise import (
-    relu, relu_grad_from_output, sigmoid, sigmoid_grad_from_output, tanh_grad_from_output,
-)
+from ..activations import activation_element, activation_grad_element, reads_input
+from ..dropout import element_bits, keep_scale, keep_threshold, layer_seed
+from ..elementwise import relu, relu_grad_from_output
 from .plan import THREADS
-from .primitives import chunks, device, lane_of, lane_totals, product_tile, tiles
+from .primitives import SIMULATOR, chunks, device, lane_of, lane_totals, product_tile, tiles
+
+if SIMULATOR:
+    # The simulator runs kernels as Python and hands them simulated arrays,
+    # which compiled CPU functions cannot take: the Python function behind it.
+    keep_scale = keep_scale.py_func
 
 
 @device
@@ -206,30 +212,63 @@ def batchnorm_backward_phase(table, activation_at, l, v, dy, dx, n, rank, ranks,
 
 @device
 def activation_forward_phase(table, activation_at, l, v, n, first, stride):
-    """y = f(x) element by element (activations.activation_forward)."""
+    """y = f(x) element by element (activations.activation_element, what the
+    layer-by-layer engine's kernel runs)."""
     size, kind = n * table[l].n_out, table[l].activation
     x_at, y_at = activation_at[l], activation_at[l + 1]
     acts = v.acts
+    negative_slope = acts.dtype.type(table[l].negative_slope)
     for e in range(first, size, stride):
-        x = acts[x_at + e]
-        if kind == RELU:
-            acts[y_at + e] = relu(x)
-        elif kind == SIGMOID:
-            acts[y_at + e] = sigmoid(x)
-        else:
-            acts[y_at + e] = math.tanh(x)
+        acts[y_at + e] = activation_element(kind, negative_slope, acts[x_at + e])
 
 
 @device
 def activation_backward_phase(table, activation_at, l, v, dy, dx, n, first, stride):
-    """dx = dy * f'(x), from the output y (activations.activation_backward)."""
+    """dx = dy * f'(x), from the input x or the output y
+    (activations.activation_grad_element)."""
     size, kind = n * table[l].n_out, table[l].activation
-    y_at = activation_at[l + 1]
+    x_at, y_at = activation_at[l], activation_at[l + 1]
+    acts = v.acts
+    negative_slope = acts.dtype.type(table[l].negative_slope)
+    at = x_at if reads_input(kind) else y_at
     for e in range(first, size, stride):
-        y = v.acts[y_at + e]
-        if kind == RELU:
-            dx[e] = dy[e] * relu_grad_from_output(y)
-        elif kind == SIGMOID:
-            dx[e] = dy[e] * sigmoid_grad_from_output(y)
-        else:
-            dx[e] = dy[e] * tanh_grad_from_output(y)
+        value = acts[at + e]
+        dx[e] = dy[e] * activation_grad_element(kind, negative_slope, value)
+
+
+@device
+def dropout_seed(key, step, l):
+    """The seed of layer l's mask at ``step`` (dropout.layer_seed) from the
+    fit's ``key``; np.uint64 around it: in the CUDA simulator the compiled
+    hash returns a Python int, which numba would type as int64."""
+    return np.uint64(layer_seed(np.uint64(key), np.uint64(step), np.uint64(l)))
+
+
+@device
+def dropout_forward_phase(table, activation_at, l, v, key, step, n, first, stride):
+    """y = x * mask, element by element: dropout.py's mask of layer l at
+    ``step`` (the updates before this one) from the fit's ``key``, the
+    batch's rows being rows 0 .. n - 1 of the global batch (what the other
+    engines draw)."""
+    f, p = table[l].n_out, table[l].p
+    x_at, y_at = activation_at[l], activation_at[l + 1]
+    acts = v.acts
+    threshold, kept, dropped = keep_threshold(p), keep_scale(p, acts), acts.dtype.type(0)
+    seed = dropout_seed(key, step, l)
+    for e in range(first, n * f, stride):
+        m = kept if element_bits(seed, e // f, e % f) >= threshold else dropped
+        acts[y_at + e] = acts[x_at + e] * m
+
+
+@device
+def dropout_backward_phase(table, l, v, key, step, dy, dx, n, first, stride):
+    """dx = dy * mask, the forward phase's mask drawn again from the same
+    counters: no buffer for it (block mode keeps the model in shared
+    memory, where a mask per Dropout layer would take room from it), and a
+    hash per element costs an element-wise phase little beside its barrier."""
+    f, p = table[l].n_out, table[l].p
+    threshold, kept, dropped = keep_threshold(p), keep_scale(p, v.acts), v.acts.dtype.type(0)
+    seed = dropout_seed(key, step, l)
+    for e in range(first, n * f, stride):
+        m = kept if element_bits(seed, e // f, e % f) >= threshold else dropped
+        dx[e] = dy[e] * m

@@ -11,7 +11,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from ..network import BATCHNORM, DENSE
+from ..network import BATCHNORM, DENSE, DROPOUT
 
 # ---- the kernel's compile-time sizes ----
 THREADS = 256                  # threads per block
@@ -56,12 +56,14 @@ GRID_MAX_BATCH = 1024
 FusedPlan = namedtuple("FusedPlan", ["mode", "group", "items", "phases"])
 
 
-def step_phases(table, batch):
+def step_phases(table, batch, clip_norm=False):
     """The phases of one training step at a full batch: a list of
     (name, work items), where a Dense layer's items are output tiles, a
     BatchNorm's chunks of COLUMNS features (grid mode cuts them four times
     finer: the group's size follows the products), and the element-wise
-    phases' (activations, update) their elements in blocks of THREADS."""
+    phases' (activations, Dropout, update) their elements in blocks of
+    THREADS. ``clip_norm``: with the squared gradients' sums of clipping by
+    the norm before the update."""
     def product_tiles(rows, cols):
         return ceil_div(rows, TILE) * ceil_div(cols, TILE)
 
@@ -73,6 +75,8 @@ def step_phases(table, batch):
             phases.append(("dense", product_tiles(batch, n_out)))
         elif kind == BATCHNORM:
             phases.append(("batchnorm", ceil_div(n_out, COLUMNS)))
+        elif kind == DROPOUT:
+            phases.append(("dropout", ceil_div(batch * n_out, THREADS)))
         else:
             phases.append(("activation", ceil_div(batch * n_out, THREADS)))
     phases.append(("loss", 1))
@@ -84,8 +88,12 @@ def step_phases(table, batch):
             phases.append(("dense backward", items))
         elif kind == BATCHNORM:
             phases.append(("batchnorm backward", ceil_div(n_out, COLUMNS)))
+        elif kind == DROPOUT:
+            phases.append(("dropout backward", ceil_div(batch * n_out, THREADS)))
         else:
             phases.append(("activation backward", ceil_div(batch * n_out, THREADS)))
+    if clip_norm:
+        phases.append(("squares", ceil_div(parameter_count(table), THREADS)))
     phases.append(("update and gather", ceil_div(parameter_count(table), THREADS)))
     return phases
 

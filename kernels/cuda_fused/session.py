@@ -9,7 +9,7 @@ from ..optim import STATE_ROWS
 from .epoch import Guard, Models, Optimizer, Workspace, argument_types, epoch_kernel
 from .plan import (
     DEFAULT_SHARED_MEMORY_BYTES, RESIDENT, SHARED_MEMORY_BYTES, THREADS, arena_layout,
-    static_shared_bytes,
+    static_shared_bytes, step_phases,
 )
 from .primitives import SIMULATOR
 
@@ -69,15 +69,20 @@ class FusedTrainingSession:
     synchronization). The models' and optimizers' own host arrays are
     written back by ``finish``. ``loss``: the fit's ``loss.engine_loss``
     value; ``weights``: the rows' sample weights ((N,) float64, uploaded
-    beside Y and gathered with the targets), or None.
+    beside Y and gathered with the targets), or None; ``dropout_keys``: each
+    model's dropout key (its Trainer's ``dropout_key``; None: 0 each);
+    ``clip_norm``, ``clip_value``: the gradients' clipping before each
+    update, the same for every model (0: none).
     """
 
-    def __init__(self, models, optimizers, X, Y, batch, loss, plan, weights=None):
+    def __init__(self, models, optimizers, X, Y, batch, loss, plan, weights=None,
+                 dropout_keys=None, clip_norm=0.0, clip_value=0.0):
         from ..cuda_network import empty
         from ..network import workspace
 
         self.models, self.optimizers = models, optimizers
         self.loss_kind, self.delta = loss_code(loss), float(loss_delta(loss))
+        self.clip_norm, self.clip_value = float(clip_norm), float(clip_value)
         first = models[0]
         K, dtype, size = len(models), first.dtype, first.n_params
         self.table = cuda.to_device(np.ascontiguousarray(first.table).view(np.ndarray))
@@ -119,13 +124,17 @@ class FusedTrainingSession:
                             empty((K, self.batches_per_epoch), np.float64),
                             cuda.to_device(np.zeros((K, 2), np.int64)),
                             cuda.to_device(np.zeros((K, 2), np.int32)),
-                            cuda.to_device(layout))
+                            cuda.to_device(layout),
+                            cuda.to_device(np.array(dropout_keys or [0] * K, np.uint64)),
+                            empty((K, plan.group), np.float64))
         self.resident = [name for name, at in zip(RESIDENT, layout) if at >= 0]
         self.X, self.Y = cuda.to_device(X), cuda.to_device(Y)
         self.W = cuda.to_device(np.zeros(0) if weights is None
                                 else np.ascontiguousarray(weights, np.float64))
         self.index = cuda.device_array((K, X.shape[0]), np.int64)
         self.status = np.zeros((K, 2), np.int64)  # a model's [1] stays set once it diverged
+        # the plan's phases, with clipping by the norm's own
+        plan = plan._replace(phases=len(step_phases(first.table, batch, self.clip_norm > 0.0)))
         self.plan, self.n_models, self.taken = plan, K, 0
 
     @property
@@ -184,8 +193,8 @@ class FusedTrainingSession:
         self.kernel[self.n_models * group, THREADS, 0, self.arena_bytes](
             self.table, self.state, self.opt, self.guard, self.ws, self.X, self.Y, self.W,
             self.index,
-            batch_size, int(skip_single), self.loss_kind, self.delta, self.taken,
-            group)
+            batch_size, int(skip_single), self.loss_kind, self.delta, self.clip_norm,
+            self.clip_value, self.taken, group)
         losses = self.ws.losses.copy_to_host()
         self.status = self.ws.status.copy_to_host()
         batches = self.status[:, 0].copy()

@@ -1,21 +1,27 @@
-"""The update phase of the fused engine: the optimizer update of every
-parameter, the count of a trained batch, and the divergence guard's
-restore.
+"""The update phase of the fused engine: gradient clipping, the optimizer
+update of every parameter, the count of a trained batch, and the divergence
+guard's restore.
 
 A new optimizer is a kind of optim.py (its scalar function, its state rows)
-and a branch of ``update_phase``; a transformation of the gradients before
-the update (clipping) is a phase of its own before it, in epoch.run_epoch
-(a norm over all parameters needs a block reduction, and in grid mode a
-barrier between the blocks' partial sums and the update).
+and a branch of ``update_phase``. A transformation of the gradients before
+the update (clipping) runs in the update phase's own elements (first,
+first + stride, ...), so that it needs no barrier before the update; what
+needs the whole gradient (the norm) is a phase before it, in
+epoch.run_epoch, with a barrier between the blocks' partial sums and their
+total.
 """
+
+import math
+
+from numba import cuda, float64
 
 from ..elementwise import adam_element, rmsprop_element, sgd_element
 from ..network import BATCHNORM
 from ..optim import (
-    ADAM, ADAM_EXP_AVG, ADAM_EXP_AVG_SQ, RMSPROP, RMSPROP_GRAD_AVG, RMSPROP_MOMENTUM,
+    ADAM, ADAM_EXP_AVG, ADAM_EXP_AVG_SQ, NORM_EPS, RMSPROP, RMSPROP_GRAD_AVG, RMSPROP_MOMENTUM,
     RMSPROP_SQUARE_AVG, SGD, SGD_MOMENTUM, adam_scalars, rmsprop_scalars, sgd_scalars,
 )
-from .primitives import SIMULATOR, device
+from .primitives import SIMULATOR, block_total, device
 
 if SIMULATOR:
     # The simulator runs kernels as Python and hands them simulated arrays,
@@ -35,6 +41,52 @@ def count_batch(table, models, opt, guard, m, slot):
         if table[l].kind == BATCHNORM:
             guard.counts[m, slot, l] = models.counts[m, l]
             models.counts[m, l] += 1
+
+
+# ---- gradient clipping (optim.clip_gradients) ----
+
+@device
+def squares_phase(v, norms, m, rank, first, stride, sums):
+    """This block's share of the squared gradients' float64 sum, into
+    norms[m, rank] (the first phase of clipping by the norm)."""
+    grads = v.grads
+    part = 0.0
+    for i in range(first, grads.shape[0], stride):
+        g = float64(grads[i])
+        part += g * g
+    part = block_total(sums, part)
+    if cuda.threadIdx.x == 0:
+        norms[m, rank] = part
+
+
+@device
+def clip_phase(clip_norm, clip_value, v, norms, m, group, first, stride):
+    """torch.nn.utils.clip_grad_norm_ (``clip_norm`` > 0: the gradients times
+    clip_norm / (norm + NORM_EPS) when that is below 1, NaN included, the norm
+    from the group's partial sums in norms[m], added in rank order) or
+    clip_grad_value_ (``clip_value`` > 0: each clamped to [-clip_value,
+    clip_value], NaN staying NaN), on gradients first, first + stride, ...:
+    the update phase's own, so no barrier comes between them."""
+    grads = v.grads
+    size = grads.shape[0]
+    if clip_norm > 0.0:
+        total = 0.0
+        for rank in range(group):
+            total += norms[m, rank]
+        coef = clip_norm / (math.sqrt(total) + NORM_EPS)
+        if not coef >= 1.0:
+            factor = grads.dtype.type(coef)
+            for i in range(first, size, stride):
+                grads[i] *= factor
+    if clip_value > 0.0:
+        high = grads.dtype.type(clip_value)
+        low = -high
+        for i in range(first, size, stride):
+            g = grads[i]
+            if g > high:
+                grads[i] = high
+            elif g < low:
+                grads[i] = low
 
 
 @device

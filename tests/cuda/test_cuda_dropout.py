@@ -1,7 +1,9 @@
 """Dropout, LeakyReLU/GELU/SiLU and gradient clipping on the GPU: the same
-masks as the host engines, the fits the fused engine cannot run going to
-the layer-by-layer engine (``cuda_engine``), and such a fit against the
-cpu engine. tests/cuda/test_cuda_oracle.py replays them against PyTorch."""
+masks as the host engines, the fused engine taking such networks
+(``cuda_engine``), and such a fit on either GPU engine against the cpu
+engine. tests/cuda/test_cuda_fused.py runs them on the fused engine in
+both modes and dtypes; tests/cuda/test_cuda_oracle.py replays them against
+PyTorch."""
 
 import numpy as np
 import pytest
@@ -31,19 +33,16 @@ def fused_network(*extra):
 
 
 @pytest.mark.parametrize("forced", ["", "fused", "block", "grid"])
-def test_what_the_fused_engine_lacks_goes_to_the_layer_by_layer_engine(monkeypatch, forced):
+def test_the_fused_engine_takes_dropout_and_the_new_activations(monkeypatch, forced):
     monkeypatch.setenv(ENGINE_VARIABLE, forced)
-    assert cuda_engine(fused_network().table, 8, sm_count=132)[0] == "fused"
-    for extra, lacking in [((fn.Dropout(0.1),), "Dropout"), ((fn.LeakyReLU(),), "LeakyReLU"),
-                           ((fn.GELU(),), "GELU"), ((fn.GELU("tanh"),), "GELU"),
-                           ((fn.SiLU(),), "SiLU")]:
-        engine, reason = cuda_engine(fused_network(*extra).table, 8, sm_count=132)
-        assert engine == "layers" and lacking in reason
-    engine, reason = cuda_engine(fused_network().table, 8, sm_count=132, clipping=True)
-    assert engine == "layers" and "gradient clipping" in reason
+    for extra in [(), (fn.Dropout(0.1),), (fn.LeakyReLU(),), (fn.GELU(),), (fn.GELU("tanh"),),
+                  (fn.SiLU(),)]:
+        assert cuda_engine(fused_network(*extra).table, 8, sm_count=132)[0] == "fused"
 
 
-def test_a_fit_with_dropout_and_clipping_runs_layer_by_layer_as_the_cpu_does():
+@pytest.mark.parametrize("engine", ["layers", "fused"])
+def test_a_fit_with_dropout_and_clipping_runs_on_the_gpu_as_the_cpu_does(monkeypatch, engine):
+    monkeypatch.setenv(ENGINE_VARIABLE, engine)
     rng = np.random.default_rng(3)
     X, y = rng.normal(size=(10, 5)), rng.uniform(size=10)
     out = {}
@@ -53,7 +52,7 @@ def test_a_fit_with_dropout_and_clipping_runs_layer_by_layer_as_the_cpu_does():
                              dtype="float64", seed=2, clip_grad_norm=0.05)
         history = trainer.fit(X, y, epochs=1, batch_size=5)
         out[device] = history["loss"], model.params.copy(), trainer.predict_proba(X), trainer
-    assert out["cuda"][3].engine == ("layer-by-layer engine: the fused engine has no Dropout "
-                                     "layers")
+    assert out["cuda"][3].engine.startswith(
+        "fused engine" if engine == "fused" else "layer-by-layer engine: FASTNN_CUDA_ENGINE=layers")
     for got, expected in zip(out["cuda"][:3], out["cpu"][:3]):
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)

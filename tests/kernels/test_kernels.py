@@ -7,10 +7,12 @@ rtol a small multiple of the dtype's eps (see cases.tolerance).
 
 import numpy as np
 import pytest
+from numba import njit
 
 from fastnn.benchmarks.cases import (BACKENDS, DENSE_PATH_SHAPES, DTYPES, TEST_CASES, Case,
                                      make_inputs, run)
 from fastnn.kernels import dense
+from fastnn.kernels.reference import blas_dot, sum_in_order
 from helpers import check_against_reference
 
 
@@ -27,11 +29,13 @@ def test_dense_kernels_take_the_path_their_size_calls_for(shape):
     dispatching kernels give exactly what the chosen path gives."""
     batch, n_in, n_out = shape
     small = max(shape) <= 64
-    assert dense.forward_takes_loops(*shape) == (small and batch * n_out <= 64)
     assert dense.backward_takes_loops(*shape) == (small and batch * n_in * n_out <= 1024)
-    forward_path = "loops" if dense.forward_takes_loops(*shape) else "blas"
     backward_path = "loops" if dense.backward_takes_loops(*shape) else "blas"
     for dtype in DTYPES:
+        float64 = dtype == np.float64  # whose forward loops sum in order: up to 1024 products
+        assert dense.forward_takes_loops(*shape, float64) == (
+            small and batch * n_out <= 64 and (not float64 or batch * n_in * n_out <= 1024))
+        forward_path = "loops" if dense.forward_takes_loops(*shape, float64) else "blas"
         inputs = make_inputs(Case("dense_forward", shape), dtype)
         np.testing.assert_array_equal(run(Case("dense_forward", shape), "cpu", inputs)[0],
                                       run(Case(f"dense_forward_{forward_path}", shape), "cpu",
@@ -41,6 +45,44 @@ def test_dense_kernels_take_the_path_their_size_calls_for(shape):
                                  run(Case(f"dense_backward_{backward_path}", shape), "cpu",
                                      inputs), strict=True):
             np.testing.assert_array_equal(out, expected)
+
+
+@njit
+def numba_dot(a, b, transpose_a, transpose_b, out):
+    """np.dot(op(a), op(b), out) compiled, as the dense kernels call it."""
+    if transpose_a:
+        np.dot(a.T, b, out)
+    elif transpose_b:
+        np.dot(a, b.T, out)
+    else:
+        np.dot(a, b, out)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("m, k, n", [(1, 37, 1), (70, 37, 1), (1, 37, 70), (70, 1, 5),
+                                     (70, 37, 33), (256, 129, 65)])
+@pytest.mark.parametrize("transpose", ["", "a", "b"])
+def test_blas_dot_gives_numbas_bits(m, k, n, transpose, dtype):
+    """The reference's products call numba's BLAS routine (dot, gemv or gemm)
+    with numba's arguments: the same bits."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(k, m) if transpose == "a" else (m, k)).astype(dtype)
+    b = rng.normal(size=(n, k) if transpose == "b" else (k, n)).astype(dtype)
+    out = np.empty((m, n), dtype)
+    numba_dot(a, b, transpose == "a", transpose == "b", out)
+    expected = blas_dot(a, b, transpose_a=transpose == "a", transpose_b=transpose == "b")
+    assert expected.dtype == dtype
+    np.testing.assert_array_equal(expected, out)
+
+
+def test_sum_in_order_adds_one_term_after_another():
+    terms = np.array([1.0, 1e-16, 1e-16, 1e-16, -1.0, 3.0, 1e100, -1e100, 2.0])
+    total = 0.0
+    for t in terms:
+        total += t
+    assert sum_in_order(terms) == total == 2.0  # np.sum, adding pairwise, gives 5.0
+    assert sum_in_order(np.tile(terms, (3, 1)), axis=1).tolist() == [total] * 3
+    assert sum_in_order(np.ones((0, 4), np.float32), dtype=np.float64).tolist() == [0.0] * 4
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)

@@ -182,11 +182,67 @@ def test_cpu_training_matches_reference_engine(optimizer, dtype):
         trainer = fn.Trainer(model, optimizer=optimizer(), device=device, dtype=dtype, seed=2)
         history = trainer.fit(X, Y, epochs=3, batch_size=8)
         results[device] = history["loss"], model.state_dict()
-    rtol = 1e-10 if dtype == "float64" else 1e-4
-    np.testing.assert_allclose(results["cpu"][0], results["numpy"][0], rtol=rtol)
+    if dtype == "float64":  # the reference computes as the cpu kernels do: the same bits
+        np.testing.assert_array_equal(results["cpu"][0], results["numpy"][0])
+        for key, value in results["numpy"][1].items():
+            np.testing.assert_array_equal(results["cpu"][1][key], value, err_msg=key)
+        return
+    np.testing.assert_allclose(results["cpu"][0], results["numpy"][0], rtol=1e-4)
     for key, value in results["numpy"][1].items():
-        np.testing.assert_allclose(results["cpu"][1][key], value, rtol=rtol, atol=rtol,
+        np.testing.assert_allclose(results["cpu"][1][key], value, rtol=1e-4, atol=1e-4,
                                    err_msg=key)
+
+
+# Fits on which the reference engine and the cpu engine must give the same
+# bits in float64: every activation, loss (with and without sample weights),
+# optimizer and clipping mode, Dropout and BatchNorm throughout, and batches
+# of 16 (the small products on the loop kernels) and 70 (BLAS: gemm, and gemv
+# for a single output), each epoch ending on a short batch.
+#   (activation, loss, outputs, weighted, optimizer, clipping, batch size)
+BIT_IDENTICAL_FITS = [
+    ("relu", "bce", 1, False, "sgd", None, 16),
+    ("sigmoid", "bce", 2, True, "adam", ("clip_grad_norm", 0.5), 16),
+    ("tanh", "cross_entropy", 3, False, "rmsprop", None, 16),
+    ("leaky_relu", "cross_entropy", 3, True, "adamw", ("clip_grad_value", 0.05), 70),
+    ("leaky_relu_negative", "mse", 1, False, "adam", None, 70),
+    ("gelu", "mse", 2, True, "sgd", ("clip_grad_norm", 0.5), 16),
+    ("gelu_tanh", "l1", 1, True, "adam", None, 16),
+    ("silu", "l1", 2, False, "sgd", ("clip_grad_value", 0.05), 70),
+    ("silu", "huber", 1, True, "rmsprop", ("clip_grad_norm", 0.5), 70),
+    ("relu", "huber", 2, False, "adamw", None, 16),
+]
+OPTIMIZERS = {"sgd": lambda: fn.SGD(lr=0.05, momentum=0.9, nesterov=True),
+              "adam": lambda: fn.Adam(lr=0.01, weight_decay=1e-3),
+              "adamw": lambda: fn.Adam(lr=0.01, weight_decay=1e-2, decoupled_weight_decay=True),
+              "rmsprop": lambda: fn.RMSprop(lr=0.01, momentum=0.5, centered=True)}
+
+
+@pytest.mark.parametrize("activation, loss, k, weighted, optimizer, clip, batch",
+                         BIT_IDENTICAL_FITS)
+def test_the_reference_and_cpu_engines_train_to_the_same_bits_in_float64(
+        activation, loss, k, weighted, optimizer, clip, batch):
+    """The reference engine computes every operation as the cpu kernels do
+    (kernels/reference.py): the same fit gives identical losses, weights,
+    running statistics and optimizer state."""
+    rng = np.random.default_rng(11)
+    n = 2 * batch + 10
+    X = rng.normal(size=(n, 5))
+    Y = (rng.integers(0, k, n) if loss == "cross_entropy"
+         else targets(LOSS_CODES[loss], rng, n, k))
+    W = rng.uniform(0.2, 2.0, n) if weighted else None
+    results = {}
+    for device in ("numpy", "cpu"):
+        model = make_model(ACTIVATIONS[activation], seed=3, n_out=k, dropout=0.3)
+        options = {} if clip is None else {clip[0]: clip[1]}
+        trainer = fn.Trainer(model, optimizer=OPTIMIZERS[optimizer](), loss=loss, device=device,
+                             dtype="float64", seed=7, huber_delta=0.7 if loss == "huber" else None,
+                             **options)
+        history = trainer.fit(X, Y, epochs=3, batch_size=batch, sample_weight=W)
+        results[device] = (history["loss"], model.params, model.buffers, model.counts,
+                           trainer.optimizer.state)
+    for name, cpu, reference in zip(("loss", "params", "buffers", "counts", "optimizer state"),
+                                    results["cpu"], results["numpy"]):
+        assert np.array_equal(cpu, reference), name
 
 
 def train_epochs(device, model, optimizer, X, Y, epochs, batch_size):
