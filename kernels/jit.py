@@ -9,9 +9,10 @@ uses (``from .jit import jit, inline``) and never calls ``njit`` itself.
                engine's entry points (``train_epoch``, ``predict_logits``),
                which ``fit_many`` runs for several models at once
     inline     inlined into its caller at numba's IR level: the element math of
-               elementwise.py, the engine's glue (the walks, one step). No
-               function of its own is compiled, so the caller is optimized as
-               one piece and no call is paid
+               elementwise.py, the engine's glue (the walks, one step), each
+               loss and optimizer update (into the one compiled function that
+               picks one at run time). No function of its own is compiled, so
+               the caller is optimized as one piece and no call is paid
     internal   compiled once, called only from compiled code (no Python entry
                point, which would cost compile time): the engine's small views
     loops      jit, and LLVM may fuse a multiply and an add into one FMA (one

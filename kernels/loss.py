@@ -51,7 +51,7 @@ from .elementwise import (
     absolute_error_grad, absolute_error_term, bce_term, bce_with_logits_term, huber_grad,
     huber_term, sigmoid, squared_error_grad, squared_error_term,
 )
-from .jit import jit
+from .jit import inline, jit
 from .reference import libm, sum_in_order
 
 
@@ -137,6 +137,9 @@ def loss_reference(code, z, y, w=None, total=None, delta=1.0):
 
 
 # ---- cpu (2-D inputs; w (n,) float64, or empty: unweighted; outputs passed last) ----
+# Each loss is inlined into loss_and_gradient's compiled version (below), one
+# compiled function that picks the loss at run time: with fewer separately
+# compiled functions, numba compiles the engine sooner.
 
 @jit
 def bce(z, y):
@@ -147,7 +150,7 @@ def bce(z, y):
     return total / z.size
 
 
-@jit
+@inline
 def bce_with_logits(z, y, w, total, dz):
     """Returns the weighted mean BCE on logits and writes d loss / d z into dz."""
     n, k = z.shape
@@ -165,7 +168,7 @@ def bce_with_logits(z, y, w, total, dz):
     return value * scale
 
 
-@jit
+@inline
 def cross_entropy(z, y, w, total, dz):
     """Returns the weighted mean softmax cross-entropy and writes d loss / d z
     into dz."""
@@ -193,7 +196,7 @@ def cross_entropy(z, y, w, total, dz):
     return value / total
 
 
-@jit
+@inline
 def squared_error(z, y, w, total, dz):
     """Returns the weighted mean squared error and writes d loss / d z into dz."""
     n, k = z.shape
@@ -211,7 +214,7 @@ def squared_error(z, y, w, total, dz):
     return value * scale
 
 
-@jit
+@inline
 def absolute_error(z, y, w, total, dz):
     """Returns the weighted mean absolute error and writes d loss / d z into dz."""
     n, k = z.shape
@@ -229,7 +232,7 @@ def absolute_error(z, y, w, total, dz):
     return value * scale
 
 
-@jit
+@inline
 def huber(z, y, w, total, delta, dz):
     """Returns the weighted mean Huber loss and writes d loss / d z into dz."""
     n, k = z.shape
@@ -262,19 +265,22 @@ def loss_and_gradient(loss, z, y, w, total, dz):
 def _loss_and_gradient_compiled(loss, z, y, w, total, dz):
     if getattr(loss, "instance_class", None) is not EngineLoss:
         return None
-    return lambda loss, z, y, w, total, dz: cpu_loss(loss, z, y, w, total, dz)
+
+    def compiled(loss, z, y, w, total, dz):
+        code = loss.code
+        if code == BCE:
+            return bce_with_logits(z, y, w, total, dz)
+        if code == CROSS_ENTROPY:
+            return cross_entropy(z, y, w, total, dz)
+        if code == MSE:
+            return squared_error(z, y, w, total, dz)
+        if code == L1:
+            return absolute_error(z, y, w, total, dz)
+        return huber(z, y, w, total, loss.delta, dz)
+    return compiled
 
 
 @jit
 def cpu_loss(loss, z, y, w, total, dz):
-    """``loss_and_gradient`` on the cpu kernel of ``loss.code``."""
-    code = loss.code
-    if code == BCE:
-        return bce_with_logits(z, y, w, total, dz)
-    if code == CROSS_ENTROPY:
-        return cross_entropy(z, y, w, total, dz)
-    if code == MSE:
-        return squared_error(z, y, w, total, dz)
-    if code == L1:
-        return absolute_error(z, y, w, total, dz)
-    return huber(z, y, w, total, loss.delta, dz)
+    """``loss_and_gradient`` compiled, for callers in Python (the functional API)."""
+    return loss_and_gradient(loss, z, y, w, total, dz)

@@ -192,13 +192,15 @@ def optimizer_update_reference(state, w, g):
 
 
 # ---- cpu ----
-# The three updates are compiled into optimizer_update (below), and so into
-# each engine, which picks one per step by the state's kind. Each reads the
+# The three updates are inlined into optimizer_update (below), one compiled
+# function (with fewer separately compiled functions, numba compiles the
+# engine sooner), and so into each engine, which picks one per step by the
+# state's kind. Each reads the
 # parameters from w and writes the updated ones to out, which may be w itself:
 # the engine keeps the parameters of the step before in w (see network.py's
 # Guard), the functional API updates in place.
 
-@jit
+@inline
 def sgd_update(state, w, g, out):
     state.step[0] += 1
     lr, momentum, one_minus_dampening, nesterov, weight_decay, first_step = sgd_scalars(
@@ -215,7 +217,7 @@ def sgd_update(state, w, g, out):
                                      nesterov, weight_decay, first_step)
 
 
-@jit
+@inline
 def rmsprop_update(state, w, g, out):
     state.step[0] += 1
     lr, alpha, one_minus_alpha, eps, momentum, weight_decay, centered = rmsprop_scalars(
@@ -228,7 +230,7 @@ def rmsprop_update(state, w, g, out):
             momentum, weight_decay, centered)
 
 
-@jit
+@inline
 def adam_update(state, w, g, out):
     state.step[0] += 1
     (one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay_factor, decoupled,
