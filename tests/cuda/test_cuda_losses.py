@@ -11,13 +11,11 @@ from fastnn.core.cuda_backend import ENGINE_VARIABLE, cuda_engine
 
 torch = pytest.importorskip("torch")
 
+# the oracle's losses and its weighted replay (tests/oracle/test_torch_oracle.py)
+from oracle.test_torch_oracle import REGRESSION_LOSSES as LOSSES  # noqa: E402
+from oracle.test_torch_oracle import torch_weighted_fit  # noqa: E402
+
 TOLERANCES = {"float64": (1e-9, 1e-12), "float32": (2e-4, 2e-5)}  # (rtol, atol)
-LOSSES = {
-    "mse": (dict(loss="mse"), lambda: torch.nn.MSELoss(reduction="none")),
-    "l1": (dict(loss="l1"), lambda: torch.nn.L1Loss(reduction="none")),
-    "huber": (dict(loss="huber", huber_delta=0.8),
-              lambda: torch.nn.HuberLoss(reduction="none", delta=0.8)),
-}
 N, BATCH, EPOCHS = 7, 4, 1  # one epoch of two batches (4 rows, then 3): the simulator is slow
 
 
@@ -42,25 +40,11 @@ def torch_replay(state, dtype, make_loss, X, Y, W):
     tmodel = model().to_torch().to(getattr(torch, dtype))
     tmodel.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()})
     opt = torch.optim.Adam(tmodel.parameters(), lr=0.01, foreach=False)
-    loss_fn = make_loss()
-    X, Y = torch.from_numpy(X), torch.from_numpy(Y)
     weights = None if W is None else torch.from_numpy(W.astype(dtype))
-    epochs = []
-    for _ in range(EPOCHS):
-        total = 0.0
-        for start in range(0, N, BATCH):
-            xb, yb = X[start:start + BATCH], Y[start:start + BATCH]
-            opt.zero_grad()
-            per_sample = loss_fn(tmodel(xb), yb).mean(dim=1)
-            if weights is None:
-                loss = per_sample.mean()
-            else:
-                wb = weights[start:start + BATCH]
-                loss = (wb * per_sample).sum() / wb.sum()
-            loss.backward()
-            opt.step()
-            total += loss.item() * xb.shape[0]
-        epochs.append(total / N)
+    history = torch_weighted_fit(tmodel, opt, make_loss(), torch.from_numpy(X),
+                                 torch.from_numpy(Y), weights, EPOCHS, BATCH, skip_single=True)
+    epochs = [sum(loss * n for loss, n in batches) / sum(n for _, n in batches)
+              for batches in history]
     return epochs, {k: v.detach().numpy() for k, v in tmodel.state_dict().items()}
 
 
