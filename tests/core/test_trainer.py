@@ -194,12 +194,13 @@ BAD_Y = [
 ]
 
 
+@pytest.mark.parametrize("method", ["fit", "evaluate"])
 @pytest.mark.parametrize("_, n_out, y, what", BAD_Y, ids=[case[0] for case in BAD_Y])
-def test_fit_rejects_bad_y(trained, _, n_out, y, what):
+def test_fit_and_evaluate_reject_bad_y(trained, _, n_out, y, what, method):
     trainer = copy.deepcopy(trained[n_out])
     X = X0 if n_out == 1 else X2
     before = snapshot(trainer)
-    expect_error(lambda: trainer.fit(X, y), "y", what)
+    expect_error(lambda: getattr(trainer, method)(X, y), "y", what)
     assert_unchanged(trainer, before)
 
 
@@ -307,15 +308,6 @@ def test_inference_accepts_lists_and_a_single_row(trainer, method):
         assert np.isfinite(result["loss"])
     else:
         assert np.shape(INFERENCE[method](trainer, X0[:1].tolist())) == (1,)
-    assert_unchanged(trainer, before)
-
-
-@pytest.mark.parametrize("_, n_out, y, what", BAD_Y, ids=[case[0] for case in BAD_Y])
-def test_evaluate_rejects_bad_y(trained, _, n_out, y, what):
-    trainer = copy.deepcopy(trained[n_out])
-    X = X0 if n_out == 1 else X2
-    before = snapshot(trainer)
-    expect_error(lambda: trainer.evaluate(X, y), "y", what)
     assert_unchanged(trainer, before)
 
 
