@@ -25,7 +25,7 @@ from numba import types
 from numba.extending import overload
 
 from .batchnorm import batch_sums
-from .jit import dot_loops, inline, jit, loops
+from .jit import inline, jit, overload_options
 from .reference import blas_dot, sum_in_order
 from .views import matrix_at, vector_at
 
@@ -253,36 +253,38 @@ def store_bias_gradient(dy, db, sums):
 
 
 def dense_forward_loops(x, w, b, y, scratch):
-    """dense_forward in loops, by the kernel of x's dtype (called from Python
-    or from compiled code)."""
-    if x.dtype == np.float64:
-        dense_forward_loops_float64(x, w, b, y, scratch)
-    else:
-        dense_forward_loops_float32(x, w, b, y, scratch)
+    """dense_forward in loops: forward_loops compiled with the flags of x's
+    dtype (the overloads below), called from Python or from compiled code."""
+    _dense_forward_loops_entry(x, w, b, y, scratch)
 
 
-# A plain overload: with inline="always", numba 0.68.1 inlined it into
-# train_epoch and lost BatchNorm's num_batches_tracked increments there.
-@overload(dense_forward_loops)
-def _dense_forward_loops_compiled(x, w, b, y, scratch):
+# In compiled code, dense_forward_loops and dense_backward_loops are
+# forward_loops and backward_loops themselves, compiled with the flags of x's
+# dtype: one overload per dtype, each a plain one (with inline="always",
+# numba 0.68.1 inlined them into train_epoch and lost BatchNorm's
+# num_batches_tracked increments there). An overload that called the dtype's
+# kernel would compile one function more (about 1 s of a cold first fit),
+# as numba optimizes a kernel's code again in each function that calls it.
+@overload(dense_forward_loops, jit_options=overload_options("dot_loops"))
+def _dense_forward_loops_float32(x, w, b, y, scratch):
+    if x.dtype == types.float32:
+        return forward_loops
+    return None
+
+
+@overload(dense_forward_loops, jit_options=overload_options("jit"))
+def _dense_forward_loops_float64(x, w, b, y, scratch):
     if x.dtype == types.float64:
-        return lambda x, w, b, y, scratch: dense_forward_loops_float64(x, w, b, y, scratch)
-    return lambda x, w, b, y, scratch: dense_forward_loops_float32(x, w, b, y, scratch)
-
-
-@dot_loops
-def dense_forward_loops_float32(x, w, b, y, scratch):
-    """forward_loops with fused multiply-adds and SIMD-split dot products."""
-    forward_loops(x, w, b, y, scratch)
+        return forward_loops
+    return None
 
 
 @jit
-def dense_forward_loops_float64(x, w, b, y, scratch):
-    """forward_loops in the order it is written."""
-    forward_loops(x, w, b, y, scratch)
+def _dense_forward_loops_entry(x, w, b, y, scratch):
+    """dense_forward_loops for callers in Python."""
+    dense_forward_loops(x, w, b, y, scratch)
 
 
-@inline
 def forward_loops(x, w, b, y, scratch):
     """dense_forward in loops, four rows of x at a time (each row of w is
     read once for four outputs). Each output is a dot product over n_in,
@@ -322,36 +324,31 @@ def forward_loops(x, w, b, y, scratch):
 
 
 def dense_backward_loops(dy, x, w, dx, dw, db, sums):
-    """dense_backward in loops, by the kernel of x's dtype (called from
-    Python or from compiled code)."""
-    if x.dtype == np.float64:
-        dense_backward_loops_float64(dy, x, w, dx, dw, db, sums)
-    else:
-        dense_backward_loops_float32(dy, x, w, dx, dw, db, sums)
+    """dense_backward in loops: backward_loops compiled with the flags of x's
+    dtype (as dense_forward_loops), called from Python or from compiled code."""
+    _dense_backward_loops_entry(dy, x, w, dx, dw, db, sums)
 
 
-@overload(dense_backward_loops)
-def _dense_backward_loops_compiled(dy, x, w, dx, dw, db, sums):
+@overload(dense_backward_loops, jit_options=overload_options("loops"))
+def _dense_backward_loops_float32(dy, x, w, dx, dw, db, sums):
+    if x.dtype == types.float32:
+        return backward_loops
+    return None
+
+
+@overload(dense_backward_loops, jit_options=overload_options("jit"))
+def _dense_backward_loops_float64(dy, x, w, dx, dw, db, sums):
     if x.dtype == types.float64:
-        return lambda dy, x, w, dx, dw, db, sums: dense_backward_loops_float64(
-            dy, x, w, dx, dw, db, sums)
-    return lambda dy, x, w, dx, dw, db, sums: dense_backward_loops_float32(
-        dy, x, w, dx, dw, db, sums)
-
-
-@loops
-def dense_backward_loops_float32(dy, x, w, dx, dw, db, sums):
-    """backward_loops with fused multiply-adds."""
-    backward_loops(dy, x, w, dx, dw, db, sums)
+        return backward_loops
+    return None
 
 
 @jit
-def dense_backward_loops_float64(dy, x, w, dx, dw, db, sums):
-    """backward_loops in the order it is written."""
-    backward_loops(dy, x, w, dx, dw, db, sums)
+def _dense_backward_loops_entry(dy, x, w, dx, dw, db, sums):
+    """dense_backward_loops for callers in Python."""
+    dense_backward_loops(dy, x, w, dx, dw, db, sums)
 
 
-@inline
 def backward_loops(dy, x, w, dx, dw, db, sums):
     """dense_backward in loops. dw: one pass over the batch adds four
     samples' terms to a row of dw at a time, dw[j] += (dy[i, j] x[i] + ... +

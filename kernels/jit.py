@@ -15,15 +15,18 @@ uses (``from .jit import jit, inline``) and never calls ``njit`` itself.
                the caller is optimized as one piece and no call is paid
     internal   compiled once, called only from compiled code (no Python entry
                point, which would cost compile time): the engine's small views
-    loops      jit, and LLVM may fuse a multiply and an add into one FMA (one
-               rounding instead of two): the dense layer's own loop kernels in
-               float32 (in float64 they are jit, as the NumPy reference has no
-               FMA: see dense.py)
-    dot_loops  loops, and LLVM may also reassociate a dot product's sum to split
-               it over SIMD lanes: the forward loop kernel in float32
     scans      jit, and LLVM may reorder a sum to split it over SIMD lanes: the
                passes over data whose answer does not depend on the order
                (whether every value is finite, how many exceed a limit)
+
+Two more sets of flags serve kernels compiled per dtype through a numba
+``@overload`` (``overload_options``), the dense layer's own loops in float32
+(in float64 they take jit's, as the NumPy reference has no FMA: see dense.py):
+
+    loops      LLVM may fuse a multiply and an add into one FMA (one rounding
+               instead of two): the backward loop kernel
+    dot_loops  loops, and LLVM may also reassociate a dot product's sum to
+               split it over SIMD lanes: the forward loop kernel
 
 Every flavour caches its machine code on disk (``cache=True``, in the one
 folder that ``KernelCacheLocator`` below chooses) and uses NumPy's error model (``error_model="numpy"``: a division by zero gives inf or
@@ -135,12 +138,23 @@ if KernelCacheLocator not in _CACHE_IMPL._locator_classes:
 
 # ---- the flavours ----
 
-_OPTIONS = dict(cache=True, error_model="numpy")
+_CODE = {"jit": dict(error_model="numpy"),
+         "loops": dict(error_model="numpy", fastmath={"contract"}),
+         "dot_loops": dict(error_model="numpy", fastmath={"contract", "reassoc"}),
+         "scans": dict(error_model="numpy", fastmath={"reassoc"})}
 
-jit = njit(**_OPTIONS)
-released = njit(nogil=True, **_OPTIONS)
-inline = njit(inline="always", **_OPTIONS)
-internal = njit(no_cpython_wrapper=True, **_OPTIONS)
-loops = njit(fastmath={"contract"}, **_OPTIONS)
-dot_loops = njit(fastmath={"contract", "reassoc"}, **_OPTIONS)
-scans = njit(fastmath={"reassoc"}, **_OPTIONS)
+jit = njit(cache=True, **_CODE["jit"])
+released = njit(nogil=True, cache=True, **_CODE["jit"])
+inline = njit(inline="always", cache=True, **_CODE["jit"])
+internal = njit(no_cpython_wrapper=True, cache=True, **_CODE["jit"])
+scans = njit(cache=True, **_CODE["scans"])
+
+
+def overload_options(flavour):
+    """The code options of ``flavour`` ("jit", "loops", "dot_loops" or
+    "scans") as the ``jit_options`` of a numba ``@overload`` whose
+    implementation is a kernel in its own right: compiled code that calls
+    the overloaded function gets the kernel compiled with these flags (an
+    overload cannot be cached on its own; its code is cached with each
+    compiled function that calls it)."""
+    return dict(_CODE[flavour])
