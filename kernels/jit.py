@@ -29,8 +29,9 @@ Two more sets of flags serve kernels compiled per dtype through a numba
                split it over SIMD lanes: the forward loop kernel
 
 Every flavour caches its machine code on disk (``cache=True``, in the one
-folder that ``KernelCacheLocator`` below chooses) and uses NumPy's error model (``error_model="numpy"``: a division by zero gives inf or
-NaN instead of raising, which lets the loops vectorize). The order of
+folder that ``KernelCacheLocator`` below chooses), and every set of flags
+uses NumPy's error model (``error_model="numpy"``: a division by zero gives
+inf or NaN instead of raising, which lets the loops vectorize). The order of
 operations of every output is fixed when a kernel compiles, the same in every
 run and with any number of threads: fastmath flags change the rounding of a
 kernel against its reference, never its determinism. No float64 kernel
