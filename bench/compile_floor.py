@@ -82,9 +82,8 @@ def flat_epoch(table, floats, params, grads, buffers, state, hyper, step, X, Y, 
             elif kind == BATCHNORM:
                 eps, momentum, stats = floats[l, 0], floats[l, 1], table[l, 4]
                 mean, inv_std = saved[l, 0, :n_out], saved[l, 1, :n_out]
-                for o in range(n_out):
-                    mean[o] = 0.0
-                    inv_std[o] = 0.0
+                mean[:] = 0.0
+                inv_std[:] = 0.0
                 for i in range(n):
                     for o in range(n_out):
                         mean[o] += x[i * n_out + o]
@@ -203,9 +202,8 @@ def flat_epoch(table, floats, params, grads, buffers, state, hyper, step, X, Y, 
             elif kind == BATCHNORM:
                 mean, inv_std = saved[l, 0, :n_out], saved[l, 1, :n_out]
                 dgamma, dbeta = grads[at:at + n_out], grads[at + n_out:at + 2 * n_out]
-                for o in range(n_out):
-                    dgamma[o] = 0.0
-                    dbeta[o] = 0.0
+                dgamma[:] = 0.0
+                dbeta[:] = 0.0
                 for i in range(n):
                     for o in range(n_out):
                         dbeta[o] += dy[i * n_out + o]

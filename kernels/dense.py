@@ -263,8 +263,9 @@ def dense_forward_loops(x, w, b, y, scratch):
 # dtype: one overload per dtype, each a plain one (with inline="always",
 # numba 0.68.1 inlined them into train_epoch and lost BatchNorm's
 # num_batches_tracked increments there). An overload that called the dtype's
-# kernel would compile one function more (about 1 s of a cold first fit),
-# as numba optimizes a kernel's code again in each function that calls it.
+# kernel would compile one function more, and numba optimizes a kernel's code
+# again in each function that calls it: 1.3 s more CPU in a cold first fit
+# (python bench/cold_start.py, float32, 2026-12-07, 2-core AMD EPYC).
 @overload(dense_forward_loops, jit_options=overload_options("dot_loops"))
 def _dense_forward_loops_float32(x, w, b, y, scratch):
     if x.dtype == types.float32:
