@@ -2,9 +2,9 @@
 
     python bench/compile_floor.py [--dtype float32] [--rows 4096] [--rounds 20]
 
-fastnn's cpu engine (kernels/network.py) walks the layers and calls one
-compiled kernel per layer kind, loss and optimizer; numba compiles each of
-them, then optimizes their code again inside the engine. This benchmark
+numba's compile time grows with the code it compiles. fastnn's cpu engine
+(kernels/network.py) walks the layers and calls one compiled kernel per
+layer kind, loss and optimizer, each with its fast paths. This benchmark
 compiles the features a first fit compiles, written instead as one numba
 function of plain loops and ``np.dot`` (``flat_epoch`` below): Dense,
 BatchNorm with running statistics, the seven activations, Dropout, the five
