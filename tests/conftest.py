@@ -36,6 +36,9 @@ from helpers import make_model, make_xy
 os.environ.setdefault("FASTNN_CALIBRATE", "0")
 FULL = os.environ.get("FASTNN_FULL_TESTS") == "1"
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+# "i/n" in a simulator process that runs one of n shares of tests/cuda: every
+# n-th test from the i-th (tests/test_cuda_simulator.py starts them)
+SHARE = os.environ.get("FASTNN_SIMULATOR_SHARE")
 
 collect_ignore = [] if cuda_available() else ["cuda"]
 
@@ -68,17 +71,22 @@ def covering_subset(items):
 
 def pytest_collection_modifyitems(session, config, items):
     """Without FASTNN_FULL_TESTS=1, the slow tests are deselected and the
-    simulator runs a covering subset of the GPU tests. The simulator test
-    (tests/test_cuda_simulator.py) goes last: it waits for its process, which
-    runs beside the other tests."""
+    simulator runs a covering subset of the GPU tests; a simulator process
+    given a share runs only its share of those. The simulator test
+    (tests/test_cuda_simulator.py) goes last: it waits for its processes,
+    which run beside the other tests."""
+    kept = items
     if not FULL:
-        kept = [item for item in items if item.get_closest_marker("slow") is None]
+        kept = [item for item in kept if item.get_closest_marker("slow") is None]
         if SIMULATOR:
             kept = covering_subset(kept)
-        dropped = [item for item in items if item not in set(kept)]
-        if dropped:
-            config.hook.pytest_deselected(items=dropped)
-            items[:] = kept
+    if SHARE:
+        i, n = (int(part) for part in SHARE.split("/"))
+        kept = kept[i::n]
+    if len(kept) < len(items):
+        chosen = set(kept)
+        config.hook.pytest_deselected(items=[item for item in items if item not in chosen])
+        items[:] = kept
     items.sort(key=lambda item: getattr(getattr(item, "module", None), "__name__", "")
                == "test_cuda_simulator")
 

@@ -11,6 +11,7 @@ fresh clone.
   they must print no warning.
 - The README stays a front door: at most 200 lines, its links into docs/
   resolve, and its benchmark table is the measured one of docs/benchmarks.md.
+- .ci/run runs the README's full test command, word for word.
 
 The clone is of the committed tree (``git clone`` of this checkout): commit
 before running these tests to test uncommitted changes.
@@ -163,6 +164,17 @@ def test_readme_is_a_front_door():
     assert not missing, f"README links to missing files: {missing}"
     guides = {f"docs/guides/{name}" for name in os.listdir(os.path.join(ROOT, "docs", "guides"))}
     assert guides <= set(local), f"guides the README does not link: {guides - set(local)}"
+
+
+def test_ci_runs_a_test_command_of_the_readme_word_for_word():
+    """.ci/run's test line is the README's full test command, and the README's
+    quick one differs from it only by the variable that selects everything."""
+    with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as fh:
+        ci = [line.strip() for line in fh if "pytest" in line and not line.startswith("#")]
+    assert ci == ['pip install ".[test]" torch==2.13.0 && FASTNN_FULL_TESTS=1 pytest']
+    text = readme()
+    assert ci[0] in text
+    assert ci[0].replace("FASTNN_FULL_TESTS=1 ", "") in code_blocks(text, "bash")[1]
 
 
 def test_readme_benchmark_rows_are_the_measured_ones():
