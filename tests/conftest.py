@@ -31,11 +31,9 @@ import pytest
 import fastnn as fn
 from fastnn.core.cuda_backend import cuda_available
 
-from helpers import make_model, make_xy
+from helpers import FULL, SIMULATOR, make_model, make_xy
 
 os.environ.setdefault("FASTNN_CALIBRATE", "0")
-FULL = os.environ.get("FASTNN_FULL_TESTS") == "1"
-SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 # "i/n" in a simulator process that runs one of n shares of tests/cuda: every
 # n-th test from the i-th (tests/test_cuda_simulator.py starts them)
 SHARE = os.environ.get("FASTNN_SIMULATOR_SHARE")

@@ -24,6 +24,8 @@ from fastnn.benchmarks.cases import as_float64, make_inputs, run, tolerance
 
 # tests/cuda runs under the CUDA simulator (see tests/test_cuda_simulator.py)
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+# every test: the slow ones and every combination of the simulator's cases (conftest.py)
+FULL = os.environ.get("FASTNN_FULL_TESTS") == "1"
 
 
 # ---- the command line (tests/test_cli.py, test_cli_errors.py) ----

@@ -23,6 +23,7 @@ if sys.platform == "darwin":
                 allow_module_level=True)
 
 from fastnn.core.cuda_backend import cuda_available  # noqa: E402
+from helpers import FULL  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TIMEOUT = 3000  # seconds
@@ -31,7 +32,7 @@ TIMEOUT = 3000  # seconds
 # combination of every parametrized GPU test: about three times the CPU time
 # of the rest of the suite) two, which share the tests between them, so that
 # once the other tests are done both cores run the simulator.
-SHARES = 2 if os.environ.get("FASTNN_FULL_TESTS") == "1" else 1
+SHARES = 2 if FULL else 1
 
 _runs = []  # (process, stdout file, stderr file) per share, once started
 
